@@ -1,0 +1,127 @@
+//! Client <-> server.
+//!
+//! The client opens one bidirectional stream per command, sends one [`ClientRequest`]
+//! and reads one [`ClientReply`]. [`ClientRequest::Timeline`] is the exception: after
+//! the `Ok` reply the stream stays open for the session, carrying [`TimelineUp`] frames
+//! from the client (posts) and [`TimelineDown`] frames from the server (the backlog,
+//! live entries and acknowledgements).
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Post, UserId};
+
+/// A command from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Log in as `user`, creating the user on first login.
+    Login {
+        /// The user logging in.
+        user: UserId,
+    },
+    /// `user` follows `target`.
+    Follow {
+        /// Who follows.
+        user: UserId,
+        /// Whom.
+        target: UserId,
+    },
+    /// `user` stops following `target`.
+    Unfollow {
+        /// Who unfollows.
+        user: UserId,
+        /// Whom.
+        target: UserId,
+    },
+    /// All users, and `user`'s followers.
+    List {
+        /// The asking user.
+        user: UserId,
+    },
+    /// Enter timeline mode on this stream.
+    Timeline {
+        /// The user whose timeline to show.
+        user: UserId,
+    },
+}
+
+/// The answer to one [`ClientRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    /// The command completed.
+    Ok,
+    /// Answer to [`ClientRequest::List`]: both lists sorted ascending.
+    List {
+        /// Every user known system-wide.
+        all_users: Vec<UserId>,
+        /// The users following the asker.
+        followers: Vec<UserId>,
+    },
+    /// The command failed.
+    Failed(CommandError),
+}
+
+/// Why a command failed. The client maps each to the original system's wording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandError {
+    /// Following oneself or someone already followed.
+    #[error("input username already exists")]
+    AlreadyExists,
+    /// The target user is not known.
+    #[error("input username does not exist")]
+    NoSuchUser,
+    /// The id is not acceptable here (e.g. unfollowing someone not followed, or a user
+    /// who has not logged in on this connection).
+    #[error("invalid username")]
+    InvalidUser,
+    /// The server does not know the command.
+    #[error("invalid command")]
+    InvalidCommand,
+    /// This server is not the active one of its cluster: ask the coordinator again.
+    #[error("this server is not the active server of its cluster")]
+    NotActive,
+    /// A post was longer than [`crate::MAX_POST_BYTES`].
+    #[error("post of {len} bytes is longer than the maximum of {max}")]
+    PostTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The server could not store the change (e.g. its disk is full).
+    #[error("server could not store the change: {0}")]
+    Storage(String),
+}
+
+/// Timeline stream, client -> server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimelineUp {
+    /// A new post; `nonce` makes its id unique and is echoed in the acknowledgement.
+    Post {
+        /// Client-chosen random nonce (see [`crate::PostId`]).
+        nonce: u64,
+        /// The message.
+        text: String,
+    },
+}
+
+/// Timeline stream, server -> client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimelineDown {
+    /// An entry of the user's timeline: one of the last posts on entry, then each new
+    /// one as it arrives.
+    Entry(Post),
+    /// The post with this nonce is stored (and mirrored, where a standby is alive).
+    Ack {
+        /// Nonce of the acknowledged post.
+        nonce: u64,
+    },
+    /// The post with this nonce was refused and will not be stored.
+    Refused {
+        /// Nonce of the refused post.
+        nonce: u64,
+        /// Why.
+        reason: CommandError,
+    },
+    /// This server stopped being the active one: reconnect through the coordinator.
+    NotActive,
+}

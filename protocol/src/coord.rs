@@ -1,0 +1,161 @@
+//! Nodes and clients <-> coordinator.
+//!
+//! One request and one reply per bidirectional stream. Heartbeats and sync-peer lookups
+//! are for nodes only and need a certificate from the cluster CA (mutual TLS); client
+//! assignment and the routing-table view are open to clients.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ClusterId, UserId};
+
+/// Which process of a cluster a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum NodeKind {
+    /// The server started with `-t primary` (or `master`).
+    Primary,
+    /// The server started with `-t secondary` (or `slave`).
+    Secondary,
+    /// The cluster's sync service.
+    Sync,
+}
+
+impl NodeKind {
+    /// Lower-case name, as used for datastore directories.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::Primary => "primary",
+            NodeKind::Secondary => "secondary",
+            NodeKind::Sync => "sync",
+        }
+    }
+}
+
+/// A request to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordRequest {
+    /// A node registers (its first beat) or is still alive. Nodes only.
+    Heartbeat(Heartbeat),
+    /// Which server should `client` use? Open to clients.
+    AssignClient {
+        /// The client (user) id.
+        client: UserId,
+    },
+    /// Every registered sync service. Nodes only.
+    SyncPeers,
+    /// The routing tables, for people. Open to clients.
+    Status,
+}
+
+/// What a node says in each heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Its cluster.
+    pub cluster: ClusterId,
+    /// Its kind.
+    pub kind: NodeKind,
+    /// The address others should dial, `host:port` (never an unspecified address).
+    pub addr: String,
+}
+
+/// The coordinator's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordReply {
+    /// Answer to a heartbeat.
+    Beat(BeatReply),
+    /// Answer to [`CoordRequest::AssignClient`].
+    Assigned {
+        /// The client's cluster.
+        cluster: ClusterId,
+        /// Address of its active server.
+        addr: String,
+    },
+    /// Answer to [`CoordRequest::SyncPeers`].
+    SyncPeers {
+        /// Number of clusters the system is configured for.
+        clusters: u32,
+        /// Every sync service that is registered and alive.
+        peers: Vec<SyncPeer>,
+    },
+    /// Answer to [`CoordRequest::Status`].
+    Status(RoutingTables),
+    /// The request failed.
+    Failed(CoordError),
+}
+
+/// What a node learns from each heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeatReply {
+    /// Failover epoch of the node's cluster: it grows each time the active server changes.
+    pub epoch: u64,
+    /// Whether this node is the cluster's active server (always `false` for sync services).
+    pub active: bool,
+    /// For the active server: the standby to mirror to, if one is alive. For a standby:
+    /// the active server to catch up from, if one is alive.
+    pub peer: Option<String>,
+    /// Number of clusters the system is configured for.
+    pub clusters: u32,
+}
+
+/// A sync service as known to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncPeer {
+    /// The cluster it serves.
+    pub cluster: ClusterId,
+    /// Its address.
+    pub addr: String,
+}
+
+/// The coordinator's routing tables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingTables {
+    /// Number of clusters.
+    pub clusters: u32,
+    /// Heartbeat interval in milliseconds.
+    pub heartbeat_ms: u64,
+    /// One entry per registered node.
+    pub entries: Vec<RouteEntry>,
+}
+
+/// One row of the routing tables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    /// Its cluster.
+    pub cluster: ClusterId,
+    /// Its kind.
+    pub kind: NodeKind,
+    /// Its advertised address.
+    pub addr: String,
+    /// Heartbeats are arriving.
+    pub alive: bool,
+    /// It is the cluster's active server.
+    pub active: bool,
+    /// Milliseconds since its last heartbeat.
+    pub ms_since_beat: u64,
+    /// The cluster's failover epoch.
+    pub epoch: u64,
+}
+
+/// Why the coordinator refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CoordError {
+    /// The cluster has no live server to assign.
+    #[error("cluster {cluster} has no live server")]
+    NoLiveServer {
+        /// The cluster.
+        cluster: ClusterId,
+    },
+    /// The cluster id is outside 1..=clusters.
+    #[error("cluster {cluster} does not exist (clusters are 1..={clusters})")]
+    NoSuchCluster {
+        /// The cluster asked for.
+        cluster: ClusterId,
+        /// Number of clusters.
+        clusters: u32,
+    },
+    /// The request is for nodes and the peer presented no certificate from the CA.
+    #[error("this request needs a node certificate from the cluster CA")]
+    NotANode,
+    /// The advertised address is not one others can dial.
+    #[error("address {0:?} cannot be dialled by others")]
+    BadAddress(String),
+}

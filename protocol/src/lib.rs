@@ -1,0 +1,50 @@
+//! The TSN wire protocol: what every role says to every other, and nothing else.
+//!
+//! This crate holds no sockets and no clocks. Time travels in messages as plain numbers
+//! chosen by the caller, and the only I/O is reading or writing one frame on a stream
+//! handed in by the caller, which is what makes every decoder easy to fuzz.
+//!
+//! # Layout
+//! - [`frame`]: the length-prefixed framing and the one maximum frame size that both the
+//!   reader and the writer check, before anything is allocated.
+//! - [`codec`]: the versioned postcard envelope around every message, and typed
+//!   `read_msg` / `write_msg` helpers on top of [`frame`].
+//! - [`types`]: the domain values shared by every conversation and by the datastore:
+//!   user and cluster ids, post ids, posts, and the [`types::Change`] records that
+//!   mirroring and synchronisation move around.
+//! - [`client`]: client <-> server commands and the timeline stream.
+//! - [`coord`]: nodes and clients <-> coordinator (heartbeats, assignment, routing tables).
+//! - [`mirror`]: active server -> standby server (catch-up exchange and live mirroring).
+//! - [`sync`]: sync service <-> sync service batches.
+//!
+//! Every conversation has one request enum and one reply enum. Each bidirectional QUIC
+//! stream carries one conversation; see each module for who opens it.
+
+pub mod client;
+pub mod codec;
+pub mod coord;
+pub mod frame;
+pub mod mirror;
+pub mod sync;
+pub mod types;
+
+pub use codec::{decode, encode, read_msg, write_msg, CodecError};
+pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
+pub use types::{Change, ClusterId, Post, PostId, UserId};
+
+/// ALPN protocol id negotiated by every TSN connection.
+pub const ALPN: &[u8] = b"tsn/1";
+
+/// Version carried in every message envelope. A peer speaking another version is refused
+/// with [`CodecError::Version`] instead of a confusing decode failure.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Longest post text, in bytes of UTF-8, that a server accepts.
+pub const MAX_POST_BYTES: usize = 256;
+
+/// Most changes in one mirror or sync batch. 1,024 posts of the maximum size encode to
+/// well under [`MAX_FRAME_LEN`], so a full batch always fits one frame.
+pub const MAX_BATCH_CHANGES: usize = 1024;
+
+/// Number of past posts a timeline shows when it is opened.
+pub const TIMELINE_BACKLOG: usize = 20;

@@ -1,0 +1,51 @@
+//! Active server -> standby server.
+//!
+//! The active server opens one long-lived bidirectional stream to the standby. It starts
+//! with an exchange so that neither side lacks what the other has (this is how a
+//! returning server catches up, and how both sides of a split brain merge):
+//!
+//! 1. active: [`MirrorMsg::Hello`];
+//! 2. standby: its whole state as [`MirrorReply::Changes`] chunks, then
+//!    [`MirrorReply::EndOfState`];
+//! 3. active: its whole state as [`MirrorMsg::Changes`] chunks, then live changes, each
+//!    chunk numbered; the standby answers every chunk with [`MirrorReply::Ack`] after it
+//!    has made it durable.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Change, ClusterId};
+
+/// Active -> standby.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MirrorMsg {
+    /// Opens the mirror stream.
+    Hello {
+        /// The cluster both servers serve.
+        cluster: ClusterId,
+        /// The active server's failover epoch.
+        epoch: u64,
+    },
+    /// Changes to apply, at most [`crate::MAX_BATCH_CHANGES`].
+    Changes {
+        /// Sequence number, acknowledged by [`MirrorReply::Ack`].
+        seq: u64,
+        /// The changes.
+        changes: Vec<Change>,
+    },
+}
+
+/// Standby -> active.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MirrorReply {
+    /// Part of the standby's state, during the exchange.
+    Changes(Vec<Change>),
+    /// The standby has sent all of its state.
+    EndOfState,
+    /// The chunk `seq` is durable on the standby.
+    Ack {
+        /// Sequence number of the chunk.
+        seq: u64,
+    },
+    /// The standby refuses the stream (wrong cluster, storage failure).
+    Refused(String),
+}

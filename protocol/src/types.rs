@@ -1,0 +1,63 @@
+//! Domain values shared by every conversation and by the datastore.
+
+use serde::{Deserialize, Serialize};
+
+/// A user, known to the original system as a numeric client id.
+pub type UserId = u32;
+
+/// A cluster, numbered from 1.
+pub type ClusterId = u32;
+
+/// The cluster that serves `user` when there are `clusters` clusters: `(user % N) + 1`.
+///
+/// `clusters` must be at least 1; 0 is treated as 1 so that the function is total.
+pub fn cluster_of(user: UserId, clusters: u32) -> ClusterId {
+    (user % clusters.max(1)) + 1
+}
+
+/// Globally unique id of a post: its author and a nonce the author's client chose at
+/// random when the user sent it, so that a resend after a reconnect is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PostId {
+    /// Author of the post.
+    pub author: UserId,
+    /// Client-chosen random nonce.
+    pub nonce: u64,
+}
+
+/// A post as stored and shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Post {
+    /// Unique id (author and nonce).
+    pub id: PostId,
+    /// When the accepting server stored it, in microseconds since the Unix epoch.
+    pub ts_us: i64,
+    /// The message, at most [`crate::MAX_POST_BYTES`] bytes.
+    pub text: String,
+}
+
+/// One change to the state of a cluster: what servers journal, mirror to each other and
+/// what sync services ship between clusters. Every change is idempotent: applying it
+/// twice has the effect of applying it once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A user exists (created by their first login).
+    User {
+        /// The user.
+        user: UserId,
+    },
+    /// `follower` started (`active`) or stopped (`!active`) following `followee` at
+    /// `ts_us`. Between two changes of the same pair, the later timestamp wins.
+    Follow {
+        /// Who follows.
+        follower: UserId,
+        /// Who is followed.
+        followee: UserId,
+        /// When, in microseconds since the Unix epoch.
+        ts_us: i64,
+        /// `true` for FOLLOW, `false` for UNFOLLOW.
+        active: bool,
+    },
+    /// A post, keyed by its id.
+    Post(Post),
+}

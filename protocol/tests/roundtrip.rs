@@ -1,0 +1,272 @@
+//! Property tests: every message survives encode -> decode, and arbitrary bytes never
+//! make a decoder panic.
+
+use proptest::prelude::*;
+use tsn_protocol::client::*;
+use tsn_protocol::coord::*;
+use tsn_protocol::mirror::*;
+use tsn_protocol::sync::*;
+use tsn_protocol::*;
+
+fn post() -> impl Strategy<Value = Post> {
+    (any::<u32>(), any::<u64>(), any::<i64>(), ".{0,64}").prop_map(
+        |(author, nonce, ts_us, text)| Post {
+            id: PostId { author, nonce },
+            ts_us,
+            text,
+        },
+    )
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        any::<u32>().prop_map(|user| Change::User { user }),
+        (any::<u32>(), any::<u32>(), any::<i64>(), any::<bool>()).prop_map(
+            |(follower, followee, ts_us, active)| Change::Follow {
+                follower,
+                followee,
+                ts_us,
+                active
+            }
+        ),
+        post().prop_map(Change::Post),
+    ]
+}
+
+fn command_error() -> impl Strategy<Value = CommandError> {
+    prop_oneof![
+        Just(CommandError::AlreadyExists),
+        Just(CommandError::NoSuchUser),
+        Just(CommandError::InvalidUser),
+        Just(CommandError::InvalidCommand),
+        Just(CommandError::NotActive),
+        (any::<usize>(), any::<usize>())
+            .prop_map(|(len, max)| CommandError::PostTooLong { len, max }),
+        ".{0,32}".prop_map(CommandError::Storage),
+    ]
+}
+
+fn node_kind() -> impl Strategy<Value = NodeKind> {
+    prop_oneof![
+        Just(NodeKind::Primary),
+        Just(NodeKind::Secondary),
+        Just(NodeKind::Sync)
+    ]
+}
+
+fn client_request() -> impl Strategy<Value = ClientRequest> {
+    prop_oneof![
+        any::<u32>().prop_map(|user| ClientRequest::Login { user }),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(user, target)| ClientRequest::Follow { user, target }),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(user, target)| ClientRequest::Unfollow { user, target }),
+        any::<u32>().prop_map(|user| ClientRequest::List { user }),
+        any::<u32>().prop_map(|user| ClientRequest::Timeline { user }),
+    ]
+}
+
+fn client_reply() -> impl Strategy<Value = ClientReply> {
+    prop_oneof![
+        Just(ClientReply::Ok),
+        (
+            proptest::collection::vec(any::<u32>(), 0..20),
+            proptest::collection::vec(any::<u32>(), 0..20)
+        )
+            .prop_map(|(all_users, followers)| ClientReply::List {
+                all_users,
+                followers
+            }),
+        command_error().prop_map(ClientReply::Failed),
+    ]
+}
+
+fn timeline_up() -> impl Strategy<Value = TimelineUp> {
+    (any::<u64>(), ".{0,64}").prop_map(|(nonce, text)| TimelineUp::Post { nonce, text })
+}
+
+fn timeline_down() -> impl Strategy<Value = TimelineDown> {
+    prop_oneof![
+        post().prop_map(TimelineDown::Entry),
+        any::<u64>().prop_map(|nonce| TimelineDown::Ack { nonce }),
+        (any::<u64>(), command_error())
+            .prop_map(|(nonce, reason)| TimelineDown::Refused { nonce, reason }),
+        Just(TimelineDown::NotActive),
+    ]
+}
+
+fn coord_request() -> impl Strategy<Value = CoordRequest> {
+    prop_oneof![
+        (any::<u32>(), node_kind(), ".{0,24}").prop_map(|(cluster, kind, addr)| {
+            CoordRequest::Heartbeat(Heartbeat {
+                cluster,
+                kind,
+                addr,
+            })
+        }),
+        any::<u32>().prop_map(|client| CoordRequest::AssignClient { client }),
+        Just(CoordRequest::SyncPeers),
+        Just(CoordRequest::Status),
+    ]
+}
+
+fn coord_reply() -> impl Strategy<Value = CoordReply> {
+    let entry = (
+        any::<u32>(),
+        node_kind(),
+        ".{0,24}",
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(cluster, kind, addr, alive, active, ms_since_beat, epoch)| RouteEntry {
+                cluster,
+                kind,
+                addr,
+                alive,
+                active,
+                ms_since_beat,
+                epoch,
+            },
+        );
+    prop_oneof![
+        (
+            any::<u64>(),
+            any::<bool>(),
+            proptest::option::of(".{0,24}"),
+            any::<u32>()
+        )
+            .prop_map(
+                |(epoch, active, peer, clusters)| CoordReply::Beat(BeatReply {
+                    epoch,
+                    active,
+                    peer,
+                    clusters
+                })
+            ),
+        (any::<u32>(), ".{0,24}")
+            .prop_map(|(cluster, addr)| CoordReply::Assigned { cluster, addr }),
+        (
+            any::<u32>(),
+            proptest::collection::vec(
+                (any::<u32>(), ".{0,24}").prop_map(|(cluster, addr)| SyncPeer { cluster, addr }),
+                0..5
+            )
+        )
+            .prop_map(|(clusters, peers)| CoordReply::SyncPeers { clusters, peers }),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            proptest::collection::vec(entry, 0..6)
+        )
+            .prop_map(|(clusters, heartbeat_ms, entries)| CoordReply::Status(
+                RoutingTables {
+                    clusters,
+                    heartbeat_ms,
+                    entries
+                }
+            )),
+        prop_oneof![
+            any::<u32>().prop_map(|cluster| CoordError::NoLiveServer { cluster }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(cluster, clusters)| CoordError::NoSuchCluster { cluster, clusters }),
+            Just(CoordError::NotANode),
+            ".{0,24}".prop_map(CoordError::BadAddress),
+        ]
+        .prop_map(CoordReply::Failed),
+    ]
+}
+
+fn mirror_msg() -> impl Strategy<Value = MirrorMsg> {
+    prop_oneof![
+        (any::<u32>(), any::<u64>())
+            .prop_map(|(cluster, epoch)| MirrorMsg::Hello { cluster, epoch }),
+        (any::<u64>(), proptest::collection::vec(change(), 0..8))
+            .prop_map(|(seq, changes)| MirrorMsg::Changes { seq, changes }),
+    ]
+}
+
+fn mirror_reply() -> impl Strategy<Value = MirrorReply> {
+    prop_oneof![
+        proptest::collection::vec(change(), 0..8).prop_map(MirrorReply::Changes),
+        Just(MirrorReply::EndOfState),
+        any::<u64>().prop_map(|seq| MirrorReply::Ack { seq }),
+        ".{0,24}".prop_map(MirrorReply::Refused),
+    ]
+}
+
+fn sync_request() -> impl Strategy<Value = SyncRequest> {
+    (
+        any::<u32>(),
+        any::<u32>(),
+        any::<u64>(),
+        proptest::collection::vec(change(), 0..8),
+    )
+        .prop_map(|(from, to, seq, changes)| SyncRequest::Batch {
+            from,
+            to,
+            seq,
+            changes,
+        })
+}
+
+fn sync_reply() -> impl Strategy<Value = SyncReply> {
+    prop_oneof![
+        any::<u64>().prop_map(|seq| SyncReply::Applied { seq }),
+        ".{0,24}".prop_map(SyncReply::Refused),
+    ]
+}
+
+macro_rules! round_trip {
+    ($name:ident, $strategy:expr, $ty:ty) => {
+        proptest! {
+            #[test]
+            fn $name(msg in $strategy) {
+                let bytes = encode(&msg).unwrap();
+                prop_assert!(bytes.len() <= MAX_FRAME_LEN);
+                let back: $ty = decode(&bytes).unwrap();
+                prop_assert_eq!(back, msg);
+            }
+        }
+    };
+}
+
+round_trip!(client_request_round_trips, client_request(), ClientRequest);
+round_trip!(client_reply_round_trips, client_reply(), ClientReply);
+round_trip!(timeline_up_round_trips, timeline_up(), TimelineUp);
+round_trip!(timeline_down_round_trips, timeline_down(), TimelineDown);
+round_trip!(coord_request_round_trips, coord_request(), CoordRequest);
+round_trip!(coord_reply_round_trips, coord_reply(), CoordReply);
+round_trip!(mirror_msg_round_trips, mirror_msg(), MirrorMsg);
+round_trip!(mirror_reply_round_trips, mirror_reply(), MirrorReply);
+round_trip!(sync_request_round_trips, sync_request(), SyncRequest);
+round_trip!(sync_reply_round_trips, sync_reply(), SyncReply);
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode::<ClientRequest>(&bytes);
+        let _ = decode::<ClientReply>(&bytes);
+        let _ = decode::<TimelineUp>(&bytes);
+        let _ = decode::<TimelineDown>(&bytes);
+        let _ = decode::<CoordRequest>(&bytes);
+        let _ = decode::<CoordReply>(&bytes);
+        let _ = decode::<MirrorMsg>(&bytes);
+        let _ = decode::<MirrorReply>(&bytes);
+        let _ = decode::<SyncRequest>(&bytes);
+        let _ = decode::<SyncReply>(&bytes);
+    }
+
+    #[test]
+    fn full_batch_fits_one_frame(n in 0usize..=MAX_BATCH_CHANGES) {
+        let changes = vec![Change::Post(Post {
+            id: PostId { author: u32::MAX, nonce: u64::MAX },
+            ts_us: i64::MIN,
+            text: "x".repeat(MAX_POST_BYTES),
+        }); n];
+        let msg = SyncRequest::Batch { from: u32::MAX, to: u32::MAX, seq: u64::MAX, changes };
+        prop_assert!(encode(&msg).unwrap().len() <= MAX_FRAME_LEN);
+    }
+}
