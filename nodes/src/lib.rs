@@ -1,1 +1,38 @@
-//! placeholder
+//! The four TSN roles and the QUIC plumbing they share.
+//!
+//! # Layout
+//! - [`common`]: options every binary takes (`--cert-dir`, logging, `--ready-file`), and
+//!   tracing set-up.
+//! - [`net`]: QUIC endpoints, dialling with timeouts, one-request-per-stream calls, the
+//!   advertised-address rule, and the transport limits (with what they cost).
+//! - [`coordinator`]: routing tables, heartbeats, failover epochs, client assignment.
+//! - [`server`]: a cluster's primary or secondary: client commands, the timeline stream,
+//!   the journal writer, mirroring to the standby, and watching the sync service's files.
+//! - [`sync`]: the follower synchroniser: ships journal changes between clusters and
+//!   writes what it receives into its own role directory.
+//! - [`client`]: the interactive command-line client.
+//! - [`status`]: prints the coordinator's routing tables for people.
+//!
+//! Where does a post go after the client sends it? `client::timeline` sends it up the
+//! timeline stream; `server::timeline` checks it and hands it to `server::store`, which
+//! journals it (group commit), mirrors it through `server::mirror`, and acknowledges it;
+//! `sync::sender` reads the journal and ships it to every cluster; `sync::receiver`
+//! writes it into followers' timelines; each server's `server::watch` sees the sync
+//! journal grow and pushes the post down its followers' open timeline streams.
+
+pub mod client;
+pub mod common;
+pub mod coordinator;
+pub mod net;
+pub mod server;
+pub mod status;
+pub mod sync;
+pub mod views;
+
+/// Microseconds since the Unix epoch, from the system clock.
+pub fn now_us() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+}

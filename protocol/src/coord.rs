@@ -55,6 +55,11 @@ pub struct Heartbeat {
     pub kind: NodeKind,
     /// The address others should dial, `host:port` (never an unspecified address).
     pub addr: String,
+    /// Whether the node believes it is its cluster's active server. A restarted
+    /// coordinator rebuilds its tables from these beliefs instead of failing over.
+    pub active: bool,
+    /// The failover epoch the node last learned.
+    pub epoch: u64,
 }
 
 /// The coordinator's answer.

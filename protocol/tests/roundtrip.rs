@@ -97,13 +97,22 @@ fn timeline_down() -> impl Strategy<Value = TimelineDown> {
 
 fn coord_request() -> impl Strategy<Value = CoordRequest> {
     prop_oneof![
-        (any::<u32>(), node_kind(), ".{0,24}").prop_map(|(cluster, kind, addr)| {
-            CoordRequest::Heartbeat(Heartbeat {
-                cluster,
-                kind,
-                addr,
-            })
-        }),
+        (
+            any::<u32>(),
+            node_kind(),
+            ".{0,24}",
+            any::<bool>(),
+            any::<u64>()
+        )
+            .prop_map(|(cluster, kind, addr, active, epoch)| {
+                CoordRequest::Heartbeat(Heartbeat {
+                    cluster,
+                    kind,
+                    addr,
+                    active,
+                    epoch,
+                })
+            }),
         any::<u32>().prop_map(|client| CoordRequest::AssignClient { client }),
         Just(CoordRequest::SyncPeers),
         Just(CoordRequest::Status),

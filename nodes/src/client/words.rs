@@ -1,0 +1,111 @@
+//! What the user types and what the client prints, in the original system's words.
+
+use tsn_protocol::client::{ClientReply, CommandError};
+use tsn_protocol::UserId;
+
+/// A parsed command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// FOLLOW <id>
+    Follow(UserId),
+    /// UNFOLLOW <id>
+    Unfollow(UserId),
+    /// LIST
+    List,
+    /// TIMELINE
+    Timeline,
+}
+
+/// Printed after a successful command.
+pub const SUCCESS: &str = "Command completed successfully";
+/// Printed when a command fails for a reason the original had no words for.
+pub const UNKNOWN_FAILURE: &str = "Command failed with unknown reason";
+
+/// Parses one typed line (case-insensitive). `Ok(None)` for a blank line; `Err` holds
+/// the message to print.
+pub fn parse(line: &str) -> Result<Option<Command>, &'static str> {
+    let mut parts = line.split_whitespace();
+    let Some(word) = parts.next() else {
+        return Ok(None);
+    };
+    let word = word.to_ascii_uppercase();
+    let arg = parts.next();
+    let target = |arg: Option<&str>| -> Result<UserId, &'static str> {
+        let arg = arg.ok_or("Invalid Input -- No Arguments Given")?;
+        arg.parse::<UserId>()
+            .map_err(|_| "Command failed with invalid username")
+    };
+    match word.as_str() {
+        "FOLLOW" => Ok(Some(Command::Follow(target(arg)?))),
+        "UNFOLLOW" => Ok(Some(Command::Unfollow(target(arg)?))),
+        "LIST" => Ok(Some(Command::List)),
+        "TIMELINE" => Ok(Some(Command::Timeline)),
+        _ => Err("Invalid Command"),
+    }
+}
+
+/// The message for a failed command.
+pub fn failure(e: &CommandError) -> &'static str {
+    match e {
+        CommandError::AlreadyExists => "Input username already exists, command failed",
+        CommandError::NoSuchUser => "Input username does not exists, command failed",
+        CommandError::InvalidUser => "Command failed with invalid username",
+        CommandError::InvalidCommand => "Command failed with invalid command",
+        CommandError::NotActive | CommandError::PostTooLong { .. } | CommandError::Storage(_) => UNKNOWN_FAILURE,
+    }
+}
+
+fn id_list(ids: &[UserId]) -> String {
+    ids.iter().map(|id| format!("{id}, ")).collect()
+}
+
+/// The lines printed for a reply.
+pub fn reply_lines(reply: &ClientReply) -> Vec<String> {
+    match reply {
+        ClientReply::Ok => vec![SUCCESS.to_string()],
+        ClientReply::List { all_users, followers } => vec![
+            SUCCESS.to_string(),
+            format!("All users: {}", id_list(all_users)),
+            format!("Followers: {}", id_list(followers)),
+        ],
+        ClientReply::Failed(e) => vec![failure(e).to_string()],
+    }
+}
+
+/// A timeline entry as the original printed it: `<sender> (<ctime>) >> <message>`.
+pub fn entry_line(post: &tsn_protocol::Post) -> String {
+    use chrono::TimeZone;
+    let when = chrono::Local
+        .timestamp_micros(post.ts_us)
+        .single()
+        .map(|t| t.format("%a %b %e %H:%M:%S %Y").to_string())
+        .unwrap_or_else(|| post.ts_us.to_string());
+    format!("{} ({}) >> {}", post.id.author, when, post.text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_case_insensitive_and_checked() {
+        assert_eq!(parse("follow 3"), Ok(Some(Command::Follow(3))));
+        assert_eq!(parse("  UnFollow   12 "), Ok(Some(Command::Unfollow(12))));
+        assert_eq!(parse("list"), Ok(Some(Command::List)));
+        assert_eq!(parse("Timeline"), Ok(Some(Command::Timeline)));
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(parse("FOLLOW"), Err("Invalid Input -- No Arguments Given"));
+        assert_eq!(parse("FOLLOW abc"), Err("Command failed with invalid username"));
+        assert_eq!(parse("FOLLOW -1"), Err("Command failed with invalid username"));
+        assert_eq!(parse("POST hi"), Err("Invalid Command"));
+    }
+
+    #[test]
+    fn list_is_printed_like_the_original() {
+        let lines = reply_lines(&ClientReply::List {
+            all_users: vec![1, 2, 3],
+            followers: vec![2],
+        });
+        assert_eq!(lines, vec![SUCCESS, "All users: 1, 2, 3, ", "Followers: 2, "]);
+    }
+}

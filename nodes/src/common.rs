@@ -1,0 +1,115 @@
+//! Options shared by every binary, and logging.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+/// Options every TSN binary takes.
+#[derive(Debug, Clone, Args)]
+pub struct CommonOpts {
+    /// Directory of the cluster CA (ca.pem for nodes, ca.crt suffices for clients).
+    /// Nodes create a CA there if none exists.
+    #[arg(long, default_value = "./certs", value_name = "DIR")]
+    pub cert_dir: PathBuf,
+
+    /// Log filter when RUST_LOG is not set (e.g. info, debug, tsn_nodes=trace).
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    pub log: String,
+}
+
+/// Options of the long-running node binaries (coordinator, server, sync service).
+#[derive(Debug, Clone, Args)]
+pub struct NodeOpts {
+    /// Root of the datastore.
+    #[arg(long, default_value = "./datastore", value_name = "DIR")]
+    pub datastore: PathBuf,
+
+    /// Address to bind (the port comes from -p).
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    pub bind: std::net::IpAddr,
+
+    /// Heartbeat interval in milliseconds (the coordinator fails a primary over after two
+    /// missed beats).
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub heartbeat_ms: u64,
+
+    /// Once serving, write the bound address (`ip:port`) to this file (for scripts and
+    /// tests that start nodes on port 0).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+impl NodeOpts {
+    /// The heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.max(1))
+    }
+
+    /// Writes the ready file, if one was asked for (atomically, so a reader never sees
+    /// half an address).
+    pub fn announce(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        if let Some(path) = &self.ready_file {
+            write_ready_file(path, addr)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_ready_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+    tsn_datastore::write_atomic(
+        path,
+        format!("{addr}\n").as_bytes(),
+        tsn_datastore::Durability::NoSync,
+    )
+    .with_context(|| format!("writing ready file {}", path.display()))
+}
+
+/// Starts tracing to stderr. RUST_LOG wins over `--log`.
+pub fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Parses `host:port` as the original's `-c <coordIP>:<coordPort>`.
+pub fn parse_host_port(s: &str) -> Result<String, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected <host>:<port>, got {s:?}"))?;
+    if host.is_empty() {
+        return Err(format!("missing host in {s:?}"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("invalid port {port:?} in {s:?}"))?;
+    Ok(s.to_string())
+}

@@ -1,0 +1,162 @@
+//! The coordinator's QUIC service.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use tsn_protocol::coord::{CoordError, CoordReply, CoordRequest};
+
+use super::tables::{Event, Tables};
+use crate::common::{CommonOpts, NodeOpts};
+
+/// `tsn_coordinator`: routing tables, heartbeats and failover for every cluster.
+#[derive(Debug, Parser)]
+#[command(name = "tsn_coordinator", version, about, long_about = None)]
+pub struct CoordinatorOpts {
+    /// UDP port to listen on (0 picks a free one; see --ready-file).
+    #[arg(short = 'p', long = "port")]
+    pub port: u16,
+
+    /// Clear the datastore (every cluster's files) before starting.
+    #[arg(short = 'c', long = "clear")]
+    pub clear: bool,
+
+    /// Number of clusters; client N is served by cluster (N % clusters) + 1.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub clusters: u32,
+
+    #[command(flatten)]
+    pub node: NodeOpts,
+
+    #[command(flatten)]
+    pub common: CommonOpts,
+}
+
+type Shared = Arc<Mutex<Tables>>;
+
+fn log_events(events: Vec<Event>) {
+    for e in events {
+        match e {
+            Event::Registered { cluster, kind, addr } => {
+                tracing::info!(cluster, kind = kind.as_str(), %addr, "registered")
+            }
+            Event::Failover {
+                cluster,
+                active: Some(kind),
+                epoch,
+            } => tracing::warn!(cluster, active = kind.as_str(), epoch, "active server is now the {}", kind.as_str()),
+            Event::Failover {
+                cluster,
+                active: None,
+                epoch,
+            } => tracing::error!(cluster, epoch, "no live server in cluster"),
+        }
+    }
+}
+
+/// Runs the coordinator until Ctrl-C / SIGTERM.
+pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
+    if opts.clear {
+        let ds = tsn_datastore::Datastore::new(&opts.node.datastore);
+        ds.clear()
+            .with_context(|| format!("clearing datastore {}", opts.node.datastore.display()))?;
+        tracing::info!(path = %opts.node.datastore.display(), "datastore cleared");
+    }
+    let identity = tsn_certs::node_identity(&opts.common.cert_dir, &[])
+        .with_context(|| format!("loading certificates from {}", opts.common.cert_dir.display()))?;
+    let bind = SocketAddr::new(opts.node.bind, opts.port);
+    let hb = opts.node.heartbeat();
+    let endpoint = crate::net::node_endpoint(
+        &identity,
+        tsn_certs::ClientAuth::Optional,
+        bind,
+        crate::net::node_idle_timeout(hb),
+    )?;
+    let local = endpoint.local_addr()?;
+    tracing::info!(%local, clusters = opts.clusters, heartbeat_ms = opts.node.heartbeat_ms, "coordinator listening");
+    opts.node.announce(local)?;
+
+    let tables: Shared = Arc::new(Mutex::new(Tables::new(opts.clusters, hb)));
+    let ticker = {
+        let tables = tables.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(hb / 2);
+            loop {
+                tick.tick().await;
+                let mut events = Vec::new();
+                if let Ok(mut t) = tables.lock() {
+                    t.refresh_all(Instant::now(), &mut events);
+                }
+                log_events(events);
+            }
+        })
+    };
+    let accept = {
+        let tables = tables.clone();
+        tokio::spawn(crate::net::accept_loop(endpoint.clone(), move |conn| {
+            serve_connection(conn, tables.clone())
+        }))
+    };
+    crate::common::shutdown_signal().await;
+    tracing::info!("shutting down");
+    endpoint.close(0u32.into(), b"coordinator shutting down");
+    ticker.abort();
+    accept.abort();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+async fn serve_connection(conn: quinn::Connection, tables: Shared) {
+    let is_node = tsn_certs::peer_is_node(&conn);
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let tables = tables.clone();
+        tokio::spawn(async move {
+            let req = match tsn_protocol::read_msg::<CoordRequest, _>(&mut recv).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("bad request: {e}");
+                    let _ = send.reset(1u32.into());
+                    return;
+                }
+            };
+            let reply = answer(&tables, req, is_node);
+            if tsn_protocol::write_msg(&mut send, &reply).await.is_ok() {
+                let _ = send.finish();
+            }
+        });
+    }
+}
+
+fn answer(tables: &Shared, req: CoordRequest, is_node: bool) -> CoordReply {
+    let now = Instant::now();
+    let mut events = Vec::new();
+    let Ok(mut t) = tables.lock() else {
+        return CoordReply::Failed(CoordError::NoLiveServer { cluster: 0 });
+    };
+    let reply = match req {
+        CoordRequest::Heartbeat(hb) if is_node => match t.beat(&hb, now, &mut events) {
+            Ok(r) => CoordReply::Beat(r),
+            Err(e) => CoordReply::Failed(e),
+        },
+        CoordRequest::SyncPeers if is_node => CoordReply::SyncPeers {
+            clusters: t.clusters(),
+            peers: t.sync_peers(now),
+        },
+        CoordRequest::Heartbeat(_) | CoordRequest::SyncPeers => CoordReply::Failed(CoordError::NotANode),
+        CoordRequest::AssignClient { client } => match t.assign(client, now, &mut events) {
+            Ok((cluster, addr)) => CoordReply::Assigned { cluster, addr },
+            Err(e) => CoordReply::Failed(e),
+        },
+        CoordRequest::Status => CoordReply::Status(t.status(now)),
+    };
+    drop(t);
+    log_events(events);
+    reply
+}

@@ -1,0 +1,329 @@
+//! Routing tables and the failover rule, free of I/O and clocks.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tsn_protocol::coord::{BeatReply, CoordError, Heartbeat, NodeKind, RouteEntry, RoutingTables, SyncPeer};
+use tsn_protocol::types::cluster_of;
+use tsn_protocol::{ClusterId, UserId};
+
+/// A node is down after this many missed heartbeats.
+pub const MISSED_BEATS: u32 = 2;
+
+#[derive(Debug, Clone)]
+struct Slot {
+    addr: String,
+    last_beat: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Cluster {
+    slots: BTreeMap<NodeKind, Slot>,
+    /// Which server is active, if any.
+    active: Option<NodeKind>,
+    epoch: u64,
+}
+
+/// What changed in a cluster, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A node registered or re-registered with a new address.
+    Registered {
+        /// Cluster.
+        cluster: ClusterId,
+        /// Kind.
+        kind: NodeKind,
+        /// Address.
+        addr: String,
+    },
+    /// The active server changed.
+    Failover {
+        /// Cluster.
+        cluster: ClusterId,
+        /// The server now active, or none.
+        active: Option<NodeKind>,
+        /// The new epoch.
+        epoch: u64,
+    },
+}
+
+/// The coordinator's routing tables.
+#[derive(Debug)]
+pub struct Tables {
+    clusters: u32,
+    heartbeat: Duration,
+    by_id: BTreeMap<ClusterId, Cluster>,
+}
+
+impl Tables {
+    /// Empty tables for `clusters` clusters and the given heartbeat interval.
+    pub fn new(clusters: u32, heartbeat: Duration) -> Self {
+        Tables {
+            clusters: clusters.max(1),
+            heartbeat,
+            by_id: BTreeMap::new(),
+        }
+    }
+
+    /// Number of clusters.
+    pub fn clusters(&self) -> u32 {
+        self.clusters
+    }
+
+    /// A node that has not beaten for longer than this is down: two missed beats, plus
+    /// half a beat of slack for scheduling jitter.
+    fn down_after(&self) -> Duration {
+        self.heartbeat * MISSED_BEATS + self.heartbeat / 2
+    }
+
+    fn alive(&self, slot: &Slot, now: Instant) -> bool {
+        now.saturating_duration_since(slot.last_beat) <= self.down_after()
+    }
+
+    /// Records a heartbeat and answers it.
+    pub fn beat(&mut self, hb: &Heartbeat, now: Instant, events: &mut Vec<Event>) -> Result<BeatReply, CoordError> {
+        if hb.cluster == 0 || hb.cluster > self.clusters {
+            return Err(CoordError::NoSuchCluster {
+                cluster: hb.cluster,
+                clusters: self.clusters,
+            });
+        }
+        if !crate::net::dialable(&hb.addr) {
+            return Err(CoordError::BadAddress(hb.addr.clone()));
+        }
+        let cluster = self.by_id.entry(hb.cluster).or_default();
+        let changed = cluster.slots.get(&hb.kind).is_none_or(|s| s.addr != hb.addr);
+        cluster.slots.insert(
+            hb.kind,
+            Slot {
+                addr: hb.addr.clone(),
+                last_beat: now,
+            },
+        );
+        if changed {
+            events.push(Event::Registered {
+                cluster: hb.cluster,
+                kind: hb.kind,
+                addr: hb.addr.clone(),
+            });
+        }
+        // A node that was active under an epoch we never saw (we restarted) keeps its role.
+        if hb.kind != NodeKind::Sync && hb.active && hb.epoch >= cluster.epoch && cluster.active.is_none() {
+            cluster.active = Some(hb.kind);
+            cluster.epoch = hb.epoch;
+            events.push(Event::Failover {
+                cluster: hb.cluster,
+                active: cluster.active,
+                epoch: cluster.epoch,
+            });
+        }
+        self.refresh(hb.cluster, now, events);
+        let cluster = &self.by_id[&hb.cluster];
+        let other = match hb.kind {
+            NodeKind::Primary => Some(NodeKind::Secondary),
+            NodeKind::Secondary => Some(NodeKind::Primary),
+            NodeKind::Sync => None,
+        };
+        let active = cluster.active == Some(hb.kind);
+        let peer = other
+            .and_then(|k| cluster.slots.get(&k))
+            .filter(|s| self.alive(s, now))
+            .map(|s| s.addr.clone())
+            // A standby catches up only from the active server.
+            .filter(|_| active || cluster.active.is_some());
+        Ok(BeatReply {
+            epoch: cluster.epoch,
+            active,
+            peer,
+            clusters: self.clusters,
+        })
+    }
+
+    /// Re-evaluates which server of `cluster` is active. The active server stays active
+    /// while it is alive (a returning primary does not take over again: it becomes the
+    /// standby); when it is down, the other one takes over if alive. Each change of the
+    /// active server increments the epoch.
+    pub fn refresh(&mut self, cluster_id: ClusterId, now: Instant, events: &mut Vec<Event>) {
+        let down_after = self.down_after();
+        let Some(cluster) = self.by_id.get_mut(&cluster_id) else {
+            return;
+        };
+        let alive = |k: NodeKind| {
+            cluster
+                .slots
+                .get(&k)
+                .is_some_and(|s| now.saturating_duration_since(s.last_beat) <= down_after)
+        };
+        if cluster.active.is_some_and(alive) {
+            return;
+        }
+        let next = [NodeKind::Primary, NodeKind::Secondary].into_iter().find(|k| alive(*k));
+        if next != cluster.active {
+            if next.is_some() {
+                cluster.epoch += 1;
+            }
+            cluster.active = next;
+            events.push(Event::Failover {
+                cluster: cluster_id,
+                active: next,
+                epoch: cluster.epoch,
+            });
+        }
+    }
+
+    /// Re-evaluates every cluster.
+    pub fn refresh_all(&mut self, now: Instant, events: &mut Vec<Event>) {
+        let ids: Vec<ClusterId> = self.by_id.keys().copied().collect();
+        for id in ids {
+            self.refresh(id, now, events);
+        }
+    }
+
+    /// The cluster and active server address for `client`.
+    pub fn assign(&mut self, client: UserId, now: Instant, events: &mut Vec<Event>) -> Result<(ClusterId, String), CoordError> {
+        let cluster_id = cluster_of(client, self.clusters);
+        self.refresh(cluster_id, now, events);
+        self.by_id
+            .get(&cluster_id)
+            .and_then(|c| c.active.and_then(|k| c.slots.get(&k)))
+            .map(|s| (cluster_id, s.addr.clone()))
+            .ok_or(CoordError::NoLiveServer { cluster: cluster_id })
+    }
+
+    /// Every live sync service.
+    pub fn sync_peers(&self, now: Instant) -> Vec<SyncPeer> {
+        self.by_id
+            .iter()
+            .filter_map(|(id, c)| {
+                c.slots
+                    .get(&NodeKind::Sync)
+                    .filter(|s| self.alive(s, now))
+                    .map(|s| SyncPeer {
+                        cluster: *id,
+                        addr: s.addr.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    /// The tables, for people.
+    pub fn status(&self, now: Instant) -> RoutingTables {
+        let mut entries = Vec::new();
+        for (id, c) in &self.by_id {
+            for (kind, slot) in &c.slots {
+                entries.push(RouteEntry {
+                    cluster: *id,
+                    kind: *kind,
+                    addr: slot.addr.clone(),
+                    alive: self.alive(slot, now),
+                    active: c.active == Some(*kind),
+                    ms_since_beat: u64::try_from(now.saturating_duration_since(slot.last_beat).as_millis())
+                        .unwrap_or(u64::MAX),
+                    epoch: c.epoch,
+                });
+            }
+        }
+        RoutingTables {
+            clusters: self.clusters,
+            heartbeat_ms: u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            entries,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const HB: Duration = Duration::from_millis(100);
+
+    fn hb(cluster: u32, kind: NodeKind, port: u16) -> Heartbeat {
+        Heartbeat {
+            cluster,
+            kind,
+            addr: format!("127.0.0.1:{port}"),
+            active: false,
+            epoch: 0,
+        }
+    }
+
+    #[test]
+    fn primary_is_active_then_fails_over_after_two_missed_beats() {
+        let mut t = Tables::new(3, HB);
+        let mut ev = Vec::new();
+        let t0 = Instant::now();
+        let p = t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev).unwrap();
+        assert!(p.active);
+        assert_eq!(p.epoch, 1);
+        let s = t.beat(&hb(1, NodeKind::Secondary, 2), t0, &mut ev).unwrap();
+        assert!(!s.active);
+        assert_eq!(s.peer.as_deref(), Some("127.0.0.1:1"));
+        // client 3 -> cluster (3 % 3) + 1 = 1
+        assert_eq!(t.assign(3, t0, &mut ev).unwrap(), (1, "127.0.0.1:1".into()));
+
+        // One missed beat: still the primary.
+        let t1 = t0 + HB * 2;
+        t.beat(&hb(1, NodeKind::Secondary, 2), t1, &mut ev).unwrap();
+        assert_eq!(t.assign(3, t1, &mut ev).unwrap().1, "127.0.0.1:1");
+
+        // Past two missed beats: the secondary takes over, with a new epoch.
+        let t2 = t0 + HB * 3;
+        let s = t.beat(&hb(1, NodeKind::Secondary, 2), t2, &mut ev).unwrap();
+        assert!(s.active);
+        assert_eq!(s.epoch, 2);
+        assert_eq!(s.peer, None, "the dead primary is no mirror target");
+        assert_eq!(t.assign(3, t2, &mut ev).unwrap().1, "127.0.0.1:2");
+
+        // The primary returns: it is the standby and catches up from the secondary.
+        let p = t.beat(&hb(1, NodeKind::Primary, 1), t2, &mut ev).unwrap();
+        assert!(!p.active);
+        assert_eq!(p.epoch, 2);
+        assert_eq!(p.peer.as_deref(), Some("127.0.0.1:2"));
+        let s = t.beat(&hb(1, NodeKind::Secondary, 2), t2, &mut ev).unwrap();
+        assert_eq!(s.peer.as_deref(), Some("127.0.0.1:1"), "mirror to the returned primary");
+    }
+
+    #[test]
+    fn no_live_server_and_bad_cluster_are_errors() {
+        let mut t = Tables::new(3, HB);
+        let mut ev = Vec::new();
+        let now = Instant::now();
+        assert_eq!(t.assign(1, now, &mut ev), Err(CoordError::NoLiveServer { cluster: 2 }));
+        assert!(matches!(
+            t.beat(&hb(4, NodeKind::Primary, 1), now, &mut ev),
+            Err(CoordError::NoSuchCluster { cluster: 4, clusters: 3 })
+        ));
+        let mut bad = hb(1, NodeKind::Primary, 1);
+        bad.addr = "0.0.0.0:5000".into();
+        assert!(matches!(t.beat(&bad, now, &mut ev), Err(CoordError::BadAddress(_))));
+    }
+
+    #[test]
+    fn restarted_coordinator_keeps_the_claimed_active_server() {
+        let mut t = Tables::new(3, HB);
+        let mut ev = Vec::new();
+        let now = Instant::now();
+        // The secondary beats first, but the primary had been failed over to it at epoch 7.
+        let mut s = hb(2, NodeKind::Secondary, 2);
+        s.active = true;
+        s.epoch = 7;
+        let r = t.beat(&s, now, &mut ev).unwrap();
+        assert!(r.active);
+        assert_eq!(r.epoch, 7);
+        let r = t.beat(&hb(2, NodeKind::Primary, 1), now, &mut ev).unwrap();
+        assert!(!r.active);
+        assert_eq!(r.epoch, 7);
+    }
+
+    #[test]
+    fn sync_peers_lists_live_sync_services() {
+        let mut t = Tables::new(2, HB);
+        let mut ev = Vec::new();
+        let now = Instant::now();
+        t.beat(&hb(1, NodeKind::Sync, 10), now, &mut ev).unwrap();
+        t.beat(&hb(2, NodeKind::Sync, 20), now, &mut ev).unwrap();
+        assert_eq!(t.sync_peers(now).len(), 2);
+        assert_eq!(t.sync_peers(now + HB * 3).len(), 0);
+    }
+}

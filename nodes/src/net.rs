@@ -1,0 +1,229 @@
+//! QUIC plumbing shared by every role.
+//!
+//! Limits, and what they cost: a connection may have at most [`MAX_BIDI_STREAMS`] open
+//! bidirectional streams; each stream's receive window is [`STREAM_WINDOW`] and the whole
+//! connection's [`CONNECTION_WINDOW`], so a peer can make us buffer at most
+//! `CONNECTION_WINDOW` bytes per connection (1 MiB + one frame being decoded per stream).
+//! Endpoints accept at most [`MAX_CONNECTIONS`] connections at once.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+use tsn_protocol::CodecError;
+
+/// Open bidirectional streams a peer may have on one connection.
+pub const MAX_BIDI_STREAMS: u32 = 256;
+/// Receive window of one stream: more than one maximum frame, so a frame never stalls.
+pub const STREAM_WINDOW: u32 = 2 * tsn_protocol::MAX_FRAME_LEN as u32;
+/// Receive window of one connection.
+pub const CONNECTION_WINDOW: u32 = 4 * tsn_protocol::MAX_FRAME_LEN as u32;
+/// Connections an endpoint serves at once; more are refused.
+pub const MAX_CONNECTIONS: usize = 20_000;
+/// How long dialling a peer may take before we give up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one request/response exchange may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the shared plumbing.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The address could not be resolved.
+    #[error("cannot resolve {addr}: {reason}")]
+    Resolve {
+        /// What was resolved.
+        addr: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Dialling failed.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The peer.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer did not answer in time.
+    #[error("{what} timed out")]
+    Timeout {
+        /// What timed out.
+        what: &'static str,
+    },
+    /// The connection or stream failed.
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing to a stream failed.
+    #[error("stream closed: {0}")]
+    Write(#[from] quinn::ClosedStream),
+    /// Encoding, decoding or framing failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The peer closed the stream without answering.
+    #[error("peer closed the stream without answering")]
+    NoReply,
+}
+
+/// Transport settings: keep-alive at a third of the idle timeout, so a live but quiet
+/// peer is never timed out, and a dead one is noticed within `idle`.
+pub fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window(STREAM_WINDOW.into());
+    t.receive_window(CONNECTION_WINDOW.into());
+    t.keep_alive_interval(Some(idle / 3));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
+/// Resolves `host:port` to one socket address, preferring IPv4.
+pub async fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| NetError::Resolve {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| NetError::Resolve {
+            addr: addr.to_string(),
+            reason: "no addresses".into(),
+        })
+}
+
+/// Dials `addr` with the endpoint's default client config, within [`CONNECT_TIMEOUT`].
+pub async fn connect(endpoint: &quinn::Endpoint, addr: &str) -> Result<quinn::Connection, NetError> {
+    let sock = resolve(addr).await?;
+    let connecting = endpoint
+        .connect(sock, tsn_certs::SERVER_NAME)
+        .map_err(|e| NetError::Connect {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(NetError::Connect {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(NetError::Timeout { what: "connecting" }),
+    }
+}
+
+/// One request and one reply on a fresh bidirectional stream, within [`REQUEST_TIMEOUT`].
+pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
+    conn: &quinn::Connection,
+    req: &Req,
+) -> Result<Rep, NetError> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        tsn_protocol::write_msg(&mut send, req).await?;
+        send.finish()?;
+        match tsn_protocol::read_msg::<Rep, _>(&mut recv).await? {
+            Some(rep) => Ok(rep),
+            None => Err(NetError::NoReply),
+        }
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| NetError::Timeout { what: "request" })?
+}
+
+/// The address others should dial to reach a node bound to `bound` that talks to the
+/// coordinator at `coord`: an explicit `--advertise` wins; a specific bind address is used
+/// as is; for a wildcard bind, the local address the system would use to reach the
+/// coordinator (learned by connecting a UDP socket, which sends nothing).
+pub async fn advertise_addr(
+    explicit: Option<&str>,
+    bound: SocketAddr,
+    coord: &str,
+) -> Result<String, NetError> {
+    if let Some(a) = explicit {
+        return Ok(a.to_string());
+    }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound.to_string());
+    }
+    let coord_sock = resolve(coord).await?;
+    let local_ip = route_source(coord_sock).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    Ok(SocketAddr::new(local_ip, bound.port()).to_string())
+}
+
+fn route_source(to: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if to.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(bind).ok()?;
+    sock.connect(to).ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// Whether an advertised address can be dialled by others.
+pub fn dialable(addr: &str) -> bool {
+    match addr.parse::<SocketAddr>() {
+        Ok(sock) => !sock.ip().is_unspecified() && sock.port() != 0,
+        Err(_) => addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)),
+    }
+}
+
+/// Accepts connections until the endpoint is closed, running `handle` for each in its
+/// own task, at most [`MAX_CONNECTIONS`] at once (further attempts are refused).
+pub async fn accept_loop<F, Fut>(endpoint: quinn::Endpoint, handle: F)
+where
+    F: Fn(quinn::Connection) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let handle = Arc::new(handle);
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => handle(conn).await,
+                Err(e) => tracing::debug!(%remote, "handshake failed: {e}"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// A server endpoint bound to `bind` that also dials with the node's identity.
+pub fn node_endpoint(
+    identity: &tsn_certs::Identity,
+    auth: tsn_certs::ClientAuth,
+    bind: SocketAddr,
+    idle: Duration,
+) -> anyhow::Result<quinn::Endpoint> {
+    use anyhow::Context;
+    let t = transport(idle);
+    let server = identity.server_config(auth, t.clone())?;
+    let mut endpoint = quinn::Endpoint::server(server, bind).with_context(|| format!("binding UDP {bind}"))?;
+    endpoint.set_default_client_config(identity.client_config(t)?);
+    Ok(endpoint)
+}
+
+/// Idle timeout of node-to-node connections for a given heartbeat interval: long enough
+/// to ride out a slow beat, short enough that a dead peer is noticed within a few beats.
+pub fn node_idle_timeout(heartbeat: Duration) -> Duration {
+    (heartbeat * 3).clamp(Duration::from_millis(600), Duration::from_secs(30))
+}

@@ -1,0 +1,263 @@
+//! Mirroring between the two servers of a cluster.
+//!
+//! The active server dials the standby the coordinator names and opens one stream. Both
+//! first send their whole journal, so that each gets what it lacks: this is how a
+//! returning server catches up before it can serve again, and how the two sides of a
+//! split brain merge (every change is idempotent: users only grow, posts are keyed by
+//! id, a follow and an unfollow resolve by timestamp). Then the active server streams
+//! each committed batch; clients are acknowledged when the standby has made it durable.
+//! A standby that does not acknowledge within [`ACK_TIMEOUT`] is dropped and the active
+//! server serves alone (and says so) until the standby is back and caught up.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tsn_datastore::Record;
+use tsn_protocol::mirror::{MirrorMsg, MirrorReply};
+use tsn_protocol::{Change, MAX_BATCH_CHANGES};
+
+use super::store::{Done, MirrorJob, Store};
+use super::Shared;
+
+/// How long the standby may take to acknowledge a batch before it is dropped.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one step of the catch-up exchange may take.
+const EXCHANGE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before dialling a standby again after mirroring to it failed.
+const RETRY: Duration = Duration::from_millis(500);
+
+fn complete(dones: Vec<Done>) {
+    for d in dones {
+        let _ = d.send(Ok(()));
+    }
+}
+
+/// The active side: runs for the life of the server.
+pub async fn run_active(shared: Arc<Shared>, endpoint: quinn::Endpoint, store: Store, mut jobs: mpsc::Receiver<MirrorJob>) {
+    let mut role_rx = shared.role.subscribe();
+    let mut alone_logged = false;
+    loop {
+        let role = shared.role();
+        let target = role.peer.clone().filter(|_| role.active);
+        let Some(addr) = target else {
+            if role.active && !alone_logged {
+                tracing::warn!("no standby alive: serving alone, acknowledging without mirroring");
+                alone_logged = true;
+            }
+            tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(j) => complete(j.dones),
+                    None => return,
+                },
+                _ = role_rx.changed() => {}
+            }
+            continue;
+        };
+        alone_logged = false;
+        match mirror_to(&shared, &endpoint, &store, &addr, role.epoch, &mut jobs, &mut role_rx).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(standby = %addr, "mirroring failed, serving alone until the standby is back: {e:#}");
+                let pause = tokio::time::sleep(RETRY);
+                tokio::pin!(pause);
+                loop {
+                    tokio::select! {
+                        job = jobs.recv() => match job {
+                            Some(j) => complete(j.dones),
+                            None => return,
+                        },
+                        _ = &mut pause => break,
+                        _ = role_rx.changed() => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn read_journal(shared: &Shared) -> anyhow::Result<Vec<Change>> {
+    let path = shared.dir.journal();
+    let records = tokio::task::spawn_blocking(move || tsn_datastore::read_records(&path))
+        .await
+        .context("journal reader panicked")??;
+    Ok(records
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Change(c) => Some(c),
+            Record::Deliver { .. } => None,
+        })
+        .collect())
+}
+
+async fn step<T>(what: &'static str, fut: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(EXCHANGE_STEP_TIMEOUT, fut)
+        .await
+        .with_context(|| format!("{what} timed out"))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn mirror_to(
+    shared: &Shared,
+    endpoint: &quinn::Endpoint,
+    store: &Store,
+    addr: &str,
+    epoch: u64,
+    jobs: &mut mpsc::Receiver<MirrorJob>,
+    role_rx: &mut tokio::sync::watch::Receiver<super::RoleState>,
+) -> anyhow::Result<()> {
+    let conn = crate::net::connect(endpoint, addr).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = MirrorMsg::Hello {
+        cluster: shared.cluster,
+        epoch,
+    };
+    tsn_protocol::write_msg(&mut send, &hello).await?;
+
+    // 1. What the standby has that we may lack.
+    let mut received = 0usize;
+    loop {
+        match step("receiving the standby's state", tsn_protocol::read_msg::<MirrorReply, _>(&mut recv)).await?? {
+            Some(MirrorReply::Changes(changes)) => {
+                received += changes.len();
+                store.write(changes, false).await?;
+            }
+            Some(MirrorReply::EndOfState) => break,
+            Some(MirrorReply::Refused(why)) => bail!("standby refused: {why}"),
+            Some(MirrorReply::Ack { .. }) => bail!("standby acknowledged before the exchange ended"),
+            None => bail!("standby closed the stream during the exchange"),
+        }
+    }
+
+    // 2. What we have that it may lack. Everything committed before this read is in it;
+    //    everything committed after it is in `jobs`. Overlap is harmless.
+    let ours = read_journal(shared).await?;
+    let mut seq = 0u64;
+    let mut inflight: VecDeque<(u64, Vec<Done>, Instant)> = VecDeque::new();
+    for chunk in ours.chunks(MAX_BATCH_CHANGES) {
+        seq += 1;
+        tsn_protocol::write_msg(
+            &mut send,
+            &MirrorMsg::Changes {
+                seq,
+                changes: chunk.to_vec(),
+            },
+        )
+        .await?;
+        inflight.push_back((seq, Vec::new(), Instant::now()));
+    }
+    tracing::info!(standby = %addr, received, sent = ours.len(), "mirroring to the standby after exchanging state");
+    drop(ours);
+
+    // 3. Live. Acks are read by a task (reading a frame is not cancel-safe).
+    let (ack_tx, mut ack_rx) = mpsc::channel::<u64>(1024);
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(MirrorReply::Ack { seq })) = tsn_protocol::read_msg::<MirrorReply, _>(&mut recv).await {
+            if ack_tx.send(seq).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = live(shared, addr, &mut send, jobs, role_rx, &mut ack_rx, &mut inflight, seq).await;
+    reader.abort();
+    for (_, dones, _) in inflight {
+        complete(dones);
+    }
+    conn.close(0u32.into(), b"mirror closed");
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn live(
+    shared: &Shared,
+    addr: &str,
+    send: &mut quinn::SendStream,
+    jobs: &mut mpsc::Receiver<MirrorJob>,
+    role_rx: &mut tokio::sync::watch::Receiver<super::RoleState>,
+    ack_rx: &mut mpsc::Receiver<u64>,
+    inflight: &mut VecDeque<(u64, Vec<Done>, Instant)>,
+    mut seq: u64,
+) -> anyhow::Result<()> {
+    loop {
+        let deadline = inflight.front().map(|f| f.2 + ACK_TIMEOUT);
+        tokio::select! {
+            job = jobs.recv() => {
+                let Some(job) = job else { return Ok(()) };
+                if job.changes.is_empty() && inflight.is_empty() {
+                    complete(job.dones);
+                    continue;
+                }
+                seq += 1;
+                tsn_protocol::write_msg(send, &MirrorMsg::Changes { seq, changes: job.changes }).await?;
+                inflight.push_back((seq, job.dones, Instant::now()));
+            }
+            ack = ack_rx.recv() => {
+                let Some(acked) = ack else { bail!("standby closed the mirror stream") };
+                while inflight.front().is_some_and(|f| f.0 <= acked) {
+                    if let Some((_, dones, _)) = inflight.pop_front() {
+                        complete(dones);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                bail!("standby did not acknowledge within {ACK_TIMEOUT:?}");
+            }
+            changed = role_rx.changed() => {
+                let role = shared.role();
+                if changed.is_err() || !role.active || role.peer.as_deref() != Some(addr) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The standby side of one mirror stream (opened by a node peer).
+pub async fn serve_standby(shared: Arc<Shared>, store: Store, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    if let Err(e) = standby(&shared, &store, &mut send, &mut recv).await {
+        tracing::warn!("mirror stream from the active server ended: {e:#}");
+    }
+}
+
+async fn standby(shared: &Shared, store: &Store, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> anyhow::Result<()> {
+    let Some(MirrorMsg::Hello { cluster, epoch }) = tsn_protocol::read_msg::<MirrorMsg, _>(recv).await? else {
+        let _ = send.reset(1u32.into());
+        bail!("node stream did not start with a mirror hello");
+    };
+    let role = shared.role();
+    let refusal = if cluster != shared.cluster {
+        Some(format!("this server serves cluster {}, not {cluster}", shared.cluster))
+    } else if role.active && epoch < role.epoch {
+        Some(format!("this server is active at epoch {}, newer than {epoch}", role.epoch))
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        tsn_protocol::write_msg(send, &MirrorReply::Refused(why.clone())).await?;
+        let _ = send.finish();
+        bail!("refused a mirror stream: {why}");
+    }
+    let ours = read_journal(shared).await?;
+    for chunk in ours.chunks(MAX_BATCH_CHANGES) {
+        tsn_protocol::write_msg(send, &MirrorReply::Changes(chunk.to_vec())).await?;
+    }
+    tsn_protocol::write_msg(send, &MirrorReply::EndOfState).await?;
+    tracing::info!(sent = ours.len(), epoch, "active server connected for mirroring; state exchanged");
+    drop(ours);
+    loop {
+        match tsn_protocol::read_msg::<MirrorMsg, _>(recv).await? {
+            Some(MirrorMsg::Changes { seq, changes }) => match store.write(changes, false).await {
+                Ok(()) => tsn_protocol::write_msg(send, &MirrorReply::Ack { seq }).await?,
+                Err(e) => {
+                    tsn_protocol::write_msg(send, &MirrorReply::Refused(e.to_string())).await?;
+                    bail!("could not store mirrored changes: {e}");
+                }
+            },
+            Some(MirrorMsg::Hello { .. }) => bail!("second hello on a mirror stream"),
+            None => return Ok(()),
+        }
+    }
+}

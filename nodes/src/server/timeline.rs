@@ -1,0 +1,148 @@
+//! The timeline stream of one client session: posts up, entries and acks down.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tsn_protocol::client::{ClientReply, CommandError, TimelineDown, TimelineUp};
+use tsn_protocol::{Change, Post, PostId, UserId, MAX_POST_BYTES};
+
+use super::store::Store;
+use super::Shared;
+
+/// Posts of one session whose acknowledgement is outstanding; more make the session wait.
+const IN_FLIGHT: usize = 256;
+
+/// Runs a timeline session on the stream until the client leaves, the connection drops
+/// or this server stops being active.
+pub async fn run(shared: Arc<Shared>, store: Store, user: UserId, mut send: quinn::SendStream, recv: quinn::RecvStream) {
+    let refuse = match super::commands::check_user(&shared, user) {
+        Err(e) => Some(e),
+        Ok(()) if !shared.model.lock().unwrap_or_else(|e| e.into_inner()).is_local(user) => Some(CommandError::InvalidUser),
+        Ok(()) => None,
+    };
+    if let Some(e) = refuse {
+        if tsn_protocol::write_msg(&mut send, &ClientReply::Failed(e)).await.is_ok() {
+            let _ = send.finish();
+        }
+        return;
+    }
+    // Subscribe before reading the backlog so that nothing falls between the two.
+    let (sub_id, mut inbox) = shared.subscribe(user);
+    let backlog = shared.model.lock().unwrap_or_else(|e| e.into_inner()).backlog(user);
+    let result = session(&shared, &store, user, &mut send, recv, backlog, &mut inbox).await;
+    shared.unsubscribe(user, sub_id);
+    match result {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(e) => tracing::debug!(user, "timeline session ended: {e}"),
+    }
+}
+
+async fn session(
+    shared: &Shared,
+    store: &Store,
+    user: UserId,
+    send: &mut quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    backlog: Vec<Post>,
+    inbox: &mut mpsc::Receiver<Post>,
+) -> anyhow::Result<()> {
+    tsn_protocol::write_msg(send, &ClientReply::Ok).await?;
+    let mut shown: HashSet<PostId> = HashSet::new();
+    for p in backlog {
+        shown.insert(p.id);
+        tsn_protocol::write_msg(send, &TimelineDown::Entry(p)).await?;
+    }
+
+    // Reading a frame is not cancel-safe, so a task reads and forwards whole messages.
+    let (up_tx, mut up_rx) = mpsc::channel::<TimelineUp>(IN_FLIGHT);
+    let reader = tokio::spawn(async move {
+        loop {
+            match tsn_protocol::read_msg::<TimelineUp, _>(&mut recv).await {
+                Ok(Some(m)) => {
+                    if up_tx.send(m).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let _guard = AbortOnDrop(reader);
+
+    let (ack_tx, mut ack_rx) = mpsc::channel::<TimelineDown>(IN_FLIGHT);
+    let mut role = shared.role.subscribe();
+    let mut mine: HashSet<PostId> = HashSet::new();
+    let mut client_done = false;
+    let mut pending = 0usize;
+    loop {
+        tokio::select! {
+            up = up_rx.recv(), if !client_done => match up {
+                Some(TimelineUp::Post { nonce, text }) => {
+                    let id = PostId { author: user, nonce };
+                    mine.insert(id);
+                    if text.len() > MAX_POST_BYTES {
+                        let reason = CommandError::PostTooLong { len: text.len(), max: MAX_POST_BYTES };
+                        tsn_protocol::write_msg(send, &TimelineDown::Refused { nonce, reason }).await?;
+                        continue;
+                    }
+                    if !shared.role().active {
+                        tsn_protocol::write_msg(send, &TimelineDown::NotActive).await?;
+                        return Ok(());
+                    }
+                    if shared.model.lock().unwrap_or_else(|e| e.into_inner()).has_post(&id) {
+                        tsn_protocol::write_msg(send, &TimelineDown::Ack { nonce }).await?;
+                        continue;
+                    }
+                    let post = Post { id, ts_us: crate::now_us(), text };
+                    let done = store.submit(vec![Change::Post(post)], true).await;
+                    pending += 1;
+                    let ack_tx = ack_tx.clone();
+                    tokio::spawn(async move {
+                        let msg = match done.await {
+                            Ok(Ok(())) => TimelineDown::Ack { nonce },
+                            Ok(Err(e)) => TimelineDown::Refused { nonce, reason: CommandError::Storage(e.to_string()) },
+                            Err(_) => return,
+                        };
+                        let _ = ack_tx.send(msg).await;
+                    });
+                }
+                None => client_done = true,
+            },
+            Some(msg) = ack_rx.recv() => {
+                pending = pending.saturating_sub(1);
+                tsn_protocol::write_msg(send, &msg).await?;
+            }
+            entry = inbox.recv() => match entry {
+                Some(p) => {
+                    if mine.contains(&p.id) || !shown.insert(p.id) {
+                        continue;
+                    }
+                    tsn_protocol::write_msg(send, &TimelineDown::Entry(p)).await?;
+                }
+                None => anyhow::bail!("session fell behind"),
+            },
+            changed = role.changed() => {
+                if changed.is_err() || !role.borrow().active {
+                    tsn_protocol::write_msg(send, &TimelineDown::NotActive).await?;
+                    return Ok(());
+                }
+            }
+        }
+        if client_done && pending == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Aborts a task when dropped, so a session never leaves its reader behind.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,94 @@
+//! The human-readable per-user files of a role directory.
+//!
+//! They are views of the role's journal: appended after each journal commit without a
+//! flush, and rewritten from the journal after an unclean shutdown.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use tsn_datastore::{AppendLog, DatastoreError, Durability, Record, RoleDir};
+use tsn_protocol::Change;
+
+/// View files kept open between writes.
+const OPEN_VIEWS: usize = 1024;
+
+/// Which role writes the directory: the same record lands in a different file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A server: users it created, its users' following, its users' own posts.
+    Server,
+    /// A sync service: users system-wide, its users' followers, posts delivered to them.
+    Sync,
+}
+
+/// The view file a record belongs in, if any.
+pub fn path_of(dir: &RoleDir, side: Side, record: &Record) -> Option<PathBuf> {
+    match (side, record) {
+        (_, Record::Change(Change::User { .. })) => Some(dir.global_clients()),
+        (Side::Server, Record::Change(Change::Follow { follower, .. })) => Some(dir.following(*follower)),
+        (Side::Sync, Record::Change(Change::Follow { followee, .. })) => Some(dir.followers(*followee)),
+        (Side::Server, Record::Change(Change::Post(p))) => Some(dir.timeline(p.id.author)),
+        (Side::Sync, Record::Deliver { to, .. }) => Some(dir.timeline(*to)),
+        (Side::Sync, Record::Change(Change::Post(_))) | (Side::Server, Record::Deliver { .. }) => None,
+    }
+}
+
+/// Appends records to their view files, keeping recently used files open.
+#[derive(Debug)]
+pub struct Views {
+    dir: RoleDir,
+    side: Side,
+    open: HashMap<PathBuf, AppendLog>,
+}
+
+impl Views {
+    /// Views of `dir` as written by `side`.
+    pub fn new(dir: RoleDir, side: Side) -> Self {
+        Views {
+            dir,
+            side,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Appends each record to its view file.
+    pub fn append(&mut self, records: &[Record]) -> Result<(), DatastoreError> {
+        for r in records {
+            let Some(path) = path_of(&self.dir, self.side, r) else {
+                continue;
+            };
+            if !self.open.contains_key(&path) {
+                if self.open.len() >= OPEN_VIEWS {
+                    self.open.clear();
+                }
+                let log = AppendLog::open_append(&path)?;
+                self.open.insert(path.clone(), log);
+            }
+            if let Some(log) = self.open.get_mut(&path) {
+                log.append(std::slice::from_ref(r))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites every view file of `dir` from the journal's records. Returns the number of
+/// files written.
+pub fn rebuild(dir: &RoleDir, side: Side, records: &[Record]) -> Result<usize, DatastoreError> {
+    let mut files: HashMap<PathBuf, String> = HashMap::new();
+    for r in records {
+        if let Some(path) = path_of(dir, side, r) {
+            files.entry(path).or_default().push_str(&r.encode_line());
+        }
+    }
+    for (path, text) in &files {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| DatastoreError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        tsn_datastore::write_atomic(path, text.as_bytes(), Durability::NoSync)?;
+    }
+    Ok(files.len())
+}
