@@ -1,1 +1,538 @@
-//! placeholder
+//! Harness for end-to-end tests: starts the real TSN binaries on loopback, drives
+//! `tsn_client` through pipes, and stops everything it started (also when a test fails:
+//! every process is killed when its handle is dropped).
+//!
+//! Binaries are found next to the test executable's directory (`target/<profile>/`),
+//! where `cargo test --workspace` builds them, or in `$TSN_BIN_DIR`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Kinds of node process in a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// `tsn_server -t primary`
+    Primary,
+    /// `tsn_server -t secondary`
+    Secondary,
+    /// `tsn_sync_service`
+    Sync,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+            Role::Sync => "sync",
+        }
+    }
+}
+
+/// Where the binaries are.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("TSN_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    let profile = if deps.ends_with("deps") { deps.parent().expect("profile dir") } else { deps };
+    profile.to_path_buf()
+}
+
+/// Path of one binary.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} not built (run `cargo build --workspace` or set TSN_BIN_DIR)", p.display());
+    p
+}
+
+/// A child process that is killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc> {
+        let err = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let child = Command::new(bin(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .env("RUST_LOG", std::env::var("TSN_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc { child, log: log.to_path_buf() })
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait up to 5 s (then SIGKILL). Returns whether it exited by itself.
+    pub fn stop(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        false
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Settings of a test system.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Number of clusters.
+    pub clusters: u32,
+    /// Heartbeat interval (ms).
+    pub heartbeat_ms: u64,
+    /// Sync period (ms).
+    pub period_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            clusters: 3,
+            heartbeat_ms: 200,
+            period_ms: 50,
+        }
+    }
+}
+
+/// A whole TSN system on loopback, under one temporary run directory.
+#[derive(Debug)]
+pub struct System {
+    /// The run directory (datastore, certs, logs).
+    pub dir: tempfile::TempDir,
+    /// Settings.
+    pub config: Config,
+    /// Coordinator address.
+    pub coord: String,
+    coordinator: Option<Proc>,
+    nodes: HashMap<(u32, Role), Proc>,
+}
+
+impl System {
+    /// Starts a coordinator and, for each cluster, a primary, a secondary and a sync
+    /// service; returns once every cluster has an active server and a sync service.
+    pub fn start(config: Config) -> Result<System> {
+        let dir = tempfile::Builder::new().prefix("tsn-e2e-").tempdir()?;
+        std::fs::create_dir_all(dir.path().join("logs"))?;
+        let mut sys = System {
+            dir,
+            config,
+            coord: String::new(),
+            coordinator: None,
+            nodes: HashMap::new(),
+        };
+        sys.start_coordinator(None)?;
+        for c in 1..=sys.config.clusters {
+            for r in [Role::Primary, Role::Secondary, Role::Sync] {
+                sys.start_node(c, r)?;
+            }
+        }
+        sys.wait_ready(Duration::from_secs(30))?;
+        Ok(sys)
+    }
+
+    /// Datastore root.
+    pub fn datastore(&self) -> PathBuf {
+        self.dir.path().join("datastore")
+    }
+
+    /// Cert dir.
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn common(&self) -> Vec<String> {
+        vec![
+            "--cert-dir".into(),
+            self.certs().display().to_string(),
+            "--datastore".into(),
+            self.datastore().display().to_string(),
+            "--heartbeat-ms".into(),
+            self.config.heartbeat_ms.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+        ]
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join("logs").join(format!("{name}.log"))
+    }
+
+    /// (Re)starts the coordinator, on `port` (or a free one when `None`).
+    pub fn start_coordinator(&mut self, port: Option<u16>) -> Result<()> {
+        let ready = self.dir.path().join("coordinator.addr");
+        let _ = std::fs::remove_file(&ready);
+        let mut args = vec!["-p".into(), port.unwrap_or(0).to_string(), "--clusters".into(), self.config.clusters.to_string()];
+        args.extend(self.common());
+        args.extend(["--ready-file".into(), ready.display().to_string()]);
+        self.coordinator = Some(Proc::spawn("tsn_coordinator", &args, &self.log("coordinator"))?);
+        self.coord = wait_file(&ready, Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// Kills the coordinator (SIGKILL).
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut p) = self.coordinator.take() {
+            p.kill9();
+        }
+    }
+
+    /// Port of the coordinator.
+    pub fn coord_port(&self) -> u16 {
+        self.coord.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0)
+    }
+
+    /// Starts (or restarts) one node.
+    pub fn start_node(&mut self, cluster: u32, role: Role) -> Result<()> {
+        let name = format!("{}-{cluster}", role.name());
+        let ready = self.dir.path().join(format!("{name}.addr"));
+        let _ = std::fs::remove_file(&ready);
+        let mut args: Vec<String> = match role {
+            Role::Primary | Role::Secondary => vec![
+                "-c".into(), self.coord.clone(), "-p".into(), "0".into(), "-i".into(), cluster.to_string(), "-t".into(), role.name().into(),
+            ],
+            Role::Sync => vec![
+                "-c".into(), self.coord.clone(), "-p".into(), "0".into(), "-s".into(), cluster.to_string(), "-q".into(), self.config.period_ms.to_string(),
+            ],
+        };
+        args.extend(self.common());
+        args.extend(["--ready-file".into(), ready.display().to_string()]);
+        let bin = if role == Role::Sync { "tsn_sync_service" } else { "tsn_server" };
+        let p = Proc::spawn(bin, &args, &self.log(&name))?;
+        self.nodes.insert((cluster, role), p);
+        wait_file(&ready, Duration::from_secs(20)).with_context(|| format!("{name} did not start; see {}", self.log(&name).display()))?;
+        Ok(())
+    }
+
+    /// SIGKILL one node.
+    pub fn kill(&mut self, cluster: u32, role: Role) {
+        if let Some(mut p) = self.nodes.remove(&(cluster, role)) {
+            p.kill9();
+        }
+    }
+
+    /// SIGTERM one node and wait for it.
+    pub fn stop(&mut self, cluster: u32, role: Role) -> bool {
+        self.nodes.remove(&(cluster, role)).map(|mut p| p.stop()).unwrap_or(false)
+    }
+
+    /// The coordinator's tables, as `tsn_status` prints them.
+    pub fn status(&self) -> Result<String> {
+        let out = Command::new(bin("tsn_status"))
+            .args(["-c", &self.coord, "--cert-dir", &self.certs().display().to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!("tsn_status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until every running node is alive in the tables and every cluster that has
+    /// a running server has an active one.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let want_alive = self.nodes.len();
+        let want_serving = {
+            let mut clusters: Vec<u32> = self.nodes.keys().filter(|(_, r)| *r != Role::Sync).map(|(c, _)| *c).collect();
+            clusters.sort_unstable();
+            clusters.dedup();
+            clusters.len()
+        };
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Ok(s) = self.status() {
+                let alive = s.lines().filter(|l| l.contains(" Active ")).count();
+                let serving = s.lines().filter(|l| l.contains(" Active ") && l.contains(" yes ")).count();
+                if alive >= want_alive && serving >= want_serving {
+                    return Ok(());
+                }
+                last = s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("system not ready within {timeout:?}; last status:\n{last}")
+    }
+
+    /// The address the coordinator assigns to a cluster's clients right now.
+    pub fn serving(&self, cluster: u32) -> Result<String> {
+        let s = self.status()?;
+        let mut section = "";
+        for l in s.lines() {
+            if l.ends_with(" table") {
+                section = l;
+                continue;
+            }
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            if section != "Synchronizer table" && cols.len() >= 4 && cols[0] == cluster.to_string() && cols[3] == "yes" {
+                return Ok(cols[1].to_string());
+            }
+        }
+        bail!("cluster {cluster} has no serving server:\n{s}")
+    }
+
+    /// Starts a client for `user`.
+    pub fn client(&self, user: u32) -> Result<Client> {
+        Client::spawn(&self.coord, user, &self.certs(), &self.log(&format!("client-{user}")))
+    }
+
+    /// Reads a record file of a role directory.
+    pub fn read(&self, cluster: u32, role: Role, rel: &str) -> String {
+        std::fs::read_to_string(self.datastore().join(cluster.to_string()).join(role.name()).join(rel)).unwrap_or_default()
+    }
+
+    /// Stops everything (SIGTERM, then SIGKILL).
+    pub fn shutdown(&mut self) {
+        for (_, mut p) in self.nodes.drain() {
+            p.stop();
+        }
+        if let Some(mut p) = self.coordinator.take() {
+            p.stop();
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Waits for a ready file and returns its trimmed contents.
+pub fn wait_file(path: &Path, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if s.ends_with('\n') {
+                return Ok(s.trim().to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{} did not appear within {timeout:?}", path.display())
+}
+
+/// A `tsn_client` driven through pipes.
+#[derive(Debug)]
+pub struct Client {
+    proc: Proc,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    /// Every stdout line so far (with the `Cmd> ` prompts removed).
+    pub seen: Vec<String>,
+    /// The user.
+    pub user: u32,
+}
+
+/// Removes the prompts that precede a line (the prompt has no newline of its own).
+pub fn strip_prompts(mut line: &str) -> &str {
+    while let Some(rest) = line.strip_prefix("Cmd> ") {
+        line = rest;
+    }
+    line
+}
+
+impl Client {
+    fn spawn(coord: &str, user: u32, certs: &Path, log: &Path) -> Result<Client> {
+        let err = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let mut child = Command::new(bin("tsn_client"))
+            .args(["-c", coord, "-p", "0", "-i", &user.to_string(), "--cert-dir", &certs.display().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(strip_prompts(&line).to_string()).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Client {
+            proc: Proc { child, log: log.to_path_buf() },
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+            user,
+        })
+    }
+
+    /// Types a line.
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("stdin closed"))?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for the next line satisfying `pred`, returning it; lines before it are kept
+    /// in `seen` too.
+    pub fn expect_with(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if pred(&l) {
+                        return Ok(l);
+                    }
+                }
+                Err(_) => bail!(
+                    "client {}: no line {what:?} within {timeout:?}; output so far:\n{}\nstderr: {}",
+                    self.user,
+                    self.seen.join("\n"),
+                    std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    /// Waits for a line equal to `line`.
+    pub fn expect(&mut self, line: &str) -> Result<String> {
+        self.expect_with(line, Duration::from_secs(10), |l| l == line)
+    }
+
+    /// Waits for a line containing `part`.
+    pub fn expect_contains(&mut self, part: &str, timeout: Duration) -> Result<String> {
+        self.expect_with(part, timeout, |l| l.contains(part))
+    }
+
+    /// Sends a command and returns the next `n` non-empty lines of output.
+    pub fn run(&mut self, cmd: &str, n: usize) -> Result<Vec<String>> {
+        self.send(cmd)?;
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.push(self.expect_with("any line", Duration::from_secs(10), |l| !l.is_empty())?);
+        }
+        Ok(out)
+    }
+
+    /// Lines received so far that were not yet read, without waiting.
+    pub fn drain(&mut self) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l.clone());
+            v.push(l);
+        }
+        v
+    }
+
+    /// Closes stdin and waits for the client to exit; returns its exit code.
+    pub fn finish(mut self, timeout: Duration) -> Result<i32> {
+        self.stdin = None;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.proc.child.try_wait()? {
+                self.drain();
+                return Ok(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("client {} did not exit within {timeout:?}", self.user)
+    }
+
+    /// The client's stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+    }
+}
+
+/// Posts in a timeline file (`post ...` or `deliver ...` lines) whose text is `text`.
+pub fn count_text(file: &str, text: &str) -> usize {
+    file.lines().filter(|l| l.ends_with(&format!(" {text}"))).count()
+}
+
+/// Retries `f` until it returns `Ok(true)` or `timeout` passes.
+pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    while Instant::now() < deadline {
+        match f() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match last_err {
+        Some(e) => Err(e.context(format!("{what}: not within {timeout:?}"))),
+        None => bail!("{what}: not within {timeout:?}"),
+    }
+}
+
+/// Runs LIST on `client` and returns (all users line, followers line).
+pub fn list(client: &mut Client) -> Result<(String, String)> {
+    let out = client.run("LIST", 3)?;
+    if out[0] != "Command completed successfully" {
+        bail!("LIST failed: {out:?}");
+    }
+    Ok((out[1].clone(), out[2].clone()))
+}
+
+/// Waits until `client`'s LIST shows exactly `users` as all users.
+pub fn wait_users(client: &mut Client, users: &[u32]) -> Result<()> {
+    let want = format!("All users: {}", users.iter().map(|u| format!("{u}, ")).collect::<String>());
+    eventually("all users known", Duration::from_secs(15), || Ok(list(client)?.0 == want))
+}
+
+impl System {
+    /// Starts every node again (after `shutdown` or kills), coordinator first, on the
+    /// same coordinator port, and waits until the system is ready.
+    pub fn start_all(&mut self) -> Result<()> {
+        let port = self.coord_port();
+        self.start_coordinator(Some(port))?;
+        for c in 1..=self.config.clusters {
+            for r in [Role::Primary, Role::Secondary, Role::Sync] {
+                self.start_node(c, r)?;
+            }
+        }
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    /// SIGKILLs every process.
+    pub fn kill_all(&mut self) {
+        for (_, mut p) in self.nodes.drain() {
+            p.kill9();
+        }
+        self.kill_coordinator();
+    }
+}
