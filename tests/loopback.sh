@@ -10,7 +10,8 @@
 #                            everything held
 #
 # Environment: CLUSTERS (3), HEARTBEAT_MS (up: 1000, test: 200), PERIOD_MS (-q, 500 / 50),
-# RUN_DIR (default run/<timestamp>), PROFILE (release).
+# RUN_DIR (default run/<timestamp>), PROFILE (release), BIN_DIR (binaries to use instead of
+# building; the end-to-end suite sets it to the binaries cargo test just built).
 set -euo pipefail
 
 mode=${1:-}
@@ -24,7 +25,7 @@ clusters=${CLUSTERS:-3}
 if [ "$mode" = test ]; then hb=${HEARTBEAT_MS:-200}; q=${PERIOD_MS:-50}; else hb=${HEARTBEAT_MS:-1000}; q=${PERIOD_MS:-500}; fi
 profile=${PROFILE:-release}
 run=${RUN_DIR:-$root/run/$(date +%Y%m%d-%H%M%S)-$$}
-bin=$root/target/$profile
+bin=${BIN_DIR:-$root/target/$profile}
 mkdir -p "$run/logs"
 
 pids=()
@@ -48,11 +49,13 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-echo "building ($profile)..." >&2
-if [ "$profile" = release ]; then
-  cargo build --release --bins --manifest-path "$root/Cargo.toml" >&2
-else
-  cargo build --bins --manifest-path "$root/Cargo.toml" >&2
+if [ -z "${BIN_DIR:-}" ]; then
+  echo "building ($profile)..." >&2
+  if [ "$profile" = release ]; then
+    cargo build --release --bins --manifest-path "$root/Cargo.toml" >&2
+  else
+    cargo build --bins --manifest-path "$root/Cargo.toml" >&2
+  fi
 fi
 
 common=(--cert-dir "$run/certs" --datastore "$run/datastore" --heartbeat-ms "$hb" --bind 127.0.0.1)

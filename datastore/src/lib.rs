@@ -1,1 +1,54 @@
-//! placeholder
+//! The TSN datastore: where each role keeps what it knows, on disk, human-readable.
+//!
+//! # Layout
+//!
+//! ```text
+//! <root>/<cluster>/<role>/            role = primary | secondary | sync
+//!     journal.data                    every record this role wrote, in order
+//!     global_clients.data             users (a server: created here; sync: system-wide)
+//!     cursors.data                    sync only: send cursors, "<key> <byte offset>"
+//!     clean-shutdown                  present after a clean exit
+//!     local_clients/<cid>/
+//!         timeline.data               server: cid's posts; sync: posts delivered to cid
+//!         following.data              server: whom cid follows
+//!         followers.data              sync: who follows cid
+//! ```
+//!
+//! Each role directory is written by exactly one process; others only read it (by
+//! tailing its journal with a byte cursor, see [`Tail`]).
+//!
+//! # Records
+//! One record a line, fields separated by one space, free text last and escaped
+//! (see [`record`]).
+//!
+//! # fsync policy
+//! - `journal.data` is the truth. Its writer makes appends durable with
+//!   [`AppendLog::sync`] (fdatasync) before it acknowledges anything in them; writers
+//!   group many changes into one append and one sync.
+//! - The per-user view files and `global_clients.data` are appended after the journal,
+//!   without a flush. A writer removes `clean-shutdown` when it starts and writes it on a
+//!   clean exit; when it finds the marker missing, it rebuilds the views from the journal.
+//! - Rewrites (`cursors.data`, rebuilt views) go through [`write_atomic`]: temporary file
+//!   in the same directory, fsync, rename, fsync of the directory.
+//!
+//! # Torn lines
+//! A crash can leave the last line of a file incomplete. A line without its newline, or a
+//! last line that does not parse, is torn: [`AppendLog::open`] and
+//! [`AppendLog::open_append`] drop it and truncate the file to the end of its last good
+//! line. A bad line that is not the last one is corruption ([`DatastoreError::Corrupt`]).
+
+pub mod atomic;
+pub mod cursors;
+pub mod error;
+pub mod layout;
+pub mod log;
+pub mod record;
+pub mod tail;
+
+pub use atomic::{write_atomic, Durability};
+pub use cursors::Cursors;
+pub use error::DatastoreError;
+pub use layout::{Datastore, RoleDir};
+pub use log::{read_records, AppendLog};
+pub use record::{Record, RecordError};
+pub use tail::Tail;

@@ -1,0 +1,35 @@
+//! Errors of the datastore.
+
+use std::path::PathBuf;
+
+/// What can go wrong reading or writing the datastore.
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    /// I/O on a path failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record that is not the last of its file does not parse.
+    #[error("{path}:{line}: corrupt record: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// Why it does not parse.
+        reason: String,
+    },
+}
+
+/// Attaches a path to an I/O error.
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DatastoreError + '_ {
+    move |source| DatastoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,113 @@
+//! Paths of the datastore.
+
+use std::path::{Path, PathBuf};
+
+use tsn_protocol::coord::NodeKind;
+use tsn_protocol::{ClusterId, UserId};
+
+use crate::error::{io, DatastoreError};
+
+/// The root of a datastore.
+#[derive(Debug, Clone)]
+pub struct Datastore {
+    root: PathBuf,
+}
+
+impl Datastore {
+    /// A datastore rooted at `root` (nothing is created yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Datastore { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of one role of one cluster.
+    pub fn role(&self, cluster: ClusterId, kind: NodeKind) -> RoleDir {
+        RoleDir {
+            path: self.root.join(cluster.to_string()).join(kind.as_str()),
+        }
+    }
+
+    /// Removes everything under the root, leaving it empty. A missing root is fine.
+    pub fn clear(&self) -> Result<(), DatastoreError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return std::fs::create_dir_all(&self.root).map_err(io(&self.root))
+            }
+            Err(e) => return Err(io(&self.root)(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(io(&self.root))?.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(io(&path))?;
+        }
+        Ok(())
+    }
+}
+
+/// One role's directory.
+#[derive(Debug, Clone)]
+pub struct RoleDir {
+    path: PathBuf,
+}
+
+impl RoleDir {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates the directory and its `local_clients`.
+    pub fn create(&self) -> Result<(), DatastoreError> {
+        let lc = self.path.join("local_clients");
+        std::fs::create_dir_all(&lc).map_err(io(&lc))
+    }
+
+    /// `global_clients.data`.
+    pub fn global_clients(&self) -> PathBuf {
+        self.path.join("global_clients.data")
+    }
+
+    /// `journal.data`.
+    pub fn journal(&self) -> PathBuf {
+        self.path.join("journal.data")
+    }
+
+    /// `cursors.data`.
+    pub fn cursors(&self) -> PathBuf {
+        self.path.join("cursors.data")
+    }
+
+    /// `clean-shutdown`.
+    pub fn clean_marker(&self) -> PathBuf {
+        self.path.join("clean-shutdown")
+    }
+
+    /// `local_clients/<uid>`.
+    pub fn user_dir(&self, user: UserId) -> PathBuf {
+        self.path.join("local_clients").join(user.to_string())
+    }
+
+    /// `local_clients/<uid>/timeline.data`.
+    pub fn timeline(&self, user: UserId) -> PathBuf {
+        self.user_dir(user).join("timeline.data")
+    }
+
+    /// `local_clients/<uid>/following.data`.
+    pub fn following(&self, user: UserId) -> PathBuf {
+        self.user_dir(user).join("following.data")
+    }
+
+    /// `local_clients/<uid>/followers.data`.
+    pub fn followers(&self, user: UserId) -> PathBuf {
+        self.user_dir(user).join("followers.data")
+    }
+}

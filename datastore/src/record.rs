@@ -1,0 +1,342 @@
+//! One record a line.
+//!
+//! ```text
+//! user <uid>
+//! follow <follower> <followee> <ts_us>
+//! unfollow <follower> <followee> <ts_us>
+//! post <author> <nonce> <ts_us> <text>
+//! deliver <to> <author> <nonce> <ts_us> <text>
+//! ```
+//!
+//! In `<text>`, `\` is written `\\`, a newline `\n` and a carriage return `\r`; nothing
+//! else is escaped, so spaces and tabs stay as typed.
+
+use std::str::FromStr;
+
+use tsn_protocol::{Change, Post, PostId, UserId};
+
+/// A line of a datastore file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A change made by a server (or received by a sync service).
+    Change(Change),
+    /// A post delivered to `to`'s timeline by the sync service.
+    Deliver {
+        /// The recipient.
+        to: UserId,
+        /// The post.
+        post: Post,
+    },
+}
+
+/// Why a line is not a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The line is not UTF-8.
+    #[error("not UTF-8")]
+    NotUtf8,
+    /// The first word is not a record kind.
+    #[error("unknown record kind {0:?}")]
+    UnknownKind(String),
+    /// A field is missing.
+    #[error("missing field {0}")]
+    Missing(&'static str),
+    /// A number does not parse.
+    #[error("field {field}: {value:?} is not a number")]
+    BadNumber {
+        /// The field.
+        field: &'static str,
+        /// What was there.
+        value: String,
+    },
+    /// A record without text has more fields than it should.
+    #[error("unexpected trailing fields")]
+    Trailing,
+    /// An unknown escape in the text.
+    #[error("invalid escape in text")]
+    BadEscape,
+    /// The line contains a raw newline or carriage return.
+    #[error("raw line break inside a record")]
+    LineBreak,
+}
+
+fn escape(text: &str, out: &mut String) {
+    for ch in text.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn unescape(text: &str) -> Result<String, RecordError> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch != '\\' {
+            out.push(ch);
+            continue;
+        }
+        match chars.next() {
+            Some('\\') => out.push('\\'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            _ => return Err(RecordError::BadEscape),
+        }
+    }
+    Ok(out)
+}
+
+struct Fields<'a> {
+    rest: &'a str,
+    /// Whether the last word read was followed by a separator.
+    sep: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn word(&mut self, name: &'static str) -> Result<&'a str, RecordError> {
+        if self.rest.is_empty() {
+            return Err(RecordError::Missing(name));
+        }
+        let (w, rest, sep) = match self.rest.split_once(' ') {
+            Some((w, rest)) => (w, rest, true),
+            None => (self.rest, "", false),
+        };
+        self.rest = rest;
+        self.sep = sep;
+        Ok(w)
+    }
+
+    fn num<T: FromStr>(&mut self, name: &'static str) -> Result<T, RecordError> {
+        let w = self.word(name)?;
+        // FromStr for integers accepts a leading '+'; the format writes none.
+        if w.starts_with('+') {
+            return Err(RecordError::BadNumber {
+                field: name,
+                value: w.to_string(),
+            });
+        }
+        w.parse().map_err(|_| RecordError::BadNumber {
+            field: name,
+            value: w.to_string(),
+        })
+    }
+
+    /// The text: everything after the separator, which may be empty.
+    fn text(&mut self) -> Result<String, RecordError> {
+        if !self.sep {
+            return Err(RecordError::Missing("text"));
+        }
+        let t = std::mem::take(&mut self.rest);
+        unescape(t)
+    }
+
+    fn end(&self) -> Result<(), RecordError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(RecordError::Trailing)
+        }
+    }
+}
+
+impl Record {
+    /// The line, with its trailing newline.
+    pub fn encode_line(&self) -> String {
+        let mut s = match self {
+            Record::Change(Change::User { user }) => format!("user {user}"),
+            Record::Change(Change::Follow {
+                follower,
+                followee,
+                ts_us,
+                active,
+            }) => {
+                let kind = if *active { "follow" } else { "unfollow" };
+                format!("{kind} {follower} {followee} {ts_us}")
+            }
+            Record::Change(Change::Post(p)) => {
+                let mut s = format!("post {} {} {} ", p.id.author, p.id.nonce, p.ts_us);
+                escape(&p.text, &mut s);
+                s
+            }
+            Record::Deliver { to, post: p } => {
+                let mut s = format!("deliver {to} {} {} {} ", p.id.author, p.id.nonce, p.ts_us);
+                escape(&p.text, &mut s);
+                s
+            }
+        };
+        s.push('\n');
+        s
+    }
+
+    /// Parses a line given without its newline.
+    pub fn decode_line(line: &str) -> Result<Record, RecordError> {
+        if line.contains(['\n', '\r']) {
+            return Err(RecordError::LineBreak);
+        }
+        let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let mut f = Fields {
+            rest,
+            sep: !rest.is_empty(),
+        };
+        let post = |f: &mut Fields<'_>| -> Result<Post, RecordError> {
+            let author = f.num("author")?;
+            let nonce = f.num("nonce")?;
+            let ts_us = f.num("ts_us")?;
+            Ok(Post {
+                id: PostId { author, nonce },
+                ts_us,
+                text: f.text()?,
+            })
+        };
+        let record = match kind {
+            "user" => Record::Change(Change::User {
+                user: f.num("uid")?,
+            }),
+            "follow" | "unfollow" => Record::Change(Change::Follow {
+                follower: f.num("follower")?,
+                followee: f.num("followee")?,
+                ts_us: f.num("ts_us")?,
+                active: kind == "follow",
+            }),
+            "post" => return Ok(Record::Change(Change::Post(post(&mut f)?))),
+            "deliver" => {
+                let to = f.num("to")?;
+                return Ok(Record::Deliver {
+                    to,
+                    post: post(&mut f)?,
+                });
+            }
+            other => return Err(RecordError::UnknownKind(other.chars().take(32).collect())),
+        };
+        f.end()?;
+        Ok(record)
+    }
+
+    /// Parses a line given as bytes (without its newline); non-UTF-8 is an error.
+    pub fn decode_bytes(line: &[u8]) -> Result<Record, RecordError> {
+        let s = std::str::from_utf8(line).map_err(|_| RecordError::NotUtf8)?;
+        Record::decode_line(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn exact_formats() {
+        let f = Record::Change(Change::Follow {
+            follower: 1,
+            followee: 2,
+            ts_us: 5,
+            active: false,
+        });
+        assert_eq!(f.encode_line(), "unfollow 1 2 5\n");
+        assert_eq!(
+            Record::Change(Change::User { user: 7 }).encode_line(),
+            "user 7\n"
+        );
+        let p = Post {
+            id: PostId {
+                author: 3,
+                nonce: 9,
+            },
+            ts_us: -4,
+            text: "a b\\c\nd".into(),
+        };
+        assert_eq!(
+            Record::Change(Change::Post(p.clone())).encode_line(),
+            "post 3 9 -4 a b\\\\c\\nd\n"
+        );
+        assert_eq!(
+            Record::Deliver { to: 8, post: p }.encode_line(),
+            "deliver 8 3 9 -4 a b\\\\c\\nd\n"
+        );
+        let empty = Record::decode_line("post 3 9 1 ").unwrap();
+        assert!(matches!(empty, Record::Change(Change::Post(p)) if p.text.is_empty()));
+    }
+
+    #[test]
+    fn bad_lines_are_errors() {
+        for bad in [
+            "",
+            "user",
+            "user x",
+            "user 1 2",
+            "user +1",
+            "follow 1 2",
+            "post 1 2 3",
+            "post 1 2 3 bad\\escape",
+            "post 1 2 3 trailing\\",
+            "nope 1",
+            "deliver 1 2 3",
+            "user -1",
+        ] {
+            assert!(Record::decode_line(bad).is_err(), "{bad:?} parsed");
+        }
+        assert_eq!(
+            Record::decode_bytes(&[0xff, 0xfe]),
+            Err(RecordError::NotUtf8)
+        );
+    }
+
+    fn post() -> impl Strategy<Value = Post> {
+        (any::<u32>(), any::<u64>(), any::<i64>(), any::<String>()).prop_map(
+            |(author, nonce, ts_us, text)| Post {
+                id: PostId { author, nonce },
+                ts_us,
+                text,
+            },
+        )
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        prop_oneof![
+            any::<u32>().prop_map(|user| Record::Change(Change::User { user })),
+            (any::<u32>(), any::<u32>(), any::<i64>(), any::<bool>()).prop_map(
+                |(follower, followee, ts_us, active)| {
+                    Record::Change(Change::Follow {
+                        follower,
+                        followee,
+                        ts_us,
+                        active,
+                    })
+                }
+            ),
+            post().prop_map(|p| Record::Change(Change::Post(p))),
+            (any::<u32>(), post()).prop_map(|(to, post)| Record::Deliver { to, post }),
+            (any::<u32>(), "[ \\t\\\\\\n\\ra-zé😀]{0,40}").prop_map(|(to, text)| Record::Deliver {
+                to,
+                post: Post {
+                    id: PostId {
+                        author: 1,
+                        nonce: 2
+                    },
+                    ts_us: 3,
+                    text,
+                },
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(r in record()) {
+            let line = r.encode_line();
+            prop_assert!(line.ends_with('\n'));
+            let body = &line[..line.len() - 1];
+            prop_assert!(!body.contains('\n'));
+            prop_assert_eq!(Record::decode_line(body).unwrap(), r);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Record::decode_bytes(&bytes);
+        }
+    }
+}
