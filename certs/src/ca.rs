@@ -1,0 +1,269 @@
+//! The cluster CA and leaf issuance.
+
+use std::io::Write;
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::{CertError, SERVER_NAME};
+
+const CA_BUNDLE: &str = "ca.pem";
+const CA_CERT: &str = "ca.crt";
+const CA_NAME: &str = "TSN cluster CA";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
+    move |source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The CA's parameters. They are rebuilt identically on every load: a leaf's issuer name
+/// and key identifier come from them and the CA key, which is all a signature needs.
+fn ca_params() -> Result<CertificateParams, CertError> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_NAME);
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    Ok(p)
+}
+
+/// The cluster CA, able to sign leaves.
+pub struct ClusterCa {
+    cert: CertificateDer<'static>,
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("cert_len", &self.cert.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterCa {
+    /// Loads the CA from `dir`, creating it (and `dir`) if absent. Safe when several
+    /// processes call it at the same moment: exactly one CA results and all load it.
+    pub fn load_or_create(dir: &Path) -> Result<ClusterCa, CertError> {
+        let bundle = dir.join(CA_BUNDLE);
+        if !bundle.exists() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            create(dir, &bundle)?;
+        }
+        ClusterCa::load(dir)
+    }
+
+    /// Loads an existing CA (certificate and key) from `dir`.
+    pub fn load(dir: &Path) -> Result<ClusterCa, CertError> {
+        let bundle = dir.join(CA_BUNDLE);
+        let text = match std::fs::read_to_string(&bundle) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CertError::NoCa(dir.to_path_buf()))
+            }
+            Err(e) => return Err(io(&bundle)(e)),
+        };
+        let bad = |reason: &str| CertError::BadFile {
+            path: bundle.clone(),
+            reason: reason.to_string(),
+        };
+        let cert = CertificateDer::from_pem_slice(text.as_bytes())
+            .map_err(|_| bad("no CA certificate in it"))?;
+        let key_der = PrivateKeyDer::from_pem_slice(text.as_bytes())
+            .map_err(|_| bad("no CA private key in it"))?;
+        let key = KeyPair::try_from(&key_der)
+            .map_err(|e| bad(&format!("unusable CA private key: {e}")))?;
+        let cert_pem = first_cert_pem(&text).ok_or_else(|| bad("no CA certificate in it"))?;
+        let ca = ClusterCa {
+            cert,
+            cert_pem,
+            issuer: Issuer::new(ca_params()?, key),
+        };
+        ca.ensure_public_cert(dir)?;
+        Ok(ca)
+    }
+
+    /// Writes `ca.crt` if it is missing (its content follows from `ca.pem`, so racing
+    /// writers agree).
+    fn ensure_public_cert(&self, dir: &Path) -> Result<(), CertError> {
+        let path = dir.join(CA_CERT);
+        if path.exists() {
+            return Ok(());
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".ca-crt-")
+            .tempfile_in(dir)
+            .map_err(io(dir))?;
+        tmp.write_all(self.cert_pem.as_bytes()).map_err(io(&path))?;
+        tmp.as_file().sync_all().map_err(io(&path))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+                .map_err(io(&path))?;
+        }
+        tmp.persist(&path).map_err(|e| io(&path)(e.error))?;
+        Ok(())
+    }
+
+    /// DER of the CA certificate.
+    pub fn cert_der(&self) -> CertificateDer<'static> {
+        self.cert.clone()
+    }
+
+    /// Issues a fresh leaf (new key pair) for this process.
+    pub fn issue_leaf(&self, extra_names: &[String]) -> Result<Identity, CertError> {
+        let mut names = vec![SERVER_NAME.to_string()];
+        names.extend(extra_names.iter().cloned());
+        let mut p = CertificateParams::new(names)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, SERVER_NAME);
+        p.distinguished_name = dn;
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::days(1);
+        p.not_after = now + time::Duration::days(365);
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok(Identity {
+            leaf: cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            ca: self.cert.clone(),
+        })
+    }
+}
+
+fn first_cert_pem(text: &str) -> Option<String> {
+    let begin = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end_marker = "-----END CERTIFICATE-----";
+    let end = text[begin..].find(end_marker)? + begin + end_marker.len();
+    Some(format!("{}\n", &text[begin..end]))
+}
+
+/// Generates a candidate CA and links it into place unless another process won.
+fn create(dir: &Path, bundle: &Path) -> Result<(), CertError> {
+    let key = KeyPair::generate()?;
+    let cert = ca_params()?.self_signed(&key)?;
+    let text = format!("{}{}", cert.pem(), key.serialize_pem());
+    // tempfile creates the file with mode 0600, before anything is written to it.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".ca-")
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    tmp.write_all(text.as_bytes()).map_err(io(tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io(tmp.path()))?;
+    // A hard link fails if ca.pem exists: exactly one candidate becomes the CA, and it is
+    // complete when it appears.
+    let linked = std::fs::hard_link(tmp.path(), bundle);
+    drop(tmp);
+    match linked {
+        Ok(()) => {
+            tracing::info!(path = %bundle.display(), "created the cluster CA");
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io(bundle)(e)),
+    }
+}
+
+/// Trust anchors only: what a client needs.
+#[derive(Debug, Clone)]
+pub struct TrustRoot {
+    pub(crate) ca: CertificateDer<'static>,
+}
+
+impl TrustRoot {
+    /// Loads `ca.crt` from `dir`, or the certificate inside `ca.pem`.
+    pub fn load(dir: &Path) -> Result<TrustRoot, CertError> {
+        for name in [CA_CERT, CA_BUNDLE] {
+            let path = dir.join(name);
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let ca =
+                        CertificateDer::from_pem_slice(&bytes).map_err(|_| CertError::BadFile {
+                            path: path.clone(),
+                            reason: "no certificate in it".into(),
+                        })?;
+                    return Ok(TrustRoot { ca });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        Err(CertError::NoCa(dir.to_path_buf()))
+    }
+
+    /// The CA of `ca`.
+    pub fn from_ca(ca: &ClusterCa) -> TrustRoot {
+        TrustRoot { ca: ca.cert_der() }
+    }
+}
+
+/// A leaf certificate, its key, and the CA it chains to.
+pub struct Identity {
+    pub(crate) leaf: CertificateDer<'static>,
+    pub(crate) key: PrivatePkcs8KeyDer<'static>,
+    pub(crate) ca: CertificateDer<'static>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("leaf_len", &self.leaf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            leaf: self.leaf.clone(),
+            key: self.key.clone_key(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+impl Identity {
+    /// `[leaf, ca]`.
+    pub fn cert_chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.leaf.clone(), self.ca.clone()]
+    }
+
+    /// The CA this leaf chains to.
+    pub fn trust_root(&self) -> TrustRoot {
+        TrustRoot {
+            ca: self.ca.clone(),
+        }
+    }
+
+    pub(crate) fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+}
+
+/// `ClusterCa::load_or_create(dir)?.issue_leaf(extra_names)`.
+pub fn node_identity(dir: &Path, extra_names: &[String]) -> Result<Identity, CertError> {
+    ClusterCa::load_or_create(dir)?.issue_leaf(extra_names)
+}

@@ -1,0 +1,107 @@
+//! rustls and quinn configurations.
+
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+
+use crate::ca::{Identity, TrustRoot};
+use crate::CertError;
+
+/// Whether a server requires its peers to present a certificate from the CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Mutual TLS: only nodes may connect.
+    Required,
+    /// Anonymous peers (clients) are allowed; a presented certificate must chain to the CA.
+    Optional,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, CertError> {
+    let mut store = RootCertStore::empty();
+    store.add(ca.clone())?;
+    Ok(Arc::new(store))
+}
+
+fn alpn() -> Vec<Vec<u8>> {
+    vec![tsn_protocol::ALPN.to_vec()]
+}
+
+fn quic_client(
+    mut tls: rustls::ClientConfig,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, CertError> {
+    tls.alpn_protocols = alpn();
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| CertError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport);
+    Ok(cfg)
+}
+
+fn client_builder(
+    ca: &CertificateDer<'static>,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, CertError>
+{
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca)?))
+}
+
+impl TrustRoot {
+    /// A client config that verifies the server against the CA and presents no
+    /// certificate.
+    pub fn client_config(
+        &self,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::ClientConfig, CertError> {
+        quic_client(client_builder(&self.ca)?.with_no_client_auth(), transport)
+    }
+}
+
+impl Identity {
+    /// A server config presenting this leaf.
+    pub fn server_config(
+        &self,
+        auth: ClientAuth,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::ServerConfig, CertError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(&self.ca)?, provider());
+        let verifier = match auth {
+            ClientAuth::Required => verifier.build()?,
+            ClientAuth::Optional => verifier.allow_unauthenticated().build()?,
+        };
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.cert_chain(), self.key())?;
+        tls.alpn_protocols = alpn();
+        let quic = QuicServerConfig::try_from(tls).map_err(|e| CertError::Quic(e.to_string()))?;
+        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        cfg.transport_config(transport);
+        Ok(cfg)
+    }
+
+    /// A client config that verifies the server against the CA and presents this leaf.
+    pub fn client_config(
+        &self,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::ClientConfig, CertError> {
+        let tls = client_builder(&self.ca)?.with_client_auth_cert(self.cert_chain(), self.key())?;
+        quic_client(tls, transport)
+    }
+}
+
+/// Whether the peer of this server-side connection presented a certificate. rustls has
+/// verified any presented certificate against the CA, so this means "a TSN node".
+pub fn peer_is_node(conn: &quinn::Connection) -> bool {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .is_some_and(|chain| !chain.is_empty())
+}
