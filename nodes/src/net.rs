@@ -101,7 +101,10 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
 }
 
 /// Dials `addr` with the endpoint's default client config, within [`CONNECT_TIMEOUT`].
-pub async fn connect(endpoint: &quinn::Endpoint, addr: &str) -> Result<quinn::Connection, NetError> {
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: &str,
+) -> Result<quinn::Connection, NetError> {
     let sock = resolve(addr).await?;
     let connecting = endpoint
         .connect(sock, tsn_certs::SERVER_NAME)
@@ -217,7 +220,8 @@ pub fn node_endpoint(
     use anyhow::Context;
     let t = transport(idle);
     let server = identity.server_config(auth, t.clone())?;
-    let mut endpoint = quinn::Endpoint::server(server, bind).with_context(|| format!("binding UDP {bind}"))?;
+    let mut endpoint =
+        quinn::Endpoint::server(server, bind).with_context(|| format!("binding UDP {bind}"))?;
     endpoint.set_default_client_config(identity.client_config(t)?);
     Ok(endpoint)
 }

@@ -23,10 +23,16 @@ pub struct StatusOpts {
 
 /// Fetches the tables.
 pub async fn fetch(opts: &StatusOpts) -> anyhow::Result<RoutingTables> {
-    let root = tsn_certs::TrustRoot::load(&opts.common.cert_dir)
-        .with_context(|| format!("loading the cluster CA from {}", opts.common.cert_dir.display()))?;
+    let root = tsn_certs::TrustRoot::load(&opts.common.cert_dir).with_context(|| {
+        format!(
+            "loading the cluster CA from {}",
+            opts.common.cert_dir.display()
+        )
+    })?;
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
-    endpoint.set_default_client_config(root.client_config(crate::net::transport(Duration::from_secs(5)))?);
+    endpoint.set_default_client_config(
+        root.client_config(crate::net::transport(Duration::from_secs(5)))?,
+    );
     let conn = crate::net::connect(&endpoint, &opts.coordinator).await?;
     let reply = crate::net::call::<_, CoordReply>(&conn, &CoordRequest::Status).await?;
     conn.close(0u32.into(), b"done");
@@ -39,13 +45,19 @@ pub async fn fetch(opts: &StatusOpts) -> anyhow::Result<RoutingTables> {
 
 /// Renders the three tables (master, slave, synchronizer).
 pub fn render(t: &RoutingTables) -> String {
-    let mut out = format!("{} clusters, heartbeat every {} ms\n", t.clusters, t.heartbeat_ms);
+    let mut out = format!(
+        "{} clusters, heartbeat every {} ms\n",
+        t.clusters, t.heartbeat_ms
+    );
     for (title, kind) in [
         ("Master", NodeKind::Primary),
         ("Slave", NodeKind::Secondary),
         ("Synchronizer", NodeKind::Sync),
     ] {
-        out.push_str(&format!("\n{title} table\n{:<8} {:<24} {:<9} {:<8} {:>6} {:>10}\n", "ID", "Address", "Status", "Serving", "Epoch", "Last beat"));
+        out.push_str(&format!(
+            "\n{title} table\n{:<8} {:<24} {:<9} {:<8} {:>6} {:>10}\n",
+            "ID", "Address", "Status", "Serving", "Epoch", "Last beat"
+        ));
         for e in t.entries.iter().filter(|e| e.kind == kind) {
             let status = if e.alive { "Active" } else { "Inactive" };
             let serving = match (kind, e.active) {

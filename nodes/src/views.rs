@@ -25,11 +25,17 @@ pub enum Side {
 pub fn path_of(dir: &RoleDir, side: Side, record: &Record) -> Option<PathBuf> {
     match (side, record) {
         (_, Record::Change(Change::User { .. })) => Some(dir.global_clients()),
-        (Side::Server, Record::Change(Change::Follow { follower, .. })) => Some(dir.following(*follower)),
-        (Side::Sync, Record::Change(Change::Follow { followee, .. })) => Some(dir.followers(*followee)),
+        (Side::Server, Record::Change(Change::Follow { follower, .. })) => {
+            Some(dir.following(*follower))
+        }
+        (Side::Sync, Record::Change(Change::Follow { followee, .. })) => {
+            Some(dir.followers(*followee))
+        }
         (Side::Server, Record::Change(Change::Post(p))) => Some(dir.timeline(p.id.author)),
         (Side::Sync, Record::Deliver { to, .. }) => Some(dir.timeline(*to)),
-        (Side::Sync, Record::Change(Change::Post(_))) | (Side::Server, Record::Deliver { .. }) => None,
+        (Side::Sync, Record::Change(Change::Post(_))) | (Side::Server, Record::Deliver { .. }) => {
+            None
+        }
     }
 }
 

@@ -15,10 +15,37 @@ fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
 #[test]
 fn help_lists_the_original_flags() {
     let cases: [(&str, &[&str]); 5] = [
-        (env!("CARGO_BIN_EXE_tsn_coordinator"), &["-p", "--clear", "--clusters", "--heartbeat-ms", "--cert-dir", "--datastore"]),
-        (env!("CARGO_BIN_EXE_tsn_server"), &["-c", "-p", "-i", "-t", "--advertise", "--cert-dir", "--datastore"]),
-        (env!("CARGO_BIN_EXE_tsn_sync_service"), &["-c", "-s", "-p", "-q", "--cert-dir", "--datastore"]),
-        (env!("CARGO_BIN_EXE_tsn_client"), &["-c", "-p", "-i", "--cert-dir"]),
+        (
+            env!("CARGO_BIN_EXE_tsn_coordinator"),
+            &[
+                "-p",
+                "--clear",
+                "--clusters",
+                "--heartbeat-ms",
+                "--cert-dir",
+                "--datastore",
+            ],
+        ),
+        (
+            env!("CARGO_BIN_EXE_tsn_server"),
+            &[
+                "-c",
+                "-p",
+                "-i",
+                "-t",
+                "--advertise",
+                "--cert-dir",
+                "--datastore",
+            ],
+        ),
+        (
+            env!("CARGO_BIN_EXE_tsn_sync_service"),
+            &["-c", "-s", "-p", "-q", "--cert-dir", "--datastore"],
+        ),
+        (
+            env!("CARGO_BIN_EXE_tsn_client"),
+            &["-c", "-p", "-i", "--cert-dir"],
+        ),
         (env!("CARGO_BIN_EXE_tsn_status"), &["-c", "--cert-dir"]),
     ];
     for (bin, flags) in cases {
@@ -32,12 +59,31 @@ fn help_lists_the_original_flags() {
 
 #[test]
 fn bad_flags_are_refused_clearly() {
-    let (code, _, err) = run(env!("CARGO_BIN_EXE_tsn_server"), &["-c", "127.0.0.1:1", "-p", "0", "-i", "1", "-t", "tertiary"]);
+    let (code, _, err) = run(
+        env!("CARGO_BIN_EXE_tsn_server"),
+        &["-c", "127.0.0.1:1", "-p", "0", "-i", "1", "-t", "tertiary"],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("tertiary"), "{err}");
-    let (code, _, _) = run(env!("CARGO_BIN_EXE_tsn_server"), &["-c", "127.0.0.1:1", "-p", "0", "-i", "1", "-t", "master", "--help"]);
+    let (code, _, _) = run(
+        env!("CARGO_BIN_EXE_tsn_server"),
+        &[
+            "-c",
+            "127.0.0.1:1",
+            "-p",
+            "0",
+            "-i",
+            "1",
+            "-t",
+            "master",
+            "--help",
+        ],
+    );
     assert_eq!(code, 0, "master is accepted for -t");
-    let (code, _, err) = run(env!("CARGO_BIN_EXE_tsn_client"), &["-c", "nohostport", "-i", "1"]);
+    let (code, _, err) = run(
+        env!("CARGO_BIN_EXE_tsn_client"),
+        &["-c", "nohostport", "-i", "1"],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("host>:<port"), "{err}");
 }

@@ -42,14 +42,22 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     let deps = exe.parent().expect("deps dir");
-    let profile = if deps.ends_with("deps") { deps.parent().expect("profile dir") } else { deps };
+    let profile = if deps.ends_with("deps") {
+        deps.parent().expect("profile dir")
+    } else {
+        deps
+    };
     profile.to_path_buf()
 }
 
 /// Path of one binary.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} not built (run `cargo build --workspace` or set TSN_BIN_DIR)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built (run `cargo build --workspace` or set TSN_BIN_DIR)",
+        p.display()
+    );
     p
 }
 
@@ -63,16 +71,25 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc> {
-        let err = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let child = Command::new(bin(name))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
-            .env("RUST_LOG", std::env::var("TSN_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TSN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        Ok(Proc { child, log: log.to_path_buf() })
+        Ok(Proc {
+            child,
+            log: log.to_path_buf(),
+        })
     }
 
     /// SIGKILL, and reap.
@@ -197,10 +214,19 @@ impl System {
     pub fn start_coordinator(&mut self, port: Option<u16>) -> Result<()> {
         let ready = self.dir.path().join("coordinator.addr");
         let _ = std::fs::remove_file(&ready);
-        let mut args = vec!["-p".into(), port.unwrap_or(0).to_string(), "--clusters".into(), self.config.clusters.to_string()];
+        let mut args = vec![
+            "-p".into(),
+            port.unwrap_or(0).to_string(),
+            "--clusters".into(),
+            self.config.clusters.to_string(),
+        ];
         args.extend(self.common());
         args.extend(["--ready-file".into(), ready.display().to_string()]);
-        self.coordinator = Some(Proc::spawn("tsn_coordinator", &args, &self.log("coordinator"))?);
+        self.coordinator = Some(Proc::spawn(
+            "tsn_coordinator",
+            &args,
+            &self.log("coordinator"),
+        )?);
         self.coord = wait_file(&ready, Duration::from_secs(10))?;
         Ok(())
     }
@@ -214,7 +240,10 @@ impl System {
 
     /// Port of the coordinator.
     pub fn coord_port(&self) -> u16 {
-        self.coord.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0)
+        self.coord
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Starts (or restarts) one node.
@@ -224,18 +253,37 @@ impl System {
         let _ = std::fs::remove_file(&ready);
         let mut args: Vec<String> = match role {
             Role::Primary | Role::Secondary => vec![
-                "-c".into(), self.coord.clone(), "-p".into(), "0".into(), "-i".into(), cluster.to_string(), "-t".into(), role.name().into(),
+                "-c".into(),
+                self.coord.clone(),
+                "-p".into(),
+                "0".into(),
+                "-i".into(),
+                cluster.to_string(),
+                "-t".into(),
+                role.name().into(),
             ],
             Role::Sync => vec![
-                "-c".into(), self.coord.clone(), "-p".into(), "0".into(), "-s".into(), cluster.to_string(), "-q".into(), self.config.period_ms.to_string(),
+                "-c".into(),
+                self.coord.clone(),
+                "-p".into(),
+                "0".into(),
+                "-s".into(),
+                cluster.to_string(),
+                "-q".into(),
+                self.config.period_ms.to_string(),
             ],
         };
         args.extend(self.common());
         args.extend(["--ready-file".into(), ready.display().to_string()]);
-        let bin = if role == Role::Sync { "tsn_sync_service" } else { "tsn_server" };
+        let bin = if role == Role::Sync {
+            "tsn_sync_service"
+        } else {
+            "tsn_server"
+        };
         let p = Proc::spawn(bin, &args, &self.log(&name))?;
         self.nodes.insert((cluster, role), p);
-        wait_file(&ready, Duration::from_secs(20)).with_context(|| format!("{name} did not start; see {}", self.log(&name).display()))?;
+        wait_file(&ready, Duration::from_secs(20))
+            .with_context(|| format!("{name} did not start; see {}", self.log(&name).display()))?;
         Ok(())
     }
 
@@ -248,16 +296,27 @@ impl System {
 
     /// SIGTERM one node and wait for it.
     pub fn stop(&mut self, cluster: u32, role: Role) -> bool {
-        self.nodes.remove(&(cluster, role)).map(|mut p| p.stop()).unwrap_or(false)
+        self.nodes
+            .remove(&(cluster, role))
+            .map(|mut p| p.stop())
+            .unwrap_or(false)
     }
 
     /// The coordinator's tables, as `tsn_status` prints them.
     pub fn status(&self) -> Result<String> {
         let out = Command::new(bin("tsn_status"))
-            .args(["-c", &self.coord, "--cert-dir", &self.certs().display().to_string()])
+            .args([
+                "-c",
+                &self.coord,
+                "--cert-dir",
+                &self.certs().display().to_string(),
+            ])
             .output()?;
         if !out.status.success() {
-            bail!("tsn_status failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "tsn_status failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -267,7 +326,12 @@ impl System {
     pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let want_alive = self.nodes.len();
         let want_serving = {
-            let mut clusters: Vec<u32> = self.nodes.keys().filter(|(_, r)| *r != Role::Sync).map(|(c, _)| *c).collect();
+            let mut clusters: Vec<u32> = self
+                .nodes
+                .keys()
+                .filter(|(_, r)| *r != Role::Sync)
+                .map(|(c, _)| *c)
+                .collect();
             clusters.sort_unstable();
             clusters.dedup();
             clusters.len()
@@ -277,7 +341,10 @@ impl System {
         while Instant::now() < deadline {
             if let Ok(s) = self.status() {
                 let alive = s.lines().filter(|l| l.contains(" Active ")).count();
-                let serving = s.lines().filter(|l| l.contains(" Active ") && l.contains(" yes ")).count();
+                let serving = s
+                    .lines()
+                    .filter(|l| l.contains(" Active ") && l.contains(" yes "))
+                    .count();
                 if alive >= want_alive && serving >= want_serving {
                     return Ok(());
                 }
@@ -298,7 +365,11 @@ impl System {
                 continue;
             }
             let cols: Vec<&str> = l.split_whitespace().collect();
-            if section != "Synchronizer table" && cols.len() >= 4 && cols[0] == cluster.to_string() && cols[3] == "yes" {
+            if section != "Synchronizer table"
+                && cols.len() >= 4
+                && cols[0] == cluster.to_string()
+                && cols[3] == "yes"
+            {
                 return Ok(cols[1].to_string());
             }
         }
@@ -307,12 +378,23 @@ impl System {
 
     /// Starts a client for `user`.
     pub fn client(&self, user: u32) -> Result<Client> {
-        Client::spawn(&self.coord, user, &self.certs(), &self.log(&format!("client-{user}")))
+        Client::spawn(
+            &self.coord,
+            user,
+            &self.certs(),
+            &self.log(&format!("client-{user}")),
+        )
     }
 
     /// Reads a record file of a role directory.
     pub fn read(&self, cluster: u32, role: Role, rel: &str) -> String {
-        std::fs::read_to_string(self.datastore().join(cluster.to_string()).join(role.name()).join(rel)).unwrap_or_default()
+        std::fs::read_to_string(
+            self.datastore()
+                .join(cluster.to_string())
+                .join(role.name())
+                .join(rel),
+        )
+        .unwrap_or_default()
     }
 
     /// Stops everything (SIGTERM, then SIGKILL).
@@ -368,9 +450,21 @@ pub fn strip_prompts(mut line: &str) -> &str {
 
 impl Client {
     fn spawn(coord: &str, user: u32, certs: &Path, log: &Path) -> Result<Client> {
-        let err = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let mut child = Command::new(bin("tsn_client"))
-            .args(["-c", coord, "-p", "0", "-i", &user.to_string(), "--cert-dir", &certs.display().to_string()])
+            .args([
+                "-c",
+                coord,
+                "-p",
+                "0",
+                "-i",
+                &user.to_string(),
+                "--cert-dir",
+                &certs.display().to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(err)
@@ -387,7 +481,10 @@ impl Client {
             }
         });
         Ok(Client {
-            proc: Proc { child, log: log.to_path_buf() },
+            proc: Proc {
+                child,
+                log: log.to_path_buf(),
+            },
             stdin,
             lines: rx,
             seen: Vec::new(),
@@ -405,7 +502,12 @@ impl Client {
 
     /// Waits for the next line satisfying `pred`, returning it; lines before it are kept
     /// in `seen` too.
-    pub fn expect_with(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<String> {
+    pub fn expect_with(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -478,11 +580,17 @@ impl Client {
 
 /// Posts in a timeline file (`post ...` or `deliver ...` lines) whose text is `text`.
 pub fn count_text(file: &str, text: &str) -> usize {
-    file.lines().filter(|l| l.ends_with(&format!(" {text}"))).count()
+    file.lines()
+        .filter(|l| l.ends_with(&format!(" {text}")))
+        .count()
 }
 
 /// Retries `f` until it returns `Ok(true)` or `timeout` passes.
-pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+pub fn eventually(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last_err = None;
     while Instant::now() < deadline {
@@ -510,8 +618,13 @@ pub fn list(client: &mut Client) -> Result<(String, String)> {
 
 /// Waits until `client`'s LIST shows exactly `users` as all users.
 pub fn wait_users(client: &mut Client, users: &[u32]) -> Result<()> {
-    let want = format!("All users: {}", users.iter().map(|u| format!("{u}, ")).collect::<String>());
-    eventually("all users known", Duration::from_secs(15), || Ok(list(client)?.0 == want))
+    let want = format!(
+        "All users: {}",
+        users.iter().map(|u| format!("{u}, ")).collect::<String>()
+    );
+    eventually("all users known", Duration::from_secs(15), || {
+        Ok(list(client)?.0 == want)
+    })
 }
 
 impl System {

@@ -10,13 +10,30 @@ use tsn_tests::*;
 #[test]
 fn primary_kill9_during_timeline_posting() -> anyhow::Result<()> {
     let mut sys = System::start(Config::default())?;
-    let secondary_addr = std::fs::read_to_string(sys.dir.path().join("secondary-1.addr"))?.trim().to_string();
+    let secondary_addr = std::fs::read_to_string(sys.dir.path().join("secondary-1.addr"))?
+        .trim()
+        .to_string();
     let mut author = sys.client(3)?; // cluster 1
     let mut reader = sys.client(6)?; // cluster 1
     wait_users(&mut reader, &[3, 6])?;
-    assert_eq!(reader.run("FOLLOW 3", 1)?, ["Command completed successfully"]);
-    assert_eq!(reader.run("TIMELINE", 2)?, ["Command completed successfully", "Now you are in the timeline"]);
-    assert_eq!(author.run("TIMELINE", 2)?, ["Command completed successfully", "Now you are in the timeline"]);
+    assert_eq!(
+        reader.run("FOLLOW 3", 1)?,
+        ["Command completed successfully"]
+    );
+    assert_eq!(
+        reader.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
+    assert_eq!(
+        author.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
     std::thread::sleep(Duration::from_millis(300));
 
     const N: usize = 40;
@@ -29,12 +46,24 @@ fn primary_kill9_during_timeline_posting() -> anyhow::Result<()> {
     }
     let stderr_before_exit = author.stderr();
     // Exit 0 at end of input means every post was acknowledged.
-    assert_eq!(author.finish(Duration::from_secs(40))?, 0, "{stderr_before_exit}");
-    assert_eq!(sys.serving(1)?, secondary_addr, "the secondary serves cluster 1");
+    assert_eq!(
+        author.finish(Duration::from_secs(40))?,
+        0,
+        "{stderr_before_exit}"
+    );
+    assert_eq!(
+        sys.serving(1)?,
+        secondary_addr,
+        "the secondary serves cluster 1"
+    );
 
     let journal = sys.read(1, Role::Secondary, "journal.data");
     for k in 0..N {
-        assert_eq!(count_text(&journal, &format!("failover post {k}")), 1, "post {k} in:\n{journal}");
+        assert_eq!(
+            count_text(&journal, &format!("failover post {k}")),
+            1,
+            "post {k} in:\n{journal}"
+        );
     }
     for k in 0..N {
         reader.expect_contains(&format!("failover post {k}"), Duration::from_secs(20))?;
@@ -42,10 +71,17 @@ fn primary_kill9_during_timeline_posting() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     reader.drain();
     for k in 0..N {
-        let n = reader.seen.iter().filter(|l| l.ends_with(&format!(">> failover post {k}"))).count();
+        let n = reader
+            .seen
+            .iter()
+            .filter(|l| l.ends_with(&format!(">> failover post {k}")))
+            .count();
         assert_eq!(n, 1, "post {k} shown {n} times");
     }
-    assert!(reader.stderr().contains("Reconnecting to"), "the reader was told on stderr");
+    assert!(
+        reader.stderr().contains("Reconnecting to"),
+        "the reader was told on stderr"
+    );
 
     // The old primary comes back as the standby and catches up from the secondary.
     sys.start_node(1, Role::Primary)?;
@@ -53,7 +89,11 @@ fn primary_kill9_during_timeline_posting() -> anyhow::Result<()> {
         let j = sys.read(1, Role::Primary, "journal.data");
         Ok((0..N).all(|k| count_text(&j, &format!("failover post {k}")) == 1))
     })?;
-    assert_eq!(sys.serving(1)?, secondary_addr, "a returning primary does not take over");
+    assert_eq!(
+        sys.serving(1)?,
+        secondary_addr,
+        "a returning primary does not take over"
+    );
     assert_eq!(reader.finish(Duration::from_secs(10))?, 0);
     Ok(())
 }

@@ -6,7 +6,10 @@ use std::process::Command;
 #[test]
 fn loopback_script_test_mode_passes() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("loopback.sh");
-    let run = tempfile::Builder::new().prefix("tsn-loopback-").tempdir().expect("temp dir");
+    let run = tempfile::Builder::new()
+        .prefix("tsn-loopback-")
+        .tempdir()
+        .expect("temp dir");
     let out = Command::new("bash")
         .arg(&script)
         .arg("test")
@@ -16,6 +19,9 @@ fn loopback_script_test_mode_passes() {
         .expect("bash runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "loopback.sh test failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "loopback.sh test failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     assert!(stdout.contains("checks passed"), "{stdout}");
 }

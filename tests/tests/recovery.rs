@@ -8,7 +8,13 @@ use tsn_tests::*;
 
 fn backlog(sys: &System, user: u32) -> anyhow::Result<Vec<String>> {
     let mut c = sys.client(user)?;
-    assert_eq!(c.run("TIMELINE", 2)?, ["Command completed successfully", "Now you are in the timeline"]);
+    assert_eq!(
+        c.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
     std::thread::sleep(Duration::from_millis(500));
     let lines = c.drain();
     c.finish(Duration::from_secs(10))?;
@@ -38,7 +44,13 @@ fn restart_of_every_process_keeps_the_state() -> anyhow::Result<()> {
     assert_eq!(c2.run("FOLLOW 1", 1)?, ["Command completed successfully"]);
     std::thread::sleep(Duration::from_millis(300));
     for (c, who) in [(&mut c1, "one"), (&mut c2, "two")] {
-        assert_eq!(c.run("TIMELINE", 2)?, ["Command completed successfully", "Now you are in the timeline"]);
+        assert_eq!(
+            c.run("TIMELINE", 2)?,
+            [
+                "Command completed successfully",
+                "Now you are in the timeline"
+            ]
+        );
         for k in 0..3 {
             c.send(&format!("{who} before restart {k}"))?;
         }
@@ -52,7 +64,13 @@ fn restart_of_every_process_keeps_the_state() -> anyhow::Result<()> {
         Ok((0..3).all(|k| count_text(&t, &format!("two before restart {k}")) == 1))
     })?;
     let before = snapshot(&sys)?;
-    assert!(before[0].2.iter().any(|l| l.contains("two before restart 2")), "{before:?}");
+    assert!(
+        before[0]
+            .2
+            .iter()
+            .any(|l| l.contains("two before restart 2")),
+        "{before:?}"
+    );
 
     sys.shutdown();
     sys.start_all()?;
@@ -78,7 +96,13 @@ fn sync_service_kill9_mid_traffic_loses_and_duplicates_nothing() -> anyhow::Resu
     wait_users(&mut c1, &[1, 2])?;
     assert_eq!(c1.run("FOLLOW 2", 1)?, ["Command completed successfully"]);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(c2.run("TIMELINE", 2)?, ["Command completed successfully", "Now you are in the timeline"]);
+    assert_eq!(
+        c2.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
     const N: usize = 30;
     for k in 0..N {
         c2.send(&format!("sync survivor {k}"))?;
@@ -99,7 +123,11 @@ fn sync_service_kill9_mid_traffic_loses_and_duplicates_nothing() -> anyhow::Resu
     std::thread::sleep(Duration::from_millis(500));
     let t = sys.read(2, Role::Sync, "local_clients/1/timeline.data");
     for k in 0..N {
-        assert_eq!(count_text(&t, &format!("sync survivor {k}")), 1, "post {k}:\n{t}");
+        assert_eq!(
+            count_text(&t, &format!("sync survivor {k}")),
+            1,
+            "post {k}:\n{t}"
+        );
     }
     c1.finish(Duration::from_secs(10))?;
     Ok(())
@@ -117,7 +145,13 @@ fn a_cluster_that_was_down_receives_its_backlog() -> anyhow::Result<()> {
     for r in [Role::Primary, Role::Secondary, Role::Sync] {
         sys.stop(3, r);
     }
-    assert_eq!(c1.run("TIMELINE", 2)?, ["Command completed successfully", "Now you are in the timeline"]);
+    assert_eq!(
+        c1.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
     for k in 0..10 {
         c1.send(&format!("while you were away {k}"))?;
     }
@@ -134,7 +168,14 @@ fn a_cluster_that_was_down_receives_its_backlog() -> anyhow::Result<()> {
     })?;
     let lines = backlog(&sys, 2)?;
     for k in 0..10 {
-        assert_eq!(lines.iter().filter(|l| l.ends_with(&format!(">> while you were away {k}"))).count(), 1, "{lines:?}");
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.ends_with(&format!(">> while you were away {k}")))
+                .count(),
+            1,
+            "{lines:?}"
+        );
     }
     Ok(())
 }
@@ -143,7 +184,13 @@ fn a_cluster_that_was_down_receives_its_backlog() -> anyhow::Result<()> {
 fn coordinator_restart_keeps_clients_working() -> anyhow::Result<()> {
     let mut sys = System::start(Config::default())?;
     let mut c3 = sys.client(3)?;
-    assert_eq!(c3.run("TIMELINE", 2)?, ["Command completed successfully", "Now you are in the timeline"]);
+    assert_eq!(
+        c3.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
     let port = sys.coord_port();
     sys.kill_coordinator();
     for k in 0..5 {
@@ -154,7 +201,11 @@ fn coordinator_restart_keeps_clients_working() -> anyhow::Result<()> {
     for k in 5..10 {
         c3.send(&format!("no coordinator {k}"))?;
     }
-    assert_eq!(c3.finish(Duration::from_secs(20))?, 0, "every post acknowledged");
+    assert_eq!(
+        c3.finish(Duration::from_secs(20))?,
+        0,
+        "every post acknowledged"
+    );
     sys.wait_ready(Duration::from_secs(20))?;
     // New clients get assignments again once the servers have re-registered.
     let mut c6 = sys.client(6)?;

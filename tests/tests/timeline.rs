@@ -19,7 +19,13 @@ fn live_delivery_within_and_across_clusters_once_and_in_order() -> anyhow::Resul
     assert_eq!(c1.run("FOLLOW 4", 1)?, ["Command completed successfully"]);
     let mut c1b = sys.client(1)?; // a second device of user 1
     for c in [&mut c1, &mut c1b, &mut c2, &mut c4] {
-        assert_eq!(c.run("TIMELINE", 2)?, ["Command completed successfully", "Now you are in the timeline"]);
+        assert_eq!(
+            c.run("TIMELINE", 2)?,
+            [
+                "Command completed successfully",
+                "Now you are in the timeline"
+            ]
+        );
     }
     // Give the follows one sync period to reach the followees' clusters.
     std::thread::sleep(Duration::from_millis(300));
@@ -40,7 +46,12 @@ fn live_delivery_within_and_across_clusters_once_and_in_order() -> anyhow::Resul
     // Order per author: the k-th post of an author comes before the (k+1)-th.
     for author in ["two", "four"] {
         let idx: Vec<usize> = (0..5)
-            .map(|k| c1.seen.iter().position(|l| l.ends_with(&format!("{author} says {k}"))).unwrap())
+            .map(|k| {
+                c1.seen
+                    .iter()
+                    .position(|l| l.ends_with(&format!("{author} says {k}")))
+                    .unwrap()
+            })
             .collect();
         assert!(idx.windows(2).all(|w| w[0] < w[1]), "{author}: {idx:?}");
     }
@@ -48,15 +59,28 @@ fn live_delivery_within_and_across_clusters_once_and_in_order() -> anyhow::Resul
     std::thread::sleep(Duration::from_millis(500));
     c1.drain();
     for k in 0..5 {
-        assert_eq!(c1.seen.iter().filter(|l| l.ends_with(&format!("two says {k}"))).count(), 1);
+        assert_eq!(
+            c1.seen
+                .iter()
+                .filter(|l| l.ends_with(&format!("two says {k}")))
+                .count(),
+            1
+        );
     }
     // The author does not see its own post echoed back.
     c2.drain();
-    assert!(!c2.seen.iter().any(|l| l.contains(">> two says")), "{:?}", c2.seen);
+    assert!(
+        !c2.seen.iter().any(|l| l.contains(">> two says")),
+        "{:?}",
+        c2.seen
+    );
 
     // UNFOLLOW from another device stops delivery.
     let mut c1c = sys.client(1)?;
-    assert_eq!(c1c.run("UNFOLLOW 2", 1)?, ["Command completed successfully"]);
+    assert_eq!(
+        c1c.run("UNFOLLOW 2", 1)?,
+        ["Command completed successfully"]
+    );
     std::thread::sleep(Duration::from_millis(300));
     c2.send("two after unfollow")?;
     std::thread::sleep(Duration::from_millis(300));
@@ -64,7 +88,11 @@ fn live_delivery_within_and_across_clusters_once_and_in_order() -> anyhow::Resul
     c1.expect_contains("four sentinel", LIVE)?;
     std::thread::sleep(Duration::from_millis(800));
     c1.drain();
-    assert!(!c1.seen.iter().any(|l| l.contains("two after unfollow")), "{:?}", c1.seen);
+    assert!(
+        !c1.seen.iter().any(|l| l.contains("two after unfollow")),
+        "{:?}",
+        c1.seen
+    );
 
     for c in [c1, c1b, c1c, c2, c4] {
         assert_eq!(c.finish(Duration::from_secs(10))?, 0);
@@ -76,7 +104,13 @@ fn live_delivery_within_and_across_clusters_once_and_in_order() -> anyhow::Resul
 fn timeline_entry_shows_the_last_twenty_posts() -> anyhow::Result<()> {
     let sys = System::start(Config::default())?;
     let mut a = sys.client(5)?; // cluster 3
-    assert_eq!(a.run("TIMELINE", 2)?, ["Command completed successfully", "Now you are in the timeline"]);
+    assert_eq!(
+        a.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
     for k in 0..25 {
         a.send(&format!("post number {k}"))?;
     }
@@ -84,15 +118,31 @@ fn timeline_entry_shows_the_last_twenty_posts() -> anyhow::Result<()> {
     assert_eq!(a.finish(Duration::from_secs(20))?, 0);
 
     let mut b = sys.client(5)?;
-    assert_eq!(b.run("TIMELINE", 2)?, ["Command completed successfully", "Now you are in the timeline"]);
+    assert_eq!(
+        b.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
     for k in 5..25 {
         let line = b.expect_contains(&format!("post number {k}"), LIVE)?;
         assert!(line.starts_with("5 ("), "{line}");
     }
     std::thread::sleep(Duration::from_millis(300));
     b.drain();
-    assert!(!b.seen.iter().any(|l| l.ends_with("post number 4")), "only the last 20: {:?}", b.seen);
-    assert_eq!(b.seen.iter().filter(|l| l.contains(">> post number")).count(), 20);
+    assert!(
+        !b.seen.iter().any(|l| l.ends_with("post number 4")),
+        "only the last 20: {:?}",
+        b.seen
+    );
+    assert_eq!(
+        b.seen
+            .iter()
+            .filter(|l| l.contains(">> post number"))
+            .count(),
+        20
+    );
 
     // Overlong posts are refused by the client with a clear message.
     b.send(&"x".repeat(300))?;

@@ -34,10 +34,15 @@ pub struct Link {
 impl Link {
     /// Connects for the first time; errors are reported as `connection failed: -1`.
     pub async fn open(opts: &ClientOpts) -> anyhow::Result<Link> {
-        let root = tsn_certs::TrustRoot::load(&opts.common.cert_dir)
-            .with_context(|| format!("loading the cluster CA from {}", opts.common.cert_dir.display()))?;
+        let root = tsn_certs::TrustRoot::load(&opts.common.cert_dir).with_context(|| {
+            format!(
+                "loading the cluster CA from {}",
+                opts.common.cert_dir.display()
+            )
+        })?;
         let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.port));
-        let mut endpoint = quinn::Endpoint::client(bind).with_context(|| format!("binding UDP {bind}"))?;
+        let mut endpoint =
+            quinn::Endpoint::client(bind).with_context(|| format!("binding UDP {bind}"))?;
         endpoint.set_default_client_config(root.client_config(crate::net::transport(IDLE))?);
         let (server, conn) = connect_and_login(&endpoint, &opts.coordinator, opts.user).await?;
         Ok(Link {
@@ -89,8 +94,12 @@ impl Link {
             }
         }
         self.lost = true;
-        Err(last_error.unwrap_or_else(|| anyhow!("no attempt made")))
-            .with_context(|| format!("no server for user {} within {:?}", self.user, self.reconnect_for))
+        Err(last_error.unwrap_or_else(|| anyhow!("no attempt made"))).with_context(|| {
+            format!(
+                "no server for user {} within {:?}",
+                self.user, self.reconnect_for
+            )
+        })
     }
 
     /// Whether the coordinator now assigns another server than the one we use.
@@ -122,11 +131,17 @@ impl Link {
     }
 }
 
-async fn assigned_server(endpoint: &quinn::Endpoint, coordinator: &str, user: UserId) -> anyhow::Result<String> {
+async fn assigned_server(
+    endpoint: &quinn::Endpoint,
+    coordinator: &str,
+    user: UserId,
+) -> anyhow::Result<String> {
     let conn = crate::net::connect(endpoint, coordinator)
         .await
         .with_context(|| format!("coordinator {coordinator}"))?;
-    let reply = crate::net::call::<_, CoordReply>(&conn, &CoordRequest::AssignClient { client: user }).await;
+    let reply =
+        crate::net::call::<_, CoordReply>(&conn, &CoordRequest::AssignClient { client: user })
+            .await;
     conn.close(0u32.into(), b"done");
     match reply.with_context(|| format!("coordinator {coordinator}"))? {
         CoordReply::Assigned { addr, .. } => Ok(addr),
@@ -135,7 +150,11 @@ async fn assigned_server(endpoint: &quinn::Endpoint, coordinator: &str, user: Us
     }
 }
 
-async fn connect_and_login(endpoint: &quinn::Endpoint, coordinator: &str, user: UserId) -> anyhow::Result<(String, quinn::Connection)> {
+async fn connect_and_login(
+    endpoint: &quinn::Endpoint,
+    coordinator: &str,
+    user: UserId,
+) -> anyhow::Result<(String, quinn::Connection)> {
     let server = assigned_server(endpoint, coordinator, user).await?;
     let conn = crate::net::connect(endpoint, &server)
         .await

@@ -13,8 +13,8 @@ pub mod link;
 pub mod timeline;
 pub mod words;
 
-use std::io::Write;
 use clap::Parser;
+use std::io::Write;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tsn_protocol::client::ClientRequest;

@@ -45,7 +45,16 @@ pub async fn run(link: &mut Link, lines: &mut Lines) -> i32 {
     let mut entered = false;
     let mut eof_at: Option<Instant> = None;
     loop {
-        match session(link, lines, &mut unacked, &mut seen, &mut entered, &mut eof_at).await {
+        match session(
+            link,
+            lines,
+            &mut unacked,
+            &mut seen,
+            &mut entered,
+            &mut eof_at,
+        )
+        .await
+        {
             Ok(Outcome::Done) => return 0,
             Ok(Outcome::Reconnect) => {}
             Err(Fatal(msg)) => {
@@ -82,14 +91,18 @@ async fn session(
         return Ok(Outcome::Reconnect);
     };
     let opened = async {
-        tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user }).await.ok()?;
-        tsn_protocol::read_msg::<ClientReply, _>(&mut recv).await.ok()?
+        tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user })
+            .await
+            .ok()?;
+        tsn_protocol::read_msg::<ClientReply, _>(&mut recv)
+            .await
+            .ok()?
     };
     match tokio::time::timeout(crate::net::REQUEST_TIMEOUT, opened).await {
         Ok(Some(ClientReply::Ok)) => {}
-        Ok(Some(ClientReply::Failed(tsn_protocol::client::CommandError::NotActive))) | Ok(None) | Err(_) => {
-            return Ok(Outcome::Reconnect)
-        }
+        Ok(Some(ClientReply::Failed(tsn_protocol::client::CommandError::NotActive)))
+        | Ok(None)
+        | Err(_) => return Ok(Outcome::Reconnect),
         Ok(Some(ClientReply::Failed(e))) => return Err(Fatal(words::failure(&e))),
         Ok(Some(ClientReply::List { .. })) => return Err(Fatal(words::UNKNOWN_FAILURE)),
     }
@@ -99,9 +112,15 @@ async fn session(
         *entered = true;
     }
     for p in unacked.iter_mut() {
-        if tsn_protocol::write_msg(&mut send, &TimelineUp::Post { nonce: p.nonce, text: p.text.clone() })
-            .await
-            .is_err()
+        if tsn_protocol::write_msg(
+            &mut send,
+            &TimelineUp::Post {
+                nonce: p.nonce,
+                text: p.text.clone(),
+            },
+        )
+        .await
+        .is_err()
         {
             return Ok(Outcome::Reconnect);
         }

@@ -51,7 +51,9 @@ pub fn failure(e: &CommandError) -> &'static str {
         CommandError::NoSuchUser => "Input username does not exists, command failed",
         CommandError::InvalidUser => "Command failed with invalid username",
         CommandError::InvalidCommand => "Command failed with invalid command",
-        CommandError::NotActive | CommandError::PostTooLong { .. } | CommandError::Storage(_) => UNKNOWN_FAILURE,
+        CommandError::NotActive | CommandError::PostTooLong { .. } | CommandError::Storage(_) => {
+            UNKNOWN_FAILURE
+        }
     }
 }
 
@@ -63,7 +65,10 @@ fn id_list(ids: &[UserId]) -> String {
 pub fn reply_lines(reply: &ClientReply) -> Vec<String> {
     match reply {
         ClientReply::Ok => vec![SUCCESS.to_string()],
-        ClientReply::List { all_users, followers } => vec![
+        ClientReply::List {
+            all_users,
+            followers,
+        } => vec![
             SUCCESS.to_string(),
             format!("All users: {}", id_list(all_users)),
             format!("Followers: {}", id_list(followers)),
@@ -95,8 +100,14 @@ mod tests {
         assert_eq!(parse("Timeline"), Ok(Some(Command::Timeline)));
         assert_eq!(parse(""), Ok(None));
         assert_eq!(parse("FOLLOW"), Err("Invalid Input -- No Arguments Given"));
-        assert_eq!(parse("FOLLOW abc"), Err("Command failed with invalid username"));
-        assert_eq!(parse("FOLLOW -1"), Err("Command failed with invalid username"));
+        assert_eq!(
+            parse("FOLLOW abc"),
+            Err("Command failed with invalid username")
+        );
+        assert_eq!(
+            parse("FOLLOW -1"),
+            Err("Command failed with invalid username")
+        );
         assert_eq!(parse("POST hi"), Err("Invalid Command"));
     }
 
@@ -106,6 +117,9 @@ mod tests {
             all_users: vec![1, 2, 3],
             followers: vec![2],
         });
-        assert_eq!(lines, vec![SUCCESS, "All users: 1, 2, 3, ", "Followers: 2, "]);
+        assert_eq!(
+            lines,
+            vec![SUCCESS, "All users: 1, 2, 3, ", "Followers: 2, "]
+        );
     }
 }

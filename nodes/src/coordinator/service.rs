@@ -39,14 +39,24 @@ type Shared = Arc<Mutex<Tables>>;
 fn log_events(events: Vec<Event>) {
     for e in events {
         match e {
-            Event::Registered { cluster, kind, addr } => {
+            Event::Registered {
+                cluster,
+                kind,
+                addr,
+            } => {
                 tracing::info!(cluster, kind = kind.as_str(), %addr, "registered")
             }
             Event::Failover {
                 cluster,
                 active: Some(kind),
                 epoch,
-            } => tracing::warn!(cluster, active = kind.as_str(), epoch, "active server is now the {}", kind.as_str()),
+            } => tracing::warn!(
+                cluster,
+                active = kind.as_str(),
+                epoch,
+                "active server is now the {}",
+                kind.as_str()
+            ),
             Event::Failover {
                 cluster,
                 active: None,
@@ -64,8 +74,12 @@ pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
             .with_context(|| format!("clearing datastore {}", opts.node.datastore.display()))?;
         tracing::info!(path = %opts.node.datastore.display(), "datastore cleared");
     }
-    let identity = tsn_certs::node_identity(&opts.common.cert_dir, &[])
-        .with_context(|| format!("loading certificates from {}", opts.common.cert_dir.display()))?;
+    let identity = tsn_certs::node_identity(&opts.common.cert_dir, &[]).with_context(|| {
+        format!(
+            "loading certificates from {}",
+            opts.common.cert_dir.display()
+        )
+    })?;
     let bind = SocketAddr::new(opts.node.bind, opts.port);
     let hb = opts.node.heartbeat();
     let endpoint = crate::net::node_endpoint(
@@ -149,7 +163,9 @@ fn answer(tables: &Shared, req: CoordRequest, is_node: bool) -> CoordReply {
             clusters: t.clusters(),
             peers: t.sync_peers(now),
         },
-        CoordRequest::Heartbeat(_) | CoordRequest::SyncPeers => CoordReply::Failed(CoordError::NotANode),
+        CoordRequest::Heartbeat(_) | CoordRequest::SyncPeers => {
+            CoordReply::Failed(CoordError::NotANode)
+        }
         CoordRequest::AssignClient { client } => match t.assign(client, now, &mut events) {
             Ok((cluster, addr)) => CoordReply::Assigned { cluster, addr },
             Err(e) => CoordReply::Failed(e),

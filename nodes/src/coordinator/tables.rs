@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tsn_protocol::coord::{BeatReply, CoordError, Heartbeat, NodeKind, RouteEntry, RoutingTables, SyncPeer};
+use tsn_protocol::coord::{
+    BeatReply, CoordError, Heartbeat, NodeKind, RouteEntry, RoutingTables, SyncPeer,
+};
 use tsn_protocol::types::cluster_of;
 use tsn_protocol::{ClusterId, UserId};
 
@@ -14,6 +16,8 @@ pub const MISSED_BEATS: u32 = 2;
 struct Slot {
     addr: String,
     last_beat: Instant,
+    /// When this address registered.
+    since: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -81,7 +85,12 @@ impl Tables {
     }
 
     /// Records a heartbeat and answers it.
-    pub fn beat(&mut self, hb: &Heartbeat, now: Instant, events: &mut Vec<Event>) -> Result<BeatReply, CoordError> {
+    pub fn beat(
+        &mut self,
+        hb: &Heartbeat,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) -> Result<BeatReply, CoordError> {
         if hb.cluster == 0 || hb.cluster > self.clusters {
             return Err(CoordError::NoSuchCluster {
                 cluster: hb.cluster,
@@ -92,12 +101,20 @@ impl Tables {
             return Err(CoordError::BadAddress(hb.addr.clone()));
         }
         let cluster = self.by_id.entry(hb.cluster).or_default();
-        let changed = cluster.slots.get(&hb.kind).is_none_or(|s| s.addr != hb.addr);
+        let changed = cluster
+            .slots
+            .get(&hb.kind)
+            .is_none_or(|s| s.addr != hb.addr);
+        let since = match cluster.slots.get(&hb.kind) {
+            Some(s) if !changed => s.since,
+            _ => now,
+        };
         cluster.slots.insert(
             hb.kind,
             Slot {
                 addr: hb.addr.clone(),
                 last_beat: now,
+                since,
             },
         );
         if changed {
@@ -108,7 +125,11 @@ impl Tables {
             });
         }
         // A node that was active under an epoch we never saw (we restarted) keeps its role.
-        if hb.kind != NodeKind::Sync && hb.active && hb.epoch >= cluster.epoch && cluster.active.is_none() {
+        if hb.kind != NodeKind::Sync
+            && hb.active
+            && hb.epoch >= cluster.epoch
+            && cluster.active.is_none()
+        {
             cluster.active = Some(hb.kind);
             cluster.epoch = hb.epoch;
             events.push(Event::Failover {
@@ -157,7 +178,19 @@ impl Tables {
         if cluster.active.is_some_and(alive) {
             return;
         }
-        let next = [NodeKind::Primary, NodeKind::Secondary].into_iter().find(|k| alive(*k));
+        // A cluster that never had an active server gives its primary the failover
+        // delay to show up before the secondary takes over, so that start-up order does
+        // not decide the roles.
+        let first_election = cluster.epoch == 0;
+        let waited = |k: NodeKind| {
+            cluster
+                .slots
+                .get(&k)
+                .is_some_and(|s| now.saturating_duration_since(s.since) >= down_after)
+        };
+        let next = [NodeKind::Primary, NodeKind::Secondary]
+            .into_iter()
+            .find(|k| alive(*k) && (*k == NodeKind::Primary || !first_election || waited(*k)));
         if next != cluster.active {
             if next.is_some() {
                 cluster.epoch += 1;
@@ -180,14 +213,21 @@ impl Tables {
     }
 
     /// The cluster and active server address for `client`.
-    pub fn assign(&mut self, client: UserId, now: Instant, events: &mut Vec<Event>) -> Result<(ClusterId, String), CoordError> {
+    pub fn assign(
+        &mut self,
+        client: UserId,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) -> Result<(ClusterId, String), CoordError> {
         let cluster_id = cluster_of(client, self.clusters);
         self.refresh(cluster_id, now, events);
         self.by_id
             .get(&cluster_id)
             .and_then(|c| c.active.and_then(|k| c.slots.get(&k)))
             .map(|s| (cluster_id, s.addr.clone()))
-            .ok_or(CoordError::NoLiveServer { cluster: cluster_id })
+            .ok_or(CoordError::NoLiveServer {
+                cluster: cluster_id,
+            })
     }
 
     /// Every live sync service.
@@ -217,8 +257,10 @@ impl Tables {
                     addr: slot.addr.clone(),
                     alive: self.alive(slot, now),
                     active: c.active == Some(*kind),
-                    ms_since_beat: u64::try_from(now.saturating_duration_since(slot.last_beat).as_millis())
-                        .unwrap_or(u64::MAX),
+                    ms_since_beat: u64::try_from(
+                        now.saturating_duration_since(slot.last_beat).as_millis(),
+                    )
+                    .unwrap_or(u64::MAX),
                     epoch: c.epoch,
                 });
             }
@@ -281,7 +323,32 @@ mod tests {
         assert_eq!(p.epoch, 2);
         assert_eq!(p.peer.as_deref(), Some("127.0.0.1:2"));
         let s = t.beat(&hb(1, NodeKind::Secondary, 2), t2, &mut ev).unwrap();
-        assert_eq!(s.peer.as_deref(), Some("127.0.0.1:1"), "mirror to the returned primary");
+        assert_eq!(
+            s.peer.as_deref(),
+            Some("127.0.0.1:1"),
+            "mirror to the returned primary"
+        );
+    }
+
+    #[test]
+    fn at_first_start_the_secondary_waits_for_its_primary() {
+        let mut t = Tables::new(3, HB);
+        let mut ev = Vec::new();
+        let t0 = Instant::now();
+        let s = t.beat(&hb(1, NodeKind::Secondary, 2), t0, &mut ev).unwrap();
+        assert!(!s.active, "the secondary beat first but does not take over at once");
+        let p = t.beat(&hb(1, NodeKind::Primary, 1), t0 + HB, &mut ev).unwrap();
+        assert!(p.active);
+        // Without a primary, the secondary serves after the failover delay.
+        let mut t = Tables::new(3, HB);
+        t.beat(&hb(2, NodeKind::Secondary, 2), t0, &mut ev).unwrap();
+        let mut later = t0;
+        let mut active = false;
+        for _ in 0..4 {
+            later += HB;
+            active = t.beat(&hb(2, NodeKind::Secondary, 2), later, &mut ev).unwrap().active;
+        }
+        assert!(active);
     }
 
     #[test]
@@ -289,14 +356,23 @@ mod tests {
         let mut t = Tables::new(3, HB);
         let mut ev = Vec::new();
         let now = Instant::now();
-        assert_eq!(t.assign(1, now, &mut ev), Err(CoordError::NoLiveServer { cluster: 2 }));
+        assert_eq!(
+            t.assign(1, now, &mut ev),
+            Err(CoordError::NoLiveServer { cluster: 2 })
+        );
         assert!(matches!(
             t.beat(&hb(4, NodeKind::Primary, 1), now, &mut ev),
-            Err(CoordError::NoSuchCluster { cluster: 4, clusters: 3 })
+            Err(CoordError::NoSuchCluster {
+                cluster: 4,
+                clusters: 3
+            })
         ));
         let mut bad = hb(1, NodeKind::Primary, 1);
         bad.addr = "0.0.0.0:5000".into();
-        assert!(matches!(t.beat(&bad, now, &mut ev), Err(CoordError::BadAddress(_))));
+        assert!(matches!(
+            t.beat(&bad, now, &mut ev),
+            Err(CoordError::BadAddress(_))
+        ));
     }
 
     #[test]

@@ -10,7 +10,12 @@ use super::store::Store;
 use super::Shared;
 
 /// Serves one stream opened by a client.
-pub async fn serve_stream(shared: Arc<Shared>, store: Store, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+pub async fn serve_stream(
+    shared: Arc<Shared>,
+    store: Store,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let req = match tsn_protocol::read_msg::<ClientRequest, _>(&mut recv).await {
         Ok(Some(r)) => r,
         Ok(None) => return,

@@ -37,7 +37,12 @@ fn complete(dones: Vec<Done>) {
 }
 
 /// The active side: runs for the life of the server.
-pub async fn run_active(shared: Arc<Shared>, endpoint: quinn::Endpoint, store: Store, mut jobs: mpsc::Receiver<MirrorJob>) {
+pub async fn run_active(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    store: Store,
+    mut jobs: mpsc::Receiver<MirrorJob>,
+) {
     let mut role_rx = shared.role.subscribe();
     let mut alone_logged = false;
     loop {
@@ -58,7 +63,17 @@ pub async fn run_active(shared: Arc<Shared>, endpoint: quinn::Endpoint, store: S
             continue;
         };
         alone_logged = false;
-        match mirror_to(&shared, &endpoint, &store, &addr, role.epoch, &mut jobs, &mut role_rx).await {
+        match mirror_to(
+            &shared,
+            &endpoint,
+            &store,
+            &addr,
+            role.epoch,
+            &mut jobs,
+            &mut role_rx,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(standby = %addr, "mirroring failed, serving alone until the standby is back: {e:#}");
@@ -93,7 +108,10 @@ async fn read_journal(shared: &Shared) -> anyhow::Result<Vec<Change>> {
         .collect())
 }
 
-async fn step<T>(what: &'static str, fut: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+async fn step<T>(
+    what: &'static str,
+    fut: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
     tokio::time::timeout(EXCHANGE_STEP_TIMEOUT, fut)
         .await
         .with_context(|| format!("{what} timed out"))
@@ -120,14 +138,21 @@ async fn mirror_to(
     // 1. What the standby has that we may lack.
     let mut received = 0usize;
     loop {
-        match step("receiving the standby's state", tsn_protocol::read_msg::<MirrorReply, _>(&mut recv)).await?? {
+        match step(
+            "receiving the standby's state",
+            tsn_protocol::read_msg::<MirrorReply, _>(&mut recv),
+        )
+        .await??
+        {
             Some(MirrorReply::Changes(changes)) => {
                 received += changes.len();
                 store.write(changes, false).await?;
             }
             Some(MirrorReply::EndOfState) => break,
             Some(MirrorReply::Refused(why)) => bail!("standby refused: {why}"),
-            Some(MirrorReply::Ack { .. }) => bail!("standby acknowledged before the exchange ended"),
+            Some(MirrorReply::Ack { .. }) => {
+                bail!("standby acknowledged before the exchange ended")
+            }
             None => bail!("standby closed the stream during the exchange"),
         }
     }
@@ -155,13 +180,25 @@ async fn mirror_to(
     // 3. Live. Acks are read by a task (reading a frame is not cancel-safe).
     let (ack_tx, mut ack_rx) = mpsc::channel::<u64>(1024);
     let reader = tokio::spawn(async move {
-        while let Ok(Some(MirrorReply::Ack { seq })) = tsn_protocol::read_msg::<MirrorReply, _>(&mut recv).await {
+        while let Ok(Some(MirrorReply::Ack { seq })) =
+            tsn_protocol::read_msg::<MirrorReply, _>(&mut recv).await
+        {
             if ack_tx.send(seq).await.is_err() {
                 break;
             }
         }
     });
-    let result = live(shared, addr, &mut send, jobs, role_rx, &mut ack_rx, &mut inflight, seq).await;
+    let result = live(
+        shared,
+        addr,
+        &mut send,
+        jobs,
+        role_rx,
+        &mut ack_rx,
+        &mut inflight,
+        seq,
+    )
+    .await;
     reader.abort();
     for (_, dones, _) in inflight {
         complete(dones);
@@ -216,22 +253,40 @@ async fn live(
 }
 
 /// The standby side of one mirror stream (opened by a node peer).
-pub async fn serve_standby(shared: Arc<Shared>, store: Store, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+pub async fn serve_standby(
+    shared: Arc<Shared>,
+    store: Store,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     if let Err(e) = standby(&shared, &store, &mut send, &mut recv).await {
         tracing::warn!("mirror stream from the active server ended: {e:#}");
     }
 }
 
-async fn standby(shared: &Shared, store: &Store, send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) -> anyhow::Result<()> {
-    let Some(MirrorMsg::Hello { cluster, epoch }) = tsn_protocol::read_msg::<MirrorMsg, _>(recv).await? else {
+async fn standby(
+    shared: &Shared,
+    store: &Store,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> anyhow::Result<()> {
+    let Some(MirrorMsg::Hello { cluster, epoch }) =
+        tsn_protocol::read_msg::<MirrorMsg, _>(recv).await?
+    else {
         let _ = send.reset(1u32.into());
         bail!("node stream did not start with a mirror hello");
     };
     let role = shared.role();
     let refusal = if cluster != shared.cluster {
-        Some(format!("this server serves cluster {}, not {cluster}", shared.cluster))
+        Some(format!(
+            "this server serves cluster {}, not {cluster}",
+            shared.cluster
+        ))
     } else if role.active && epoch < role.epoch {
-        Some(format!("this server is active at epoch {}, newer than {epoch}", role.epoch))
+        Some(format!(
+            "this server is active at epoch {}, newer than {epoch}",
+            role.epoch
+        ))
     } else {
         None
     };
@@ -245,7 +300,11 @@ async fn standby(shared: &Shared, store: &Store, send: &mut quinn::SendStream, r
         tsn_protocol::write_msg(send, &MirrorReply::Changes(chunk.to_vec())).await?;
     }
     tsn_protocol::write_msg(send, &MirrorReply::EndOfState).await?;
-    tracing::info!(sent = ours.len(), epoch, "active server connected for mirroring; state exchanged");
+    tracing::info!(
+        sent = ours.len(),
+        epoch,
+        "active server connected for mirroring; state exchanged"
+    );
     drop(ours);
     loop {
         match tsn_protocol::read_msg::<MirrorMsg, _>(recv).await? {

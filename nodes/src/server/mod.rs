@@ -179,7 +179,8 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     let ds = Datastore::new(&opts.node.datastore);
     let dir = ds.role(opts.cluster, kind);
     let sync_dir = ds.role(opts.cluster, NodeKind::Sync);
-    dir.create().with_context(|| format!("creating {}", dir.path().display()))?;
+    dir.create()
+        .with_context(|| format!("creating {}", dir.path().display()))?;
     sync_dir
         .create()
         .with_context(|| format!("creating {}", sync_dir.path().display()))?;
@@ -191,8 +192,12 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     if clean {
         std::fs::remove_file(dir.clean_marker()).context("removing clean-shutdown marker")?;
     } else if !records.is_empty() {
-        let n = crate::views::rebuild(&dir, crate::views::Side::Server, &records).context("rebuilding view files from the journal")?;
-        tracing::info!(files = n, "previous exit was not clean: rebuilt view files from the journal");
+        let n = crate::views::rebuild(&dir, crate::views::Side::Server, &records)
+            .context("rebuilding view files from the journal")?;
+        tracing::info!(
+            files = n,
+            "previous exit was not clean: rebuilt view files from the journal"
+        );
     }
     let mut model = Model::default();
     for r in &records {
@@ -203,8 +208,12 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     tracing::info!(records = records.len(), "journal loaded");
     drop(records);
 
-    let identity = tsn_certs::node_identity(&opts.common.cert_dir, &[])
-        .with_context(|| format!("loading certificates from {}", opts.common.cert_dir.display()))?;
+    let identity = tsn_certs::node_identity(&opts.common.cert_dir, &[]).with_context(|| {
+        format!(
+            "loading certificates from {}",
+            opts.common.cert_dir.display()
+        )
+    })?;
     let hb = opts.node.heartbeat();
     let endpoint = crate::net::node_endpoint(
         &identity,
@@ -213,7 +222,8 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         crate::net::node_idle_timeout(hb),
     )?;
     let local = endpoint.local_addr()?;
-    let advertise = crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
+    let advertise =
+        crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
 
     let (role_tx, _) = tokio_watch::channel(RoleState::default());
     let shared = Arc::new(Shared {
@@ -230,7 +240,12 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
 
     let (mirror_tx, mirror_rx) = mpsc::channel(store::WRITE_QUEUE);
     let store = store::spawn(shared.clone(), journal, mirror_tx);
-    tokio::spawn(mirror::run_active(shared.clone(), endpoint.clone(), store.clone(), mirror_rx));
+    tokio::spawn(mirror::run_active(
+        shared.clone(),
+        endpoint.clone(),
+        store.clone(),
+        mirror_rx,
+    ));
     tokio::spawn(role::run(
         shared.clone(),
         endpoint.clone(),

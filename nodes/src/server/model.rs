@@ -121,7 +121,10 @@ impl Model {
         let q = self.recent.entry(user).or_default();
         // Entries mostly arrive in time order; keep the queue sorted by (time, id).
         let key = (post.ts_us, post.id);
-        let at = q.iter().rposition(|p| (p.ts_us, p.id) <= key).map_or(0, |i| i + 1);
+        let at = q
+            .iter()
+            .rposition(|p| (p.ts_us, p.id) <= key)
+            .map_or(0, |i| i + 1);
         q.insert(at, post);
         while q.len() > TIMELINE_BACKLOG {
             q.pop_front();
@@ -153,7 +156,10 @@ impl Model {
 
     /// Every known user, ascending.
     pub fn all_users(&self) -> Vec<UserId> {
-        self.local_users.union(&self.global_users).copied().collect()
+        self.local_users
+            .union(&self.global_users)
+            .copied()
+            .collect()
     }
 
     /// The current followers of `user`, ascending.

@@ -71,7 +71,10 @@ pub async fn run(
                 };
                 if next.active != current.active || next.epoch != current.epoch {
                     if next.active {
-                        tracing::info!(epoch = next.epoch, "this server is now the active server of its cluster");
+                        tracing::info!(
+                            epoch = next.epoch,
+                            "this server is now the active server of its cluster"
+                        );
                     } else {
                         tracing::info!(epoch = next.epoch, active = ?next.peer, "this server is the standby");
                     }

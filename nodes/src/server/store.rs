@@ -61,9 +61,17 @@ pub struct Store {
 impl Store {
     /// Queues `changes`; the returned receiver completes when they are durable here and,
     /// when `mirror`, on the standby. Queue order is journal order.
-    pub async fn submit(&self, changes: Vec<Change>, mirror: bool) -> oneshot::Receiver<Result<(), StoreError>> {
+    pub async fn submit(
+        &self,
+        changes: Vec<Change>,
+        mirror: bool,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
         let (done, rx) = oneshot::channel();
-        let req = WriteReq { changes, mirror, done };
+        let req = WriteReq {
+            changes,
+            mirror,
+            done,
+        };
         if let Err(mpsc::error::SendError(req)) = self.tx.send(req).await {
             let _ = req.done.send(Err(StoreError::Stopped));
         }
@@ -138,7 +146,10 @@ impl Writer {
         };
         if !fresh.is_empty() {
             let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
-            let written = self.journal.append(&records).and_then(|()| self.journal.sync());
+            let written = self
+                .journal
+                .append(&records)
+                .and_then(|()| self.journal.sync());
             if let Err(e) = written {
                 tracing::error!(path = %self.journal.path().display(), "journal write failed, {} changes refused: {e}", fresh.len());
                 for req in batch {
@@ -153,10 +164,13 @@ impl Writer {
             self.shared.publish(entries);
             let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
             if let Err(e) = self.views.append(&records) {
-                tracing::warn!("view file append failed (rebuilt from the journal at next start): {e}");
+                tracing::warn!(
+                    "view file append failed (rebuilt from the journal at next start): {e}"
+                );
             }
         }
-        let (mirrored, local): (Vec<WriteReq>, Vec<WriteReq>) = batch.into_iter().partition(|r| r.mirror);
+        let (mirrored, local): (Vec<WriteReq>, Vec<WriteReq>) =
+            batch.into_iter().partition(|r| r.mirror);
         for req in local {
             let _ = req.done.send(Ok(()));
         }
@@ -164,7 +178,10 @@ impl Writer {
             return;
         }
         let dones: Vec<Done> = mirrored.into_iter().map(|r| r.done).collect();
-        let job = MirrorJob { changes: fresh, dones };
+        let job = MirrorJob {
+            changes: fresh,
+            dones,
+        };
         if let Err(mpsc::error::SendError(job)) = self.mirror_tx.send(job).await {
             for d in job.dones {
                 let _ = d.send(Ok(()));
@@ -172,4 +189,3 @@ impl Writer {
         }
     }
 }
-

@@ -15,21 +15,42 @@ const IN_FLIGHT: usize = 256;
 
 /// Runs a timeline session on the stream until the client leaves, the connection drops
 /// or this server stops being active.
-pub async fn run(shared: Arc<Shared>, store: Store, user: UserId, mut send: quinn::SendStream, recv: quinn::RecvStream) {
+pub async fn run(
+    shared: Arc<Shared>,
+    store: Store,
+    user: UserId,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
     let refuse = match super::commands::check_user(&shared, user) {
         Err(e) => Some(e),
-        Ok(()) if !shared.model.lock().unwrap_or_else(|e| e.into_inner()).is_local(user) => Some(CommandError::InvalidUser),
+        Ok(())
+            if !shared
+                .model
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_local(user) =>
+        {
+            Some(CommandError::InvalidUser)
+        }
         Ok(()) => None,
     };
     if let Some(e) = refuse {
-        if tsn_protocol::write_msg(&mut send, &ClientReply::Failed(e)).await.is_ok() {
+        if tsn_protocol::write_msg(&mut send, &ClientReply::Failed(e))
+            .await
+            .is_ok()
+        {
             let _ = send.finish();
         }
         return;
     }
     // Subscribe before reading the backlog so that nothing falls between the two.
     let (sub_id, mut inbox) = shared.subscribe(user);
-    let backlog = shared.model.lock().unwrap_or_else(|e| e.into_inner()).backlog(user);
+    let backlog = shared
+        .model
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .backlog(user);
     let result = session(&shared, &store, user, &mut send, recv, backlog, &mut inbox).await;
     shared.unsubscribe(user, sub_id);
     match result {

@@ -91,7 +91,12 @@ pub struct Inbox {
 impl Inbox {
     /// Opens the sync role directory `dir`, rebuilding state from its journal, and the
     /// follow index from the cluster's server directories.
-    pub fn open(dir: RoleDir, servers: [RoleDir; 2], cluster: ClusterId, clusters: u32) -> Result<Inbox, DatastoreError> {
+    pub fn open(
+        dir: RoleDir,
+        servers: [RoleDir; 2],
+        cluster: ClusterId,
+        clusters: u32,
+    ) -> Result<Inbox, DatastoreError> {
         dir.create()?;
         let (journal, records) = AppendLog::open(&dir.journal())?;
         let clean = dir.clean_marker().exists();
@@ -102,7 +107,10 @@ impl Inbox {
             })?;
         } else if !records.is_empty() {
             let n = crate::views::rebuild(&dir, Side::Sync, &records)?;
-            tracing::info!(files = n, "previous exit was not clean: rebuilt view files from the journal");
+            tracing::info!(
+                files = n,
+                "previous exit was not clean: rebuilt view files from the journal"
+            );
         }
         let mut inbox = Inbox {
             cluster,
@@ -176,7 +184,10 @@ impl Inbox {
                 }
                 Change::Post(p) => {
                     for to in self.index.followers_at(p.id.author, p.ts_us) {
-                        let r = Record::Deliver { to, post: p.clone() };
+                        let r = Record::Deliver {
+                            to,
+                            post: p.clone(),
+                        };
                         if self.remember(&r) {
                             fresh.push(r);
                         }

@@ -83,15 +83,27 @@ pub struct SyncShared {
 pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     let ds = Datastore::new(&opts.node.datastore);
     let dir = ds.role(opts.cluster, NodeKind::Sync);
-    dir.create().with_context(|| format!("creating {}", dir.path().display()))?;
+    dir.create()
+        .with_context(|| format!("creating {}", dir.path().display()))?;
     let sources = [
-        ("primary".to_string(), ds.role(opts.cluster, NodeKind::Primary)),
-        ("secondary".to_string(), ds.role(opts.cluster, NodeKind::Secondary)),
+        (
+            "primary".to_string(),
+            ds.role(opts.cluster, NodeKind::Primary),
+        ),
+        (
+            "secondary".to_string(),
+            ds.role(opts.cluster, NodeKind::Secondary),
+        ),
     ];
-    let cursors = Cursors::load(&dir.cursors()).with_context(|| format!("loading {}", dir.cursors().display()))?;
+    let cursors = Cursors::load(&dir.cursors())
+        .with_context(|| format!("loading {}", dir.cursors().display()))?;
 
-    let identity = tsn_certs::node_identity(&opts.common.cert_dir, &[])
-        .with_context(|| format!("loading certificates from {}", opts.common.cert_dir.display()))?;
+    let identity = tsn_certs::node_identity(&opts.common.cert_dir, &[]).with_context(|| {
+        format!(
+            "loading certificates from {}",
+            opts.common.cert_dir.display()
+        )
+    })?;
     let hb = opts.node.heartbeat();
     let endpoint = crate::net::node_endpoint(
         &identity,
@@ -100,11 +112,20 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
         crate::net::node_idle_timeout(hb),
     )?;
     let local = endpoint.local_addr()?;
-    let advertise = crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
+    let advertise =
+        crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
 
     // The number of clusters comes from the coordinator; wait for the first answer.
     let (peers_tx, peers_rx) = watch::channel(HashMap::new());
-    let clusters = first_contact(&endpoint, &opts.coordinator, opts.cluster, &advertise, hb, &peers_tx).await;
+    let clusters = first_contact(
+        &endpoint,
+        &opts.coordinator,
+        opts.cluster,
+        &advertise,
+        hb,
+        &peers_tx,
+    )
+    .await;
     let inbox = Inbox::open(
         dir.clone(),
         [sources[0].1.clone(), sources[1].1.clone()],
@@ -138,7 +159,13 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     let period = Duration::from_millis(opts.period_ms);
     let mut senders = Vec::new();
     for dest in 1..=clusters {
-        senders.push(tokio::spawn(sender::run(shared.clone(), dest, clusters, sources.clone(), period)));
+        senders.push(tokio::spawn(sender::run(
+            shared.clone(),
+            dest,
+            clusters,
+            sources.clone(),
+            period,
+        )));
     }
     tracing::info!(%local, %advertise, cluster = opts.cluster, clusters, period_ms = opts.period_ms, "sync service running");
     opts.node.announce(local)?;
@@ -152,7 +179,9 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     endpoint.close(0u32.into(), b"sync service shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     let inbox = shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
-    inbox.close_cleanly(&dir).context("writing clean-shutdown marker")?;
+    inbox
+        .close_cleanly(&dir)
+        .context("writing clean-shutdown marker")?;
     Ok(())
 }
 
@@ -278,15 +307,33 @@ async fn serve_peer(conn: quinn::Connection, shared: Arc<SyncShared>) {
 }
 
 async fn handle(shared: &SyncShared, req: SyncRequest) -> SyncReply {
-    let SyncRequest::Batch { from, to, seq, changes } = req;
+    let SyncRequest::Batch {
+        from,
+        to,
+        seq,
+        changes,
+    } = req;
     if to != shared.cluster {
-        return SyncReply::Refused(format!("this sync service serves cluster {}, not {to}", shared.cluster));
+        return SyncReply::Refused(format!(
+            "this sync service serves cluster {}, not {to}",
+            shared.cluster
+        ));
     }
     if changes.len() > MAX_BATCH_CHANGES {
-        return SyncReply::Refused(format!("batch of {} changes exceeds {MAX_BATCH_CHANGES}", changes.len()));
+        return SyncReply::Refused(format!(
+            "batch of {} changes exceeds {MAX_BATCH_CHANGES}",
+            changes.len()
+        ));
     }
     let inbox = shared.inbox.clone();
-    match tokio::task::spawn_blocking(move || inbox.lock().unwrap_or_else(|e| e.into_inner()).apply(&changes)).await {
+    match tokio::task::spawn_blocking(move || {
+        inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(&changes)
+    })
+    .await
+    {
         Ok(Ok(n)) => {
             tracing::debug!(from, seq, new = n, "batch applied");
             SyncReply::Applied { seq }

@@ -35,7 +35,13 @@ pub fn cursor_key(dest: ClusterId, source: &str) -> String {
 }
 
 /// Ships this cluster's changes to `dest` every `period`, for ever.
-pub async fn run(shared: Arc<SyncShared>, dest: ClusterId, clusters: u32, sources: [(String, RoleDir); 2], period: Duration) {
+pub async fn run(
+    shared: Arc<SyncShared>,
+    dest: ClusterId,
+    clusters: u32,
+    sources: [(String, RoleDir); 2],
+    period: Duration,
+) {
     let mut tails = open_tails(&shared.cursors, dest, &sources);
     let mut conn: Option<(String, quinn::Connection)> = None;
     let mut seq = 0u64;
@@ -46,7 +52,11 @@ pub async fn run(shared: Arc<SyncShared>, dest: ClusterId, clusters: u32, source
         tick.tick().await;
         // Drain everything new, batch by batch, before sleeping again.
         loop {
-            match cycle(&shared, dest, clusters, &sources, &mut tails, &mut conn, &mut seq).await {
+            match cycle(
+                &shared, dest, clusters, &sources, &mut tails, &mut conn, &mut seq,
+            )
+            .await
+            {
                 Ok(more) => {
                     if failing {
                         tracing::info!(dest, "cluster reachable again; backlog delivered in order");
@@ -58,7 +68,10 @@ pub async fn run(shared: Arc<SyncShared>, dest: ClusterId, clusters: u32, source
                 }
                 Err(e) => {
                     if !failing {
-                        tracing::warn!(dest, "cannot deliver to cluster {dest} yet, work waits: {e:#}");
+                        tracing::warn!(
+                            dest,
+                            "cannot deliver to cluster {dest} yet, work waits: {e:#}"
+                        );
                         failing = true;
                     }
                     conn = None;
@@ -70,7 +83,11 @@ pub async fn run(shared: Arc<SyncShared>, dest: ClusterId, clusters: u32, source
     }
 }
 
-fn open_tails(cursors: &Mutex<Cursors>, dest: ClusterId, sources: &[(String, RoleDir); 2]) -> Vec<Tail> {
+fn open_tails(
+    cursors: &Mutex<Cursors>,
+    dest: ClusterId,
+    sources: &[(String, RoleDir); 2],
+) -> Vec<Tail> {
     let c = cursors.lock().unwrap_or_else(|e| e.into_inner());
     sources
         .iter()
@@ -112,9 +129,14 @@ async fn cycle(
     if !changes.is_empty() {
         if dest == shared.cluster {
             let inbox = shared.inbox.clone();
-            tokio::task::spawn_blocking(move || inbox.lock().unwrap_or_else(|e| e.into_inner()).apply(&changes))
-                .await
-                .context("inbox panicked")??;
+            tokio::task::spawn_blocking(move || {
+                inbox
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .apply(&changes)
+            })
+            .await
+            .context("inbox panicked")??;
         } else {
             *seq += 1;
             send_batch(shared, dest, conn, *seq, changes).await?;
