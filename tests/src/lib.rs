@@ -538,6 +538,28 @@ impl Client {
         self.expect_with(part, timeout, |l| l.contains(part))
     }
 
+    /// Waits until a line ending with each of `endings` has been seen (in any order,
+    /// lines seen earlier count too).
+    pub fn expect_all(&mut self, endings: &[String], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let missing: Vec<&String> = endings.iter().filter(|e| !self.seen.iter().any(|l| l.ends_with(e.as_str()))).collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => bail!(
+                    "client {}: missing {missing:?} after {timeout:?}; output so far:\n{}\nstderr: {}",
+                    self.user,
+                    self.seen.join("\n"),
+                    std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
     /// Sends a command and returns the next `n` non-empty lines of output.
     pub fn run(&mut self, cmd: &str, n: usize) -> Result<Vec<String>> {
         self.send(cmd)?;

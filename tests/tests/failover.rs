@@ -65,9 +65,8 @@ fn primary_kill9_during_timeline_posting() -> anyhow::Result<()> {
             "post {k} in:\n{journal}"
         );
     }
-    for k in 0..N {
-        reader.expect_contains(&format!("failover post {k}"), Duration::from_secs(20))?;
-    }
+    let want: Vec<String> = (0..N).map(|k| format!(">> failover post {k}")).collect();
+    reader.expect_all(&want, Duration::from_secs(20))?;
     std::thread::sleep(Duration::from_millis(500));
     reader.drain();
     for k in 0..N {
