@@ -543,7 +543,10 @@ impl Client {
     pub fn expect_all(&mut self, endings: &[String], timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let missing: Vec<&String> = endings.iter().filter(|e| !self.seen.iter().any(|l| l.ends_with(e.as_str()))).collect();
+            let missing: Vec<&String> = endings
+                .iter()
+                .filter(|e| !self.seen.iter().any(|l| l.ends_with(e.as_str())))
+                .collect();
             if missing.is_empty() {
                 return Ok(());
             }

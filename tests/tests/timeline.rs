@@ -40,7 +40,11 @@ fn live_delivery_within_and_across_clusters_once_and_in_order() -> anyhow::Resul
     for c in [&mut c1, &mut c1b] {
         c.expect_all(&want, LIVE)?;
         for line in c.seen.iter().filter(|l| l.contains(" says ")) {
-            let sender = if line.contains(">> two") { "2 (" } else { "4 (" };
+            let sender = if line.contains(">> two") {
+                "2 ("
+            } else {
+                "4 ("
+            };
             assert!(line.starts_with(sender) && line.contains(") >> "), "{line}");
         }
     }

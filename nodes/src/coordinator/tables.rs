@@ -336,8 +336,13 @@ mod tests {
         let mut ev = Vec::new();
         let t0 = Instant::now();
         let s = t.beat(&hb(1, NodeKind::Secondary, 2), t0, &mut ev).unwrap();
-        assert!(!s.active, "the secondary beat first but does not take over at once");
-        let p = t.beat(&hb(1, NodeKind::Primary, 1), t0 + HB, &mut ev).unwrap();
+        assert!(
+            !s.active,
+            "the secondary beat first but does not take over at once"
+        );
+        let p = t
+            .beat(&hb(1, NodeKind::Primary, 1), t0 + HB, &mut ev)
+            .unwrap();
         assert!(p.active);
         // Without a primary, the secondary serves after the failover delay.
         let mut t = Tables::new(3, HB);
@@ -346,7 +351,10 @@ mod tests {
         let mut active = false;
         for _ in 0..4 {
             later += HB;
-            active = t.beat(&hb(2, NodeKind::Secondary, 2), later, &mut ev).unwrap().active;
+            active = t
+                .beat(&hb(2, NodeKind::Secondary, 2), later, &mut ev)
+                .unwrap()
+                .active;
         }
         assert!(active);
     }
