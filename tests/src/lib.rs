@@ -114,6 +114,11 @@ impl Proc {
         false
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -285,6 +290,22 @@ impl System {
         wait_file(&ready, Duration::from_secs(20))
             .with_context(|| format!("{name} did not start; see {}", self.log(&name).display()))?;
         Ok(())
+    }
+
+    /// Process id of a running node.
+    pub fn pid(&self, cluster: u32, role: Role) -> Option<u32> {
+        self.nodes.get(&(cluster, role)).map(Proc::pid)
+    }
+
+    /// Process id of the coordinator.
+    pub fn coordinator_pid(&self) -> Option<u32> {
+        self.coordinator.as_ref().map(Proc::pid)
+    }
+
+    /// The address a node wrote to its ready file.
+    pub fn addr(&self, cluster: u32, role: Role) -> Result<String> {
+        let name = format!("{}-{cluster}", role.name());
+        wait_file(&self.dir.path().join(format!("{name}.addr")), Duration::from_secs(1))
     }
 
     /// SIGKILL one node.

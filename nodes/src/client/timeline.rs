@@ -18,10 +18,10 @@ use super::link::Link;
 use super::{say, words, Lines};
 
 /// How often the client checks on unacknowledged posts.
-const CHECK_EVERY: Duration = Duration::from_millis(250);
+pub const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// A post unacknowledged for this long makes the client ask the coordinator whether its
-/// server has changed.
-const ACK_SUSPECT: Duration = Duration::from_millis(750);
+/// server has changed (an acknowledgement normally takes well under a millisecond).
+pub const ACK_SUSPECT: Duration = Duration::from_millis(300);
 /// After end of input, how long to wait for outstanding acknowledgements.
 const DRAIN: Duration = Duration::from_secs(30);
 

@@ -1,0 +1,124 @@
+//! Protocol-level clients for the benchmark: the same messages `tsn_client` sends,
+//! without a terminal in the way, so that timings are the system's own.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::sync::mpsc;
+use tsn_protocol::client::{ClientReply, ClientRequest, TimelineDown, TimelineUp};
+use tsn_protocol::coord::{CoordReply, CoordRequest};
+use tsn_protocol::UserId;
+
+/// Transport settings of benchmark connections: as the client's.
+pub fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(1024u32.into());
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(4)).expect("idle timeout")));
+    Arc::new(t)
+}
+
+/// A client endpoint trusting the system's CA.
+pub fn endpoint(certs: &Path) -> Result<quinn::Endpoint> {
+    let root = tsn_certs::TrustRoot::load(certs)?;
+    let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    ep.set_default_client_config(root.client_config(transport())?);
+    Ok(ep)
+}
+
+/// Dials `addr`.
+pub async fn connect(ep: &quinn::Endpoint, addr: &str) -> Result<quinn::Connection> {
+    let sock: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    Ok(tokio::time::timeout(Duration::from_secs(5), ep.connect(sock, tsn_certs::SERVER_NAME)?)
+        .await
+        .map_err(|_| anyhow!("connect {addr} timed out"))??)
+}
+
+/// One request, one reply, on a new stream.
+pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(conn: &quinn::Connection, req: &Req) -> Result<Rep> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    tsn_protocol::write_msg(&mut send, req).await?;
+    send.finish()?;
+    tsn_protocol::read_msg(&mut recv).await?.ok_or_else(|| anyhow!("no reply"))
+}
+
+/// The server the coordinator assigns to `user`.
+pub async fn assigned(ep: &quinn::Endpoint, coord: &str, user: UserId) -> Result<String> {
+    let conn = connect(ep, coord).await?;
+    let reply = call::<_, CoordReply>(&conn, &CoordRequest::AssignClient { client: user }).await;
+    conn.close(0u32.into(), b"");
+    match reply? {
+        CoordReply::Assigned { addr, .. } => Ok(addr),
+        other => bail!("assignment failed: {other:?}"),
+    }
+}
+
+/// Sends a command and expects `Ok`.
+pub async fn ok(conn: &quinn::Connection, req: ClientRequest) -> Result<()> {
+    match call::<_, ClientReply>(conn, &req).await? {
+        ClientReply::Ok => Ok(()),
+        other => bail!("{req:?}: {other:?}"),
+    }
+}
+
+/// An open timeline stream.
+#[derive(Debug)]
+pub struct Timeline {
+    send: quinn::SendStream,
+    /// Everything the server sends down, in order.
+    pub down: mpsc::Receiver<TimelineDown>,
+}
+
+impl Timeline {
+    /// Opens `user`'s timeline on `conn` (the user must have logged in).
+    pub async fn open(conn: &quinn::Connection, user: UserId) -> Result<Timeline> {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user }).await?;
+        match tsn_protocol::read_msg::<ClientReply, _>(&mut recv).await? {
+            Some(ClientReply::Ok) => {}
+            other => bail!("timeline refused: {other:?}"),
+        }
+        let (tx, down) = mpsc::channel(4096);
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = tsn_protocol::read_msg::<TimelineDown, _>(&mut recv).await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Timeline { send, down })
+    }
+
+    /// Sends a post.
+    pub async fn post(&mut self, nonce: u64, text: String) -> Result<()> {
+        tsn_protocol::write_msg(&mut self.send, &TimelineUp::Post { nonce, text }).await?;
+        Ok(())
+    }
+
+    /// Waits for the acknowledgement of `nonce`, skipping other messages.
+    pub async fn ack(&mut self, nonce: u64, within: Duration) -> Result<()> {
+        let wait = async {
+            while let Some(m) = self.down.recv().await {
+                match m {
+                    TimelineDown::Ack { nonce: n } if n == nonce => return Ok(()),
+                    TimelineDown::Refused { nonce: n, reason } if n == nonce => bail!("refused: {reason}"),
+                    TimelineDown::NotActive => bail!("server no longer active"),
+                    _ => {}
+                }
+            }
+            bail!("timeline closed")
+        };
+        tokio::time::timeout(within, wait).await.map_err(|_| anyhow!("no ack within {within:?}"))?
+    }
+}
+
+/// Logs `user` in through the coordinator's assignment; returns the connection.
+pub async fn login(ep: &quinn::Endpoint, coord: &str, user: UserId) -> Result<quinn::Connection> {
+    let addr = assigned(ep, coord, user).await?;
+    let conn = connect(ep, &addr).await?;
+    ok(&conn, ClientRequest::Login { user }).await?;
+    Ok(conn)
+}

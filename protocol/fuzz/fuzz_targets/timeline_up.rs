@@ -1,0 +1,6 @@
+#![no_main]
+
+#[path = "../replay.rs"]
+mod replay;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| replay::replay("timeline_up", data));
