@@ -119,7 +119,11 @@ pub async fn measure(runs: usize) -> Result<Floor> {
     server.close(0u32.into(), b"");
     let mut p50s: Vec<f64> = best.iter().map(|b| b.0.p50_us).collect();
     let mid = median(&mut p50s);
-    let chosen = best.iter().find(|b| b.0.p50_us == mid).map(|b| b.0.clone()).unwrap_or_else(|| best[0].0.clone());
+    let chosen = best
+        .iter()
+        .find(|b| b.0.p50_us == mid)
+        .map(|b| b.0.clone())
+        .unwrap_or_else(|| best[0].0.clone());
     let mut tput: Vec<f64> = best.iter().map(|b| b.1).collect();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Floor {

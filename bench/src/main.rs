@@ -37,7 +37,9 @@ struct Opts {
 fn main() -> anyhow::Result<()> {
     let opts = Opts::parse();
     let want = |s: u32| opts.only.is_empty() || opts.only.contains(&s);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let mut rows = Vec::new();
     let floor = rt.block_on(floor::measure(opts.runs))?;
     rows.extend(floor.rows());
@@ -62,10 +64,19 @@ fn main() -> anyhow::Result<()> {
     println!("{}", stats::table(&rows));
     let machine = format!(
         "{} cores, {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string())
+            )
             .unwrap_or_default()
     );
     let json = serde_json::json!({ "machine": machine, "runs": opts.runs, "rows": rows });

@@ -40,7 +40,9 @@ fn row(section: &str, metric: impl Into<String>, value: f64, unit: &str) -> Row 
 
 fn system(clusters: u32, heartbeat_ms: u64, period_ms: u64) -> Result<System> {
     eprintln!("starting {clusters} clusters, heartbeat {heartbeat_ms} ms, -q {period_ms}");
-    std::env::set_var("TSN_TEST_LOG", "warn");
+    if std::env::var_os("TSN_TEST_LOG").is_none() {
+        std::env::set_var("TSN_TEST_LOG", "warn");
+    }
     System::start(Config {
         clusters,
         heartbeat_ms,
@@ -53,7 +55,11 @@ fn cluster1_user(k: u32) -> UserId {
     3 * (k + 1)
 }
 
-async fn posting_session(ep: &quinn::Endpoint, coord: &str, user: UserId) -> Result<(quinn::Connection, Timeline)> {
+async fn posting_session(
+    ep: &quinn::Endpoint,
+    coord: &str,
+    user: UserId,
+) -> Result<(quinn::Connection, Timeline)> {
     let conn = session::login(ep, coord, user).await?;
     let tl = Timeline::open(&conn, user).await?;
     Ok((conn, tl))
@@ -74,7 +80,12 @@ async fn closed_loop(mut tl: Timeline, until: Instant) -> Result<Vec<Duration>> 
 }
 
 /// Sections 2 and 3: acknowledgement latency and throughput of one cluster (mirroring on).
-pub fn ack_and_throughput(rt: &Runtime, s: &Settings, latency: bool, throughput: bool) -> Result<Vec<Row>> {
+pub fn ack_and_throughput(
+    rt: &Runtime,
+    s: &Settings,
+    latency: bool,
+    throughput: bool,
+) -> Result<Vec<Row>> {
     let sys = system(3, 1000, 500)?;
     let certs = sys.certs();
     let coord = sys.coord.clone();
@@ -94,9 +105,21 @@ pub fn ack_and_throughput(rt: &Runtime, s: &Settings, latency: bool, throughput:
             let (p50, p99) = (median(&mut p50), median(&mut p99));
             let mut r = row("2", "post ack latency, 1 client (low load) p50", p50, "us");
             r.vs_floor = Some(p50 / s.floor_rtt_us);
-            r.target = Some(format!("<= 3x floor: {}", if p50 <= 3.0 * s.floor_rtt_us { "met" } else { "missed" }));
+            r.target = Some(format!(
+                "<= 3x floor: {}",
+                if p50 <= 3.0 * s.floor_rtt_us {
+                    "met"
+                } else {
+                    "missed"
+                }
+            ));
             rows.push(r);
-            rows.push(row("2", "post ack latency, 1 client (low load) p99", p99, "us"));
+            rows.push(row(
+                "2",
+                "post ack latency, 1 client (low load) p99",
+                p99,
+                "us",
+            ));
         }
         for clients in [1u32, 16, 256] {
             if !throughput && !(latency && clients == 256) {
@@ -130,18 +153,36 @@ pub fn ack_and_throughput(rt: &Runtime, s: &Settings, latency: bool, throughput:
             }
             if throughput {
                 let rate = median(&mut rates);
-                let mut r = row("3", format!("acknowledged posts/s, one cluster, mirroring on, {clients} clients"), rate, "posts/s");
+                let mut r = row(
+                    "3",
+                    format!("acknowledged posts/s, one cluster, mirroring on, {clients} clients"),
+                    rate,
+                    "posts/s",
+                );
                 if clients == 256 {
-                    r.target = Some(format!(">= 20000: {}", if rate >= 20_000.0 { "met" } else { "missed" }));
+                    r.target = Some(format!(
+                        ">= 20000: {}",
+                        if rate >= 20_000.0 { "met" } else { "missed" }
+                    ));
                 }
                 rows.push(r);
             }
             if latency && clients == 256 {
                 let sum = summarize(&mut all_lat);
-                let mut r = row("2", "post ack latency at saturation (256 clients) p50", sum.p50_us, "us");
+                let mut r = row(
+                    "2",
+                    "post ack latency at saturation (256 clients) p50",
+                    sum.p50_us,
+                    "us",
+                );
                 r.vs_floor = Some(sum.p50_us / s.floor_rtt_us);
                 rows.push(r);
-                rows.push(row("2", "post ack latency at saturation (256 clients) p99", sum.p99_us, "us"));
+                rows.push(row(
+                    "2",
+                    "post ack latency at saturation (256 clients) p99",
+                    sum.p99_us,
+                    "us",
+                ));
             }
         }
         anyhow::Ok(())
@@ -153,7 +194,8 @@ pub fn ack_and_throughput(rt: &Runtime, s: &Settings, latency: bool, throughput:
 async fn follow(conn: &quinn::Connection, user: UserId, target: UserId) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match session::call::<_, ClientReply>(conn, &ClientRequest::Follow { user, target }).await? {
+        match session::call::<_, ClientReply>(conn, &ClientRequest::Follow { user, target }).await?
+        {
             ClientReply::Ok => return Ok(()),
             ClientReply::Failed(tsn_protocol::client::CommandError::AlreadyExists) => return Ok(()),
             other if Instant::now() > deadline => bail!("follow {user}->{target}: {other:?}"),
@@ -181,8 +223,10 @@ pub fn delivery(rt: &Runtime, s: &Settings) -> Result<Vec<Row>> {
             tokio::time::sleep(Duration::from_millis(2 * q + 200)).await;
             let posts = 60 * s.runs.max(1);
             let sent: Arc<std::sync::Mutex<HashMap<u64, Instant>>> = Arc::default();
-            let collect = |mut tl: Timeline, sent: Arc<std::sync::Mutex<HashMap<u64, Instant>>>| {
+            let collect = |tl: Timeline, sent: Arc<std::sync::Mutex<HashMap<u64, Instant>>>| {
                 tokio::spawn(async move {
+                    // The whole session moves here: dropping its sending half would end it.
+                    let mut tl = tl;
                     let mut lat = Vec::new();
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
                     while lat.len() < posts {
@@ -193,7 +237,14 @@ pub fn delivery(rt: &Runtime, s: &Settings) -> Result<Vec<Row>> {
                                 }
                             }
                             Ok(Some(_)) => {}
-                            _ => break,
+                            Ok(None) => {
+                                eprintln!("a follower's timeline stream closed");
+                                break;
+                            }
+                            Err(_) => {
+                                eprintln!("timed out waiting for deliveries");
+                                break;
+                            }
                         }
                     }
                     lat
@@ -213,16 +264,47 @@ pub fn delivery(rt: &Runtime, s: &Settings) -> Result<Vec<Row>> {
             let mut same = j4.await?;
             let mut cross = j3.await?;
             if same.len() < posts || cross.len() < posts {
-                bail!("-q {q}: delivered {} and {} of {posts} posts", same.len(), cross.len());
+                bail!(
+                    "-q {q}: delivered {} and {} of {posts} posts",
+                    same.len(),
+                    cross.len()
+                );
             }
             anyhow::Ok((summarize(&mut same), summarize(&mut cross)))
         })?;
-        rows.push(row("4", format!("delivery same cluster, -q {q}, p50"), same.p50_us / 1000.0, "ms"));
-        rows.push(row("4", format!("delivery same cluster, -q {q}, p99"), same.p99_us / 1000.0, "ms"));
-        rows.push(row("4", format!("delivery cross cluster, -q {q}, p50"), cross.p50_us / 1000.0, "ms"));
-        let mut r = row("4", format!("delivery cross cluster, -q {q}, p99"), cross.p99_us / 1000.0, "ms");
+        rows.push(row(
+            "4",
+            format!("delivery same cluster, -q {q}, p50"),
+            same.p50_us / 1000.0,
+            "ms",
+        ));
+        rows.push(row(
+            "4",
+            format!("delivery same cluster, -q {q}, p99"),
+            same.p99_us / 1000.0,
+            "ms",
+        ));
+        rows.push(row(
+            "4",
+            format!("delivery cross cluster, -q {q}, p50"),
+            cross.p50_us / 1000.0,
+            "ms",
+        ));
+        let mut r = row(
+            "4",
+            format!("delivery cross cluster, -q {q}, p99"),
+            cross.p99_us / 1000.0,
+            "ms",
+        );
         let limit = q as f64 + 20.0;
-        r.target = Some(format!("<= {limit} ms: {}", if cross.p99_us / 1000.0 <= limit { "met" } else { "missed" }));
+        r.target = Some(format!(
+            "<= {limit} ms: {}",
+            if cross.p99_us / 1000.0 <= limit {
+                "met"
+            } else {
+                "missed"
+            }
+        ));
         rows.push(r);
         drop(sys);
     }
@@ -243,7 +325,11 @@ pub fn failover(rt: &Runtime, _s: &Settings) -> Result<Vec<Row>> {
     let mut times = Vec::new();
     for run in 0..10 {
         let active_addr = sys.serving(1)?;
-        let active = if sys.addr(1, Role::Primary)? == active_addr { Role::Primary } else { Role::Secondary };
+        let active = if sys.addr(1, Role::Primary)? == active_addr {
+            Role::Primary
+        } else {
+            Role::Secondary
+        };
         let (conn, mut tl) = rt.block_on(posting_session(&ep, &coord, user))?;
         let nonce: u64 = rand::random();
         let t0 = Instant::now();
@@ -257,7 +343,9 @@ pub fn failover(rt: &Runtime, _s: &Settings) -> Result<Vec<Row>> {
                 if t0.elapsed() > Duration::from_secs(10) {
                     bail!("no failover within 10 s");
                 }
-                let now_addr = session::assigned(&ep, &coord, user).await.unwrap_or_default();
+                let now_addr = session::assigned(&ep, &coord, user)
+                    .await
+                    .unwrap_or_default();
                 if !now_addr.is_empty() && now_addr != active_addr {
                     let (_c, mut tl2) = posting_session(&ep, &coord, user).await?;
                     tl2.post(nonce, format!("failover {run}")).await?;
@@ -275,15 +363,29 @@ pub fn failover(rt: &Runtime, _s: &Settings) -> Result<Vec<Row>> {
         std::thread::sleep(Duration::from_millis(500));
     }
     let sum = summarize(&mut times);
-    let mut r = row("7", "failover: kill -9 -> next post acked via the other server, p50 of 10 (100 ms heartbeat)", sum.p50_us / 1000.0, "ms");
-    r.target = Some(format!("< 1000 ms: {}", if sum.p50_us < 1e6 { "met" } else { "missed" }));
-    Ok(vec![r, row("7", "failover, max of 10", sum.max_us / 1000.0, "ms")])
+    let mut r = row(
+        "7",
+        "failover: kill -9 -> next post acked via the other server, p50 of 10 (100 ms heartbeat)",
+        sum.p50_us / 1000.0,
+        "ms",
+    );
+    r.target = Some(format!(
+        "< 1000 ms: {}",
+        if sum.p50_us < 1e6 { "met" } else { "missed" }
+    ));
+    Ok(vec![
+        r,
+        row("7", "failover, max of 10", sum.max_us / 1000.0, "ms"),
+    ])
 }
 
 /// CPU seconds (user + system) and resident memory of a process, from /proc.
 fn proc_usage(pid: u32) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("stat format")?;
     let f: Vec<&str> = after.split_whitespace().collect();
     // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the name.
     let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
@@ -298,7 +400,12 @@ fn proc_usage(pid: u32) -> Result<(f64, f64)> {
 }
 
 /// Logs in `users` users (1..=users) on their clusters, `follow`ing `author` if given.
-async fn populate(ep: &quinn::Endpoint, coord: &str, users: u32, author: Option<UserId>) -> Result<HashMap<String, quinn::Connection>> {
+async fn populate(
+    ep: &quinn::Endpoint,
+    coord: &str,
+    users: u32,
+    author: Option<UserId>,
+) -> Result<HashMap<String, quinn::Connection>> {
     let mut conns: HashMap<String, quinn::Connection> = HashMap::new();
     let mut addr_of = HashMap::new();
     for c in 0..3u32 {
@@ -339,16 +446,29 @@ async fn populate(ep: &quinn::Endpoint, coord: &str, users: u32, author: Option<
 }
 
 fn measure_cost(sys: &System, label: &str) -> Result<Vec<Row>> {
-    let mut pids = vec![("coordinator".to_string(), sys.coordinator_pid().context("coordinator pid")?)];
+    let mut pids = vec![(
+        "coordinator".to_string(),
+        sys.coordinator_pid().context("coordinator pid")?,
+    )];
     for c in 1..=3 {
-        for (r, name) in [(Role::Primary, "primary"), (Role::Secondary, "secondary"), (Role::Sync, "sync")] {
+        for (r, name) in [
+            (Role::Primary, "primary"),
+            (Role::Secondary, "secondary"),
+            (Role::Sync, "sync"),
+        ] {
             pids.push((format!("{name} {c}"), sys.pid(c, r).context("pid")?));
         }
     }
-    let before: Vec<(f64, f64)> = pids.iter().map(|(_, p)| proc_usage(*p)).collect::<Result<_>>()?;
+    let before: Vec<(f64, f64)> = pids
+        .iter()
+        .map(|(_, p)| proc_usage(*p))
+        .collect::<Result<_>>()?;
     let window = Duration::from_secs(10);
     std::thread::sleep(window);
-    let after: Vec<(f64, f64)> = pids.iter().map(|(_, p)| proc_usage(*p)).collect::<Result<_>>()?;
+    let after: Vec<(f64, f64)> = pids
+        .iter()
+        .map(|(_, p)| proc_usage(*p))
+        .collect::<Result<_>>()?;
     let mut rows = Vec::new();
     let mut by_role: HashMap<&str, (Vec<f64>, Vec<f64>)> = HashMap::new();
     for (((name, _), b), a) in pids.iter().zip(&before).zip(&after) {
@@ -360,12 +480,25 @@ fn measure_cost(sys: &System, label: &str) -> Result<Vec<Row>> {
     for role in ["coordinator", "primary", "secondary", "sync"] {
         if let Some((cpu, rss)) = by_role.get_mut(role) {
             let cpu = median(cpu);
-            let mut r = row("8", format!("{role} at rest, {label}: CPU (median of its processes)"), cpu, "% of a core");
+            let mut r = row(
+                "8",
+                format!("{role} at rest, {label}: CPU (median of its processes)"),
+                cpu,
+                "% of a core",
+            );
             if role == "sync" && label.contains("-q 10") {
-                r.target = Some(format!("< 2%: {}", if cpu < 2.0 { "met" } else { "missed" }));
+                r.target = Some(format!(
+                    "< 2%: {}",
+                    if cpu < 2.0 { "met" } else { "missed" }
+                ));
             }
             rows.push(r);
-            rows.push(row("8", format!("{role} at rest, {label}: resident memory"), median(rss), "MiB"));
+            rows.push(row(
+                "8",
+                format!("{role} at rest, {label}: resident memory"),
+                median(rss),
+                "MiB",
+            ));
         }
     }
     Ok(rows)
@@ -373,7 +506,13 @@ fn measure_cost(sys: &System, label: &str) -> Result<Vec<Row>> {
 
 /// Sections 5, 6 and 8: fan-out to 10,000 followers, 10,000 open streams on one server,
 /// and the cost of each role at rest with 10,000 users.
-pub fn scale(rt: &Runtime, s: &Settings, fanout: bool, streams: bool, cost: bool) -> Result<Vec<Row>> {
+pub fn scale(
+    rt: &Runtime,
+    s: &Settings,
+    fanout: bool,
+    streams: bool,
+    cost: bool,
+) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     if cost {
         let sys = system(3, 1000, 500)?;
@@ -392,14 +531,23 @@ pub fn scale(rt: &Runtime, s: &Settings, fanout: bool, streams: bool, cost: bool
     let (certs, coord) = (sys.certs(), sys.coord.clone());
     let author: UserId = 1;
     let ep = rt.block_on(async { session::endpoint(&certs) })?;
-    let _conns = rt.block_on(populate(&ep, &coord, s.users, (fanout || streams).then_some(author)))?;
+    let _conns = rt.block_on(populate(
+        &ep,
+        &coord,
+        s.users,
+        (fanout || streams).then_some(author),
+    ))?;
     std::thread::sleep(Duration::from_secs(3));
     if cost {
         rows.extend(measure_cost(&sys, &format!("{} users, -q 10", s.users))?);
     }
     if fanout || streams {
         let server1 = sys.serving(1)?;
-        let active1 = if sys.addr(1, Role::Primary)? == server1 { Role::Primary } else { Role::Secondary };
+        let active1 = if sys.addr(1, Role::Primary)? == server1 {
+            Role::Primary
+        } else {
+            Role::Secondary
+        };
         let pid1 = sys.pid(1, active1).context("pid")?;
         let rss_before = proc_usage(pid1)?.1;
         let (fan, per_stream, held) = rt.block_on(async {
@@ -425,7 +573,13 @@ pub fn scale(rt: &Runtime, s: &Settings, fanout: bool, streams: bool, cost: bool
             for (u, counts_for_fanout) in plan {
                 let addr = addr_of[&(u % 3)].clone();
                 let list = by_addr.entry(addr.clone()).or_default();
-                if list.last().is_none_or(|_| list.len() * 250 <= open.iter().filter(|(a, _, _): &&(String, Timeline, bool)| *a == addr).count()) {
+                if list.last().is_none_or(|_| {
+                    list.len() * 250
+                        <= open
+                            .iter()
+                            .filter(|(a, _, _): &&(String, Timeline, bool)| *a == addr)
+                            .count()
+                }) {
                     list.push(session::connect(&ep, &addr).await?);
                 }
                 let conn = list.last().context("connection")?.clone();
@@ -441,7 +595,11 @@ pub fn scale(rt: &Runtime, s: &Settings, fanout: bool, streams: bool, cost: bool
             // Fan-out: the author posts; wait until every follower's stream shows it.
             let mut fan_times = Vec::new();
             let (_ac, mut atl) = posting_session(&ep, &coord, author).await?;
-            let mut receivers: Vec<Timeline> = open.into_iter().filter(|(_, _, f)| *f).map(|(_, t, _)| t).collect();
+            let mut receivers: Vec<Timeline> = open
+                .into_iter()
+                .filter(|(_, _, f)| *f)
+                .map(|(_, t, _)| t)
+                .collect();
             for run in 0..s.runs.max(1) {
                 let nonce: u64 = rand::random();
                 let t0 = Instant::now();
@@ -453,7 +611,9 @@ pub fn scale(rt: &Runtime, s: &Settings, fanout: bool, streams: bool, cost: bool
                         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
                         loop {
                             match tokio::time::timeout_at(deadline, tl.down.recv()).await {
-                                Ok(Some(TimelineDown::Entry(p))) if p.id.nonce == nonce => return Ok((tl, Instant::now())),
+                                Ok(Some(TimelineDown::Entry(p))) if p.id.nonce == nonce => {
+                                    return Ok((tl, Instant::now()))
+                                }
                                 Ok(Some(_)) => {}
                                 _ => return Err(anyhow::anyhow!("a follower never saw the post")),
                             }
@@ -472,13 +632,34 @@ pub fn scale(rt: &Runtime, s: &Settings, fanout: bool, streams: bool, cost: bool
             anyhow::Ok((fan, per_stream_kib, held))
         })?;
         if fanout {
-            rows.push(row("5", format!("fan-out: post -> last of {} followers' streams (3 clusters, -q 10), median", s.users - 1), fan.p50_us / 1000.0, "ms"));
+            rows.push(row(
+                "5",
+                format!(
+                    "fan-out: post -> last of {} followers' streams (3 clusters, -q 10), median",
+                    s.users - 1
+                ),
+                fan.p50_us / 1000.0,
+                "ms",
+            ));
         }
         if streams {
-            let mut r = row("6", "open timeline streams held by one server", held as f64, "streams");
-            r.target = Some(format!(">= 10000: {}", if held >= 10_000 { "met" } else { "missed" }));
+            let mut r = row(
+                "6",
+                "open timeline streams held by one server",
+                held as f64,
+                "streams",
+            );
+            r.target = Some(format!(
+                ">= 10000: {}",
+                if held >= 10_000 { "met" } else { "missed" }
+            ));
             rows.push(r);
-            rows.push(row("6", "server resident memory per open stream", per_stream, "KiB"));
+            rows.push(row(
+                "6",
+                "server resident memory per open stream",
+                per_stream,
+                "KiB",
+            ));
         }
     }
     Ok(rows)

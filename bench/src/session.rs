@@ -17,7 +17,9 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(1024u32.into());
     t.keep_alive_interval(Some(Duration::from_secs(1)));
-    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(4)).expect("idle timeout")));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(4)).expect("idle timeout"),
+    ));
     Arc::new(t)
 }
 
@@ -32,17 +34,25 @@ pub fn endpoint(certs: &Path) -> Result<quinn::Endpoint> {
 /// Dials `addr`.
 pub async fn connect(ep: &quinn::Endpoint, addr: &str) -> Result<quinn::Connection> {
     let sock: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
-    Ok(tokio::time::timeout(Duration::from_secs(5), ep.connect(sock, tsn_certs::SERVER_NAME)?)
-        .await
-        .map_err(|_| anyhow!("connect {addr} timed out"))??)
+    Ok(tokio::time::timeout(
+        Duration::from_secs(5),
+        ep.connect(sock, tsn_certs::SERVER_NAME)?,
+    )
+    .await
+    .map_err(|_| anyhow!("connect {addr} timed out"))??)
 }
 
 /// One request, one reply, on a new stream.
-pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(conn: &quinn::Connection, req: &Req) -> Result<Rep> {
+pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
+    conn: &quinn::Connection,
+    req: &Req,
+) -> Result<Rep> {
     let (mut send, mut recv) = conn.open_bi().await?;
     tsn_protocol::write_msg(&mut send, req).await?;
     send.finish()?;
-    tsn_protocol::read_msg(&mut recv).await?.ok_or_else(|| anyhow!("no reply"))
+    tsn_protocol::read_msg(&mut recv)
+        .await?
+        .ok_or_else(|| anyhow!("no reply"))
 }
 
 /// The server the coordinator assigns to `user`.
@@ -104,14 +114,18 @@ impl Timeline {
             while let Some(m) = self.down.recv().await {
                 match m {
                     TimelineDown::Ack { nonce: n } if n == nonce => return Ok(()),
-                    TimelineDown::Refused { nonce: n, reason } if n == nonce => bail!("refused: {reason}"),
+                    TimelineDown::Refused { nonce: n, reason } if n == nonce => {
+                        bail!("refused: {reason}")
+                    }
                     TimelineDown::NotActive => bail!("server no longer active"),
                     _ => {}
                 }
             }
             bail!("timeline closed")
         };
-        tokio::time::timeout(within, wait).await.map_err(|_| anyhow!("no ack within {within:?}"))?
+        tokio::time::timeout(within, wait)
+            .await
+            .map_err(|_| anyhow!("no ack within {within:?}"))?
     }
 }
 

@@ -63,7 +63,9 @@ pub struct Row {
 
 /// Formats rows as a Markdown table.
 pub fn table(rows: &[Row]) -> String {
-    let mut out = String::from("| # | metric | value | unit | x floor | target |\n|---|---|---:|---|---:|---|\n");
+    let mut out = String::from(
+        "| # | metric | value | unit | x floor | target |\n|---|---|---:|---|---:|---|\n",
+    );
     for r in rows {
         out.push_str(&format!(
             "| {} | {} | {:.1} | {} | {} | {} |\n",

@@ -80,8 +80,10 @@ fn frames(data: &[u8]) {
 fn record(data: &[u8]) {
     if let Ok(r) = tsn_datastore::Record::decode_bytes(data) {
         let line = r.encode_line();
-        let back = tsn_datastore::Record::decode_line(line.strip_suffix('\n').expect("lines end in a newline"))
-            .expect("an encoded record decodes");
+        let back = tsn_datastore::Record::decode_line(
+            line.strip_suffix('\n').expect("lines end in a newline"),
+        )
+        .expect("an encoded record decodes");
         assert_eq!(back, r);
     }
 }

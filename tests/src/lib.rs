@@ -305,7 +305,10 @@ impl System {
     /// The address a node wrote to its ready file.
     pub fn addr(&self, cluster: u32, role: Role) -> Result<String> {
         let name = format!("{}-{cluster}", role.name());
-        wait_file(&self.dir.path().join(format!("{name}.addr")), Duration::from_secs(1))
+        wait_file(
+            &self.dir.path().join(format!("{name}.addr")),
+            Duration::from_secs(1),
+        )
     }
 
     /// SIGKILL one node.
@@ -432,6 +435,10 @@ impl System {
 impl Drop for System {
     fn drop(&mut self) {
         self.shutdown();
+        if std::env::var_os("TSN_KEEP_RUN").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("run directory kept: {}", self.dir.path().display());
+        }
     }
 }
 

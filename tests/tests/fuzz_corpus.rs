@@ -41,7 +41,10 @@ fn every_saved_fuzz_input_passes_its_target() {
 
 fn post(n: u64, text: &str) -> Post {
     Post {
-        id: PostId { author: 7, nonce: n },
+        id: PostId {
+            author: 7,
+            nonce: n,
+        },
         ts_us: 1_700_000_000_000_000 + n as i64,
         text: text.into(),
     }
@@ -52,69 +55,187 @@ fn post(n: u64, text: &str) -> Post {
 fn write_seed_corpus() {
     let changes = vec![
         Change::User { user: 1 },
-        Change::Follow { follower: 1, followee: 2, ts_us: 5, active: true },
+        Change::Follow {
+            follower: 1,
+            followee: 2,
+            ts_us: 5,
+            active: true,
+        },
         Change::Post(post(1, "hello world")),
     ];
     let mut seeds: Vec<(&str, Vec<Vec<u8>>)> = vec![
-        ("client_request", [
-            ClientRequest::Login { user: 1 },
-            ClientRequest::Follow { user: 1, target: 2 },
-            ClientRequest::Unfollow { user: 1, target: 2 },
-            ClientRequest::List { user: 1 },
-            ClientRequest::Timeline { user: 1 },
-        ].iter().map(|m| encode(m).unwrap()).collect()),
-        ("client_reply", [
-            ClientReply::Ok,
-            ClientReply::List { all_users: vec![1, 2, 3], followers: vec![2] },
-            ClientReply::Failed(CommandError::NoSuchUser),
-            ClientReply::Failed(CommandError::PostTooLong { len: 300, max: 256 }),
-        ].iter().map(|m| encode(m).unwrap()).collect()),
-        ("timeline_up", vec![encode(&TimelineUp::Post { nonce: 9, text: "hi".into() }).unwrap()]),
-        ("timeline_down", [
-            TimelineDown::Entry(post(2, "x")),
-            TimelineDown::Ack { nonce: 3 },
-            TimelineDown::Refused { nonce: 3, reason: CommandError::Storage("disk full".into()) },
-            TimelineDown::NotActive,
-        ].iter().map(|m| encode(m).unwrap()).collect()),
-        ("coord_request", [
-            CoordRequest::Heartbeat(Heartbeat { cluster: 1, kind: NodeKind::Primary, addr: "127.0.0.1:5000".into(), active: true, epoch: 2 }),
-            CoordRequest::AssignClient { client: 4 },
-            CoordRequest::SyncPeers,
-            CoordRequest::Status,
-        ].iter().map(|m| encode(m).unwrap()).collect()),
-        ("coord_reply", [
-            CoordReply::Beat(BeatReply { epoch: 1, active: true, peer: Some("127.0.0.1:1".into()), clusters: 3 }),
-            CoordReply::Assigned { cluster: 2, addr: "127.0.0.1:2".into() },
-            CoordReply::SyncPeers { clusters: 3, peers: vec![SyncPeer { cluster: 1, addr: "127.0.0.1:3".into() }] },
-            CoordReply::Status(RoutingTables { clusters: 3, heartbeat_ms: 100, entries: vec![RouteEntry { cluster: 1, kind: NodeKind::Sync, addr: "a:1".into(), alive: true, active: false, ms_since_beat: 5, epoch: 1 }] }),
-            CoordReply::Failed(CoordError::NoLiveServer { cluster: 2 }),
-        ].iter().map(|m| encode(m).unwrap()).collect()),
-        ("mirror_msg", vec![
-            encode(&MirrorMsg::Hello { cluster: 1, epoch: 2 }).unwrap(),
-            encode(&MirrorMsg::Changes { seq: 1, changes: changes.clone() }).unwrap(),
-        ]),
-        ("mirror_reply", vec![
-            encode(&MirrorReply::Changes(changes.clone())).unwrap(),
-            encode(&MirrorReply::EndOfState).unwrap(),
-            encode(&MirrorReply::Ack { seq: 4 }).unwrap(),
-            encode(&MirrorReply::Refused("no".into())).unwrap(),
-        ]),
-        ("sync_request", vec![encode(&SyncRequest::Batch { from: 1, to: 2, seq: 3, changes: changes.clone() }).unwrap()]),
-        ("sync_reply", vec![encode(&SyncReply::Applied { seq: 3 }).unwrap(), encode(&SyncReply::Refused("x".into())).unwrap()]),
-        ("record", [
-            "user 1",
-            "follow 1 2 1700000000000000",
-            "unfollow 1 2 1700000000000001",
-            "post 7 1 1700000000000000 hello \\\\ world\\n",
-            "deliver 3 7 1 1700000000000000 tab\there",
-        ].iter().map(|s| s.as_bytes().to_vec()).collect()),
+        (
+            "client_request",
+            [
+                ClientRequest::Login { user: 1 },
+                ClientRequest::Follow { user: 1, target: 2 },
+                ClientRequest::Unfollow { user: 1, target: 2 },
+                ClientRequest::List { user: 1 },
+                ClientRequest::Timeline { user: 1 },
+            ]
+            .iter()
+            .map(|m| encode(m).unwrap())
+            .collect(),
+        ),
+        (
+            "client_reply",
+            [
+                ClientReply::Ok,
+                ClientReply::List {
+                    all_users: vec![1, 2, 3],
+                    followers: vec![2],
+                },
+                ClientReply::Failed(CommandError::NoSuchUser),
+                ClientReply::Failed(CommandError::PostTooLong { len: 300, max: 256 }),
+            ]
+            .iter()
+            .map(|m| encode(m).unwrap())
+            .collect(),
+        ),
+        (
+            "timeline_up",
+            vec![encode(&TimelineUp::Post {
+                nonce: 9,
+                text: "hi".into(),
+            })
+            .unwrap()],
+        ),
+        (
+            "timeline_down",
+            [
+                TimelineDown::Entry(post(2, "x")),
+                TimelineDown::Ack { nonce: 3 },
+                TimelineDown::Refused {
+                    nonce: 3,
+                    reason: CommandError::Storage("disk full".into()),
+                },
+                TimelineDown::NotActive,
+            ]
+            .iter()
+            .map(|m| encode(m).unwrap())
+            .collect(),
+        ),
+        (
+            "coord_request",
+            [
+                CoordRequest::Heartbeat(Heartbeat {
+                    cluster: 1,
+                    kind: NodeKind::Primary,
+                    addr: "127.0.0.1:5000".into(),
+                    active: true,
+                    epoch: 2,
+                }),
+                CoordRequest::AssignClient { client: 4 },
+                CoordRequest::SyncPeers,
+                CoordRequest::Status,
+            ]
+            .iter()
+            .map(|m| encode(m).unwrap())
+            .collect(),
+        ),
+        (
+            "coord_reply",
+            [
+                CoordReply::Beat(BeatReply {
+                    epoch: 1,
+                    active: true,
+                    peer: Some("127.0.0.1:1".into()),
+                    clusters: 3,
+                }),
+                CoordReply::Assigned {
+                    cluster: 2,
+                    addr: "127.0.0.1:2".into(),
+                },
+                CoordReply::SyncPeers {
+                    clusters: 3,
+                    peers: vec![SyncPeer {
+                        cluster: 1,
+                        addr: "127.0.0.1:3".into(),
+                    }],
+                },
+                CoordReply::Status(RoutingTables {
+                    clusters: 3,
+                    heartbeat_ms: 100,
+                    entries: vec![RouteEntry {
+                        cluster: 1,
+                        kind: NodeKind::Sync,
+                        addr: "a:1".into(),
+                        alive: true,
+                        active: false,
+                        ms_since_beat: 5,
+                        epoch: 1,
+                    }],
+                }),
+                CoordReply::Failed(CoordError::NoLiveServer { cluster: 2 }),
+            ]
+            .iter()
+            .map(|m| encode(m).unwrap())
+            .collect(),
+        ),
+        (
+            "mirror_msg",
+            vec![
+                encode(&MirrorMsg::Hello {
+                    cluster: 1,
+                    epoch: 2,
+                })
+                .unwrap(),
+                encode(&MirrorMsg::Changes {
+                    seq: 1,
+                    changes: changes.clone(),
+                })
+                .unwrap(),
+            ],
+        ),
+        (
+            "mirror_reply",
+            vec![
+                encode(&MirrorReply::Changes(changes.clone())).unwrap(),
+                encode(&MirrorReply::EndOfState).unwrap(),
+                encode(&MirrorReply::Ack { seq: 4 }).unwrap(),
+                encode(&MirrorReply::Refused("no".into())).unwrap(),
+            ],
+        ),
+        (
+            "sync_request",
+            vec![encode(&SyncRequest::Batch {
+                from: 1,
+                to: 2,
+                seq: 3,
+                changes: changes.clone(),
+            })
+            .unwrap()],
+        ),
+        (
+            "sync_reply",
+            vec![
+                encode(&SyncReply::Applied { seq: 3 }).unwrap(),
+                encode(&SyncReply::Refused("x".into())).unwrap(),
+            ],
+        ),
+        (
+            "record",
+            [
+                "user 1",
+                "follow 1 2 1700000000000000",
+                "unfollow 1 2 1700000000000001",
+                "post 7 1 1700000000000000 hello \\\\ world\\n",
+                "deliver 3 7 1 1700000000000000 tab\there",
+            ]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect(),
+        ),
     ];
     let mut framed = Vec::new();
     for m in &seeds[0].1 {
         framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
         framed.extend_from_slice(m);
     }
-    seeds.push(("frame", vec![framed, vec![0, 0, 0, 0], vec![0xff, 0xff, 0xff, 0xff]]));
+    seeds.push((
+        "frame",
+        vec![framed, vec![0, 0, 0, 0], vec![0xff, 0xff, 0xff, 0xff]],
+    ));
     for (target, inputs) in seeds {
         let dir = corpus().join(target);
         std::fs::create_dir_all(&dir).unwrap();

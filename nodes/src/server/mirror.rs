@@ -20,7 +20,7 @@ use tsn_datastore::Record;
 use tsn_protocol::mirror::{MirrorMsg, MirrorReply};
 use tsn_protocol::{Change, MAX_BATCH_CHANGES};
 
-use super::store::{Done, MirrorJob, Store};
+use super::store::{MirrorJob, Store};
 use super::Shared;
 
 /// How long the standby may take to acknowledge a batch before it is dropped.
@@ -29,12 +29,6 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 const EXCHANGE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before dialling a standby again after mirroring to it failed.
 const RETRY: Duration = Duration::from_millis(500);
-
-fn complete(dones: Vec<Done>) {
-    for d in dones {
-        let _ = d.send(Ok(()));
-    }
-}
 
 /// The active side: runs for the life of the server.
 pub async fn run_active(
@@ -55,7 +49,7 @@ pub async fn run_active(
             }
             tokio::select! {
                 job = jobs.recv() => match job {
-                    Some(j) => complete(j.dones),
+                    Some(j) => j.finish().await,
                     None => return,
                 },
                 _ = role_rx.changed() => {}
@@ -82,7 +76,7 @@ pub async fn run_active(
                 loop {
                     tokio::select! {
                         job = jobs.recv() => match job {
-                            Some(j) => complete(j.dones),
+                            Some(j) => j.finish().await,
                             None => return,
                         },
                         _ = &mut pause => break,
@@ -161,7 +155,7 @@ async fn mirror_to(
     //    everything committed after it is in `jobs`. Overlap is harmless.
     let ours = read_journal(shared).await?;
     let mut seq = 0u64;
-    let mut inflight: VecDeque<(u64, Vec<Done>, Instant)> = VecDeque::new();
+    let mut inflight: VecDeque<(u64, Option<MirrorJob>, Instant)> = VecDeque::new();
     for chunk in ours.chunks(MAX_BATCH_CHANGES) {
         seq += 1;
         tsn_protocol::write_msg(
@@ -172,7 +166,7 @@ async fn mirror_to(
             },
         )
         .await?;
-        inflight.push_back((seq, Vec::new(), Instant::now()));
+        inflight.push_back((seq, None, Instant::now()));
     }
     tracing::info!(standby = %addr, received, sent = ours.len(), "mirroring to the standby after exchanging state");
     drop(ours);
@@ -200,8 +194,10 @@ async fn mirror_to(
     )
     .await;
     reader.abort();
-    for (_, dones, _) in inflight {
-        complete(dones);
+    for (_, job, _) in inflight {
+        if let Some(job) = job {
+            job.finish().await;
+        }
     }
     conn.close(0u32.into(), b"mirror closed");
     result
@@ -215,27 +211,28 @@ async fn live(
     jobs: &mut mpsc::Receiver<MirrorJob>,
     role_rx: &mut tokio::sync::watch::Receiver<super::RoleState>,
     ack_rx: &mut mpsc::Receiver<u64>,
-    inflight: &mut VecDeque<(u64, Vec<Done>, Instant)>,
+    inflight: &mut VecDeque<(u64, Option<MirrorJob>, Instant)>,
     mut seq: u64,
 ) -> anyhow::Result<()> {
     loop {
         let deadline = inflight.front().map(|f| f.2 + ACK_TIMEOUT);
         tokio::select! {
             job = jobs.recv() => {
-                let Some(job) = job else { return Ok(()) };
+                let Some(mut job) = job else { return Ok(()) };
                 if job.changes.is_empty() && inflight.is_empty() {
-                    complete(job.dones);
+                    job.finish().await;
                     continue;
                 }
                 seq += 1;
-                tsn_protocol::write_msg(send, &MirrorMsg::Changes { seq, changes: job.changes }).await?;
-                inflight.push_back((seq, job.dones, Instant::now()));
+                let changes = std::mem::take(&mut job.changes);
+                tsn_protocol::write_msg(send, &MirrorMsg::Changes { seq, changes }).await?;
+                inflight.push_back((seq, Some(job), Instant::now()));
             }
             ack = ack_rx.recv() => {
                 let Some(acked) = ack else { bail!("standby closed the mirror stream") };
                 while inflight.front().is_some_and(|f| f.0 <= acked) {
-                    if let Some((_, dones, _)) = inflight.pop_front() {
-                        complete(dones);
+                    if let Some((_, Some(job), _)) = inflight.pop_front() {
+                        job.finish().await;
                     }
                 }
             }
@@ -306,17 +303,44 @@ async fn standby(
         "active server connected for mirroring; state exchanged"
     );
     drop(ours);
-    loop {
-        match tsn_protocol::read_msg::<MirrorMsg, _>(recv).await? {
-            Some(MirrorMsg::Changes { seq, changes }) => match store.write(changes, false).await {
-                Ok(()) => tsn_protocol::write_msg(send, &MirrorReply::Ack { seq }).await?,
+    // Group commit: every chunk already received joins one write and one flush, and the
+    // highest sequence number is acknowledged (acks are cumulative).
+    let (tx, mut rx) = mpsc::channel::<(u64, Vec<Change>)>(256);
+    let mut stream = recv;
+    let reader = async move {
+        loop {
+            match tsn_protocol::read_msg::<MirrorMsg, _>(&mut stream).await? {
+                Some(MirrorMsg::Changes { seq, changes }) => {
+                    if tx.send((seq, changes)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(MirrorMsg::Hello { .. }) => bail!("second hello on a mirror stream"),
+                None => return Ok(()),
+            }
+        }
+    };
+    let writer = async {
+        while let Some((mut last, mut changes)) = rx.recv().await {
+            while changes.len() < MAX_BATCH_CHANGES {
+                match rx.try_recv() {
+                    Ok((seq, more)) => {
+                        last = seq;
+                        changes.extend(more);
+                    }
+                    Err(_) => break,
+                }
+            }
+            match store.write(changes, false).await {
+                Ok(()) => tsn_protocol::write_msg(send, &MirrorReply::Ack { seq: last }).await?,
                 Err(e) => {
                     tsn_protocol::write_msg(send, &MirrorReply::Refused(e.to_string())).await?;
                     bail!("could not store mirrored changes: {e}");
                 }
-            },
-            Some(MirrorMsg::Hello { .. }) => bail!("second hello on a mirror stream"),
-            None => return Ok(()),
+            }
         }
-    }
+        anyhow::Ok(())
+    };
+    let (r, w) = tokio::join!(reader, writer);
+    r.and(w)
 }

@@ -50,6 +50,17 @@ pub struct MirrorJob {
     pub changes: Vec<Change>,
     /// Requests to complete.
     pub dones: Vec<Done>,
+    /// Whether the changes became durable here too: the journal is flushed while the
+    /// standby receives them.
+    pub local: oneshot::Receiver<Result<(), StoreError>>,
+}
+
+impl MirrorJob {
+    /// Completes the requests once the local flush is done, with its outcome.
+    pub async fn finish(self) {
+        let outcome = self.local.await.unwrap_or(Err(StoreError::Stopped));
+        complete(self.dones, outcome);
+    }
 }
 
 /// Handle to the writer.
@@ -144,19 +155,37 @@ impl Writer {
                 .cloned()
                 .collect()
         };
+        let (mirrored, local): (Vec<WriteReq>, Vec<WriteReq>) =
+            batch.into_iter().partition(|r| r.mirror);
         if !fresh.is_empty() {
             let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
-            let written = self
-                .journal
-                .append(&records)
-                .and_then(|()| self.journal.sync());
-            if let Err(e) = written {
-                tracing::error!(path = %self.journal.path().display(), "journal write failed, {} changes refused: {e}", fresh.len());
-                for req in batch {
-                    let _ = req.done.send(Err(StoreError::Journal(e.to_string())));
-                }
+            if let Err(e) = self.journal.append(&records) {
+                self.refuse(mirrored.into_iter().chain(local), &e);
                 return;
             }
+        }
+        // The standby gets the batch while this server flushes its own copy; the requests
+        // complete when both are durable (see `MirrorJob::local`).
+        let (local_tx, local_rx) = oneshot::channel();
+        if !mirrored.is_empty() {
+            let job = MirrorJob {
+                changes: fresh.clone(),
+                dones: mirrored.into_iter().map(|r| r.done).collect(),
+                local: local_rx,
+            };
+            if let Err(mpsc::error::SendError(job)) = self.mirror_tx.send(job).await {
+                complete(job.dones, Ok(()));
+            }
+        }
+        if !fresh.is_empty() {
+            if let Err(e) = self.journal.sync() {
+                let _ = local_tx.send(Err(StoreError::Journal(e.to_string())));
+                self.refuse(local.into_iter(), &e);
+                return;
+            }
+        }
+        let _ = local_tx.send(Ok(()));
+        if !fresh.is_empty() {
             let entries: Vec<(UserId, tsn_protocol::Post)> = {
                 let mut model = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());
                 fresh.iter().filter_map(|c| model.apply_own(c)).collect()
@@ -169,23 +198,21 @@ impl Writer {
                 );
             }
         }
-        let (mirrored, local): (Vec<WriteReq>, Vec<WriteReq>) =
-            batch.into_iter().partition(|r| r.mirror);
-        for req in local {
-            let _ = req.done.send(Ok(()));
+        complete(local.into_iter().map(|r| r.done).collect(), Ok(()));
+    }
+
+    fn refuse(&self, reqs: impl Iterator<Item = WriteReq>, e: &tsn_datastore::DatastoreError) {
+        tracing::error!(path = %self.journal.path().display(), "journal write failed, changes refused: {e}");
+        let err = StoreError::Journal(e.to_string());
+        for req in reqs {
+            let _ = req.done.send(Err(err.clone()));
         }
-        if mirrored.is_empty() {
-            return;
-        }
-        let dones: Vec<Done> = mirrored.into_iter().map(|r| r.done).collect();
-        let job = MirrorJob {
-            changes: fresh,
-            dones,
-        };
-        if let Err(mpsc::error::SendError(job)) = self.mirror_tx.send(job).await {
-            for d in job.dones {
-                let _ = d.send(Ok(()));
-            }
-        }
+    }
+}
+
+/// Completes requests with one outcome.
+pub fn complete(dones: Vec<Done>, outcome: Result<(), StoreError>) {
+    for d in dones {
+        let _ = d.send(outcome.clone());
     }
 }
