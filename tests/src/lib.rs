@@ -61,6 +61,18 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A command for binary `name`, run through `prefix` (e.g. `ip netns exec NS`) if any.
+pub fn command(prefix: &[String], name: &str) -> Command {
+    match prefix.split_first() {
+        None => Command::new(bin(name)),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin(name));
+            c
+        }
+    }
+}
+
 /// A child process that is killed when dropped.
 #[derive(Debug)]
 pub struct Proc {
@@ -71,11 +83,16 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc> {
+        Proc::spawn_in(&[], name, args, log)
+    }
+
+    /// Starts binary `name` through `prefix` (see [`command`]), stderr to `log`.
+    pub fn spawn_in(prefix: &[String], name: &str, args: &[String], log: &Path) -> Result<Proc> {
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
-        let child = Command::new(bin(name))
+        let child = command(prefix, name)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -253,6 +270,11 @@ impl System {
 
     /// Starts (or restarts) one node.
     pub fn start_node(&mut self, cluster: u32, role: Role) -> Result<()> {
+        self.start_node_with(cluster, role, &[])
+    }
+
+    /// Starts (or restarts) one node with extra flags.
+    pub fn start_node_with(&mut self, cluster: u32, role: Role, extra: &[String]) -> Result<()> {
         let name = format!("{}-{cluster}", role.name());
         let ready = self.dir.path().join(format!("{name}.addr"));
         let _ = std::fs::remove_file(&ready);
@@ -279,6 +301,7 @@ impl System {
             ],
         };
         args.extend(self.common());
+        args.extend(extra.iter().cloned());
         args.extend(["--ready-file".into(), ready.display().to_string()]);
         let bin = if role == Role::Sync {
             "tsn_sync_service"
@@ -478,11 +501,22 @@ pub fn strip_prompts(mut line: &str) -> &str {
 
 impl Client {
     fn spawn(coord: &str, user: u32, certs: &Path, log: &Path) -> Result<Client> {
+        Client::spawn_in(&[], coord, user, certs, log)
+    }
+
+    /// Starts a client through `prefix` (see [`command`]).
+    pub fn spawn_in(
+        prefix: &[String],
+        coord: &str,
+        user: u32,
+        certs: &Path,
+        log: &Path,
+    ) -> Result<Client> {
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
-        let mut child = Command::new(bin("tsn_client"))
+        let mut child = command(prefix, "tsn_client")
             .args([
                 "-c",
                 coord,
