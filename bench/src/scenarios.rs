@@ -122,7 +122,7 @@ pub fn ack_and_throughput(
             ));
         }
         for clients in [1u32, 16, 256] {
-            if !throughput && !(latency && clients == 256) {
+            if !(throughput || (latency && clients == 256)) {
                 continue;
             }
             let mut rates = Vec::new();

@@ -3,6 +3,7 @@
 //!
 //! `cargo test -p tsn-tests --test fuzz_corpus -- --ignored write_seed_corpus` rewrites
 //! the hand-made seeds (valid encodings of every message kind and record kind).
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 

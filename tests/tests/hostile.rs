@@ -3,6 +3,7 @@
 //! thousands of streams, connections that never send anything, and peers without a
 //! certificate from the cluster CA. Each must get an error or a closed stream; the
 //! process stays up, keeps serving others, and its memory stays bounded.
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

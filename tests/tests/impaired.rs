@@ -2,6 +2,7 @@
 //! sync services goes through a UDP relay that delays it by 200 ms and drops 5% of
 //! packets (each way). QUIC recovers the losses; every post must still reach its
 //! followers exactly once. (A relay rather than netem: it needs no kernel support.)
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

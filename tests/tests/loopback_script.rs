@@ -1,5 +1,6 @@
 //! Runs `tests/loopback.sh test` against the binaries this `cargo test` built, so the
 //! script a newcomer runs is itself under test.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

@@ -10,6 +10,7 @@
 //! namespaces can be created:
 //! `cargo test -p tsn-tests --test partition -- --ignored --test-threads 1`.
 //! The addresses (10.213.0.0/24) exist only inside the test's own namespaces.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
