@@ -186,6 +186,18 @@ impl System {
     /// Starts a coordinator and, for each cluster, a primary, a secondary and a sync
     /// service; returns once every cluster has an active server and a sync service.
     pub fn start(config: Config) -> Result<System> {
+        let mut sys = System::coordinator_only(config)?;
+        for c in 1..=sys.config.clusters {
+            for r in [Role::Primary, Role::Secondary, Role::Sync] {
+                sys.start_node(c, r)?;
+            }
+        }
+        sys.wait_ready(Duration::from_secs(30))?;
+        Ok(sys)
+    }
+
+    /// Starts only the coordinator; nodes are started one by one with `start_node`.
+    pub fn coordinator_only(config: Config) -> Result<System> {
         let dir = tempfile::Builder::new().prefix("tsn-e2e-").tempdir()?;
         std::fs::create_dir_all(dir.path().join("logs"))?;
         let mut sys = System {
@@ -196,12 +208,6 @@ impl System {
             nodes: HashMap::new(),
         };
         sys.start_coordinator(None)?;
-        for c in 1..=sys.config.clusters {
-            for r in [Role::Primary, Role::Secondary, Role::Sync] {
-                sys.start_node(c, r)?;
-            }
-        }
-        sys.wait_ready(Duration::from_secs(30))?;
         Ok(sys)
     }
 

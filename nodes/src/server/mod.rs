@@ -192,12 +192,12 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     if clean {
         std::fs::remove_file(dir.clean_marker()).context("removing clean-shutdown marker")?;
     } else if !records.is_empty() {
-        let n = crate::views::rebuild(&dir, crate::views::Side::Server, &records)
-            .context("rebuilding view files from the journal")?;
-        tracing::info!(
-            files = n,
-            "previous exit was not clean: rebuilt view files from the journal"
-        );
+        // Views are derived from the journal: failing to rebuild them (a full disk, say)
+        // is worth an error in the log, not a refusal to serve.
+        match crate::views::rebuild(&dir, crate::views::Side::Server, &records) {
+            Ok(n) => tracing::info!(files = n, "previous exit was not clean: rebuilt view files from the journal"),
+            Err(e) => tracing::error!("previous exit was not clean and rebuilding the view files failed; serving from the journal: {e}"),
+        }
     }
     let mut model = Model::default();
     for r in &records {

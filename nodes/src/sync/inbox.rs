@@ -106,11 +106,10 @@ impl Inbox {
                 source,
             })?;
         } else if !records.is_empty() {
-            let n = crate::views::rebuild(&dir, Side::Sync, &records)?;
-            tracing::info!(
-                files = n,
-                "previous exit was not clean: rebuilt view files from the journal"
-            );
+            match crate::views::rebuild(&dir, Side::Sync, &records) {
+                Ok(n) => tracing::info!(files = n, "previous exit was not clean: rebuilt view files from the journal"),
+                Err(e) => tracing::error!("previous exit was not clean and rebuilding the view files failed; continuing from the journal: {e}"),
+            }
         }
         let mut inbox = Inbox {
             cluster,
