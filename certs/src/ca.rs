@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -62,6 +62,11 @@ impl ClusterCa {
     pub fn load_or_create(dir: &Path) -> Result<ClusterCa, CertError> {
         let bundle = dir.join(CA_BUNDLE);
         if !bundle.exists() {
+            // ca.crt is only ever written after ca.pem, so ca.crt alone was copied here
+            // from a cluster: a fresh CA would split this node from it.
+            if dir.join(CA_CERT).exists() {
+                return Err(CertError::NoCaKey(dir.to_path_buf()));
+            }
             std::fs::create_dir_all(dir).map_err(io(dir))?;
             create(dir, &bundle)?;
         }
@@ -74,7 +79,11 @@ impl ClusterCa {
         let text = match std::fs::read_to_string(&bundle) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(CertError::NoCa(dir.to_path_buf()))
+                return Err(if dir.join(CA_CERT).exists() {
+                    CertError::NoCaKey(dir.to_path_buf())
+                } else {
+                    CertError::NoCa(dir.to_path_buf())
+                });
             }
             Err(e) => return Err(io(&bundle)(e)),
         };
@@ -88,35 +97,52 @@ impl ClusterCa {
             .map_err(|_| bad("no CA private key in it"))?;
         let key = KeyPair::try_from(&key_der)
             .map_err(|e| bad(&format!("unusable CA private key: {e}")))?;
+        // A certificate embeds its subject's public key verbatim: if the key's is absent,
+        // the two halves of the file come from different CAs, and every leaf would fail
+        // verification far from the cause.
+        if !contains(&cert, &key.subject_public_key_info()) {
+            return Err(bad("the private key does not belong to the certificate"));
+        }
         let cert_pem = first_cert_pem(&text).ok_or_else(|| bad("no CA certificate in it"))?;
         let ca = ClusterCa {
             cert,
             cert_pem,
             issuer: Issuer::new(ca_params()?, key),
         };
-        ca.ensure_public_cert(dir)?;
+        // A node does not need ca.crt itself: if the dir is read-only, say so and go on.
+        if let Err(e) = ca.ensure_public_cert(dir) {
+            tracing::warn!(error = %e, "could not write ca.crt for clients");
+        }
         Ok(ca)
     }
 
-    /// Writes `ca.crt` if it is missing (its content follows from `ca.pem`, so racing
-    /// writers agree).
+    /// Writes `ca.crt` if it is missing or stale (left from another CA). Its content
+    /// follows from `ca.pem`, so racing writers agree.
     fn ensure_public_cert(&self, dir: &Path) -> Result<(), CertError> {
         let path = dir.join(CA_CERT);
-        if path.exists() {
-            return Ok(());
+        match std::fs::read(&path) {
+            Ok(old) if old == self.cert_pem.as_bytes() => return Ok(()),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "replacing ca.crt: it is not the certificate of ca.pem")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
         }
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".ca-crt-")
+        let mut tmp = temp_builder(".ca-crt-", 0o644)
             .tempfile_in(dir)
             .map_err(io(dir))?;
-        tmp.write_all(self.cert_pem.as_bytes()).map_err(io(&path))?;
-        tmp.as_file().sync_all().map_err(io(&path))?;
+        tmp.write_all(self.cert_pem.as_bytes())
+            .map_err(io(tmp.path()))?;
+        // Public content: 0644 whatever the umask, so every local client can read it.
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-                .map_err(io(&path))?;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(io(tmp.path()))?;
         }
+        tmp.as_file().sync_all().map_err(io(tmp.path()))?;
+        // rename: readers see the old state (no file) or the whole file.
         tmp.persist(&path).map_err(|e| io(&path)(e.error))?;
         Ok(())
     }
@@ -152,6 +178,25 @@ impl ClusterCa {
     }
 }
 
+/// A temporary-file builder whose files are created with `mode` (the umask may remove
+/// bits, never add them), so a secret is never readable by others, not even briefly.
+fn temp_builder(prefix: &str, mode: u32) -> tempfile::Builder<'_, 'static> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(mode));
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    b
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 fn first_cert_pem(text: &str) -> Option<String> {
     let begin = text.find("-----BEGIN CERTIFICATE-----")?;
     let end_marker = "-----END CERTIFICATE-----";
@@ -164,9 +209,7 @@ fn create(dir: &Path, bundle: &Path) -> Result<(), CertError> {
     let key = KeyPair::generate()?;
     let cert = ca_params()?.self_signed(&key)?;
     let text = format!("{}{}", cert.pem(), key.serialize_pem());
-    // tempfile creates the file with mode 0600, before anything is written to it.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".ca-")
+    let mut tmp = temp_builder(".ca-", 0o600)
         .tempfile_in(dir)
         .map_err(io(dir))?;
     tmp.write_all(text.as_bytes()).map_err(io(tmp.path()))?;

@@ -1,6 +1,13 @@
 //! Who may speak: the cluster CA, per-process leaf certificates, and the rustls/quinn
 //! configurations built from them.
 //!
+//! # Layout
+//! - `ca`: the cluster CA on disk ([`ClusterCa`]), its atomic creation, leaf issuance
+//!   ([`Identity`]) and the client-side trust anchor ([`TrustRoot`]).
+//! - `tls`: the rustls and quinn configurations built from those ([`ClientAuth`],
+//!   [`peer_is_node`]). Every configuration uses the ring provider and TLS 1.3 only, and
+//!   negotiates ALPN [`tsn_protocol::ALPN`]; none depends on a process-wide provider.
+//!
 //! # Files
 //! In the cert dir (`--cert-dir`, default `./certs`):
 //! - `ca.pem`: the CA certificate followed by its private key, mode 0600. Every node
@@ -13,15 +20,21 @@
 //! Leaf keys never touch the disk.
 //!
 //! # Several hosts
-//! Copy `ca.pem` to the cert dir of every host that runs a node, and `ca.crt` to hosts
-//! that only run clients. Whoever holds `ca.pem` can join the cluster as a node: keep it
-//! private.
+//! Start one node first (or any node, on the host that will hold the CA); it creates the
+//! CA. Then copy `ca.pem` to the cert dir of every host that runs a node, keeping its mode
+//! (e.g. `scp -p`, or `install -m 600`), and `ca.crt` to hosts that only run clients.
+//! Copy before those hosts start a node: a node that finds no CA creates its own, and
+//! nodes of two CAs refuse each other (delete the stray CA and copy the right one).
+//! Whoever holds `ca.pem` can join the cluster as a node: keep it private.
 //!
 //! # Names
 //! Every leaf carries the DNS name [`SERVER_NAME`], and every connection verifies it.
-//! Trust comes from the private CA, not from names: any certificate the CA issued is a
-//! TSN node, whatever its address, so one fixed name works across hosts, NAT and port
-//! changes.
+//! Trust comes from the private CA, not from names: the only certificates that chain to
+//! it are the ones our own nodes issued with `ca.pem`, and every one of them is a TSN
+//! node, whatever its address. A name check would add nothing (no public CA is trusted,
+//! so nobody else can obtain a `tsn-node` certificate that we accept), while per-host
+//! names would break when a node moves, sits behind NAT or is dialed by IP. Extra names
+//! passed to [`ClusterCa::issue_leaf`] only help outside tools.
 //!
 //! # Who must present a certificate
 //! Node-to-node connections are mutual TLS ([`ClientAuth::Required`] on the sync
@@ -52,6 +65,10 @@ pub enum CertError {
     /// The cert dir has no CA.
     #[error("no cluster CA in {0}: copy ca.crt (clients) or ca.pem (nodes) from a host of the cluster, or start a node there first")]
     NoCa(std::path::PathBuf),
+    /// The cert dir has the CA certificate (`ca.crt`) but not its key (`ca.pem`): enough
+    /// for a client, not for a node, which must issue itself a leaf.
+    #[error("{0} has ca.crt but no ca.pem: a node needs the CA key; copy ca.pem from a node host of the cluster")]
+    NoCaKey(std::path::PathBuf),
     /// A file of the cert dir is not what it should be.
     #[error("{path}: {reason}")]
     BadFile {
@@ -69,7 +86,8 @@ pub enum CertError {
     /// The client-certificate verifier could not be built.
     #[error("client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
-    /// quinn refused the TLS configuration (e.g. no TLS 1.3 cipher suite).
+    /// quinn refused the TLS configuration (it lacks the cipher suite QUIC's initial
+    /// packets need).
     #[error("QUIC TLS configuration: {0}")]
-    Quic(String),
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }

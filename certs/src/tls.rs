@@ -39,7 +39,7 @@ fn quic_client(
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, CertError> {
     tls.alpn_protocols = alpn();
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| CertError::Quic(e.to_string()))?;
+    let quic = QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(transport);
     Ok(cfg)
@@ -82,7 +82,7 @@ impl Identity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.cert_chain(), self.key())?;
         tls.alpn_protocols = alpn();
-        let quic = QuicServerConfig::try_from(tls).map_err(|e| CertError::Quic(e.to_string()))?;
+        let quic = QuicServerConfig::try_from(tls)?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
         cfg.transport_config(transport);
         Ok(cfg)
@@ -104,4 +104,78 @@ pub fn peer_is_node(conn: &quinn::Connection) -> bool {
     conn.peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
         .is_some_and(|chain| !chain.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use tokio::time::timeout;
+
+    use super::*;
+    use crate::{ClusterCa, SERVER_NAME};
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// The integration tests cannot build this peer through the public API: a leaf from a
+    /// foreign CA whose holder nevertheless trusts our CA. It isolates the server's check:
+    /// the client accepts our server, so only the server can refuse the connection.
+    #[tokio::test]
+    async fn server_refuses_leaf_from_another_ca_even_if_peer_trusts_ours() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ca = ClusterCa::load_or_create(d1.path()).unwrap();
+        let other = ClusterCa::load_or_create(d2.path()).unwrap();
+        let transport = Arc::new(quinn::TransportConfig::default());
+
+        let server_id = ca.issue_leaf(&[]).unwrap();
+        let server = quinn::Endpoint::server(
+            server_id
+                .server_config(ClientAuth::Required, transport.clone())
+                .unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+
+        let foreign = other.issue_leaf(&[]).unwrap();
+        let intruder = Identity {
+            ca: ca.cert_der(),
+            ..foreign
+        };
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(intruder.client_config(transport).unwrap());
+
+        let (accepted, connected) = tokio::join!(
+            timeout(T, async {
+                let incoming = server.accept().await.unwrap();
+                incoming.await
+            }),
+            timeout(T, async {
+                let conn = client.connect(addr, SERVER_NAME).unwrap().await?;
+                // TLS 1.3: the client may finish its side of the handshake before the
+                // server has judged its certificate; the refusal then closes the
+                // connection, which the first round trip observes.
+                let (mut send, mut recv) = conn.open_bi().await?;
+                send.write_all(b"ping").await?;
+                send.finish()?;
+                recv.read_to_end(64).await?;
+                anyhow::Ok(())
+            }),
+        );
+        assert!(
+            accepted.unwrap().is_err(),
+            "the server must not get a connection"
+        );
+        assert!(
+            connected.unwrap().is_err(),
+            "the client must not get a stream"
+        );
+
+        client.close(0u32.into(), b"");
+        server.close(0u32.into(), b"");
+        timeout(T, client.wait_idle()).await.unwrap();
+        timeout(T, server.wait_idle()).await.unwrap();
+    }
 }

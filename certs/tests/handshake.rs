@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::timeout;
-use tsn_certs::{peer_is_node, ClientAuth, ClusterCa, TrustRoot, SERVER_NAME};
+use tsn_certs::{peer_is_node, CertError, ClientAuth, ClusterCa, TrustRoot, SERVER_NAME};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -58,6 +58,14 @@ fn server(ca: &ClusterCa, auth: ClientAuth) -> Server {
     }
 }
 
+impl Server {
+    /// Stops accepting and waits until every connection is gone.
+    async fn shut_down(self) {
+        self.endpoint.close(0u32.into(), b"");
+        timeout(T, self.endpoint.wait_idle()).await.unwrap();
+    }
+}
+
 /// Connects and echoes a message; Ok only if the whole exchange worked.
 async fn exchange(client_cfg: quinn::ClientConfig, addr: SocketAddr) -> anyhow::Result<()> {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap())?;
@@ -74,6 +82,7 @@ async fn exchange(client_cfg: quinn::ClientConfig, addr: SocketAddr) -> anyhow::
     })
     .await;
     ep.close(0u32.into(), b"done");
+    timeout(T, ep.wait_idle()).await?;
     result?
 }
 
@@ -87,7 +96,7 @@ async fn same_ca_leaf_connects_with_mutual_tls() {
         .await
         .unwrap();
     assert_eq!(timeout(T, srv.accepted.recv()).await.unwrap(), Some(true));
-    srv.endpoint.close(0u32.into(), b"");
+    srv.shut_down().await;
 }
 
 #[tokio::test]
@@ -96,9 +105,9 @@ async fn leaf_from_another_ca_is_refused() {
     let ca = ClusterCa::load_or_create(d1.path()).unwrap();
     let other = ClusterCa::load_or_create(d2.path()).unwrap();
     let mut srv = server(&ca, ClientAuth::Required);
-    // The intruder trusts our CA (it has ca.crt) but its leaf comes from its own CA.
-    // Its leaf comes from its own CA, so our server refuses it (and it does not trust
-    // our server either: neither side accepts the other).
+    // A node of another cluster: its leaf comes from its own CA, and it trusts only that
+    // CA. Neither side accepts the other. (The unit test in src/tls.rs covers an intruder
+    // that trusts our CA, where only the server's check stands in the way.)
     let intruder = other.issue_leaf(&[]).unwrap();
     assert!(
         exchange(intruder.client_config(transport()).unwrap(), srv.addr)
@@ -111,7 +120,7 @@ async fn leaf_from_another_ca_is_refused() {
             .is_err(),
         "no stream was served"
     );
-    srv.endpoint.close(0u32.into(), b"");
+    srv.shut_down().await;
 }
 
 #[tokio::test]
@@ -129,7 +138,7 @@ async fn anonymous_client_refused_when_required_accepted_when_optional() {
     assert!(timeout(Duration::from_millis(500), strict.accepted.recv())
         .await
         .is_err());
-    strict.endpoint.close(0u32.into(), b"");
+    strict.shut_down().await;
 
     let mut open = server(&ca, ClientAuth::Optional);
     exchange(root.client_config(transport()).unwrap(), open.addr)
@@ -140,7 +149,7 @@ async fn anonymous_client_refused_when_required_accepted_when_optional() {
         Some(false),
         "anonymous peer is not a node"
     );
-    open.endpoint.close(0u32.into(), b"");
+    open.shut_down().await;
 }
 
 #[tokio::test]
@@ -155,7 +164,7 @@ async fn client_trusting_another_ca_refuses_our_server() {
             .await
             .is_err()
     );
-    srv.endpoint.close(0u32.into(), b"");
+    srv.shut_down().await;
 }
 
 #[test]
@@ -208,4 +217,30 @@ fn missing_ca_is_a_clear_error() {
     ClusterCa::load_or_create(dir.path()).unwrap();
     std::fs::remove_file(dir.path().join("ca.pem")).unwrap();
     TrustRoot::load(dir.path()).expect("ca.crt alone suffices for a client");
+}
+
+#[test]
+fn public_cert_alone_does_not_start_a_second_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    ClusterCa::load_or_create(dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join("ca.pem")).unwrap();
+    // A client-only host where someone starts a node: refusing beats splitting the cluster.
+    let err = ClusterCa::load_or_create(dir.path()).unwrap_err();
+    assert!(matches!(err, CertError::NoCaKey(_)), "{err}");
+    assert!(!dir.path().join("ca.pem").exists());
+    TrustRoot::load(dir.path()).expect("clients still work from ca.crt");
+}
+
+#[test]
+fn ca_file_with_a_foreign_key_is_refused() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    ClusterCa::load_or_create(d1.path()).unwrap();
+    ClusterCa::load_or_create(d2.path()).unwrap();
+    let a = std::fs::read_to_string(d1.path().join("ca.pem")).unwrap();
+    let b = std::fs::read_to_string(d2.path().join("ca.pem")).unwrap();
+    let cert_a = &a[..a.find("-----BEGIN PRIVATE KEY-----").unwrap()];
+    let key_b = &b[b.find("-----BEGIN PRIVATE KEY-----").unwrap()..];
+    std::fs::write(d1.path().join("ca.pem"), format!("{cert_a}{key_b}")).unwrap();
+    let err = ClusterCa::load(d1.path()).unwrap_err();
+    assert!(matches!(err, CertError::BadFile { .. }), "{err}");
 }

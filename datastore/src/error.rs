@@ -19,7 +19,8 @@ pub enum DatastoreError {
     Corrupt {
         /// The file.
         path: PathBuf,
-        /// 1-based line number.
+        /// 1-based line number; 0 from a [`crate::Tail`], which does not count lines and
+        /// gives the byte offset in `reason` instead.
         line: usize,
         /// Why it does not parse.
         reason: String,

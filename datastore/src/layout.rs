@@ -111,3 +111,56 @@ impl RoleDir {
         self.user_dir(user).join("followers.data")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn paths_follow_the_original_layout() {
+        let ds = Datastore::new("/d");
+        let r = ds.role(2, NodeKind::Secondary);
+        assert_eq!(r.path(), Path::new("/d/2/secondary"));
+        assert_eq!(r.journal(), Path::new("/d/2/secondary/journal.data"));
+        assert_eq!(
+            r.global_clients(),
+            Path::new("/d/2/secondary/global_clients.data")
+        );
+        assert_eq!(r.cursors(), Path::new("/d/2/secondary/cursors.data"));
+        assert_eq!(r.clean_marker(), Path::new("/d/2/secondary/clean-shutdown"));
+        assert_eq!(
+            r.timeline(7),
+            Path::new("/d/2/secondary/local_clients/7/timeline.data")
+        );
+        assert_eq!(
+            r.following(7),
+            Path::new("/d/2/secondary/local_clients/7/following.data")
+        );
+        assert_eq!(
+            r.followers(7),
+            Path::new("/d/2/secondary/local_clients/7/followers.data")
+        );
+        assert_eq!(ds.role(1, NodeKind::Sync).path(), Path::new("/d/1/sync"));
+        assert_eq!(
+            ds.role(3, NodeKind::Primary).path(),
+            Path::new("/d/3/primary")
+        );
+    }
+
+    #[test]
+    fn clear_empties_the_root_and_tolerates_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::new(dir.path().join("store"));
+        ds.clear().unwrap();
+        assert!(ds.root().is_dir());
+        let r = ds.role(1, NodeKind::Primary);
+        r.create().unwrap();
+        assert!(r.path().join("local_clients").is_dir());
+        std::fs::write(r.journal(), "user 1\n").unwrap();
+        std::fs::write(ds.root().join("stray"), "x").unwrap();
+        ds.clear().unwrap();
+        assert!(ds.root().is_dir());
+        assert_eq!(std::fs::read_dir(ds.root()).unwrap().count(), 0);
+    }
+}

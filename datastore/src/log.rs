@@ -281,6 +281,36 @@ mod tests {
     }
 
     #[test]
+    fn open_append_truncates_a_small_torn_file_and_reports_middle_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("u/following.data");
+        let good = format!("{}{}", post(1).encode_line(), post(2).encode_line());
+        let torn = post(3).encode_line();
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, format!("{good}{}", &torn[..torn.len() / 2])).unwrap();
+        let mut log = AppendLog::open_append(&p).unwrap();
+        assert_eq!(log.len() as usize, good.len());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), good);
+        log.append(&[post(4)]).unwrap();
+        drop(log);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            format!("{good}{}", post(4).encode_line())
+        );
+
+        // A complete but unparseable last line is torn too.
+        std::fs::write(&p, format!("{good}post 9\n")).unwrap();
+        let log = AppendLog::open_append(&p).unwrap();
+        assert_eq!(log.len() as usize, good.len());
+
+        std::fs::write(&p, format!("{good}bogus\n{good}")).unwrap();
+        match AppendLog::open_append(&p) {
+            Err(DatastoreError::Corrupt { line, .. }) => assert_eq!(line, 3),
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn read_records_skips_a_torn_tail_without_repairing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f.data");

@@ -139,6 +139,13 @@ mod tests {
         let mut again = Tail::new(&p, t.offset());
         f.write_all(b"user 4\n").unwrap();
         assert_eq!(again.read_new(10).unwrap(), vec![user(4)]);
+        assert_eq!(again.offset(), std::fs::metadata(&p).unwrap().len());
+
+        // A file shorter than the offset: continue from its end.
+        let mut ahead = Tail::new(&p, 10_000);
+        assert!(ahead.read_new(10).unwrap().is_empty());
+        assert_eq!(ahead.offset(), std::fs::metadata(&p).unwrap().len());
+        assert!(t.read_new(0).unwrap().is_empty());
     }
 
     #[test]
@@ -147,6 +154,12 @@ mod tests {
         let p = dir.path().join("journal.data");
         std::fs::write(&p, "user 1\nbogus\n").unwrap();
         let mut t = Tail::new(&p, 0);
-        assert!(t.read_new(10).is_err());
+        assert!(matches!(
+            t.read_new(10),
+            Err(DatastoreError::Corrupt { .. })
+        ));
+        // The good line before it is still returned by a reader that stops in time.
+        let mut t = Tail::new(&p, 0);
+        assert_eq!(t.read_new(1).unwrap(), vec![user(1)]);
     }
 }
