@@ -108,7 +108,9 @@ Routing tables:
 
 Press Ctrl-C to stop everything.
 TXT
-  while true; do sleep 3600; done
+  # `wait` (unlike a foreground sleep) returns as soon as a signal arrives, so the trap
+  # stops everything at once.
+  while true; do sleep 3600 & wait $!; done
 fi
 
 # ---- test mode -------------------------------------------------------------------------
