@@ -231,3 +231,25 @@ pub fn node_endpoint(
 pub fn node_idle_timeout(heartbeat: Duration) -> Duration {
     (heartbeat * 3).clamp(Duration::from_millis(600), Duration::from_secs(30))
 }
+
+/// Everything a node does before it serves: issue itself a leaf from the cluster CA in
+/// `--cert-dir`, and bind its endpoint on `--bind` and `port`. Returns the endpoint and
+/// the address it is bound to.
+pub fn node_listener(
+    common: &crate::common::CommonOpts,
+    node: &crate::common::NodeOpts,
+    port: u16,
+    auth: tsn_certs::ClientAuth,
+) -> anyhow::Result<(quinn::Endpoint, SocketAddr)> {
+    use anyhow::Context;
+    let identity = tsn_certs::node_identity(&common.cert_dir, &[])
+        .with_context(|| format!("loading certificates from {}", common.cert_dir.display()))?;
+    let endpoint = node_endpoint(
+        &identity,
+        auth,
+        SocketAddr::new(node.bind, port),
+        node_idle_timeout(node.heartbeat()),
+    )?;
+    let local = endpoint.local_addr()?;
+    Ok((endpoint, local))
+}

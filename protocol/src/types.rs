@@ -61,3 +61,29 @@ pub enum Change {
     /// A post, keyed by its id.
     Post(Post),
 }
+
+/// The merge rule for follow relations: whether a change of a pair at `ts_us` (following
+/// when `active`) replaces the pair's current state `existing` (timestamp, following).
+/// The later timestamp wins; at equal timestamps an unfollow wins, so every replica ends
+/// in the same state whatever order it sees the changes in.
+pub fn follow_supersedes(existing: Option<(i64, bool)>, ts_us: i64, active: bool) -> bool {
+    match existing {
+        None => true,
+        Some((ts, was)) => ts_us > ts || (ts_us == ts && was && !active),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_wins_and_unfollow_breaks_ties() {
+        assert!(follow_supersedes(None, 1, true));
+        assert!(follow_supersedes(Some((1, true)), 2, false));
+        assert!(!follow_supersedes(Some((2, false)), 1, true));
+        assert!(follow_supersedes(Some((2, true)), 2, false));
+        assert!(!follow_supersedes(Some((2, false)), 2, true));
+        assert!(!follow_supersedes(Some((2, true)), 2, true));
+    }
+}

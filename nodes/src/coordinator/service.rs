@@ -1,6 +1,5 @@
 //! The coordinator's QUIC service.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -74,21 +73,13 @@ pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
             .with_context(|| format!("clearing datastore {}", opts.node.datastore.display()))?;
         tracing::info!(path = %opts.node.datastore.display(), "datastore cleared");
     }
-    let identity = tsn_certs::node_identity(&opts.common.cert_dir, &[]).with_context(|| {
-        format!(
-            "loading certificates from {}",
-            opts.common.cert_dir.display()
-        )
-    })?;
-    let bind = SocketAddr::new(opts.node.bind, opts.port);
-    let hb = opts.node.heartbeat();
-    let endpoint = crate::net::node_endpoint(
-        &identity,
+    let (endpoint, local) = crate::net::node_listener(
+        &opts.common,
+        &opts.node,
+        opts.port,
         tsn_certs::ClientAuth::Optional,
-        bind,
-        crate::net::node_idle_timeout(hb),
     )?;
-    let local = endpoint.local_addr()?;
+    let hb = opts.node.heartbeat();
     tracing::info!(%local, clusters = opts.clusters, heartbeat_ms = opts.node.heartbeat_ms, "coordinator listening");
     opts.node.announce(local)?;
 

@@ -20,7 +20,6 @@ pub mod timeline;
 pub mod watch;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -208,20 +207,13 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     tracing::info!(records = records.len(), "journal loaded");
     drop(records);
 
-    let identity = tsn_certs::node_identity(&opts.common.cert_dir, &[]).with_context(|| {
-        format!(
-            "loading certificates from {}",
-            opts.common.cert_dir.display()
-        )
-    })?;
-    let hb = opts.node.heartbeat();
-    let endpoint = crate::net::node_endpoint(
-        &identity,
+    let (endpoint, local) = crate::net::node_listener(
+        &opts.common,
+        &opts.node,
+        opts.port,
         tsn_certs::ClientAuth::Optional,
-        SocketAddr::new(opts.node.bind, opts.port),
-        crate::net::node_idle_timeout(hb),
     )?;
-    let local = endpoint.local_addr()?;
+    let hb = opts.node.heartbeat();
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
 

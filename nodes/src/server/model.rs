@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use tsn_datastore::Record;
+use tsn_protocol::types::follow_supersedes;
 use tsn_protocol::{Change, Post, PostId, UserId, TIMELINE_BACKLOG};
 
 /// Latest state of one follow relation: (timestamp, following?).
@@ -28,14 +29,6 @@ pub struct Model {
     recent: HashMap<UserId, VecDeque<Post>>,
 }
 
-fn edge_is_newer(existing: Option<&Edge>, ts_us: i64, active: bool) -> bool {
-    match existing {
-        None => true,
-        // Equal timestamps: an unfollow wins, so the outcome does not depend on order.
-        Some(&(ts, was)) => ts_us > ts || (ts_us == ts && was && !active),
-    }
-}
-
 impl Model {
     /// Whether applying `change` (made by this cluster's servers) would change anything.
     pub fn is_new(&self, change: &Change) -> bool {
@@ -46,8 +39,11 @@ impl Model {
                 followee,
                 ts_us,
                 active,
-            } => edge_is_newer(
-                self.following.get(follower).and_then(|m| m.get(followee)),
+            } => follow_supersedes(
+                self.following
+                    .get(follower)
+                    .and_then(|m| m.get(followee))
+                    .copied(),
                 *ts_us,
                 *active,
             ),
@@ -101,7 +97,7 @@ impl Model {
                 active,
             }) => {
                 let edges = self.followers.entry(*followee).or_default();
-                if edge_is_newer(edges.get(follower), *ts_us, *active) {
+                if follow_supersedes(edges.get(follower).copied(), *ts_us, *active) {
                     edges.insert(*follower, (*ts_us, *active));
                 }
                 None

@@ -13,19 +13,12 @@
 use std::collections::{HashMap, HashSet};
 
 use tsn_datastore::{AppendLog, DatastoreError, Record, RoleDir, Tail};
-use tsn_protocol::types::cluster_of;
+use tsn_protocol::types::{cluster_of, follow_supersedes};
 use tsn_protocol::{Change, ClusterId, PostId, UserId};
 
 use crate::views::{Side, Views};
 
 type Edge = (i64, bool);
-
-fn newer(existing: Option<&Edge>, ts_us: i64, active: bool) -> bool {
-    match existing {
-        None => true,
-        Some(&(ts, was)) => ts_us > ts || (ts_us == ts && was && !active),
-    }
-}
 
 /// This cluster's follow relations, as its servers journaled them.
 #[derive(Debug)]
@@ -52,7 +45,7 @@ impl FollowIndex {
                     }) = r
                     {
                         let m = self.by_followee.entry(followee).or_default();
-                        if newer(m.get(&follower), ts_us, active) {
+                        if follow_supersedes(m.get(&follower).copied(), ts_us, active) {
                             m.insert(follower, (ts_us, active));
                         }
                     }
@@ -146,7 +139,7 @@ impl Inbox {
                 active,
             }) => {
                 let key = (*followee, *follower);
-                if newer(self.followers.get(&key), *ts_us, *active) {
+                if follow_supersedes(self.followers.get(&key).copied(), *ts_us, *active) {
                     self.followers.insert(key, (*ts_us, *active));
                     true
                 } else {

@@ -13,7 +13,6 @@ pub mod inbox;
 pub mod sender;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,20 +97,13 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     let cursors = Cursors::load(&dir.cursors())
         .with_context(|| format!("loading {}", dir.cursors().display()))?;
 
-    let identity = tsn_certs::node_identity(&opts.common.cert_dir, &[]).with_context(|| {
-        format!(
-            "loading certificates from {}",
-            opts.common.cert_dir.display()
-        )
-    })?;
-    let hb = opts.node.heartbeat();
-    let endpoint = crate::net::node_endpoint(
-        &identity,
+    let (endpoint, local) = crate::net::node_listener(
+        &opts.common,
+        &opts.node,
+        opts.port,
         tsn_certs::ClientAuth::Required,
-        SocketAddr::new(opts.node.bind, opts.port),
-        crate::net::node_idle_timeout(hb),
     )?;
-    let local = endpoint.local_addr()?;
+    let hb = opts.node.heartbeat();
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
 
