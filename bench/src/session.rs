@@ -86,7 +86,14 @@ impl Timeline {
     /// Opens `user`'s timeline on `conn` (the user must have logged in).
     pub async fn open(conn: &quinn::Connection, user: UserId) -> Result<Timeline> {
         let (mut send, mut recv) = conn.open_bi().await?;
-        tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user }).await?;
+        tsn_protocol::write_msg(
+            &mut send,
+            &ClientRequest::Timeline {
+                user,
+                since_us: None,
+            },
+        )
+        .await?;
         match tsn_protocol::read_msg::<ClientReply, _>(&mut recv).await? {
             Some(ClientReply::Ok) => {}
             other => bail!("timeline refused: {other:?}"),

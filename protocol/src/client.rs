@@ -41,6 +41,12 @@ pub enum ClientRequest {
     Timeline {
         /// The user whose timeline to show.
         user: UserId,
+        /// `None` on first entry: show the last [`crate::TIMELINE_BACKLOG`] entries. When
+        /// a client reopens its timeline after a reconnect, the time of the newest entry
+        /// it has shown: the server then sends every entry after it (up to
+        /// [`crate::TIMELINE_RESUME_MAX`]), so nothing delivered while the client was away
+        /// is skipped.
+        since_us: Option<i64>,
     },
 }
 

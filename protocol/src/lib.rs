@@ -48,3 +48,6 @@ pub const MAX_BATCH_CHANGES: usize = 1024;
 
 /// Number of past posts a timeline shows when it is opened.
 pub const TIMELINE_BACKLOG: usize = 20;
+
+/// Most entries a server sends to a client resuming its timeline after a reconnect.
+pub const TIMELINE_RESUME_MAX: usize = 1000;

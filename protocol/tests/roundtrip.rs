@@ -62,7 +62,8 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         (any::<u32>(), any::<u32>())
             .prop_map(|(user, target)| ClientRequest::Unfollow { user, target }),
         any::<u32>().prop_map(|user| ClientRequest::List { user }),
-        any::<u32>().prop_map(|user| ClientRequest::Timeline { user }),
+        (any::<u32>(), proptest::option::of(any::<i64>()))
+            .prop_map(|(user, since_us)| ClientRequest::Timeline { user, since_us }),
     ]
 }
 

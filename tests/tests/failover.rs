@@ -36,7 +36,9 @@ fn primary_kill9_during_timeline_posting() -> anyhow::Result<()> {
     );
     std::thread::sleep(Duration::from_millis(300));
 
-    const N: usize = 40;
+    // 45 posts after the kill: more than the 20-entry backlog, so a follower that
+    // reconnects late must resume from where it was to see them all.
+    const N: usize = 60;
     for k in 0..N {
         author.send(&format!("failover post {k}"))?;
         std::thread::sleep(Duration::from_millis(50));

@@ -72,7 +72,14 @@ fn write_seed_corpus() {
                 ClientRequest::Follow { user: 1, target: 2 },
                 ClientRequest::Unfollow { user: 1, target: 2 },
                 ClientRequest::List { user: 1 },
-                ClientRequest::Timeline { user: 1 },
+                ClientRequest::Timeline {
+                    user: 1,
+                    since_us: None,
+                },
+                ClientRequest::Timeline {
+                    user: 1,
+                    since_us: Some(1_700_000_000_000_000),
+                },
             ]
             .iter()
             .map(|m| encode(m).unwrap())

@@ -42,6 +42,8 @@ enum Outcome {
 pub async fn run(link: &mut Link, lines: &mut Lines) -> i32 {
     let mut unacked: VecDeque<Pending> = VecDeque::new();
     let mut seen: HashSet<PostId> = HashSet::new();
+    // Time of the newest entry received: a reopened timeline resumes from it.
+    let mut newest: Option<i64> = None;
     let mut entered = false;
     let mut eof_at: Option<Instant> = None;
     loop {
@@ -50,6 +52,7 @@ pub async fn run(link: &mut Link, lines: &mut Lines) -> i32 {
             lines,
             &mut unacked,
             &mut seen,
+            &mut newest,
             &mut entered,
             &mut eof_at,
         )
@@ -83,6 +86,7 @@ async fn session(
     lines: &mut Lines,
     unacked: &mut VecDeque<Pending>,
     seen: &mut HashSet<PostId>,
+    newest: &mut Option<i64>,
     entered: &mut bool,
     eof_at: &mut Option<Instant>,
 ) -> Result<Outcome, Fatal> {
@@ -91,9 +95,15 @@ async fn session(
         return Ok(Outcome::Reconnect);
     };
     let opened = async {
-        tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user })
-            .await
-            .ok()?;
+        tsn_protocol::write_msg(
+            &mut send,
+            &ClientRequest::Timeline {
+                user,
+                since_us: *newest,
+            },
+        )
+        .await
+        .ok()?;
         tsn_protocol::read_msg::<ClientReply, _>(&mut recv)
             .await
             .ok()?
@@ -164,6 +174,7 @@ async fn session(
             },
             msg = down_rx.recv() => match msg {
                 Some(TimelineDown::Entry(p)) => {
+                    *newest = Some(newest.map_or(p.ts_us, |n| n.max(p.ts_us)));
                     if seen.insert(p.id) {
                         say(&words::entry_line(&p));
                     }

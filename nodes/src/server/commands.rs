@@ -25,8 +25,8 @@ pub async fn serve_stream(
             return;
         }
     };
-    if let ClientRequest::Timeline { user } = req {
-        super::timeline::run(shared, store, user, send, recv).await;
+    if let ClientRequest::Timeline { user, since_us } = req {
+        super::timeline::run(shared, store, user, since_us, send, recv).await;
         return;
     }
     let reply = handle(&shared, &store, req).await;
@@ -57,7 +57,7 @@ async fn handle(shared: &Shared, store: &Store, req: ClientRequest) -> ClientRep
         | ClientRequest::Follow { user, .. }
         | ClientRequest::Unfollow { user, .. }
         | ClientRequest::List { user }
-        | ClientRequest::Timeline { user } => *user,
+        | ClientRequest::Timeline { user, .. } => *user,
     };
     if let Err(e) = check_user(shared, user) {
         return failed(e);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tsn_protocol::client::{ClientReply, CommandError, TimelineDown, TimelineUp};
-use tsn_protocol::{Change, Post, PostId, UserId, MAX_POST_BYTES};
+use tsn_protocol::{Change, Post, PostId, UserId, MAX_POST_BYTES, TIMELINE_RESUME_MAX};
 
 use super::store::Store;
 use super::Shared;
@@ -19,6 +19,7 @@ pub async fn run(
     shared: Arc<Shared>,
     store: Store,
     user: UserId,
+    since_us: Option<i64>,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
@@ -46,11 +47,14 @@ pub async fn run(
     }
     // Subscribe before reading the backlog so that nothing falls between the two.
     let (sub_id, mut inbox) = shared.subscribe(user);
-    let backlog = shared
-        .model
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .backlog(user);
+    let backlog = match since_us {
+        None => shared
+            .model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .backlog(user),
+        Some(since) => resume(&shared, user, since),
+    };
     let result = session(&shared, &store, user, &mut send, recv, backlog, &mut inbox).await;
     shared.unsubscribe(user, sub_id);
     match result {
@@ -166,4 +170,32 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Every entry of `user`'s timeline from `since` on (at most [`TIMELINE_RESUME_MAX`], the
+/// newest), for a client reopening its timeline after a reconnect. Entries older than the
+/// in-memory backlog are read from the timeline files of both role directories; equal
+/// timestamps are included, the client drops what it has already shown.
+fn resume(shared: &Shared, user: UserId, since: i64) -> Vec<Post> {
+    let mut posts: Vec<Post> = shared
+        .model
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .backlog(user);
+    let on_disk = [shared.dir.timeline(user), shared.sync_dir.timeline(user)];
+    for path in on_disk {
+        match tsn_datastore::read_records(&path) {
+            Ok(records) => posts.extend(records.into_iter().filter_map(|r| match r {
+                tsn_datastore::Record::Change(Change::Post(p)) => Some(p),
+                tsn_datastore::Record::Deliver { post, .. } => Some(post),
+                tsn_datastore::Record::Change(_) => None,
+            })),
+            Err(e) => tracing::warn!(user, "reading {} to resume a timeline: {e}", path.display()),
+        }
+    }
+    posts.retain(|p| p.ts_us >= since);
+    posts.sort_by_key(|p| (p.ts_us, p.id));
+    posts.dedup_by_key(|p| p.id);
+    let skip = posts.len().saturating_sub(TIMELINE_RESUME_MAX);
+    posts.split_off(skip)
 }
