@@ -742,3 +742,21 @@ impl System {
         self.kill_coordinator();
     }
 }
+
+/// One request and one reply on a fresh stream of `conn`, within 5 s.
+pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
+    conn: &quinn::Connection,
+    req: &Req,
+) -> Result<Rep> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        tsn_protocol::write_msg(&mut send, req).await?;
+        send.finish()?;
+        tsn_protocol::read_msg::<Rep, _>(&mut recv)
+            .await?
+            .ok_or_else(|| anyhow!("no reply"))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| anyhow!("no reply within 5 s"))?
+}

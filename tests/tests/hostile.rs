@@ -114,29 +114,21 @@ fn rss_mib(pid: u32) -> f64 {
 
 async fn still_serves_clients(ep: &quinn::Endpoint, sys: &System) {
     let conn = dial(ep, &sys.coord).await.unwrap();
-    let reply: CoordReply = call(&conn, &CoordRequest::AssignClient { client: 3 }).await;
+    let reply: CoordReply = call(&conn, &CoordRequest::AssignClient { client: 3 })
+        .await
+        .unwrap();
     let CoordReply::Assigned { addr, .. } = reply else {
         panic!("coordinator: {reply:?}")
     };
     let server = dial(ep, &addr).await.unwrap();
-    let reply: ClientReply = call(&server, &ClientRequest::Login { user: 3 }).await;
-    assert_eq!(reply, ClientReply::Ok);
-    let reply: ClientReply = call(&server, &ClientRequest::List { user: 3 }).await;
-    assert!(matches!(reply, ClientReply::List { .. }), "{reply:?}");
-}
-
-async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
-    conn: &quinn::Connection,
-    req: &Req,
-) -> Rep {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    tsn_protocol::write_msg(&mut send, req).await.unwrap();
-    send.finish().unwrap();
-    timeout(T, tsn_protocol::read_msg(&mut recv))
+    let reply: ClientReply = call(&server, &ClientRequest::Login { user: 3 })
         .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
+        .unwrap();
+    assert_eq!(reply, ClientReply::Ok);
+    let reply: ClientReply = call(&server, &ClientRequest::List { user: 3 })
+        .await
+        .unwrap();
+    assert!(matches!(reply, ClientReply::List { .. }), "{reply:?}");
 }
 
 #[test]
@@ -209,7 +201,7 @@ fn every_role_survives_bad_input_and_keeps_serving() {
             active: true,
             epoch: 99,
         });
-        let reply: CoordReply = call(&c, &hb).await;
+        let reply: CoordReply = call(&c, &hb).await.unwrap();
         assert_eq!(
             reply,
             CoordReply::Failed(CoordError::NotANode),

@@ -11,22 +11,6 @@ use tsn_protocol::client::{ClientReply, ClientRequest, TimelineDown};
 use tsn_protocol::coord::{CoordReply, CoordRequest};
 use tsn_tests::*;
 
-const T: Duration = Duration::from_secs(5);
-
-async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
-    conn: &quinn::Connection,
-    req: &Req,
-) -> Rep {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    tsn_protocol::write_msg(&mut send, req).await.unwrap();
-    send.finish().unwrap();
-    timeout(T, tsn_protocol::read_msg(&mut recv))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-}
-
 /// Opens user 1's timeline and counts the entries that arrive within a second.
 async fn entries(ep: &quinn::Endpoint, coord: &str, since_us: Option<i64>) -> Vec<String> {
     let c: SocketAddr = coord.parse().unwrap();
@@ -35,8 +19,9 @@ async fn entries(ep: &quinn::Endpoint, coord: &str, since_us: Option<i64>) -> Ve
         .unwrap()
         .await
         .unwrap();
-    let CoordReply::Assigned { addr, .. } =
-        call(&conn, &CoordRequest::AssignClient { client: 1 }).await
+    let CoordReply::Assigned { addr, .. } = call(&conn, &CoordRequest::AssignClient { client: 1 })
+        .await
+        .unwrap()
     else {
         panic!()
     };
@@ -46,7 +31,9 @@ async fn entries(ep: &quinn::Endpoint, coord: &str, since_us: Option<i64>) -> Ve
         .await
         .unwrap();
     assert_eq!(
-        call::<_, ClientReply>(&server, &ClientRequest::Login { user: 1 }).await,
+        call::<_, ClientReply>(&server, &ClientRequest::Login { user: 1 })
+            .await
+            .unwrap(),
         ClientReply::Ok
     );
     let (mut send, mut recv) = server.open_bi().await.unwrap();
