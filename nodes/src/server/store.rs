@@ -157,8 +157,9 @@ impl Writer {
         };
         let (mirrored, local): (Vec<WriteReq>, Vec<WriteReq>) =
             batch.into_iter().partition(|r| r.mirror);
+        // The same lines go to the journal now and to the view files after the flush.
+        let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
         if !fresh.is_empty() {
-            let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
             if let Err(e) = self.journal.append(&records) {
                 self.refuse(mirrored.into_iter().chain(local), &e);
                 return;
@@ -191,7 +192,6 @@ impl Writer {
                 fresh.iter().filter_map(|c| model.apply_own(c)).collect()
             };
             self.shared.publish(entries);
-            let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
             if let Err(e) = self.views.append(&records) {
                 tracing::warn!(
                     "view file append failed (rebuilt from the journal at next start): {e}"
