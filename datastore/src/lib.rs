@@ -49,6 +49,6 @@ pub use atomic::{write_atomic, Durability};
 pub use cursors::Cursors;
 pub use error::DatastoreError;
 pub use layout::{Datastore, RoleDir};
-pub use log::{read_records, AppendLog};
+pub use log::{read_records, AppendLog, Flusher};
 pub use record::{Record, RecordError};
 pub use tail::Tail;

@@ -152,12 +152,20 @@ impl AppendLog {
     /// Appends the records with one write. If the write fails part-way, the file is cut
     /// back to where it was, so a later append never lands after half a line.
     pub fn append(&mut self, records: &[Record]) -> Result<(), DatastoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
+        self.append_all(records)
+    }
+
+    /// [`AppendLog::append`] for records that are not in one slice.
+    pub fn append_all<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<(), DatastoreError> {
         let mut buf = String::new();
         for r in records {
             buf.push_str(&r.encode_line());
+        }
+        if buf.is_empty() {
+            return Ok(());
         }
         if let Err(e) = self.file.write_all(buf.as_bytes()) {
             let _ = self.file.set_len(self.len);
@@ -172,6 +180,15 @@ impl AppendLog {
         self.file.sync_data().map_err(io(&self.path))
     }
 
+    /// A second handle on the file that only flushes it, for a thread that makes
+    /// appends durable while this handle goes on appending.
+    pub fn flusher(&self) -> Result<Flusher, DatastoreError> {
+        Ok(Flusher {
+            file: self.file.try_clone().map_err(io(&self.path))?,
+            path: self.path.clone(),
+        })
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> u64 {
         self.len
@@ -180,6 +197,25 @@ impl AppendLog {
     /// Whether the file is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Flushes an [`AppendLog`]'s file from another thread (see [`AppendLog::flusher`]).
+#[derive(Debug)]
+pub struct Flusher {
+    file: File,
+    path: PathBuf,
+}
+
+impl Flusher {
+    /// Makes everything appended through the log so far durable (fdatasync).
+    pub fn sync(&self) -> Result<(), DatastoreError> {
+        self.file.sync_data().map_err(io(&self.path))
     }
 
     /// The file.

@@ -59,10 +59,22 @@ impl Views {
 
     /// Appends each record to its view file.
     pub fn append(&mut self, records: &[Record]) -> Result<(), DatastoreError> {
+        // One write per file: records grouped by file, in order within each.
+        let mut files: Vec<(PathBuf, Vec<&Record>)> = Vec::new();
+        let mut index: HashMap<PathBuf, usize> = HashMap::new();
         for r in records {
             let Some(path) = path_of(&self.dir, self.side, r) else {
                 continue;
             };
+            match index.get(&path) {
+                Some(&i) => files[i].1.push(r),
+                None => {
+                    index.insert(path.clone(), files.len());
+                    files.push((path, vec![r]));
+                }
+            }
+        }
+        for (path, group) in files {
             if !self.open.contains_key(&path) {
                 if self.open.len() >= OPEN_VIEWS {
                     self.open.clear();
@@ -71,7 +83,7 @@ impl Views {
                 self.open.insert(path.clone(), log);
             }
             if let Some(log) = self.open.get_mut(&path) {
-                log.append(std::slice::from_ref(r))?;
+                log.append_all(group)?;
             }
         }
         Ok(())

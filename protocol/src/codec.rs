@@ -63,6 +63,17 @@ pub async fn read_msg<T: DeserializeOwned, R: AsyncRead + Unpin>(
     }
 }
 
+impl<R: AsyncRead + Unpin> frame::FrameReader<R> {
+    /// Reads and decodes the next message; `Ok(None)` on a clean close between frames.
+    /// Cancel-safe, like [`frame::FrameReader::next`].
+    pub async fn next_msg<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
+        match self.next().await? {
+            None => Ok(None),
+            Some(body) => decode(&body).map(Some),
+        }
+    }
+}
+
 /// Encodes and writes one message as a frame.
 pub async fn write_msg<T: Serialize, W: AsyncWrite + Unpin>(
     w: &mut W,

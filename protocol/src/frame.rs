@@ -92,6 +92,69 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> Resul
     Ok(())
 }
 
+/// How much [`FrameReader`] asks of the stream at a time, at most: a frame announced as
+/// large is read in steps, so its length prefix alone never reserves memory.
+const READ_STEP: usize = 64 * 1024;
+
+/// Reads frames from a stream through a buffer of its own.
+///
+/// Unlike [`read_frame`], [`FrameReader::next`] is cancel-safe: bytes that arrived before
+/// a cancelled call stay in the buffer and complete the next one, so the reader can sit in
+/// a `tokio::select!` beside other work without a task of its own.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps a stream.
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next frame. `Ok(None)` means the stream closed cleanly between frames; a
+    /// close inside a frame is [`FrameError::Truncated`]. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            let want = if self.buf.len() < HEADER_LEN {
+                HEADER_LEN
+            } else {
+                let mut header = [0u8; HEADER_LEN];
+                header.copy_from_slice(&self.buf[..HEADER_LEN]);
+                let len = u32::from_be_bytes(header) as usize;
+                check_len(len)?;
+                if self.buf.len() >= HEADER_LEN + len {
+                    let mut frame = self.buf.split_to(HEADER_LEN + len);
+                    return Ok(Some(frame.split_off(HEADER_LEN).freeze()));
+                }
+                HEADER_LEN + len
+            };
+            let missing = want - self.buf.len();
+            self.buf.reserve(missing.clamp(HEADER_LEN, READ_STEP));
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let (got, want) = if self.buf.len() < HEADER_LEN {
+                    (self.buf.len(), HEADER_LEN)
+                } else {
+                    (self.buf.len() - HEADER_LEN, want - HEADER_LEN)
+                };
+                return Err(FrameError::Truncated { got, want });
+            }
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +187,51 @@ mod tests {
         assert!(matches!(
             read_frame(&mut r).await,
             Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn frame_reader_matches_read_frame_and_survives_cancellation() {
+        let mut buf = Vec::new();
+        for body in [&b"hello"[..], b"", &[9u8; 70_000][..], b"end"] {
+            write_frame(&mut buf, body).await.unwrap();
+        }
+        // A stream that yields one byte at a time and is cancelled after every poll that
+        // is not ready: whatever arrived must not be lost.
+        let (mut tx, rx) = tokio::io::duplex(1);
+        let writer = tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut tx, &buf).await.unwrap();
+        });
+        let mut reader = FrameReader::new(rx);
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            tokio::select! {
+                biased;
+                _ = tokio::task::yield_now() => {}
+                f = reader.next() => got.push(f.unwrap().unwrap()),
+            }
+        }
+        writer.await.unwrap();
+        assert!(reader.next().await.unwrap().is_none());
+        assert_eq!(got[0], &b"hello"[..]);
+        assert!(got[1].is_empty());
+        assert_eq!(got[2].len(), 70_000);
+        assert_eq!(got[3], &b"end"[..]);
+    }
+
+    #[tokio::test]
+    async fn frame_reader_errors_like_read_frame() {
+        let mut r = FrameReader::new(&[0xff, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(r.next().await, Err(FrameError::TooLarge { .. })));
+        let mut r = FrameReader::new(&[0u8, 0][..]);
+        assert!(matches!(
+            r.next().await,
+            Err(FrameError::Truncated { got: 2, want: 4 })
+        ));
+        let mut r = FrameReader::new(&[0u8, 0, 0, 5, b'a', b'b'][..]);
+        assert!(matches!(
+            r.next().await,
+            Err(FrameError::Truncated { got: 2, want: 5 })
         ));
     }
 

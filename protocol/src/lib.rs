@@ -29,7 +29,7 @@ pub mod sync;
 pub mod types;
 
 pub use codec::{decode, encode, read_msg, write_msg, CodecError};
-pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
+pub use frame::{read_frame, write_frame, FrameError, FrameReader, MAX_FRAME_LEN};
 pub use types::{Change, ClusterId, Post, PostId, UserId};
 
 /// ALPN protocol id negotiated by every TSN connection.

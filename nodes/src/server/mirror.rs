@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tsn_datastore::Record;
 use tsn_protocol::mirror::{MirrorMsg, MirrorReply};
-use tsn_protocol::{Change, MAX_BATCH_CHANGES};
+use tsn_protocol::{Change, FrameReader, MAX_BATCH_CHANGES};
 
 use super::store::{MirrorJob, Store};
 use super::Shared;
@@ -122,7 +122,8 @@ async fn mirror_to(
     role_rx: &mut tokio::sync::watch::Receiver<super::RoleState>,
 ) -> anyhow::Result<()> {
     let conn = crate::net::connect(endpoint, addr).await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
+    let (mut send, recv) = conn.open_bi().await?;
+    let mut recv = FrameReader::new(recv);
     let hello = MirrorMsg::Hello {
         cluster: shared.cluster,
         epoch,
@@ -134,7 +135,7 @@ async fn mirror_to(
     loop {
         match step(
             "receiving the standby's state",
-            tsn_protocol::read_msg::<MirrorReply, _>(&mut recv),
+            recv.next_msg::<MirrorReply>(),
         )
         .await??
         {
@@ -171,29 +172,18 @@ async fn mirror_to(
     tracing::info!(standby = %addr, received, sent = ours.len(), "mirroring to the standby after exchanging state");
     drop(ours);
 
-    // 3. Live. Acks are read by a task (reading a frame is not cancel-safe).
-    let (ack_tx, mut ack_rx) = mpsc::channel::<u64>(1024);
-    let reader = tokio::spawn(async move {
-        while let Ok(Some(MirrorReply::Ack { seq })) =
-            tsn_protocol::read_msg::<MirrorReply, _>(&mut recv).await
-        {
-            if ack_tx.send(seq).await.is_err() {
-                break;
-            }
-        }
-    });
+    // 3. Live.
     let result = live(
         shared,
         addr,
         &mut send,
+        &mut recv,
         jobs,
         role_rx,
-        &mut ack_rx,
         &mut inflight,
         seq,
     )
     .await;
-    reader.abort();
     for (_, job, _) in inflight {
         if let Some(job) = job {
             job.finish().await;
@@ -208,9 +198,9 @@ async fn live(
     shared: &Shared,
     addr: &str,
     send: &mut quinn::SendStream,
+    recv: &mut FrameReader<quinn::RecvStream>,
     jobs: &mut mpsc::Receiver<MirrorJob>,
     role_rx: &mut tokio::sync::watch::Receiver<super::RoleState>,
-    ack_rx: &mut mpsc::Receiver<u64>,
     inflight: &mut VecDeque<(u64, Option<MirrorJob>, Instant)>,
     mut seq: u64,
 ) -> anyhow::Result<()> {
@@ -228,11 +218,16 @@ async fn live(
                 tsn_protocol::write_msg(send, &MirrorMsg::Changes { seq, changes }).await?;
                 inflight.push_back((seq, Some(job), Instant::now()));
             }
-            ack = ack_rx.recv() => {
-                let Some(acked) = ack else { bail!("standby closed the mirror stream") };
+            reply = recv.next_msg::<MirrorReply>() => {
+                let acked = match reply? {
+                    Some(MirrorReply::Ack { seq }) => seq,
+                    Some(MirrorReply::Refused(why)) => bail!("standby refused the changes: {why}"),
+                    Some(_) => bail!("standby sent state after the exchange ended"),
+                    None => bail!("standby closed the mirror stream"),
+                };
                 while inflight.front().is_some_and(|f| f.0 <= acked) {
                     if let Some((_, Some(job), _)) = inflight.pop_front() {
-                        job.finish().await;
+                        job.acked(shared.ack).await;
                     }
                 }
             }

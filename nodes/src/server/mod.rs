@@ -45,6 +45,19 @@ pub enum ServerType {
     Secondary,
 }
 
+/// `--ack`: when a client's change is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckMode {
+    /// Once the change is written to the journals of both servers (two hosts' page
+    /// caches): it survives kill -9 of any process and the loss of either host. Each
+    /// server flushes (fdatasync) right behind, off the acknowledgement's path. With no
+    /// standby, once it is flushed here.
+    Replicated,
+    /// Once the change is flushed (fdatasync) on both servers: it also survives both
+    /// hosts losing power at once. Slower: a flush is on every acknowledgement's path.
+    Durable,
+}
+
 /// `tsn_server`: serves one cluster's clients, as its primary or secondary.
 #[derive(Debug, Parser)]
 #[command(name = "tsn_server", version, about, long_about = None)]
@@ -70,6 +83,11 @@ pub struct ServerOpts {
     /// coordinator, with the bound port.
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
+
+    /// When a post or command is acknowledged: `replicated` (written on both servers,
+    /// flushed right after) or `durable` (flushed on both servers first).
+    #[arg(long, value_enum, default_value = "replicated")]
+    pub ack: AckMode,
 
     #[command(flatten)]
     pub node: NodeOpts,
@@ -104,6 +122,8 @@ pub struct Shared {
     pub model: Mutex<Model>,
     /// Active or standby, as last told by the coordinator.
     pub role: tokio_watch::Sender<RoleState>,
+    /// When acknowledgements are sent.
+    pub ack: AckMode,
     subs: Mutex<HashMap<UserId, Vec<Subscriber>>>,
     next_sub: AtomicU64,
 }
@@ -225,13 +245,14 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         sync_dir,
         model: Mutex::new(model),
         role: role_tx,
+        ack: opts.ack,
         subs: Mutex::new(HashMap::new()),
         next_sub: AtomicU64::new(0),
     });
     watch::load_and_follow(shared.clone()).context("following the sync service's journal")?;
 
     let (mirror_tx, mirror_rx) = mpsc::channel(store::WRITE_QUEUE);
-    let store = store::spawn(shared.clone(), journal, mirror_tx);
+    let store = store::spawn(shared.clone(), journal, mirror_tx).context("starting the journal writer")?;
     tokio::spawn(mirror::run_active(
         shared.clone(),
         endpoint.clone(),
@@ -252,7 +273,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
             serve_connection(conn, shared.clone(), store.clone())
         }))
     };
-    tracing::info!(%local, %advertise, cluster = opts.cluster, kind = kind.as_str(), "server listening");
+    tracing::info!(%local, %advertise, cluster = opts.cluster, kind = kind.as_str(), ack = ?opts.ack, "server listening");
     opts.node.announce(local)?;
 
     crate::common::shutdown_signal().await;

@@ -1,20 +1,24 @@
 //! The journal writer: the one task that writes this server's role directory.
 //!
 //! Writes are group-committed: every request waiting in the queue joins one append to
-//! `journal.data` and one fdatasync, so a burst of posts costs one disk flush. Only then
-//! are the changes applied to the in-memory model, pushed to open timelines and handed
-//! to the mirror, whose acknowledgement from the standby completes the requests. The
-//! per-user view files are appended after the journal without a flush: they are rebuilt
-//! from the journal after an unclean shutdown.
+//! `journal.data`. The changes are then handed to the mirror, applied to the in-memory
+//! model, pushed to open timelines and appended to the per-user view files (without a
+//! flush: they are rebuilt from the journal after an unclean shutdown). A flusher thread
+//! makes the journal durable (fdatasync) behind the writer, one flush for everything
+//! appended since the last, so the writer never waits for the disk.
+//!
+//! When a request completes depends on the [`AckMode`]: with `replicated`, once its
+//! changes are written to the journals of both servers (or flushed here, when there is
+//! no standby); with `durable`, once they are flushed on both.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use tsn_datastore::{AppendLog, Record};
+use tsn_datastore::{AppendLog, Flusher, Record};
 use tsn_protocol::{Change, PostId, UserId, MAX_BATCH_CHANGES};
 
-use super::Shared;
+use super::{AckMode, Shared};
 use crate::views::{Side, Views};
 
 /// Requests waiting for the writer. A full queue makes callers wait (backpressure).
@@ -46,20 +50,33 @@ struct WriteReq {
 /// Changes handed to the mirror, with the requests that complete when the standby acks.
 #[derive(Debug)]
 pub struct MirrorJob {
-    /// The new changes, in journal order.
+    /// The new changes, in journal order (already written to this server's journal).
     pub changes: Vec<Change>,
     /// Requests to complete.
     pub dones: Vec<Done>,
-    /// Whether the changes became durable here too: the journal is flushed while the
+    /// Completes when the changes are flushed here too: the journal is flushed while the
     /// standby receives them.
-    pub local: oneshot::Receiver<Result<(), StoreError>>,
+    pub flushed: oneshot::Receiver<Result<(), StoreError>>,
 }
 
 impl MirrorJob {
-    /// Completes the requests once the local flush is done, with its outcome.
+    /// Completes the requests once the local flush is done, with its outcome: how a job
+    /// ends when there is no standby, or when the standby has it and the mode is
+    /// [`AckMode::Durable`].
     pub async fn finish(self) {
-        let outcome = self.local.await.unwrap_or(Err(StoreError::Stopped));
+        let outcome = self.flushed.await.unwrap_or(Err(StoreError::Stopped));
         complete(self.dones, outcome);
+    }
+
+    /// Completes the requests now that the standby has the changes, waiting for the
+    /// local flush only if `mode` asks for it.
+    pub async fn acked(self, mode: AckMode) {
+        match mode {
+            AckMode::Durable => self.finish().await,
+            // Written here (the job exists only after the journal write succeeded) and
+            // written on the standby: two copies. The flush goes on behind.
+            AckMode::Replicated => complete(self.dones, Ok(())),
+        }
     }
 }
 
@@ -98,17 +115,46 @@ impl Store {
     }
 }
 
-/// Starts the writer task.
-pub fn spawn(shared: Arc<Shared>, journal: AppendLog, mirror_tx: mpsc::Sender<MirrorJob>) -> Store {
+/// Starts the writer task and its flusher thread.
+pub fn spawn(
+    shared: Arc<Shared>,
+    journal: AppendLog,
+    mirror_tx: mpsc::Sender<MirrorJob>,
+) -> anyhow::Result<Store> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    let (flush_tx, flush_rx) = std::sync::mpsc::channel();
+    let flusher = journal.flusher()?;
+    std::thread::Builder::new()
+        .name("journal-flush".into())
+        .spawn(move || flush_loop(flusher, flush_rx))?;
     let writer = Writer {
         views: Views::new(shared.dir.clone(), Side::Server),
         shared,
         journal,
         mirror_tx,
+        flush_tx,
     };
     tokio::spawn(writer.run(rx));
-    Store { tx }
+    Ok(Store { tx })
+}
+
+/// Requests to complete once everything appended before them is flushed.
+type FlushReq = Vec<Done>;
+
+/// The flusher thread: one fdatasync for every request that queued up during the last,
+/// so under load flushes follow each other back to back and each covers many batches.
+fn flush_loop(flusher: Flusher, rx: std::sync::mpsc::Receiver<FlushReq>) {
+    while let Ok(mut dones) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            dones.extend(more);
+        }
+        let outcome = flusher.sync().map_err(|e| {
+            tracing::error!(path = %flusher.path().display(), "journal flush failed: {e}");
+            StoreError::Journal(e.to_string())
+        });
+        complete(dones, outcome);
+    }
+    tracing::debug!("journal flusher stopped");
 }
 
 struct Writer {
@@ -116,6 +162,7 @@ struct Writer {
     journal: AppendLog,
     views: Views,
     mirror_tx: mpsc::Sender<MirrorJob>,
+    flush_tx: std::sync::mpsc::Sender<FlushReq>,
 }
 
 impl Writer {
@@ -155,37 +202,43 @@ impl Writer {
                 .cloned()
                 .collect()
         };
+        // The same lines go to the journal now and to the view files after the hand-off.
+        let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
+        if let Err(e) = self.journal.append(&records) {
+            tracing::error!(path = %self.journal.path().display(), "journal write failed, changes refused: {e}");
+            complete(
+                batch.into_iter().map(|r| r.done).collect(),
+                Err(StoreError::Journal(e.to_string())),
+            );
+            return;
+        }
+        // Requests whose changes are already stored (a resend) complete with the batch
+        // that stored them, which is never after this one: completions keep queue order.
         let (mirrored, local): (Vec<WriteReq>, Vec<WriteReq>) =
             batch.into_iter().partition(|r| r.mirror);
-        // The same lines go to the journal now and to the view files after the flush.
-        let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
-        if !fresh.is_empty() {
-            if let Err(e) = self.journal.append(&records) {
-                self.refuse(mirrored.into_iter().chain(local), &e);
-                return;
-            }
-        }
-        // The standby gets the batch while this server flushes its own copy; the requests
-        // complete when both are durable (see `MirrorJob::local`).
-        let (local_tx, local_rx) = oneshot::channel();
+        let mut on_flush: Vec<Done> = Vec::new();
         if !mirrored.is_empty() {
+            // The standby gets the batch while the flusher flushes this server's copy.
+            let (flushed_tx, flushed) = oneshot::channel();
+            on_flush.push(flushed_tx);
             let job = MirrorJob {
                 changes: fresh.clone(),
                 dones: mirrored.into_iter().map(|r| r.done).collect(),
-                local: local_rx,
+                flushed,
             };
             if let Err(mpsc::error::SendError(job)) = self.mirror_tx.send(job).await {
-                complete(job.dones, Ok(()));
+                on_flush.extend(job.dones);
             }
         }
-        if !fresh.is_empty() {
-            if let Err(e) = self.journal.sync() {
-                let _ = local_tx.send(Err(StoreError::Journal(e.to_string())));
-                self.refuse(local.into_iter(), &e);
-                return;
-            }
+        let local = local.into_iter().map(|r| r.done);
+        match self.shared.ack {
+            AckMode::Replicated => complete(local.collect(), Ok(())),
+            AckMode::Durable => on_flush.extend(local),
         }
-        let _ = local_tx.send(Ok(()));
+        // Always queued, even with nothing to complete: the flush must follow the write.
+        if self.flush_tx.send(on_flush).is_err() {
+            tracing::error!("journal flusher has stopped");
+        }
         if !fresh.is_empty() {
             let entries: Vec<(UserId, tsn_protocol::Post)> = {
                 let mut model = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());
@@ -197,15 +250,6 @@ impl Writer {
                     "view file append failed (rebuilt from the journal at next start): {e}"
                 );
             }
-        }
-        complete(local.into_iter().map(|r| r.done).collect(), Ok(()));
-    }
-
-    fn refuse(&self, reqs: impl Iterator<Item = WriteReq>, e: &tsn_datastore::DatastoreError) {
-        tracing::error!(path = %self.journal.path().display(), "journal write failed, changes refused: {e}");
-        let err = StoreError::Journal(e.to_string());
-        for req in reqs {
-            let _ = req.done.send(Err(err.clone()));
         }
     }
 }

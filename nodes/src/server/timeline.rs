@@ -1,13 +1,15 @@
 //! The timeline stream of one client session: posts up, entries and acks down.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tsn_protocol::client::{ClientReply, CommandError, TimelineDown, TimelineUp};
-use tsn_protocol::{Change, Post, PostId, UserId, MAX_POST_BYTES, TIMELINE_RESUME_MAX};
+use tsn_protocol::{
+    Change, FrameReader, Post, PostId, UserId, MAX_POST_BYTES, TIMELINE_RESUME_MAX,
+};
 
-use super::store::Store;
+use super::store::{Store, StoreError};
 use super::Shared;
 
 /// Posts of one session whose acknowledgement is outstanding; more make the session wait.
@@ -70,7 +72,7 @@ async fn session(
     store: &Store,
     user: UserId,
     send: &mut quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     backlog: Vec<Post>,
     inbox: &mut mpsc::Receiver<Post>,
 ) -> anyhow::Result<()> {
@@ -81,31 +83,17 @@ async fn session(
         tsn_protocol::write_msg(send, &TimelineDown::Entry(p)).await?;
     }
 
-    // Reading a frame is not cancel-safe, so a task reads and forwards whole messages.
-    let (up_tx, mut up_rx) = mpsc::channel::<TimelineUp>(IN_FLIGHT);
-    let reader = tokio::spawn(async move {
-        loop {
-            match tsn_protocol::read_msg::<TimelineUp, _>(&mut recv).await {
-                Ok(Some(m)) => {
-                    if up_tx.send(m).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-    });
-    let _guard = AbortOnDrop(reader);
-
-    let (ack_tx, mut ack_rx) = mpsc::channel::<TimelineDown>(IN_FLIGHT);
+    let mut recv = FrameReader::new(recv);
+    // Posts waiting for their acknowledgement, oldest first. The store completes requests
+    // in the order they were queued, so only the oldest needs watching.
+    let mut pending: VecDeque<(u64, oneshot::Receiver<Result<(), StoreError>>)> =
+        VecDeque::new();
     let mut role = shared.role.subscribe();
     let mut mine: HashSet<PostId> = HashSet::new();
     let mut client_done = false;
-    let mut pending = 0usize;
     loop {
         tokio::select! {
-            up = up_rx.recv(), if !client_done => match up {
+            up = recv.next_msg::<TimelineUp>(), if !client_done && pending.len() < IN_FLIGHT => match up? {
                 Some(TimelineUp::Post { nonce, text }) => {
                     let id = PostId { author: user, nonce };
                     mine.insert(id);
@@ -118,28 +106,21 @@ async fn session(
                         tsn_protocol::write_msg(send, &TimelineDown::NotActive).await?;
                         return Ok(());
                     }
-                    if shared.model.lock().unwrap_or_else(|e| e.into_inner()).has_post(&id) {
-                        tsn_protocol::write_msg(send, &TimelineDown::Ack { nonce }).await?;
-                        continue;
-                    }
+                    // A resend of a stored post goes through the store too: it is then
+                    // acknowledged only once the batch that stored it is.
                     let post = Post { id, ts_us: crate::now_us(), text };
-                    let done = store.submit(vec![Change::Post(post)], true).await;
-                    pending += 1;
-                    let ack_tx = ack_tx.clone();
-                    tokio::spawn(async move {
-                        let msg = match done.await {
-                            Ok(Ok(())) => TimelineDown::Ack { nonce },
-                            Ok(Err(e)) => TimelineDown::Refused { nonce, reason: CommandError::Storage(e.to_string()) },
-                            Err(_) => return,
-                        };
-                        let _ = ack_tx.send(msg).await;
-                    });
+                    pending.push_back((nonce, store.submit(vec![Change::Post(post)], true).await));
                 }
                 None => client_done = true,
             },
-            Some(msg) = ack_rx.recv() => {
-                pending = pending.saturating_sub(1);
-                tsn_protocol::write_msg(send, &msg).await?;
+            done = async { (&mut pending.front_mut().expect("guarded by the branch condition").1).await }, if !pending.is_empty() => {
+                let (nonce, _) = pending.pop_front().expect("guarded by the branch condition");
+                ack(send, nonce, done).await?;
+                // Acks that completed meanwhile go out together.
+                while let Some(done) = pending.front_mut().and_then(|p| p.1.try_recv().ok()) {
+                    let (nonce, _) = pending.pop_front().expect("front exists");
+                    ack(send, nonce, Ok(done)).await?;
+                }
             }
             entry = inbox.recv() => match entry {
                 Some(p) => {
@@ -157,19 +138,29 @@ async fn session(
                 }
             }
         }
-        if client_done && pending == 0 {
+        if client_done && pending.is_empty() {
             return Ok(());
         }
     }
 }
 
-/// Aborts a task when dropped, so a session never leaves its reader behind.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// Tells the client how its post ended: stored, or refused with the store's reason. A
+/// store that stopped sends nothing (the server is going away; the client resends).
+async fn ack(
+    send: &mut quinn::SendStream,
+    nonce: u64,
+    done: Result<Result<(), StoreError>, oneshot::error::RecvError>,
+) -> anyhow::Result<()> {
+    let msg = match done {
+        Ok(Ok(())) => TimelineDown::Ack { nonce },
+        Ok(Err(e)) => TimelineDown::Refused {
+            nonce,
+            reason: CommandError::Storage(e.to_string()),
+        },
+        Err(_) => return Ok(()),
+    };
+    tsn_protocol::write_msg(send, &msg).await?;
+    Ok(())
 }
 
 /// Every entry of `user`'s timeline from `since` on (at most [`TIMELINE_RESUME_MAX`], the
