@@ -39,15 +39,40 @@ fn row(section: &str, metric: impl Into<String>, value: f64, unit: &str) -> Row 
 }
 
 fn system(clusters: u32, heartbeat_ms: u64, period_ms: u64) -> Result<System> {
-    eprintln!("starting {clusters} clusters, heartbeat {heartbeat_ms} ms, -q {period_ms}");
+    system_with(clusters, heartbeat_ms, period_ms, Vec::new())
+}
+
+fn system_with(
+    clusters: u32,
+    heartbeat_ms: u64,
+    period_ms: u64,
+    server_args: Vec<String>,
+) -> Result<System> {
+    eprintln!(
+        "starting {clusters} clusters, heartbeat {heartbeat_ms} ms, -q {period_ms} {}",
+        server_args.join(" ")
+    );
     if std::env::var_os("TSN_TEST_LOG").is_none() {
-        std::env::set_var("TSN_TEST_LOG", "warn");
+        // Warnings, and the line that says mirroring has started (see `mirrored`).
+        std::env::set_var("TSN_TEST_LOG", "warn,tsn_nodes::server::mirror=info");
     }
     System::start(Config {
         clusters,
         heartbeat_ms,
         period_ms,
+        server_args,
     })
+}
+
+/// Waits until cluster 1's primary mirrors to its secondary, so that what follows
+/// measures acknowledgements with mirroring on (until then the primary serves alone).
+fn mirrored(sys: &System) -> Result<()> {
+    sys.wait_log(
+        1,
+        Role::Primary,
+        "mirroring to the standby after exchanging state",
+        Duration::from_secs(30),
+    )
 }
 
 /// Users served by cluster 1 of 3: multiples of 3.
@@ -79,14 +104,31 @@ async fn closed_loop(mut tl: Timeline, until: Instant) -> Result<Vec<Duration>> 
     Ok(lat)
 }
 
-/// Sections 2 and 3: acknowledgement latency and throughput of one cluster (mirroring on).
+/// Sections 2 and 3: acknowledgement latency and throughput of one cluster (mirroring
+/// on), with the servers' default `--ack replicated` and with `--ack durable`.
 pub fn ack_and_throughput(
     rt: &Runtime,
     s: &Settings,
     latency: bool,
     throughput: bool,
 ) -> Result<Vec<Row>> {
-    let sys = system(3, 1000, 500)?;
+    let mut rows = ack_and_throughput_in(rt, s, latency, throughput, "replicated")?;
+    rows.extend(ack_and_throughput_in(
+        rt, s, latency, throughput, "durable",
+    )?);
+    Ok(rows)
+}
+
+fn ack_and_throughput_in(
+    rt: &Runtime,
+    s: &Settings,
+    latency: bool,
+    throughput: bool,
+    ack: &str,
+) -> Result<Vec<Row>> {
+    let sys = system_with(3, 1000, 500, vec!["--ack".into(), ack.into()])?;
+    mirrored(&sys)?;
+    let targeted = ack == "replicated";
     let certs = sys.certs();
     let coord = sys.coord.clone();
     let mut rows = Vec::new();
@@ -103,9 +145,14 @@ pub fn ack_and_throughput(
                 p99.push(sum.p99_us);
             }
             let (p50, p99) = (median(&mut p50), median(&mut p99));
-            let mut r = row("2", "post ack latency, 1 client (low load) p50", p50, "us");
+            let mut r = row(
+                "2",
+                format!("post ack latency, 1 client (low load), --ack {ack}, p50"),
+                p50,
+                "us",
+            );
             r.vs_floor = Some(p50 / s.floor_rtt_us);
-            r.target = Some(format!(
+            r.target = targeted.then(|| format!(
                 "<= 3x floor: {}",
                 if p50 <= 3.0 * s.floor_rtt_us {
                     "met"
@@ -116,7 +163,7 @@ pub fn ack_and_throughput(
             rows.push(r);
             rows.push(row(
                 "2",
-                "post ack latency, 1 client (low load) p99",
+                format!("post ack latency, 1 client (low load), --ack {ack}, p99"),
                 p99,
                 "us",
             ));
@@ -155,11 +202,11 @@ pub fn ack_and_throughput(
                 let rate = median(&mut rates);
                 let mut r = row(
                     "3",
-                    format!("acknowledged posts/s, one cluster, mirroring on, {clients} clients"),
+                    format!("acknowledged posts/s, one cluster, mirroring on, --ack {ack}, {clients} clients"),
                     rate,
                     "posts/s",
                 );
-                if clients == 256 {
+                if clients == 256 && targeted {
                     r.target = Some(format!(
                         ">= 20000: {}",
                         if rate >= 20_000.0 { "met" } else { "missed" }
@@ -171,7 +218,7 @@ pub fn ack_and_throughput(
                 let sum = summarize(&mut all_lat);
                 let mut r = row(
                     "2",
-                    "post ack latency at saturation (256 clients) p50",
+                    format!("post ack latency at saturation (256 clients), --ack {ack}, p50"),
                     sum.p50_us,
                     "us",
                 );
@@ -179,7 +226,7 @@ pub fn ack_and_throughput(
                 rows.push(r);
                 rows.push(row(
                     "2",
-                    "post ack latency at saturation (256 clients) p99",
+                    format!("post ack latency at saturation (256 clients), --ack {ack}, p99"),
                     sum.p99_us,
                     "us",
                 ));

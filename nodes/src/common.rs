@@ -40,9 +40,30 @@ pub struct NodeOpts {
     /// tests that start nodes on port 0).
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
+
+    /// Threads running the node's network and storage work. 1 (the default) runs it all
+    /// on one thread: no hand-offs between threads, the lowest latency, and plenty for
+    /// one cluster (see BENCHMARKS.md); 0 means one per core.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
 }
 
 impl NodeOpts {
+    /// The async runtime the node runs on (see `--threads`).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self.threads {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            n => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                if n > 1 {
+                    b.worker_threads(n);
+                }
+                b
+            }
+        };
+        builder.enable_all().build()
+    }
+
     /// The heartbeat interval.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.max(1))

@@ -200,7 +200,9 @@ mod tests {
         // is not ready: whatever arrived must not be lost.
         let (mut tx, rx) = tokio::io::duplex(1);
         let writer = tokio::spawn(async move {
-            tokio::io::AsyncWriteExt::write_all(&mut tx, &buf).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut tx, &buf)
+                .await
+                .unwrap();
         });
         let mut reader = FrameReader::new(rx);
         let mut got = Vec::new();

@@ -157,6 +157,8 @@ pub struct Config {
     pub heartbeat_ms: u64,
     /// Sync period (ms).
     pub period_ms: u64,
+    /// Extra flags for every `tsn_server` (e.g. `--ack durable`).
+    pub server_args: Vec<String>,
 }
 
 impl Default for Config {
@@ -165,6 +167,7 @@ impl Default for Config {
             clusters: 3,
             heartbeat_ms: 200,
             period_ms: 50,
+            server_args: Vec::new(),
         }
     }
 }
@@ -307,6 +310,9 @@ impl System {
             ],
         };
         args.extend(self.common());
+        if role != Role::Sync {
+            args.extend(self.config.server_args.iter().cloned());
+        }
         args.extend(extra.iter().cloned());
         args.extend(["--ready-file".into(), ready.display().to_string()]);
         let bin = if role == Role::Sync {
@@ -319,6 +325,29 @@ impl System {
         wait_file(&ready, Duration::from_secs(20))
             .with_context(|| format!("{name} did not start; see {}", self.log(&name).display()))?;
         Ok(())
+    }
+
+    /// Waits until the log of a node has a line containing `needle` (the node must log
+    /// at a level that shows it; see `TSN_TEST_LOG`).
+    pub fn wait_log(
+        &self,
+        cluster: u32,
+        role: Role,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let log = self.log(&format!("{}-{cluster}", role.name()));
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&log).is_ok_and(|s| s.contains(needle)) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "{} has no line with {needle:?} after {timeout:?}",
+            log.display()
+        )
     }
 
     /// Process id of a running node.

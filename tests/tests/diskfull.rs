@@ -25,6 +25,7 @@ fn full_disk_gives_a_clear_error_and_corrupts_nothing() -> anyhow::Result<()> {
         clusters: 1,
         heartbeat_ms: 200,
         period_ms: 50,
+        ..Config::default()
     })?;
     let dir = sys.datastore().join("1").join("primary");
     std::fs::create_dir_all(&dir)?;

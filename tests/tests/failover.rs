@@ -9,7 +9,20 @@ use tsn_tests::*;
 
 #[test]
 fn primary_kill9_during_timeline_posting() -> anyhow::Result<()> {
-    let mut sys = System::start(Config::default())?;
+    kill9_during_posting(Config::default())
+}
+
+/// The same with acknowledgements only after a flush on both servers.
+#[test]
+fn primary_kill9_during_timeline_posting_ack_durable() -> anyhow::Result<()> {
+    kill9_during_posting(Config {
+        server_args: vec!["--ack".into(), "durable".into()],
+        ..Config::default()
+    })
+}
+
+fn kill9_during_posting(config: Config) -> anyhow::Result<()> {
+    let mut sys = System::start(config)?;
     let secondary_addr = std::fs::read_to_string(sys.dir.path().join("secondary-1.addr"))?
         .trim()
         .to_string();

@@ -137,6 +137,7 @@ fn every_role_survives_bad_input_and_keeps_serving() {
         clusters: 1,
         heartbeat_ms: 200,
         period_ms: 50,
+        ..Config::default()
     })
     .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -189,6 +189,27 @@ impl Shared {
     }
 }
 
+#[cfg(test)]
+impl Shared {
+    /// A standby primary of cluster 1 whose datastore is under `root`.
+    pub fn for_test(root: &std::path::Path, ack: AckMode) -> Shared {
+        let ds = Datastore::new(root);
+        let dir = ds.role(1, NodeKind::Primary);
+        dir.create().expect("role directory");
+        Shared {
+            cluster: 1,
+            kind: NodeKind::Primary,
+            dir,
+            sync_dir: ds.role(1, NodeKind::Sync),
+            model: Mutex::new(Model::default()),
+            role: tokio_watch::channel(RoleState::default()).0,
+            ack,
+            subs: Mutex::new(HashMap::new()),
+            next_sub: AtomicU64::new(0),
+        }
+    }
+}
+
 /// Runs a server until Ctrl-C / SIGTERM.
 pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     let kind = match opts.server_type {
@@ -252,7 +273,8 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     watch::load_and_follow(shared.clone()).context("following the sync service's journal")?;
 
     let (mirror_tx, mirror_rx) = mpsc::channel(store::WRITE_QUEUE);
-    let store = store::spawn(shared.clone(), journal, mirror_tx).context("starting the journal writer")?;
+    let store =
+        store::spawn(shared.clone(), journal, mirror_tx).context("starting the journal writer")?;
     tokio::spawn(mirror::run_active(
         shared.clone(),
         endpoint.clone(),

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use tsn_datastore::{AppendLog, Flusher, Record};
+use tsn_datastore::{AppendLog, DatastoreError, Record};
 use tsn_protocol::{Change, PostId, UserId, MAX_BATCH_CHANGES};
 
 use super::{AckMode, Shared};
@@ -121,12 +121,22 @@ pub fn spawn(
     journal: AppendLog,
     mirror_tx: mpsc::Sender<MirrorJob>,
 ) -> anyhow::Result<Store> {
+    let flusher = journal.flusher()?;
+    spawn_with(shared, journal, mirror_tx, move || flusher.sync())
+}
+
+/// [`spawn`] with the flush the flusher thread runs.
+fn spawn_with(
+    shared: Arc<Shared>,
+    journal: AppendLog,
+    mirror_tx: mpsc::Sender<MirrorJob>,
+    flush: impl FnMut() -> Result<(), DatastoreError> + Send + 'static,
+) -> anyhow::Result<Store> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let (flush_tx, flush_rx) = std::sync::mpsc::channel();
-    let flusher = journal.flusher()?;
     std::thread::Builder::new()
         .name("journal-flush".into())
-        .spawn(move || flush_loop(flusher, flush_rx))?;
+        .spawn(move || flush_loop(flush, flush_rx))?;
     let writer = Writer {
         views: Views::new(shared.dir.clone(), Side::Server),
         shared,
@@ -141,15 +151,18 @@ pub fn spawn(
 /// Requests to complete once everything appended before them is flushed.
 type FlushReq = Vec<Done>;
 
-/// The flusher thread: one fdatasync for every request that queued up during the last,
-/// so under load flushes follow each other back to back and each covers many batches.
-fn flush_loop(flusher: Flusher, rx: std::sync::mpsc::Receiver<FlushReq>) {
+/// The flusher thread: one flush for every request that queued up during the last, so
+/// under load flushes follow each other back to back and each covers many batches.
+fn flush_loop(
+    mut flush: impl FnMut() -> Result<(), DatastoreError>,
+    rx: std::sync::mpsc::Receiver<FlushReq>,
+) {
     while let Ok(mut dones) = rx.recv() {
         while let Ok(more) = rx.try_recv() {
             dones.extend(more);
         }
-        let outcome = flusher.sync().map_err(|e| {
-            tracing::error!(path = %flusher.path().display(), "journal flush failed: {e}");
+        let outcome = flush().map_err(|e| {
+            tracing::error!("journal flush failed: {e}");
             StoreError::Journal(e.to_string())
         });
         complete(dones, outcome);
@@ -258,5 +271,138 @@ impl Writer {
 pub fn complete(dones: Vec<Done>, outcome: Result<(), StoreError>) {
     for d in dones {
         let _ = d.send(outcome.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+    use tsn_protocol::{Post, PostId};
+
+    /// A writer whose flushes wait until the test lets them through.
+    fn writer(
+        ack: AckMode,
+    ) -> (
+        tempfile::TempDir,
+        Store,
+        mpsc::Receiver<MirrorJob>,
+        std::sync::mpsc::SyncSender<()>,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = Arc::new(Shared::for_test(tmp.path(), ack));
+        let (journal, _) = AppendLog::open(&shared.dir.journal()).unwrap();
+        let (mirror_tx, mirror_rx) = mpsc::channel(16);
+        let (gate_tx, gate_rx) = std::sync::mpsc::sync_channel::<()>(0);
+        let store = spawn_with(shared, journal, mirror_tx, move || {
+            gate_rx.recv().map_err(|_| DatastoreError::Io {
+                path: "gate".into(),
+                source: std::io::Error::other("gate closed"),
+            })
+        })
+        .unwrap();
+        (tmp, store, mirror_rx, gate_tx)
+    }
+
+    fn post(nonce: u64) -> Vec<Change> {
+        vec![Change::Post(Post {
+            id: PostId { author: 1, nonce },
+            ts_us: 1,
+            text: "hi".into(),
+        })]
+    }
+
+    async fn pending<T>(rx: &mut oneshot::Receiver<T>) -> bool {
+        tokio::time::timeout(Duration::from_millis(100), rx)
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn replicated_completes_once_written_durable_once_flushed() {
+        let (_tmp, store, _mirror, gate) = writer(AckMode::Replicated);
+        let mut done = store.submit(post(1), false).await;
+        assert!(
+            !pending(&mut done).await,
+            "replicated: complete once written"
+        );
+
+        let (_tmp, store, _mirror, gate2) = writer(AckMode::Durable);
+        let mut done = store.submit(post(1), false).await;
+        assert!(pending(&mut done).await, "durable: not before the flush");
+        gate2.send(()).unwrap();
+        assert!(done.await.unwrap().is_ok());
+        drop(gate);
+    }
+
+    #[tokio::test]
+    async fn a_mirrored_change_waits_for_the_flush_only_when_asked_to() {
+        for mode in [AckMode::Replicated, AckMode::Durable] {
+            let (_tmp, store, mut mirror, gate) = writer(mode);
+            let mut done = store.submit(post(7), true).await;
+            let job = mirror.recv().await.unwrap();
+            assert_eq!(
+                job.changes.len(),
+                1,
+                "the standby gets the change before any flush"
+            );
+            assert!(
+                pending(&mut done).await,
+                "{mode:?}: not before the standby has it"
+            );
+            let acked = tokio::spawn(job.acked(mode));
+            if mode == AckMode::Durable {
+                assert!(
+                    pending(&mut done).await,
+                    "durable: the standby's ack is not enough"
+                );
+                gate.send(()).unwrap();
+            }
+            let outcome = tokio::time::timeout(Duration::from_secs(5), done).await;
+            assert!(outcome.unwrap().unwrap().is_ok(), "{mode:?}");
+            acked.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn serving_alone_waits_for_the_flush_in_either_mode() {
+        for mode in [AckMode::Replicated, AckMode::Durable] {
+            let (_tmp, store, mut mirror, gate) = writer(mode);
+            let mut done = store.submit(post(9), true).await;
+            let job = mirror.recv().await.unwrap();
+            let finished = tokio::spawn(job.finish());
+            assert!(
+                pending(&mut done).await,
+                "{mode:?}: one copy must be on disk"
+            );
+            gate.send(()).unwrap();
+            assert!(done.await.unwrap().is_ok());
+            finished.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resend_completes_after_the_batch_that_stored_it() {
+        let (_tmp, store, mut mirror, gate) = writer(AckMode::Durable);
+        let mut first = store.submit(post(3), true).await;
+        let job1 = mirror.recv().await.unwrap();
+        let mut again = store.submit(post(3), true).await;
+        let job2 = mirror.recv().await.unwrap();
+        assert!(job2.changes.is_empty(), "stored once");
+        let a = tokio::spawn(job1.finish());
+        let b = tokio::spawn(job2.finish());
+        assert!(pending(&mut first).await && pending(&mut again).await);
+        // Let every flush through from now on (the feeder ends with the flusher).
+        std::thread::spawn(move || while gate.send(()).is_ok() {});
+        assert!(first.await.unwrap().is_ok());
+        assert!(tokio::time::timeout(Duration::from_secs(5), again)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_ok());
+        a.await.unwrap();
+        b.await.unwrap();
     }
 }

@@ -86,8 +86,7 @@ async fn session(
     let mut recv = FrameReader::new(recv);
     // Posts waiting for their acknowledgement, oldest first. The store completes requests
     // in the order they were queued, so only the oldest needs watching.
-    let mut pending: VecDeque<(u64, oneshot::Receiver<Result<(), StoreError>>)> =
-        VecDeque::new();
+    let mut pending: VecDeque<(u64, oneshot::Receiver<Result<(), StoreError>>)> = VecDeque::new();
     let mut role = shared.role.subscribe();
     let mut mine: HashSet<PostId> = HashSet::new();
     let mut client_done = false;
