@@ -53,34 +53,96 @@ impl Floor {
     }
 }
 
+/// The echo server of the floor: on a thread of its own with a one-thread runtime, as
+/// the TSN servers run (`--threads 1`), so that the floor is what quinn itself costs
+/// between two parties that do not share a scheduler.
+struct Echo {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start(dir: &std::path::Path) -> Result<Echo> {
+        let ca = tsn_certs::ClusterCa::load_or_create(dir)?;
+        let id = ca.issue_leaf(&[])?;
+        let config =
+            id.server_config(tsn_certs::ClientAuth::Optional, crate::session::transport())?;
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = addr_tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let server =
+                    match quinn::Endpoint::server(config, SocketAddr::from(([127, 0, 0, 1], 0))) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = addr_tx.send(Err(e.into()));
+                            return;
+                        }
+                    };
+                let _ = addr_tx.send(server.local_addr().map_err(Into::into));
+                let srv = server.clone();
+                let serve = async move {
+                    while let Some(inc) = srv.accept().await {
+                        tokio::spawn(async move {
+                            let Ok(conn) = inc.await else { return };
+                            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                                tokio::spawn(async move {
+                                    // Echo frames back until the stream ends.
+                                    while let Ok(Some(f)) =
+                                        tsn_protocol::read_frame(&mut recv).await
+                                    {
+                                        if tsn_protocol::write_frame(&mut send, &f).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                });
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stopped => {}
+                }
+                server.close(0u32.into(), b"");
+            });
+        });
+        let addr = addr_rx.recv()??;
+        Ok(Echo {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Measures the floor `runs` times and keeps the median run.
 pub async fn measure(runs: usize) -> Result<Floor> {
     let dir = tempfile_dir()?;
-    let ca = tsn_certs::ClusterCa::load_or_create(&dir)?;
-    let id = ca.issue_leaf(&[])?;
-    let server = quinn::Endpoint::server(
-        id.server_config(tsn_certs::ClientAuth::Optional, crate::session::transport())?,
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )?;
-    let addr = server.local_addr()?;
-    let srv = server.clone();
-    tokio::spawn(async move {
-        while let Some(inc) = srv.accept().await {
-            tokio::spawn(async move {
-                let Ok(conn) = inc.await else { return };
-                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    tokio::spawn(async move {
-                        // Echo frames back until the stream ends.
-                        while let Ok(Some(f)) = tsn_protocol::read_frame(&mut recv).await {
-                            if tsn_protocol::write_frame(&mut send, &f).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-            });
-        }
-    });
+    let echo = Echo::start(&dir)?;
+    let addr = echo.addr;
     let client = crate::session::endpoint(&dir)?;
     let conn = crate::session::connect(&client, &addr.to_string()).await?;
     let mut best: Vec<(Summary, f64)> = Vec::new();
@@ -116,7 +178,7 @@ pub async fn measure(runs: usize) -> Result<Floor> {
         best.push((rtt, n as f64 / t.elapsed().as_secs_f64()));
     }
     conn.close(0u32.into(), b"");
-    server.close(0u32.into(), b"");
+    drop(echo);
     let mut p50s: Vec<f64> = best.iter().map(|b| b.0.p50_us).collect();
     let mid = median(&mut p50s);
     let chosen = best

@@ -277,7 +277,7 @@ pub fn delivery(rt: &Runtime, s: &Settings) -> Result<Vec<Row>> {
                     let mut lat = Vec::new();
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
                     while lat.len() < posts {
-                        match tokio::time::timeout_at(deadline, tl.down.recv()).await {
+                        match tokio::time::timeout_at(deadline, tl.next()).await {
                             Ok(Some(TimelineDown::Entry(p))) => {
                                 if let Some(t) = sent.lock().expect("lock").get(&p.id.nonce) {
                                     lat.push(t.elapsed());
@@ -394,10 +394,17 @@ pub fn failover(rt: &Runtime, _s: &Settings) -> Result<Vec<Row>> {
                     .await
                     .unwrap_or_default();
                 if !now_addr.is_empty() && now_addr != active_addr {
-                    let (_c, mut tl2) = posting_session(&ep, &coord, user).await?;
-                    tl2.post(nonce, format!("failover {run}")).await?;
-                    tl2.ack(nonce, Duration::from_secs(5)).await?;
-                    return anyhow::Ok(t0.elapsed());
+                    // The server named may not know yet that it is active (it learns it
+                    // from its next heartbeat reply) and answer NotActive: as the client
+                    // does, ask again.
+                    match posting_session(&ep, &coord, user).await {
+                        Ok((_c, mut tl2)) => {
+                            tl2.post(nonce, format!("failover {run}")).await?;
+                            tl2.ack(nonce, Duration::from_secs(5)).await?;
+                            return anyhow::Ok(t0.elapsed());
+                        }
+                        Err(e) => eprintln!("failover run {run}: {e:#}; asking again"),
+                    }
                 }
                 tokio::time::sleep(CHECK_EVERY).await;
             }
@@ -657,7 +664,7 @@ pub fn scale(
                     waits.push(tokio::spawn(async move {
                         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
                         loop {
-                            match tokio::time::timeout_at(deadline, tl.down.recv()).await {
+                            match tokio::time::timeout_at(deadline, tl.next()).await {
                                 Ok(Some(TimelineDown::Entry(p))) if p.id.nonce == nonce => {
                                     return Ok((tl, Instant::now()))
                                 }

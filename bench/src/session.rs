@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokio::sync::mpsc;
 use tsn_protocol::client::{ClientReply, ClientRequest, TimelineDown, TimelineUp};
 use tsn_protocol::coord::{CoordReply, CoordRequest};
-use tsn_protocol::UserId;
+use tsn_protocol::{FrameReader, UserId};
 
 /// Transport settings of benchmark connections: as the client's.
 pub fn transport() -> Arc<quinn::TransportConfig> {
@@ -74,18 +73,18 @@ pub async fn ok(conn: &quinn::Connection, req: ClientRequest) -> Result<()> {
     }
 }
 
-/// An open timeline stream.
+/// An open timeline stream. Messages are read straight off the stream by whoever waits
+/// for them, as the floor's client does, so no task hand-off is timed.
 #[derive(Debug)]
 pub struct Timeline {
     send: quinn::SendStream,
-    /// Everything the server sends down, in order.
-    pub down: mpsc::Receiver<TimelineDown>,
+    recv: FrameReader<quinn::RecvStream>,
 }
 
 impl Timeline {
     /// Opens `user`'s timeline on `conn` (the user must have logged in).
     pub async fn open(conn: &quinn::Connection, user: UserId) -> Result<Timeline> {
-        let (mut send, mut recv) = conn.open_bi().await?;
+        let (mut send, recv) = conn.open_bi().await?;
         tsn_protocol::write_msg(
             &mut send,
             &ClientRequest::Timeline {
@@ -94,19 +93,18 @@ impl Timeline {
             },
         )
         .await?;
-        match tsn_protocol::read_msg::<ClientReply, _>(&mut recv).await? {
+        let mut recv = FrameReader::new(recv);
+        match recv.next_msg::<ClientReply>().await? {
             Some(ClientReply::Ok) => {}
             other => bail!("timeline refused: {other:?}"),
         }
-        let (tx, down) = mpsc::channel(4096);
-        tokio::spawn(async move {
-            while let Ok(Some(m)) = tsn_protocol::read_msg::<TimelineDown, _>(&mut recv).await {
-                if tx.send(m).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Timeline { send, down })
+        Ok(Timeline { send, recv })
+    }
+
+    /// The next message the server sends down; `None` once the stream has ended or
+    /// failed. Cancel-safe.
+    pub async fn next(&mut self) -> Option<TimelineDown> {
+        self.recv.next_msg::<TimelineDown>().await.ok().flatten()
     }
 
     /// Sends a post.
@@ -118,7 +116,7 @@ impl Timeline {
     /// Waits for the acknowledgement of `nonce`, skipping other messages.
     pub async fn ack(&mut self, nonce: u64, within: Duration) -> Result<()> {
         let wait = async {
-            while let Some(m) = self.down.recv().await {
+            while let Some(m) = self.next().await {
                 match m {
                     TimelineDown::Ack { nonce: n } if n == nonce => return Ok(()),
                     TimelineDown::Refused { nonce: n, reason } if n == nonce => {

@@ -22,9 +22,13 @@
 //! (see [`record`]).
 //!
 //! # fsync policy
-//! - `journal.data` is the truth. Its writer makes appends durable with
-//!   [`AppendLog::sync`] (fdatasync) before it acknowledges anything in them; writers
-//!   group many changes into one append and one sync.
+//! - `journal.data` is the truth. Writers group many changes into one append, and make
+//!   appends durable with [`AppendLog::sync`] or, from another thread while the log goes
+//!   on appending, with a [`Flusher`] (fdatasync). When an acknowledgement may go out
+//!   relative to that flush is the writer's policy: a sync service flushes before it
+//!   acknowledges a batch; a server flushes right behind every write and, by default,
+//!   acknowledges once the change is written on both servers of its cluster (see the
+//!   server's `--ack`).
 //! - The per-user view files and `global_clients.data` are appended after the journal,
 //!   without a flush. A writer removes `clean-shutdown` when it starts and writes it on a
 //!   clean exit; when it finds the marker missing, it rebuilds the views from the journal.

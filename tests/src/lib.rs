@@ -384,6 +384,21 @@ impl System {
             .unwrap_or(false)
     }
 
+    /// The log of a node so far.
+    pub fn read_log(&self, cluster: u32, role: Role) -> String {
+        std::fs::read_to_string(self.log(&format!("{}-{cluster}", role.name()))).unwrap_or_default()
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to a running node.
+    pub fn signal(&self, cluster: u32, role: Role, signal: &str) -> Result<()> {
+        let pid = self.pid(cluster, role).context("node not running")?;
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
     /// The coordinator's tables, as `tsn_status` prints them.
     pub fn status(&self) -> Result<String> {
         let out = Command::new(bin("tsn_status"))

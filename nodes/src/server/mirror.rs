@@ -184,6 +184,15 @@ async fn mirror_to(
         seq,
     )
     .await;
+    let waiting = inflight.iter().filter(|f| f.1.is_some()).count();
+    if waiting > 0 {
+        // Said before the waiting requests complete on the local flush alone.
+        let why = result
+            .as_ref()
+            .err()
+            .map_or("mirroring stopped".to_string(), |e| format!("{e:#}"));
+        tracing::warn!(standby = %addr, waiting, "standby lost ({why}): waiting changes complete once flushed here");
+    }
     for (_, job, _) in inflight {
         if let Some(job) = job {
             job.finish().await;

@@ -248,15 +248,20 @@ impl Writer {
             AckMode::Replicated => complete(local.collect(), Ok(())),
             AckMode::Durable => on_flush.extend(local),
         }
+        let entries: Vec<(UserId, tsn_protocol::Post)> = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            let mut model = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());
+            fresh.iter().filter_map(|c| model.apply_own(c)).collect()
+        };
+        // Let the mirror (and whoever waits for a completion) go first: on a one-thread
+        // runtime what follows would otherwise delay every acknowledgement.
+        tokio::task::yield_now().await;
         // Always queued, even with nothing to complete: the flush must follow the write.
         if self.flush_tx.send(on_flush).is_err() {
             tracing::error!("journal flusher has stopped");
         }
         if !fresh.is_empty() {
-            let entries: Vec<(UserId, tsn_protocol::Post)> = {
-                let mut model = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());
-                fresh.iter().filter_map(|c| model.apply_own(c)).collect()
-            };
             self.shared.publish(entries);
             if let Err(e) = self.views.append(&records) {
                 tracing::warn!(
