@@ -12,7 +12,7 @@ const STANDBY_LOST: &str = "standby lost";
 fn post_while_standby_is_stopped(ack: &str) -> anyhow::Result<()> {
     // Beats of 1 s: the coordinator would declare the stopped standby dead only after
     // 2.5 s, so the active server's own 1 s acknowledgement timeout is what releases it.
-    let mut sys = System::start(Config {
+    let sys = System::start(Config {
         clusters: 1,
         heartbeat_ms: 1000,
         period_ms: 50,
