@@ -86,6 +86,23 @@ fn frames(data: &[u8]) {
         assert_eq!(back, body);
         assert!(again.is_empty(), "a frame reads exactly what was written");
     }
+    // The buffered, cancel-safe reader sees exactly the frames `read_frame` sees, and
+    // ends the same way (clean close, or an error of the same kind).
+    let mut plain = data;
+    let mut buffered = tsn_protocol::FrameReader::new(data);
+    loop {
+        let a = block(tsn_protocol::read_frame(&mut plain));
+        let b = block(buffered.next());
+        match (a, b) {
+            (Ok(Some(x)), Ok(Some(y))) => assert_eq!(x, y),
+            (Ok(None), Ok(None)) => break,
+            (Err(x), Err(y)) => {
+                assert_eq!(std::mem::discriminant(&x), std::mem::discriminant(&y));
+                break;
+            }
+            (a, b) => panic!("read_frame gave {a:?}, FrameReader gave {b:?}"),
+        }
+    }
 }
 
 fn record(data: &[u8]) {
