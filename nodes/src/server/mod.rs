@@ -305,6 +305,10 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     // Let queued writes finish: the writer stops once every Store handle is gone.
     drop(store);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    // The flusher may not have flushed the last writes yet: flush before saying "clean".
+    std::fs::File::open(dir.journal())
+        .and_then(|f| f.sync_data())
+        .with_context(|| format!("flushing {}", dir.journal().display()))?;
     tsn_datastore::write_atomic(&dir.clean_marker(), b"", tsn_datastore::Durability::Sync)
         .context("writing clean-shutdown marker")?;
     Ok(())
