@@ -217,11 +217,6 @@ impl Flusher {
     pub fn sync(&self) -> Result<(), DatastoreError> {
         self.file.sync_data().map_err(io(&self.path))
     }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// Reads every complete record of a file another process writes (a missing file is

@@ -284,7 +284,7 @@ impl System {
 
     /// Starts (or restarts) one node with extra flags.
     pub fn start_node_with(&mut self, cluster: u32, role: Role, extra: &[String]) -> Result<()> {
-        let name = format!("{}-{cluster}", role.name());
+        let name = node_name(cluster, role);
         let ready = self.dir.path().join(format!("{name}.addr"));
         let _ = std::fs::remove_file(&ready);
         let mut args: Vec<String> = match role {
@@ -336,17 +336,13 @@ impl System {
         needle: &str,
         timeout: Duration,
     ) -> Result<()> {
-        let log = self.log(&format!("{}-{cluster}", role.name()));
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if std::fs::read_to_string(&log).is_ok_and(|s| s.contains(needle)) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!(
-            "{} has no line with {needle:?} after {timeout:?}",
-            log.display()
+        eventually(
+            &format!(
+                "a line with {needle:?} in the log of {}",
+                node_name(cluster, role)
+            ),
+            timeout,
+            || Ok(self.read_log(cluster, role).contains(needle)),
         )
     }
 
@@ -362,7 +358,7 @@ impl System {
 
     /// The address a node wrote to its ready file.
     pub fn addr(&self, cluster: u32, role: Role) -> Result<String> {
-        let name = format!("{}-{cluster}", role.name());
+        let name = node_name(cluster, role);
         wait_file(
             &self.dir.path().join(format!("{name}.addr")),
             Duration::from_secs(1),
@@ -386,7 +382,7 @@ impl System {
 
     /// The log of a node so far.
     pub fn read_log(&self, cluster: u32, role: Role) -> String {
-        std::fs::read_to_string(self.log(&format!("{}-{cluster}", role.name()))).unwrap_or_default()
+        std::fs::read_to_string(self.log(&node_name(cluster, role))).unwrap_or_default()
     }
 
     /// Sends a signal (`STOP`, `CONT`, ...) to a running node.
@@ -513,6 +509,11 @@ impl Drop for System {
             eprintln!("run directory kept: {}", self.dir.path().display());
         }
     }
+}
+
+/// How a node's files in the run directory are named (`<name>.log`, `<name>.addr`).
+fn node_name(cluster: u32, role: Role) -> String {
+    format!("{}-{cluster}", role.name())
 }
 
 /// Waits for a ready file and returns its trimmed contents.
