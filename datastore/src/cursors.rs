@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use tsn_protocol::sync::Cursor;
+
 use crate::atomic::{write_atomic, Durability};
 use crate::error::{io, DatastoreError};
 
@@ -56,6 +58,20 @@ impl Cursors {
     pub fn set(&mut self, key: &str, offset: u64) {
         self.map.insert(key.to_string(), offset);
     }
+
+    /// The feed cursor named `key` (its offset under `key`, its log id under `key.id`).
+    pub fn feed(&self, key: &str) -> Cursor {
+        Cursor {
+            log_id: self.get(&format!("{key}.id")),
+            offset: self.get(key),
+        }
+    }
+
+    /// Sets the feed cursor named `key`.
+    pub fn set_feed(&mut self, key: &str, cursor: Cursor) {
+        self.set(&format!("{key}.id"), cursor.log_id);
+        self.set(key, cursor.offset);
+    }
 }
 
 #[cfg(test)]
@@ -76,6 +92,15 @@ mod tests {
         assert_eq!(back, c);
         assert_eq!(back.get("to-1-from-primary"), 42);
         assert_eq!(back.get("absent"), 0);
+        let mut c = back;
+        let at = Cursor {
+            log_id: 9,
+            offset: 100,
+        };
+        c.set_feed("from-primary", at);
+        c.save(&p).unwrap();
+        assert_eq!(Cursors::load(&p).unwrap().feed("from-primary"), at);
+        assert_eq!(c.feed("absent"), Cursor::default());
         std::fs::write(&p, "garbage\n").unwrap();
         assert!(matches!(
             Cursors::load(&p),

@@ -31,27 +31,42 @@ impl Datastore {
         }
     }
 
-    /// Removes everything under the root, leaving it empty. A missing root is fine.
+    /// Removes the role directories TSN created under the root
+    /// (`<cluster>/{primary,secondary,sync}`), and a cluster directory left empty by that.
+    /// Anything else under the root is left alone. A missing root is created.
     pub fn clear(&self) -> Result<(), DatastoreError> {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return std::fs::create_dir_all(&self.root).map_err(io(&self.root))
+                return crate::private::create_dirs(&self.root)
             }
             Err(e) => return Err(io(&self.root)(e)),
         };
         for entry in entries {
-            let path = entry.map_err(io(&self.root))?.path();
-            let removed = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            removed.map_err(io(&path))?;
+            let entry = entry.map_err(io(&self.root))?;
+            let is_cluster = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<ClusterId>().is_ok_and(|c| c >= 1));
+            let path = entry.path();
+            if !is_cluster || !path.is_dir() {
+                continue;
+            }
+            for role in ROLES {
+                let r = path.join(role);
+                if r.is_dir() {
+                    std::fs::remove_dir_all(&r).map_err(io(&r))?;
+                }
+            }
+            // Only succeeds when nothing else is left in it.
+            let _ = std::fs::remove_dir(&path);
         }
         Ok(())
     }
 }
+
+/// Names of the role directories.
+const ROLES: [&str; 3] = ["primary", "secondary", "sync"];
 
 /// One role's directory.
 #[derive(Debug, Clone)]
@@ -65,10 +80,20 @@ impl RoleDir {
         &self.path
     }
 
-    /// Creates the directory and its `local_clients`.
+    /// Creates the directory and its `local_clients`, private to their owner (0700).
     pub fn create(&self) -> Result<(), DatastoreError> {
         let lc = self.path.join("local_clients");
-        std::fs::create_dir_all(&lc).map_err(io(&lc))
+        crate::private::create_dirs(&lc)
+    }
+
+    /// `outbox.data` (sync service): the cluster's changes, merged from its servers.
+    pub fn outbox(&self) -> PathBuf {
+        self.path.join("outbox.data")
+    }
+
+    /// `received.data` (server): what the sync service's feed delivered, in order.
+    pub fn received(&self) -> PathBuf {
+        self.path.join("received.data")
     }
 
     /// `global_clients.data`.
@@ -149,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn clear_empties_the_root_and_tolerates_a_missing_one() {
+    fn clear_removes_only_what_tsn_created() {
         let dir = tempfile::tempdir().unwrap();
         let ds = Datastore::new(dir.path().join("store"));
         ds.clear().unwrap();
@@ -158,9 +183,18 @@ mod tests {
         r.create().unwrap();
         assert!(r.path().join("local_clients").is_dir());
         std::fs::write(r.journal(), "user 1\n").unwrap();
+        ds.role(2, NodeKind::Sync).create().unwrap();
         std::fs::write(ds.root().join("stray"), "x").unwrap();
+        std::fs::create_dir_all(ds.root().join("notes")).unwrap();
+        std::fs::write(ds.root().join("2").join("mine.txt"), "keep").unwrap();
         ds.clear().unwrap();
-        assert!(ds.root().is_dir());
-        assert_eq!(std::fs::read_dir(ds.root()).unwrap().count(), 0);
+        let mut left: Vec<String> = std::fs::read_dir(ds.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["2", "notes", "stray"]);
+        assert!(ds.root().join("2/mine.txt").exists());
+        assert!(!ds.root().join("2/sync").exists());
     }
 }

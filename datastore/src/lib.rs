@@ -6,7 +6,10 @@
 //! <root>/<cluster>/<role>/            role = primary | secondary | sync
 //!     journal.data                    every record this role wrote, in order
 //!     global_clients.data             users (a server: created here; sync: system-wide)
-//!     cursors.data                    sync only: send cursors, "<key> <byte offset>"
+//!     journal.data.id                 the journal's log id (readers' cursors carry it)
+//!     outbox.data (+ .id)             sync only: this cluster's changes, from its servers
+//!     received.data                   server only: what the sync service's feed delivered
+//!     cursors.data                    read cursors into other processes' logs
 //!     clean-shutdown                  present after a clean exit
 //!     local_clients/<cid>/
 //!         timeline.data               server: cid's posts; sync: posts delivered to cid
@@ -14,8 +17,9 @@
 //!         followers.data              sync: who follows cid
 //! ```
 //!
-//! Each role directory is written by exactly one process; others only read it (by
-//! tailing its journal with a byte cursor, see [`Tail`]).
+//! Each role directory is written and read by exactly one process: others learn its
+//! contents over the network, through feeds that the owner serves from its logs (with a
+//! byte cursor, see [`Tail`]). Directories are created 0700 and files 0600.
 //!
 //! # Records
 //! One record a line, fields separated by one space, free text last and escaped
@@ -46,6 +50,8 @@ pub mod cursors;
 pub mod error;
 pub mod layout;
 pub mod log;
+pub mod logid;
+pub mod private;
 pub mod record;
 pub mod tail;
 
@@ -54,5 +60,6 @@ pub use cursors::Cursors;
 pub use error::DatastoreError;
 pub use layout::{Datastore, RoleDir};
 pub use log::{read_records, AppendLog, Flusher};
+pub use logid::log_id;
 pub use record::{Record, RecordError};
 pub use tail::Tail;

@@ -1,6 +1,6 @@
 //! Append-only record files, written by one process.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -64,10 +64,10 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<Scan, DatastoreError> {
 fn open_file(path: &Path) -> Result<File, DatastoreError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            crate::private::create_dirs(dir)?;
         }
     }
-    OpenOptions::new()
+    crate::private::options()
         .read(true)
         .append(true)
         .create(true)

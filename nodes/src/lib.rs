@@ -6,23 +6,31 @@
 //! - [`net`]: QUIC endpoints, dialling with timeouts, one-request-per-stream calls, the
 //!   advertised-address rule, and the transport limits (with what they cost).
 //! - [`coordinator`]: routing tables, heartbeats, failover epochs, client assignment.
+//! - [`link`]: a node's link to the coordinator (registration, heartbeats, where its
+//!   peers are), the same for servers and sync services.
+//! - [`feed`]: serving a log to a reader from its cursor, and following another node's
+//!   log: how servers and sync services pass changes to each other.
 //! - [`server`]: a cluster's primary or secondary: client commands, the timeline stream,
-//!   the journal writer, mirroring to the standby, and watching the sync service's files.
-//! - [`sync`]: the follower synchroniser: ships journal changes between clusters and
-//!   writes what it receives into its own role directory.
+//!   the journal writer, mirroring to the standby, and the sync service's feed.
+//! - [`sync`]: the follower synchroniser: reads its servers' journals and every cluster's
+//!   outbox, and writes what its cluster's servers need into its own role directory.
 //! - [`client`]: the interactive command-line client.
 //! - [`status`]: prints the coordinator's routing tables for people.
 //!
 //! Where does a post go after the client sends it? `client::timeline` sends it up the
 //! timeline stream; `server::timeline` checks it and hands it to `server::store`, which
 //! journals it (group commit), mirrors it through `server::mirror`, and acknowledges it;
-//! `sync::sender` reads the journal and ships it to every cluster; `sync::receiver`
-//! writes it into followers' timelines; each server's `server::watch` sees the sync
-//! journal grow and pushes the post down its followers' open timeline streams.
+//! the cluster's sync service reads the journal as a feed (`feed`) into its outbox
+//! (`sync::core`); every cluster's sync service reads that outbox and writes the post
+//! into the timelines of its local followers; each server reads its sync service's
+//! journal as a feed (`server::inbound`) and pushes the post down its followers' open
+//! timeline streams.
 
 pub mod client;
 pub mod common;
 pub mod coordinator;
+pub mod feed;
+pub mod link;
 pub mod net;
 pub mod server;
 pub mod status;

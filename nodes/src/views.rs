@@ -12,12 +12,17 @@ use tsn_protocol::Change;
 /// View files kept open between writes.
 const OPEN_VIEWS: usize = 1024;
 
-/// Which role writes the directory: the same record lands in a different file.
+/// Where a record comes from: the same record lands in a different file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// A server: users it created, its users' following, its users' own posts.
+    /// A server's journal: users it created, its users' following, its users' own posts.
     Server,
-    /// A sync service: users system-wide, its users' followers, posts delivered to them.
+    /// What a server received from its sync service: users system-wide, its users'
+    /// followers, posts delivered to them (into the same `timeline.data` as their own
+    /// posts: the posts a user sees).
+    Received,
+    /// A sync service's journal: users system-wide, its users' followers, posts
+    /// delivered to them.
     Sync,
 }
 
@@ -28,14 +33,13 @@ pub fn path_of(dir: &RoleDir, side: Side, record: &Record) -> Option<PathBuf> {
         (Side::Server, Record::Change(Change::Follow { follower, .. })) => {
             Some(dir.following(*follower))
         }
-        (Side::Sync, Record::Change(Change::Follow { followee, .. })) => {
+        (Side::Sync | Side::Received, Record::Change(Change::Follow { followee, .. })) => {
             Some(dir.followers(*followee))
         }
         (Side::Server, Record::Change(Change::Post(p))) => Some(dir.timeline(p.id.author)),
-        (Side::Sync, Record::Deliver { to, .. }) => Some(dir.timeline(*to)),
-        (Side::Sync, Record::Change(Change::Post(_))) | (Side::Server, Record::Deliver { .. }) => {
-            None
-        }
+        (Side::Sync | Side::Received, Record::Deliver { to, .. }) => Some(dir.timeline(*to)),
+        (Side::Sync | Side::Received, Record::Change(Change::Post(_)))
+        | (Side::Server, Record::Deliver { .. }) => None,
     }
 }
 
@@ -90,21 +94,24 @@ impl Views {
     }
 }
 
-/// Rewrites every view file of `dir` from the journal's records. Returns the number of
-/// files written.
-pub fn rebuild(dir: &RoleDir, side: Side, records: &[Record]) -> Result<usize, DatastoreError> {
-    let mut files: HashMap<PathBuf, String> = HashMap::new();
-    for r in records {
-        if let Some(path) = path_of(dir, side, r) {
-            files.entry(path).or_default().push_str(&r.encode_line());
+/// Rewrites every view file of `dir` from the logs' records (each with the side it comes
+/// from), each line once per file. Returns the number of files written.
+pub fn rebuild(dir: &RoleDir, logs: &[(Side, &[Record])]) -> Result<usize, DatastoreError> {
+    let mut files: HashMap<PathBuf, (String, std::collections::HashSet<String>)> = HashMap::new();
+    for (side, records) in logs {
+        for r in *records {
+            if let Some(path) = path_of(dir, *side, r) {
+                let (text, seen) = files.entry(path).or_default();
+                let line = r.encode_line();
+                if seen.insert(line.clone()) {
+                    text.push_str(&line);
+                }
+            }
         }
     }
-    for (path, text) in &files {
+    for (path, (text, _)) in &files {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| DatastoreError::Io {
-                path: parent.to_path_buf(),
-                source,
-            })?;
+            tsn_datastore::private::create_dirs(parent)?;
         }
         tsn_datastore::write_atomic(path, text.as_bytes(), Durability::NoSync)?;
     }

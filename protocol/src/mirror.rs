@@ -10,9 +10,13 @@
 //! 3. active: its whole state as [`MirrorMsg::Changes`] chunks, then live changes, each
 //!    chunk numbered; the standby answers every chunk with [`MirrorReply::Ack`] after it
 //!    has made it durable.
+//!
+//! A node stream to a server may instead open a feed of the server's journal
+//! ([`MirrorMsg::Subscribe`], see [`crate::sync`]): that is how the sync service reads it.
 
 use serde::{Deserialize, Serialize};
 
+use crate::sync::Subscribe;
 use crate::types::{Change, ClusterId};
 
 /// Active -> standby.
@@ -25,6 +29,9 @@ pub enum MirrorMsg {
         /// The active server's failover epoch.
         epoch: u64,
     },
+    /// Opens a feed of the server's journal instead of a mirror stream; answered with
+    /// [`crate::sync::SyncReply`] frames.
+    Subscribe(Subscribe),
     /// Changes to apply, at most [`crate::MAX_BATCH_CHANGES`].
     Changes {
         /// Sequence number, acknowledged by [`MirrorReply::Ack`].

@@ -1,37 +1,98 @@
-//! Sync service <-> sync service.
+//! Feeds between nodes: a node reads another node's log from a cursor that it keeps.
 //!
-//! Each sync service keeps one QUIC connection to every peer and sends each batch on a
-//! stream of its own: one [`SyncRequest`], one [`SyncReply`]. Batches are idempotent;
-//! a batch that was not acknowledged is sent again after a reconnect.
+//! Every change that moves between processes (apart from mirroring) travels on a feed:
+//!
+//! | reader | log it reads | opener sent to |
+//! | --- | --- | --- |
+//! | a sync service | each server's `journal.data` of its cluster ([`FeedLog::ServerJournal`]) | the server, as [`crate::mirror::MirrorMsg::Subscribe`] |
+//! | a sync service | every sync service's outbox, its own included ([`FeedLog::SyncOutbox`]) | the sync service, as [`SyncRequest::Subscribe`] |
+//! | a server | its cluster's sync service journal ([`FeedLog::SyncJournal`]) | the sync service, as [`SyncRequest::Subscribe`] |
+//!
+//! The reader opens one bidirectional stream and sends one [`Subscribe`] with the cursor
+//! it persisted. The writer answers with [`SyncReply::Records`] frames for as long as the
+//! stream lives: first everything after the cursor, then each record as soon as it is
+//! written (no polling; QUIC flow control holds the writer back when the reader is slow).
+//! Each frame says where the reader resumes; the reader makes what it received durable
+//! before it persists that position, so a crash at any point re-reads, never skips.
+//! Records are idempotent, so what is read twice is applied once.
+//!
+//! A log is identified by a random `log_id` chosen when it was created. A cursor for
+//! another id (the log was lost with its disk and begun anew) is read from the start.
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Change, ClusterId};
+use crate::types::{Change, ClusterId, Post, UserId};
 
-/// Sender -> receiver.
+/// Which log a feed reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FeedLog {
+    /// A server's journal: every change it stored (its own clients' and mirrored ones).
+    ServerJournal,
+    /// A sync service's outbox: its cluster's changes, merged from both servers' feeds.
+    /// The writer sends only what the reader's cluster needs.
+    SyncOutbox,
+    /// A sync service's journal: what it delivers to its cluster's servers (users
+    /// system-wide, followers of the cluster's users, posts delivered to them).
+    SyncJournal,
+}
+
+/// A position in a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The log's id (0: none yet, read from the start).
+    pub log_id: u64,
+    /// Byte offset just past the last record read.
+    pub offset: u64,
+}
+
+/// Opens a feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SyncRequest {
-    /// Changes made in cluster `from`, in the order they were made there.
-    Batch {
-        /// The sending cluster.
-        from: ClusterId,
-        /// The receiver's cluster as the sender believes it; refused on mismatch.
-        to: ClusterId,
-        /// Sender-side sequence number, echoed in the reply.
-        seq: u64,
-        /// At most [`crate::MAX_BATCH_CHANGES`] changes.
-        changes: Vec<Change>,
+pub struct Subscribe {
+    /// The cluster whose log is read (the writer refuses another).
+    pub cluster: ClusterId,
+    /// The reader's own cluster (for [`FeedLog::SyncOutbox`], what it is sent).
+    pub reader: ClusterId,
+    /// The log.
+    pub log: FeedLog,
+    /// Where to start.
+    pub from: Cursor,
+}
+
+/// One record of a feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    /// A change (user, follow, post).
+    Change(Change),
+    /// A post delivered to `to`'s timeline.
+    Deliver {
+        /// The recipient.
+        to: UserId,
+        /// The post.
+        post: Post,
     },
 }
 
-/// Receiver -> sender.
+/// Reader -> sync service: the first and only message of a feed stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// Read a log of this sync service.
+    Subscribe(Subscribe),
+}
+
+/// Writer -> reader, on every feed stream (to a server or to a sync service).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncReply {
-    /// The batch is durable in the receiver's datastore.
-    Applied {
-        /// The batch's sequence number.
-        seq: u64,
+    /// The next records of the log.
+    Records {
+        /// The log's id; when it differs from the reader's cursor the log was read from
+        /// its start.
+        log_id: u64,
+        /// Where the reader resumes after these records.
+        next: u64,
+        /// The records the reader wants, at most [`crate::MAX_BATCH_CHANGES`] (records
+        /// it does not need are skipped, but `next` moves past them).
+        entries: Vec<Entry>,
     },
-    /// The batch was refused and must not be retried as is.
+    /// The feed was refused (wrong cluster, wrong log); retrying as is will not help.
     Refused(String),
 }

@@ -193,6 +193,7 @@ fn mirror_msg() -> impl Strategy<Value = MirrorMsg> {
     prop_oneof![
         (any::<u32>(), any::<u64>())
             .prop_map(|(cluster, epoch)| MirrorMsg::Hello { cluster, epoch }),
+        subscribe().prop_map(MirrorMsg::Subscribe),
         (any::<u64>(), proptest::collection::vec(change(), 0..8))
             .prop_map(|(seq, changes)| MirrorMsg::Changes { seq, changes }),
     ]
@@ -207,24 +208,49 @@ fn mirror_reply() -> impl Strategy<Value = MirrorReply> {
     ]
 }
 
-fn sync_request() -> impl Strategy<Value = SyncRequest> {
+fn subscribe() -> impl Strategy<Value = Subscribe> {
     (
         any::<u32>(),
         any::<u32>(),
+        prop_oneof![
+            Just(FeedLog::ServerJournal),
+            Just(FeedLog::SyncOutbox),
+            Just(FeedLog::SyncJournal)
+        ],
         any::<u64>(),
-        proptest::collection::vec(change(), 0..8),
+        any::<u64>(),
     )
-        .prop_map(|(from, to, seq, changes)| SyncRequest::Batch {
-            from,
-            to,
-            seq,
-            changes,
+        .prop_map(|(cluster, reader, log, log_id, offset)| Subscribe {
+            cluster,
+            reader,
+            log,
+            from: Cursor { log_id, offset },
         })
+}
+
+fn entry() -> impl Strategy<Value = Entry> {
+    prop_oneof![
+        change().prop_map(Entry::Change),
+        (any::<u32>(), post()).prop_map(|(to, post)| Entry::Deliver { to, post }),
+    ]
+}
+
+fn sync_request() -> impl Strategy<Value = SyncRequest> {
+    subscribe().prop_map(SyncRequest::Subscribe)
 }
 
 fn sync_reply() -> impl Strategy<Value = SyncReply> {
     prop_oneof![
-        any::<u64>().prop_map(|seq| SyncReply::Applied { seq }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(entry(), 0..8)
+        )
+            .prop_map(|(log_id, next, entries)| SyncReply::Records {
+                log_id,
+                next,
+                entries
+            }),
         ".{0,24}".prop_map(SyncReply::Refused),
     ]
 }
@@ -271,12 +297,16 @@ proptest! {
 
     #[test]
     fn full_batch_fits_one_frame(n in 0usize..=MAX_BATCH_CHANGES) {
-        let changes = vec![Change::Post(Post {
+        let post = Post {
             id: PostId { author: u32::MAX, nonce: u64::MAX },
             ts_us: i64::MIN,
             text: "x".repeat(MAX_POST_BYTES),
-        }); n];
-        let msg = SyncRequest::Batch { from: u32::MAX, to: u32::MAX, seq: u64::MAX, changes };
+        };
+        let changes = vec![Change::Post(post.clone()); n];
+        let msg = MirrorMsg::Changes { seq: u64::MAX, changes };
+        prop_assert!(encode(&msg).unwrap().len() <= MAX_FRAME_LEN);
+        let entries = vec![Entry::Deliver { to: u32::MAX, post }; n];
+        let msg = SyncReply::Records { log_id: u64::MAX, next: u64::MAX, entries };
         prop_assert!(encode(&msg).unwrap().len() <= MAX_FRAME_LEN);
     }
 }

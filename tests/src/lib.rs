@@ -214,9 +214,25 @@ impl System {
         Ok(sys)
     }
 
-    /// Datastore root.
-    pub fn datastore(&self) -> PathBuf {
-        self.dir.path().join("datastore")
+    /// The datastore root of one node: every process has its own, as if each ran on a
+    /// host of its own.
+    pub fn datastore(&self, cluster: u32, role: Role) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("host-{}", node_name(cluster, role)))
+            .join("datastore")
+    }
+
+    /// The role directory of one node (`<its datastore>/<cluster>/<role>`).
+    pub fn role_dir(&self, cluster: u32, role: Role) -> PathBuf {
+        self.datastore(cluster, role)
+            .join(cluster.to_string())
+            .join(role.name())
+    }
+
+    /// The coordinator's datastore root.
+    pub fn coordinator_datastore(&self) -> PathBuf {
+        self.dir.path().join("host-coordinator").join("datastore")
     }
 
     /// Cert dir.
@@ -224,12 +240,12 @@ impl System {
         self.dir.path().join("certs")
     }
 
-    fn common(&self) -> Vec<String> {
+    fn common(&self, datastore: &Path) -> Vec<String> {
         vec![
             "--cert-dir".into(),
             self.certs().display().to_string(),
             "--datastore".into(),
-            self.datastore().display().to_string(),
+            datastore.display().to_string(),
             "--heartbeat-ms".into(),
             self.config.heartbeat_ms.to_string(),
             "--bind".into(),
@@ -251,7 +267,7 @@ impl System {
             "--clusters".into(),
             self.config.clusters.to_string(),
         ];
-        args.extend(self.common());
+        args.extend(self.common(&self.coordinator_datastore()));
         args.extend(["--ready-file".into(), ready.display().to_string()]);
         self.coordinator = Some(Proc::spawn(
             "tsn_coordinator",
@@ -309,7 +325,7 @@ impl System {
                 self.config.period_ms.to_string(),
             ],
         };
-        args.extend(self.common());
+        args.extend(self.common(&self.datastore(cluster, role)));
         if role != Role::Sync {
             args.extend(self.config.server_args.iter().cloned());
         }
@@ -481,13 +497,7 @@ impl System {
 
     /// Reads a record file of a role directory.
     pub fn read(&self, cluster: u32, role: Role, rel: &str) -> String {
-        std::fs::read_to_string(
-            self.datastore()
-                .join(cluster.to_string())
-                .join(role.name())
-                .join(rel),
-        )
-        .unwrap_or_default()
+        std::fs::read_to_string(self.role_dir(cluster, role).join(rel)).unwrap_or_default()
     }
 
     /// Stops everything (SIGTERM, then SIGKILL).

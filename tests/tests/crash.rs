@@ -95,11 +95,7 @@ fn kill9_each_role_in_turn_under_steady_load() -> anyhow::Result<()> {
         (1, Role::Sync),
         (2, Role::Sync),
     ] {
-        let path = sys
-            .datastore()
-            .join(c.to_string())
-            .join(format!("{r:?}").to_lowercase())
-            .join("journal.data");
+        let path = sys.role_dir(c, r).join("journal.data");
         tsn_datastore::read_records(&path)?;
     }
     let following = sys.read(2, Role::Primary, "local_clients/4/following.data");
@@ -112,11 +108,7 @@ fn kill9_each_role_in_turn_under_steady_load() -> anyhow::Result<()> {
         Role::Primary
     };
     sys.kill(1, standby);
-    let journal = sys
-        .datastore()
-        .join("1")
-        .join(format!("{standby:?}").to_lowercase())
-        .join("journal.data");
+    let journal = sys.role_dir(1, standby).join("journal.data");
     std::fs::OpenOptions::new()
         .append(true)
         .open(&journal)?

@@ -27,7 +27,7 @@ fn full_disk_gives_a_clear_error_and_corrupts_nothing() -> anyhow::Result<()> {
         period_ms: 50,
         ..Config::default()
     })?;
-    let dir = sys.datastore().join("1").join("primary");
+    let dir = sys.role_dir(1, Role::Primary);
     std::fs::create_dir_all(&dir)?;
     let ok = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])

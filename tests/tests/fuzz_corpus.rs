@@ -206,18 +206,26 @@ fn write_seed_corpus() {
         ),
         (
             "sync_request",
-            vec![encode(&SyncRequest::Batch {
-                from: 1,
-                to: 2,
-                seq: 3,
-                changes: changes.clone(),
-            })
+            vec![encode(&SyncRequest::Subscribe(Subscribe {
+                cluster: 1,
+                reader: 2,
+                log: FeedLog::SyncOutbox,
+                from: Cursor {
+                    log_id: 7,
+                    offset: 42,
+                },
+            }))
             .unwrap()],
         ),
         (
             "sync_reply",
             vec![
-                encode(&SyncReply::Applied { seq: 3 }).unwrap(),
+                encode(&SyncReply::Records {
+                    log_id: 7,
+                    next: 99,
+                    entries: changes.iter().cloned().map(Entry::Change).collect(),
+                })
+                .unwrap(),
                 encode(&SyncReply::Refused("x".into())).unwrap(),
             ],
         ),

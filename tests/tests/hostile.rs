@@ -251,8 +251,8 @@ fn every_role_survives_bad_input_and_keeps_serving() {
         );
     }
     // The datastore still loads: every journal parses.
-    for role in ["primary", "secondary", "sync"] {
-        let path = sys.datastore().join("1").join(role).join("journal.data");
+    for role in [Role::Primary, Role::Secondary, Role::Sync] {
+        let path = sys.role_dir(1, role).join("journal.data");
         tsn_datastore::read_records(&path).unwrap();
     }
 }

@@ -253,14 +253,17 @@ async fn live(
     }
 }
 
-/// The standby side of one mirror stream (opened by a node peer).
+/// The standby side of one mirror stream (opened by a node peer with a hello for
+/// `cluster` at `epoch`).
 pub async fn serve_standby(
     shared: Arc<Shared>,
     store: Store,
+    cluster: tsn_protocol::ClusterId,
+    epoch: u64,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    if let Err(e) = standby(&shared, &store, &mut send, &mut recv).await {
+    if let Err(e) = standby(&shared, &store, cluster, epoch, &mut send, &mut recv).await {
         tracing::warn!("mirror stream from the active server ended: {e:#}");
     }
 }
@@ -268,15 +271,11 @@ pub async fn serve_standby(
 async fn standby(
     shared: &Shared,
     store: &Store,
+    cluster: tsn_protocol::ClusterId,
+    epoch: u64,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> anyhow::Result<()> {
-    let Some(MirrorMsg::Hello { cluster, epoch }) =
-        tsn_protocol::read_msg::<MirrorMsg, _>(recv).await?
-    else {
-        let _ = send.reset(1u32.into());
-        bail!("node stream did not start with a mirror hello");
-    };
     let role = shared.role();
     let refusal = if cluster != shared.cluster {
         Some(format!(
@@ -319,7 +318,9 @@ async fn standby(
                         return Ok(());
                     }
                 }
-                Some(MirrorMsg::Hello { .. }) => bail!("second hello on a mirror stream"),
+                Some(MirrorMsg::Hello { .. } | MirrorMsg::Subscribe(_)) => {
+                    bail!("a mirror stream carries only changes after its hello")
+                }
                 None => return Ok(()),
             }
         }

@@ -1,23 +1,28 @@
 //! A cluster's server (`tsn_server`): primary or secondary.
 //!
 //! # Layout
-//! - [`model`]: the in-memory state, rebuilt from the journals on start.
-//! - [`store`]: the journal writer (group commit, views, hand-off to the mirror).
-//! - [`role`]: heartbeats; learns from the coordinator whether this server is active.
+//! - [`model`]: the in-memory state, rebuilt from this server's own logs on start.
+//! - [`store`]: the journal writer (group commit, views, hand-off to the mirror, the
+//!   journal's feed).
+//! - [`role`]: learns from the coordinator (through [`crate::link`]) whether this server
+//!   is active, and who its peers are.
 //! - [`mirror`]: the active server streams its changes to the standby; the standby
 //!   applies them. Both sides first exchange what the other lacks.
+//! - [`inbound`]: reads the sync service's journal as a feed into this server's own role
+//!   directory, and pushes deliveries to open timelines.
 //! - [`commands`]: one client command per stream.
 //! - [`timeline`]: the long-lived timeline stream of a client session.
-//! - [`watch`]: follows the sync service's journal (file-system notifications) and
-//!   pushes deliveries to open timelines.
+//!
+//! The server reads and writes only its own role directory; its sync service reads its
+//! journal as a feed (a node stream opened with [`MirrorMsg::Subscribe`]).
 
 pub mod commands;
+pub mod inbound;
 pub mod mirror;
 pub mod model;
 pub mod role;
 pub mod store;
 pub mod timeline;
-pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,8 +36,11 @@ use tsn_protocol::coord::NodeKind;
 use tsn_protocol::{ClusterId, Post, UserId};
 
 use crate::common::{CommonOpts, NodeOpts};
+use crate::feed::FeedSource;
 use model::Model;
 pub use role::RoleState;
+use tsn_protocol::mirror::MirrorMsg;
+use tsn_protocol::sync::{FeedLog, SyncReply};
 
 /// `-t`: which server of the pair this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,10 +122,10 @@ pub struct Shared {
     pub cluster: ClusterId,
     /// Primary or secondary.
     pub kind: NodeKind,
-    /// This server's role directory (written only by the store task).
+    /// This server's role directory.
     pub dir: RoleDir,
-    /// The sync service's role directory (read only).
-    pub sync_dir: RoleDir,
+    /// The journal, as a feed for the sync service.
+    pub journal_feed: FeedSource,
     /// The in-memory model.
     pub model: Mutex<Model>,
     /// Active or standby, as last told by the coordinator.
@@ -199,8 +207,8 @@ impl Shared {
         Shared {
             cluster: 1,
             kind: NodeKind::Primary,
+            journal_feed: FeedSource::new(dir.journal(), 1, 0).1,
             dir,
-            sync_dir: ds.role(1, NodeKind::Sync),
             model: Mutex::new(Model::default()),
             role: tokio_watch::channel(RoleState::default()).0,
             ack,
@@ -218,25 +226,29 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     };
     let ds = Datastore::new(&opts.node.datastore);
     let dir = ds.role(opts.cluster, kind);
-    let sync_dir = ds.role(opts.cluster, NodeKind::Sync);
     dir.create()
         .with_context(|| format!("creating {}", dir.path().display()))?;
-    sync_dir
-        .create()
-        .with_context(|| format!("creating {}", sync_dir.path().display()))?;
 
-    // Recover: the journal is the truth; views are rebuilt unless the last exit was clean.
+    // Recover: the logs are the truth; views are rebuilt unless the last exit was clean.
     let (journal, records) = AppendLog::open(&dir.journal())
         .with_context(|| format!("loading journal {}", dir.journal().display()))?;
+    let journal_id = tsn_datastore::log_id(&dir.journal())
+        .with_context(|| format!("reading the id of {}", dir.journal().display()))?;
+    let (inbound, received) = inbound::Inbound::open(&dir)
+        .with_context(|| format!("loading {}", dir.received().display()))?;
     let clean = dir.clean_marker().exists();
     if clean {
         std::fs::remove_file(dir.clean_marker()).context("removing clean-shutdown marker")?;
-    } else if !records.is_empty() {
-        // Views are derived from the journal: failing to rebuild them (a full disk, say)
+    } else if !records.is_empty() || !received.is_empty() {
+        // Views are derived from the logs: failing to rebuild them (a full disk, say)
         // is worth an error in the log, not a refusal to serve.
-        match crate::views::rebuild(&dir, crate::views::Side::Server, &records) {
-            Ok(n) => tracing::info!(files = n, "previous exit was not clean: rebuilt view files from the journal"),
-            Err(e) => tracing::error!("previous exit was not clean and rebuilding the view files failed; serving from the journal: {e}"),
+        let logs = [
+            (crate::views::Side::Server, records.as_slice()),
+            (crate::views::Side::Received, received.as_slice()),
+        ];
+        match crate::views::rebuild(&dir, &logs) {
+            Ok(n) => tracing::info!(files = n, "previous exit was not clean: rebuilt view files from the logs"),
+            Err(e) => tracing::error!("previous exit was not clean and rebuilding the view files failed; serving from the logs: {e}"),
         }
     }
     let mut model = Model::default();
@@ -245,8 +257,16 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
             model.apply_own(c);
         }
     }
-    tracing::info!(records = records.len(), "journal loaded");
+    for r in &received {
+        model.apply_sync(r);
+    }
+    tracing::info!(
+        journal = records.len(),
+        received = received.len(),
+        "state loaded"
+    );
     drop(records);
+    drop(received);
 
     let (endpoint, local) = crate::net::node_listener(
         &opts.common,
@@ -254,39 +274,54 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         opts.port,
         tsn_certs::ClientAuth::Optional,
     )?;
-    let hb = opts.node.heartbeat();
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
 
+    let (journal_len, journal_feed) = FeedSource::new(dir.journal(), journal_id, journal.len());
     let (role_tx, _) = tokio_watch::channel(RoleState::default());
     let shared = Arc::new(Shared {
         cluster: opts.cluster,
         kind,
         dir: dir.clone(),
-        sync_dir,
+        journal_feed,
         model: Mutex::new(model),
         role: role_tx,
         ack: opts.ack,
         subs: Mutex::new(HashMap::new()),
         next_sub: AtomicU64::new(0),
     });
-    watch::load_and_follow(shared.clone()).context("following the sync service's journal")?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let (members_tx, members) = tokio_watch::channel(crate::link::Membership::default());
+    tasks.spawn(crate::link::run(
+        endpoint.clone(),
+        crate::link::LinkConfig {
+            coordinator: opts.coordinator.clone(),
+            cluster: opts.cluster,
+            kind,
+            advertise: advertise.clone(),
+            interval: opts.node.heartbeat(),
+        },
+        members_tx,
+    ));
+    tasks.spawn(role::run(shared.clone(), members.clone()));
+    let inbound = Arc::new(Mutex::new(inbound));
+    let cluster = opts.cluster;
+    tasks.spawn(inbound::run(
+        shared.clone(),
+        inbound.clone(),
+        endpoint.clone(),
+        crate::link::peer_addr(&members, move |m| m.addr_of(cluster, NodeKind::Sync)),
+    ));
 
     let (mirror_tx, mirror_rx) = mpsc::channel(store::WRITE_QUEUE);
-    let store =
-        store::spawn(shared.clone(), journal, mirror_tx).context("starting the journal writer")?;
-    tokio::spawn(mirror::run_active(
+    let store = store::spawn(shared.clone(), journal, mirror_tx, journal_len)
+        .context("starting the journal writer")?;
+    tasks.spawn(mirror::run_active(
         shared.clone(),
         endpoint.clone(),
         store.clone(),
         mirror_rx,
-    ));
-    tokio::spawn(role::run(
-        shared.clone(),
-        endpoint.clone(),
-        opts.coordinator.clone(),
-        advertise.clone(),
-        hb,
     ));
     let accept = {
         let shared = shared.clone();
@@ -302,20 +337,24 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     accept.abort();
     endpoint.close(0u32.into(), b"server shutting down");
-    // Let queued writes finish: the writer stops once every Store handle is gone.
-    drop(store);
+    tasks.shutdown().await;
+    // Everything queued reaches the journal and the view files before "clean" is said.
+    store.stop().await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    // A write of the received feed may still be running on a blocking thread: wait for it.
+    let inbound = inbound.lock().unwrap_or_else(|e| e.into_inner());
     // The flusher may not have flushed the last writes yet: flush before saying "clean".
     std::fs::File::open(dir.journal())
         .and_then(|f| f.sync_data())
         .with_context(|| format!("flushing {}", dir.journal().display()))?;
     tsn_datastore::write_atomic(&dir.clean_marker(), b"", tsn_datastore::Durability::Sync)
         .context("writing clean-shutdown marker")?;
+    drop(inbound);
     Ok(())
 }
 
 /// Client connections (no certificate) speak the client protocol; node connections
-/// (certificate from the CA) speak the mirror protocol.
+/// (certificate from the CA) mirror or read the journal's feed.
 async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>, store: store::Store) {
     let is_node = tsn_certs::peer_is_node(&conn);
     loop {
@@ -327,10 +366,63 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>, store: s
         let store = store.clone();
         tokio::spawn(async move {
             if is_node {
-                mirror::serve_standby(shared, store, send, recv).await;
+                serve_node_stream(shared, store, send, recv).await;
             } else {
                 commands::serve_stream(shared, store, send, recv).await;
             }
         });
+    }
+}
+
+/// A stream from another node: a mirror stream from the active server, or the sync
+/// service reading the journal.
+async fn serve_node_stream(
+    shared: Arc<Shared>,
+    store: store::Store,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let first = match tsn_protocol::read_msg::<MirrorMsg, _>(&mut recv).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!("bad node stream: {e}");
+            let _ = send.reset(1u32.into());
+            return;
+        }
+    };
+    match first {
+        MirrorMsg::Hello { cluster, epoch } => {
+            mirror::serve_standby(shared, store, cluster, epoch, send, recv).await
+        }
+        MirrorMsg::Subscribe(sub) => {
+            let refusal = if sub.cluster != shared.cluster || sub.reader != shared.cluster {
+                Some(format!(
+                    "this server's journal is for cluster {}'s sync service",
+                    shared.cluster
+                ))
+            } else if sub.log != FeedLog::ServerJournal {
+                Some(format!("a server serves its journal, not {:?}", sub.log))
+            } else {
+                None
+            };
+            let result = match refusal {
+                Some(why) => Err(why),
+                None => {
+                    crate::feed::serve(shared.journal_feed.clone(), sub.from, |_| true, &mut send)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                }
+            };
+            if let Err(why) = result {
+                tracing::debug!("journal feed ended: {why}");
+                let _ = tsn_protocol::write_msg(&mut send, &SyncReply::Refused(why)).await;
+                let _ = send.finish();
+            }
+        }
+        MirrorMsg::Changes { .. } => {
+            let _ = send.reset(1u32.into());
+            tracing::debug!("node stream began with changes, not a hello");
+        }
     }
 }

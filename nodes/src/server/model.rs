@@ -1,5 +1,5 @@
 //! A server's in-memory view of its cluster, rebuilt on start from its own journal and
-//! the sync service's journal. Pure data: no I/O, no clock.
+//! what it received from the sync service. Pure data: no I/O, no clock.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -82,13 +82,14 @@ impl Model {
         }
     }
 
-    /// Applies a record of the sync service's journal. Returns the timeline entry it
-    /// delivers, if any.
-    pub fn apply_sync(&mut self, record: &Record) -> Option<(UserId, Post)> {
+    /// Applies a record of the sync service's journal. Returns whether it was new, and
+    /// the timeline entry it delivers, if any.
+    pub fn apply_sync(&mut self, record: &Record) -> (bool, Option<(UserId, Post)>) {
         match record {
             Record::Change(Change::User { user }) => {
+                let new = !self.is_known(*user);
                 self.global_users.insert(*user);
-                None
+                (new, None)
             }
             Record::Change(Change::Follow {
                 follower,
@@ -97,18 +98,19 @@ impl Model {
                 active,
             }) => {
                 let edges = self.followers.entry(*followee).or_default();
-                if follow_supersedes(edges.get(follower).copied(), *ts_us, *active) {
+                let new = follow_supersedes(edges.get(follower).copied(), *ts_us, *active);
+                if new {
                     edges.insert(*follower, (*ts_us, *active));
                 }
-                None
+                (new, None)
             }
-            Record::Change(Change::Post(_)) => None,
+            Record::Change(Change::Post(_)) => (false, None),
             Record::Deliver { to, post } => {
                 if !self.delivered.insert((*to, post.id)) {
-                    return None;
+                    return (false, None);
                 }
                 self.push_recent(*to, post.clone());
-                Some((*to, post.clone()))
+                (true, Some((*to, post.clone())))
             }
         }
     }
@@ -237,8 +239,8 @@ mod tests {
             to: 3,
             post: post(5, 1, 1),
         };
-        assert!(m.apply_sync(&d).is_some());
-        assert!(m.apply_sync(&d).is_none());
+        assert!(m.apply_sync(&d).1.is_some());
+        assert_eq!(m.apply_sync(&d), (false, None));
         m.apply_sync(&Record::Change(Change::Follow {
             follower: 9,
             followee: 3,

@@ -19,6 +19,7 @@ use tsn_datastore::{AppendLog, DatastoreError, Record};
 use tsn_protocol::{Change, PostId, UserId, MAX_BATCH_CHANGES};
 
 use super::{AckMode, Shared};
+use crate::feed::FeedLen;
 use crate::views::{Side, Views};
 
 /// Requests waiting for the writer. A full queue makes callers wait (backpressure).
@@ -80,10 +81,18 @@ impl MirrorJob {
     }
 }
 
+/// What the writer is asked to do.
+#[derive(Debug)]
+enum Msg {
+    Write(WriteReq),
+    /// Finish everything queued before, then stop; answered once stopped.
+    Stop(oneshot::Sender<()>),
+}
+
 /// Handle to the writer.
 #[derive(Debug, Clone)]
 pub struct Store {
-    tx: mpsc::Sender<WriteReq>,
+    tx: mpsc::Sender<Msg>,
 }
 
 impl Store {
@@ -100,10 +109,20 @@ impl Store {
             mirror,
             done,
         };
-        if let Err(mpsc::error::SendError(req)) = self.tx.send(req).await {
+        if let Err(mpsc::error::SendError(Msg::Write(req))) = self.tx.send(Msg::Write(req)).await {
             let _ = req.done.send(Err(StoreError::Stopped));
         }
         rx
+    }
+
+    /// Lets the writer finish everything queued (journal, mirror hand-off, view files),
+    /// then stops it; returns once it has stopped. Later writes fail with
+    /// [`StoreError::Stopped`].
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Queues and waits.
@@ -115,14 +134,16 @@ impl Store {
     }
 }
 
-/// Starts the writer task and its flusher thread.
+/// Starts the writer task and its flusher thread. `len` tells the journal's feed how far
+/// the journal is written.
 pub fn spawn(
     shared: Arc<Shared>,
     journal: AppendLog,
     mirror_tx: mpsc::Sender<MirrorJob>,
+    len: FeedLen,
 ) -> anyhow::Result<Store> {
     let flusher = journal.flusher()?;
-    spawn_with(shared, journal, mirror_tx, move || flusher.sync())
+    spawn_with(shared, journal, mirror_tx, len, move || flusher.sync())
 }
 
 /// [`spawn`] with the flush the flusher thread runs.
@@ -130,6 +151,7 @@ fn spawn_with(
     shared: Arc<Shared>,
     journal: AppendLog,
     mirror_tx: mpsc::Sender<MirrorJob>,
+    len: FeedLen,
     flush: impl FnMut() -> Result<(), DatastoreError> + Send + 'static,
 ) -> anyhow::Result<Store> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -141,6 +163,7 @@ fn spawn_with(
         views: Views::new(shared.dir.clone(), Side::Server),
         shared,
         journal,
+        len,
         mirror_tx,
         flush_tx,
     };
@@ -173,26 +196,58 @@ fn flush_loop(
 struct Writer {
     shared: Arc<Shared>,
     journal: AppendLog,
+    len: FeedLen,
     views: Views,
     mirror_tx: mpsc::Sender<MirrorJob>,
     flush_tx: std::sync::mpsc::Sender<FlushReq>,
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<WriteReq>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut stopped = None;
         while let Some(first) = rx.recv().await {
+            let first = match first {
+                Msg::Write(req) => req,
+                Msg::Stop(done) => {
+                    stopped = Some(done);
+                    break;
+                }
+            };
             let mut batch = vec![first];
             let mut count = batch[0].changes.len();
             while count < MAX_BATCH_CHANGES {
                 match rx.try_recv() {
-                    Ok(req) => {
+                    Ok(Msg::Write(req)) => {
                         count += req.changes.len();
                         batch.push(req);
+                    }
+                    Ok(Msg::Stop(done)) => {
+                        stopped = Some(done);
+                        break;
                     }
                     Err(_) => break,
                 }
             }
             self.commit(batch).await;
+            if stopped.is_some() {
+                break;
+            }
+        }
+        // Refuse what is still queued, and drop the flusher's channel so it stops.
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Write(req) => {
+                    let _ = req.done.send(Err(StoreError::Stopped));
+                }
+                Msg::Stop(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        drop(self);
+        if let Some(done) = stopped {
+            let _ = done.send(());
         }
         tracing::debug!("journal writer stopped");
     }
@@ -225,6 +280,7 @@ impl Writer {
             );
             return;
         }
+        self.len.set(self.journal.len());
         // Requests whose changes are already stored (a resend) complete with the batch
         // that stored them, which is never after this one: completions keep queue order.
         let (mirrored, local): (Vec<WriteReq>, Vec<WriteReq>) =
@@ -301,7 +357,8 @@ mod tests {
         let (journal, _) = AppendLog::open(&shared.dir.journal()).unwrap();
         let (mirror_tx, mirror_rx) = mpsc::channel(16);
         let (gate_tx, gate_rx) = std::sync::mpsc::sync_channel::<()>(0);
-        let store = spawn_with(shared, journal, mirror_tx, move || {
+        let (len, _) = crate::feed::FeedSource::new(shared.dir.journal(), 1, 0);
+        let store = spawn_with(shared, journal, mirror_tx, len, move || {
             gate_rx.recv().map_err(|_| DatastoreError::Io {
                 path: "gate".into(),
                 source: std::io::Error::other("gate closed"),
@@ -323,6 +380,33 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), rx)
             .await
             .is_err()
+    }
+
+    #[tokio::test]
+    async fn stop_returns_once_every_queued_write_is_in_the_view_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = Arc::new(Shared::for_test(tmp.path(), AckMode::Replicated));
+        let (journal, _) = AppendLog::open(&shared.dir.journal()).unwrap();
+        let (mirror_tx, _mirror_rx) = mpsc::channel(1024);
+        let (len, _) = crate::feed::FeedSource::new(shared.dir.journal(), 1, 0);
+        let store = spawn(shared.clone(), journal, mirror_tx, len).unwrap();
+        let mut pending = Vec::new();
+        for nonce in 0..500 {
+            pending.push(store.submit(post(nonce), false).await);
+        }
+        store.stop().await;
+        let view = tsn_datastore::read_records(&shared.dir.timeline(1)).unwrap();
+        assert_eq!(view.len(), 500, "every journaled post is in the view file");
+        assert_eq!(
+            tsn_datastore::read_records(&shared.dir.journal())
+                .unwrap()
+                .len(),
+            500
+        );
+        assert!(matches!(
+            store.write(post(9999), false).await,
+            Err(StoreError::Stopped)
+        ));
     }
 
     #[tokio::test]

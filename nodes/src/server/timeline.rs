@@ -164,7 +164,7 @@ async fn ack(
 
 /// Every entry of `user`'s timeline from `since` on (at most [`TIMELINE_RESUME_MAX`], the
 /// newest), for a client reopening its timeline after a reconnect. Entries older than the
-/// in-memory backlog are read from the timeline files of both role directories; equal
+/// in-memory backlog are read from the user's timeline file; equal
 /// timestamps are included, the client drops what it has already shown.
 fn resume(shared: &Shared, user: UserId, since: i64) -> Vec<Post> {
     let mut posts: Vec<Post> = shared
@@ -172,7 +172,7 @@ fn resume(shared: &Shared, user: UserId, since: i64) -> Vec<Post> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .backlog(user);
-    let on_disk = [shared.dir.timeline(user), shared.sync_dir.timeline(user)];
+    let on_disk = [shared.dir.timeline(user)];
     for path in on_disk {
         match tsn_datastore::read_records(&path) {
             Ok(records) => posts.extend(records.into_iter().filter_map(|r| match r {

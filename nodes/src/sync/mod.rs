@@ -1,31 +1,39 @@
 //! The follower synchroniser (`tsn_sync_service`), one per cluster.
 //!
 //! # Layout
-//! - [`sender`]: every `-q` ms, reads what this cluster's servers journaled since the
-//!   last acknowledged cursor and ships it to each cluster's sync service.
-//! - [`inbox`]: applies what arrives (from peers, and from this cluster itself) to this
-//!   sync service's role directory, which the servers watch.
+//! - [`core`]: its state and the one writer of its role directory: the outbox (this
+//!   cluster's changes) and the journal (what it gives this cluster's servers).
 //!
-//! The sync service never talks to a server: servers see its work only through the
-//! datastore files. It learns its peers from the coordinator on every heartbeat.
+//! Everything it learns comes over QUIC, as feeds read from cursors it persists
+//! ([`crate::feed`]): each of its cluster's servers' journals (both, so that what either
+//! side of a split brain accepted is passed on; merged into the outbox, each change once),
+//! and every cluster's outbox (its own included), from which it writes the journal. It
+//! serves its outbox to every sync service and its journal to its cluster's servers.
+//! It learns where its peers are from the coordinator, through [`crate::link`].
+//!
+//! A sync service whose disk is lost comes back empty and rebuilds: its cursors are gone,
+//! so it reads its servers' journals and every outbox from the start, and its new logs
+//! get new ids, so its readers read them from the start too. Duplicates are recognised.
 
-pub mod inbox;
-pub mod sender;
+pub mod core;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use tokio::sync::watch;
-use tsn_datastore::{Cursors, Datastore, RoleDir};
-use tsn_protocol::coord::{CoordReply, CoordRequest, Heartbeat, NodeKind};
-use tsn_protocol::sync::{SyncReply, SyncRequest};
-use tsn_protocol::{ClusterId, MAX_BATCH_CHANGES};
+use tokio::task::JoinSet;
+use tsn_datastore::Datastore;
+use tsn_protocol::coord::NodeKind;
+use tsn_protocol::mirror::MirrorMsg;
+use tsn_protocol::sync::{FeedLog, Subscribe, SyncReply, SyncRequest};
+use tsn_protocol::ClusterId;
 
+use self::core::SyncCore;
 use crate::common::{CommonOpts, NodeOpts};
-use inbox::Inbox;
+use crate::feed::{self, Batch};
+use crate::link::{self, LinkConfig, Membership};
 
 /// `tsn_sync_service`: moves follows, users and posts between users and clusters.
 #[derive(Debug, Parser)]
@@ -39,15 +47,18 @@ pub struct SyncOpts {
     #[arg(short = 's', long = "cluster", value_parser = clap::value_parser!(u32).range(1..))]
     pub cluster: u32,
 
-    /// UDP port to listen on for other sync services (0 picks a free one).
+    /// UDP port to listen on for servers and other sync services (0 picks a free one).
     #[arg(short = 'p', long = "port")]
     pub port: u16,
 
-    /// Sync period in milliseconds: how often local changes are collected and shipped.
+    /// Longest a change may wait before it is passed on, in milliseconds. Changes travel
+    /// as soon as they are written (batched while a batch is in flight), so this bounds
+    /// only how long a feed may go without news before it is re-established.
     #[arg(short = 'q', long = "period", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub period_ms: u64,
 
-    /// Address other sync services should dial (host:port); default as for tsn_server.
+    /// Address servers and other sync services should dial (host:port); default as for
+    /// tsn_server.
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
 
@@ -58,25 +69,9 @@ pub struct SyncOpts {
     pub common: CommonOpts,
 }
 
-/// Live sync services by cluster, as last heard from the coordinator.
-pub type Peers = watch::Receiver<HashMap<ClusterId, String>>;
-
-/// State shared by the sync service's tasks.
-#[derive(Debug)]
-pub struct SyncShared {
-    /// This cluster.
-    pub cluster: ClusterId,
-    /// This sync service's role directory.
-    pub dir: RoleDir,
-    /// The writer of `dir`.
-    pub inbox: Arc<Mutex<Inbox>>,
-    /// Send cursors, persisted in `dir/cursors.data`.
-    pub cursors: Mutex<Cursors>,
-    /// Peers by cluster.
-    pub peers: Peers,
-    /// The QUIC endpoint (listens for peers, dials peers and the coordinator).
-    pub endpoint: quinn::Endpoint,
-}
+/// The state, shared by the feeds (blocking work runs with the lock held, off the
+/// runtime).
+type Core = Arc<Mutex<SyncCore>>;
 
 /// Runs the sync service until Ctrl-C / SIGTERM.
 pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
@@ -84,18 +79,6 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     let dir = ds.role(opts.cluster, NodeKind::Sync);
     dir.create()
         .with_context(|| format!("creating {}", dir.path().display()))?;
-    let sources = [
-        (
-            "primary".to_string(),
-            ds.role(opts.cluster, NodeKind::Primary),
-        ),
-        (
-            "secondary".to_string(),
-            ds.role(opts.cluster, NodeKind::Secondary),
-        ),
-    ];
-    let cursors = Cursors::load(&dir.cursors())
-        .with_context(|| format!("loading {}", dir.cursors().display()))?;
 
     let (endpoint, local) = crate::net::node_listener(
         &opts.common,
@@ -103,237 +86,253 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
         opts.port,
         tsn_certs::ClientAuth::Required,
     )?;
-    let hb = opts.node.heartbeat();
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
 
-    // The number of clusters comes from the coordinator; wait for the first answer.
-    let (peers_tx, peers_rx) = watch::channel(HashMap::new());
-    let clusters = first_contact(
-        &endpoint,
-        &opts.coordinator,
-        opts.cluster,
-        &advertise,
-        hb,
-        &peers_tx,
-    )
-    .await;
-    let inbox = Inbox::open(
-        dir.clone(),
-        [sources[0].1.clone(), sources[1].1.clone()],
-        opts.cluster,
-        clusters,
-    )
-    .with_context(|| format!("loading {}", dir.path().display()))?;
-    let shared = Arc::new(SyncShared {
-        cluster: opts.cluster,
-        dir: dir.clone(),
-        inbox: Arc::new(Mutex::new(inbox)),
-        cursors: Mutex::new(cursors),
-        peers: peers_rx,
-        endpoint: endpoint.clone(),
-    });
-
-    tokio::spawn(heartbeats(
+    let mut tasks = JoinSet::new();
+    let (members_tx, mut members) = watch::channel(Membership::default());
+    tasks.spawn(link::run(
         endpoint.clone(),
-        opts.coordinator.clone(),
-        opts.cluster,
-        advertise.clone(),
-        hb,
-        peers_tx,
+        LinkConfig {
+            coordinator: opts.coordinator.clone(),
+            cluster: opts.cluster,
+            kind: NodeKind::Sync,
+            advertise: advertise.clone(),
+            interval: opts.node.heartbeat(),
+        },
+        members_tx,
     ));
+    // The number of clusters comes from the coordinator.
+    let clusters = {
+        let mut logged = false;
+        loop {
+            let n = members.borrow_and_update().clusters();
+            if n > 0 {
+                break n;
+            }
+            if !logged {
+                tracing::info!(coordinator = %opts.coordinator, "waiting for the coordinator");
+                logged = true;
+            }
+            members
+                .changed()
+                .await
+                .context("coordinator link stopped")?;
+        }
+    };
+
+    let dir2 = dir.clone();
+    let cluster = opts.cluster;
+    let core = tokio::task::spawn_blocking(move || SyncCore::open(dir2, cluster, clusters))
+        .await
+        .context("loading panicked")?
+        .with_context(|| format!("loading {}", dir.path().display()))?;
+    let core: Core = Arc::new(Mutex::new(core));
+
+    // Feeds this sync service reads.
+    for kind in [NodeKind::Primary, NodeKind::Secondary] {
+        tasks.spawn(follow_server(
+            core.clone(),
+            endpoint.clone(),
+            link::peer_addr(&members, move |m| m.addr_of(cluster, kind)),
+            cluster,
+            kind,
+        ));
+    }
+    for from in 1..=clusters {
+        let own = advertise.clone();
+        let addr = link::peer_addr(&members, move |m| {
+            if from == cluster {
+                Some(own.clone())
+            } else {
+                m.addr_of(from, NodeKind::Sync)
+            }
+        });
+        tasks.spawn(follow_outbox(
+            core.clone(),
+            endpoint.clone(),
+            addr,
+            cluster,
+            from,
+        ));
+    }
+
     let accept = {
-        let shared = shared.clone();
+        let core = core.clone();
         tokio::spawn(crate::net::accept_loop(endpoint.clone(), move |conn| {
-            serve_peer(conn, shared.clone())
+            serve_peer(conn, core.clone(), cluster, clusters)
         }))
     };
-    let period = Duration::from_millis(opts.period_ms);
-    let mut senders = Vec::new();
-    for dest in 1..=clusters {
-        senders.push(tokio::spawn(sender::run(
-            shared.clone(),
-            dest,
-            clusters,
-            sources.clone(),
-            period,
-        )));
-    }
-    tracing::info!(%local, %advertise, cluster = opts.cluster, clusters, period_ms = opts.period_ms, "sync service running");
+    tracing::info!(%local, %advertise, cluster, clusters, period_ms = opts.period_ms, "sync service running");
     opts.node.announce(local)?;
 
     crate::common::shutdown_signal().await;
     tracing::info!("shutting down");
-    for s in &senders {
-        s.abort();
-    }
     accept.abort();
+    tasks.shutdown().await;
     endpoint.close(0u32.into(), b"sync service shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-    let inbox = shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
-    inbox
-        .close_cleanly(&dir)
+    // Every writer of the core has stopped with the tasks: the views are complete.
+    let core = core.lock().unwrap_or_else(|e| e.into_inner());
+    core.close_cleanly()
         .context("writing clean-shutdown marker")?;
     Ok(())
 }
 
-/// Beats until the coordinator answers, and returns the number of clusters.
-async fn first_contact(
-    endpoint: &quinn::Endpoint,
-    coordinator: &str,
-    cluster: ClusterId,
-    advertise: &str,
-    hb: Duration,
-    peers: &watch::Sender<HashMap<ClusterId, String>>,
-) -> u32 {
-    let mut logged = false;
-    loop {
-        match beat(endpoint, None, coordinator, cluster, advertise).await {
-            Ok((_, clusters, map)) => {
-                peers.send_replace(map);
-                return clusters;
-            }
-            Err(e) => {
-                if !logged {
-                    tracing::warn!(%coordinator, "waiting for the coordinator: {e:#}");
-                    logged = true;
-                }
-                tokio::time::sleep(hb.min(Duration::from_secs(1))).await;
-            }
-        }
-    }
+/// Runs `f` on the core off the runtime.
+async fn with_core<T: Send + 'static>(
+    core: &Core,
+    f: impl FnOnce(&mut SyncCore) -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let core = core.clone();
+    tokio::task::spawn_blocking(move || f(&mut core.lock().unwrap_or_else(|e| e.into_inner())))
+        .await
+        .context("sync state task panicked")
 }
 
-async fn beat(
-    endpoint: &quinn::Endpoint,
-    conn: Option<&quinn::Connection>,
-    coordinator: &str,
-    cluster: ClusterId,
-    advertise: &str,
-) -> anyhow::Result<(quinn::Connection, u32, HashMap<ClusterId, String>)> {
-    let conn = match conn {
-        Some(c) if c.close_reason().is_none() => c.clone(),
-        _ => crate::net::connect(endpoint, coordinator).await?,
-    };
-    let hb = CoordRequest::Heartbeat(Heartbeat {
-        cluster,
-        kind: NodeKind::Sync,
-        addr: advertise.to_string(),
-        active: false,
-        epoch: 0,
-    });
-    match crate::net::call::<_, CoordReply>(&conn, &hb).await? {
-        CoordReply::Beat(_) => {}
-        CoordReply::Failed(e) => anyhow::bail!("coordinator refused the heartbeat: {e}"),
-        other => anyhow::bail!("unexpected reply {other:?}"),
-    }
-    match crate::net::call::<_, CoordReply>(&conn, &CoordRequest::SyncPeers).await? {
-        CoordReply::SyncPeers { clusters, peers } => {
-            let map = peers.into_iter().map(|p| (p.cluster, p.addr)).collect();
-            Ok((conn, clusters, map))
-        }
-        CoordReply::Failed(e) => anyhow::bail!("coordinator refused the peer lookup: {e}"),
-        other => anyhow::bail!("unexpected reply {other:?}"),
-    }
-}
-
-async fn heartbeats(
+/// Follows one server's journal into the outbox.
+async fn follow_server(
+    core: Core,
     endpoint: quinn::Endpoint,
-    coordinator: String,
+    addr: watch::Receiver<Option<String>>,
     cluster: ClusterId,
-    advertise: String,
-    interval: Duration,
-    peers: watch::Sender<HashMap<ClusterId, String>>,
+    kind: NodeKind,
 ) {
-    let mut conn: Option<quinn::Connection> = None;
-    let mut logged = false;
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tick.tick().await;
-        match beat(&endpoint, conn.as_ref(), &coordinator, cluster, &advertise).await {
-            Ok((c, _, map)) => {
-                if logged {
-                    tracing::info!(%coordinator, "coordinator reachable again");
-                    logged = false;
-                }
-                conn = Some(c);
-                peers.send_if_modified(|m| {
-                    let changed = *m != map;
-                    *m = map;
-                    changed
-                });
+    let key = core::server_key(kind);
+    let from = core.lock().unwrap_or_else(|e| e.into_inner()).cursor(&key);
+    let open = move |at| {
+        tsn_protocol::encode(&MirrorMsg::Subscribe(Subscribe {
+            cluster,
+            reader: cluster,
+            log: FeedLog::ServerJournal,
+            from: at,
+        }))
+        .unwrap_or_default()
+    };
+    let apply = |batch: Batch| {
+        let core = core.clone();
+        let key = key.clone();
+        async move {
+            let n = with_core(&core, move |c| c.absorb(&key, batch.entries, batch.next)).await??;
+            if n > 0 {
+                tracing::debug!(
+                    server = kind.as_str(),
+                    new = n,
+                    "changes taken from the server"
+                );
             }
-            Err(e) => {
-                if !logged {
-                    tracing::warn!(%coordinator, "heartbeat failed, keeping the last known peers: {e:#}");
-                    logged = true;
-                }
-                conn = None;
-            }
+            Ok(())
         }
-    }
+    };
+    feed::follow(
+        format!("{} journal", kind.as_str()),
+        endpoint,
+        addr,
+        from,
+        open,
+        apply,
+    )
+    .await;
 }
 
-async fn serve_peer(conn: quinn::Connection, shared: Arc<SyncShared>) {
+/// Follows one cluster's outbox into the journal.
+async fn follow_outbox(
+    core: Core,
+    endpoint: quinn::Endpoint,
+    addr: watch::Receiver<Option<String>>,
+    cluster: ClusterId,
+    from_cluster: ClusterId,
+) {
+    let key = core::outbox_key(from_cluster);
+    let from = core.lock().unwrap_or_else(|e| e.into_inner()).cursor(&key);
+    let open = move |at| {
+        tsn_protocol::encode(&SyncRequest::Subscribe(Subscribe {
+            cluster: from_cluster,
+            reader: cluster,
+            log: FeedLog::SyncOutbox,
+            from: at,
+        }))
+        .unwrap_or_default()
+    };
+    let apply = |batch: Batch| {
+        let core = core.clone();
+        let key = key.clone();
+        async move {
+            let n = with_core(&core, move |c| c.deliver(&key, batch.entries, batch.next)).await??;
+            if n > 0 {
+                tracing::debug!(from = from_cluster, new = n, "records delivered");
+            }
+            Ok(())
+        }
+    };
+    feed::follow(
+        format!("cluster {from_cluster} outbox"),
+        endpoint,
+        addr,
+        from,
+        open,
+        apply,
+    )
+    .await;
+}
+
+/// Serves feeds to a peer: its outbox to sync services, its journal to its servers.
+async fn serve_peer(conn: quinn::Connection, core: Core, cluster: ClusterId, clusters: u32) {
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(_) => return,
         };
-        let shared = shared.clone();
+        let core = core.clone();
         tokio::spawn(async move {
-            let reply = match tsn_protocol::read_msg::<SyncRequest, _>(&mut recv).await {
-                Ok(Some(req)) => handle(&shared, req).await,
+            let sub = match tsn_protocol::read_msg::<SyncRequest, _>(&mut recv).await {
+                Ok(Some(SyncRequest::Subscribe(s))) => s,
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::debug!("bad sync request: {e}");
+                    tracing::debug!("bad feed request: {e}");
                     let _ = send.reset(1u32.into());
                     return;
                 }
             };
-            if tsn_protocol::write_msg(&mut send, &reply).await.is_ok() {
+            let (outbox, journal) = {
+                let c = core.lock().unwrap_or_else(|e| e.into_inner());
+                (c.outbox_source(), c.journal_source())
+            };
+            let result = match sub.log {
+                _ if sub.cluster != cluster => Err(format!(
+                    "this sync service serves cluster {cluster}, not {}",
+                    sub.cluster
+                )),
+                FeedLog::SyncOutbox => {
+                    let dest = sub.reader;
+                    feed::serve(
+                        outbox,
+                        sub.from,
+                        move |r| match r {
+                            tsn_datastore::Record::Change(c) => SyncCore::wanted(c, dest, clusters),
+                            tsn_datastore::Record::Deliver { .. } => false,
+                        },
+                        &mut send,
+                    )
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+                }
+                FeedLog::SyncJournal if sub.reader == cluster => {
+                    feed::serve(journal, sub.from, |_| true, &mut send)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                }
+                FeedLog::SyncJournal => Err(format!(
+                    "the journal of cluster {cluster} is for its own servers, not cluster {}",
+                    sub.reader
+                )),
+                FeedLog::ServerJournal => Err("a sync service has no server journal".into()),
+            };
+            if let Err(why) = result {
+                tracing::debug!(reader = sub.reader, log = ?sub.log, "feed ended: {why}");
+                let _ = tsn_protocol::write_msg(&mut send, &SyncReply::Refused(why)).await;
                 let _ = send.finish();
             }
         });
-    }
-}
-
-async fn handle(shared: &SyncShared, req: SyncRequest) -> SyncReply {
-    let SyncRequest::Batch {
-        from,
-        to,
-        seq,
-        changes,
-    } = req;
-    if to != shared.cluster {
-        return SyncReply::Refused(format!(
-            "this sync service serves cluster {}, not {to}",
-            shared.cluster
-        ));
-    }
-    if changes.len() > MAX_BATCH_CHANGES {
-        return SyncReply::Refused(format!(
-            "batch of {} changes exceeds {MAX_BATCH_CHANGES}",
-            changes.len()
-        ));
-    }
-    let inbox = shared.inbox.clone();
-    match tokio::task::spawn_blocking(move || {
-        inbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .apply(&changes)
-    })
-    .await
-    {
-        Ok(Ok(n)) => {
-            tracing::debug!(from, seq, new = n, "batch applied");
-            SyncReply::Applied { seq }
-        }
-        Ok(Err(e)) => {
-            tracing::error!(from, "could not apply a batch: {e}");
-            SyncReply::Refused(format!("storage error: {e}"))
-        }
-        Err(_) => SyncReply::Refused("internal error".into()),
     }
 }

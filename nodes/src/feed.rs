@@ -1,0 +1,255 @@
+//! Feeds (see [`tsn_protocol::sync`]): serving one of our logs to a reader from its
+//! cursor, and following another node's log.
+//!
+//! The writer of a log publishes its committed length through a [`FeedLen`]; each feed
+//! session waits on it, so a record travels as soon as it is written and an idle feed
+//! costs nothing. Reads go through a [`Tail`] on a blocking thread.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::sync::watch;
+use tsn_datastore::{Record, Tail};
+use tsn_protocol::sync::{Cursor, Entry, SyncReply};
+use tsn_protocol::{FrameReader, MAX_BATCH_CHANGES};
+
+/// The writer's side of a served log: tells feed sessions how far the log is written.
+#[derive(Debug)]
+pub struct FeedLen(watch::Sender<u64>);
+
+impl FeedLen {
+    /// The log is now `len` bytes long (called after each append).
+    pub fn set(&self, len: u64) {
+        self.0.send_if_modified(|l| {
+            let grew = *l != len;
+            *l = len;
+            grew
+        });
+    }
+}
+
+/// A log that readers may follow.
+#[derive(Debug, Clone)]
+pub struct FeedSource {
+    path: PathBuf,
+    log_id: u64,
+    len: watch::Receiver<u64>,
+}
+
+impl FeedSource {
+    /// The log at `path`, with id `log_id`, `len` bytes long now.
+    pub fn new(path: PathBuf, log_id: u64, len: u64) -> (FeedLen, FeedSource) {
+        let (tx, rx) = watch::channel(len);
+        (
+            FeedLen(tx),
+            FeedSource {
+                path,
+                log_id,
+                len: rx,
+            },
+        )
+    }
+
+    /// How many bytes of the log are written.
+    pub fn len(&self) -> u64 {
+        *self.len.borrow()
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where a reader asking for `from` starts: there if it is a record boundary of this
+    /// log, else at the start (the log was begun anew, or the reader's cursor is damaged:
+    /// records are idempotent, so reading again is safe and skipping is not).
+    fn start(&self, from: Cursor) -> u64 {
+        if from.log_id != self.log_id || from.offset == 0 || from.offset > self.len() {
+            return 0;
+        }
+        let at_boundary = (|| -> std::io::Result<bool> {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(&self.path)?;
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, from.offset - 1)?;
+            Ok(b[0] == b'\n')
+        })();
+        if at_boundary.unwrap_or(false) {
+            from.offset
+        } else {
+            0
+        }
+    }
+}
+
+/// A record as it travels on a feed.
+pub fn entry(record: Record) -> Entry {
+    match record {
+        Record::Change(c) => Entry::Change(c),
+        Record::Deliver { to, post } => Entry::Deliver { to, post },
+    }
+}
+
+/// A feed entry as a datastore record.
+pub fn record(entry: Entry) -> Record {
+    match entry {
+        Entry::Change(c) => Record::Change(c),
+        Entry::Deliver { to, post } => Record::Deliver { to, post },
+    }
+}
+
+/// Serves `source` on `send` from `from` until the reader goes away or the log's writer
+/// stops, sending only the records `keep` accepts (the cursor moves past the others).
+pub async fn serve(
+    source: FeedSource,
+    from: Cursor,
+    keep: impl Fn(&Record) -> bool,
+    send: &mut quinn::SendStream,
+) -> anyhow::Result<()> {
+    let start = {
+        let s = source.clone();
+        tokio::task::spawn_blocking(move || s.start(from))
+            .await
+            .context("feed reader panicked")?
+    };
+    if start != from.offset || from.log_id != source.log_id {
+        tracing::info!(
+            log = %source.path.display(),
+            asked = from.offset,
+            start,
+            "feed reader's cursor is for another log or not a record boundary: reading from the start"
+        );
+    }
+    let mut tail = Some(Tail::new(source.path.clone(), start));
+    let mut len = source.len.clone();
+    loop {
+        let Some(mut t) = tail.take() else {
+            bail!("feed reader lost its cursor");
+        };
+        let (t, read) = tokio::task::spawn_blocking(move || {
+            let r = t.read_new(MAX_BATCH_CHANGES);
+            (t, r)
+        })
+        .await
+        .context("feed reader panicked")?;
+        let offset = t.offset();
+        tail = Some(t);
+        let records = read?;
+        if records.is_empty() {
+            tokio::select! {
+                grown = len.wait_for(|l| *l > offset) => {
+                    if grown.is_err() {
+                        return Ok(()); // the writer stopped: the node is shutting down
+                    }
+                }
+                _ = send.stopped() => return Ok(()),
+            }
+            continue;
+        }
+        let entries: Vec<Entry> = records.into_iter().filter(&keep).map(entry).collect();
+        let msg = SyncReply::Records {
+            log_id: source.log_id,
+            next: offset,
+            entries,
+        };
+        tsn_protocol::write_msg(send, &msg).await?;
+    }
+}
+
+/// One batch read from a feed.
+#[derive(Debug)]
+pub struct Batch {
+    /// The records.
+    pub entries: Vec<Entry>,
+    /// Where the reader resumes after applying them.
+    pub next: Cursor,
+}
+
+/// Pause after a failed attempt, doubled on each failure up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Follows a remote log for ever: dials whatever address `addr` holds, sends the opener
+/// that `open` builds from the current cursor, and hands every batch to `apply`, which
+/// must make it durable (with its cursor) before it returns. Reconnects after any
+/// failure and whenever `addr` changes, from the last cursor `apply` accepted.
+pub async fn follow<O, A, Fut>(
+    what: String,
+    endpoint: quinn::Endpoint,
+    mut addr: watch::Receiver<Option<String>>,
+    mut cursor: Cursor,
+    open: O,
+    mut apply: A,
+) where
+    O: Fn(Cursor) -> Vec<u8>,
+    A: FnMut(Batch) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut pause = RETRY_MIN;
+    let mut failing = false;
+    loop {
+        let target = addr.borrow_and_update().clone();
+        let Some(target) = target else {
+            if addr.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let attempt = async {
+            let conn = crate::net::connect(&endpoint, &target).await?;
+            let (mut send, recv) = conn.open_bi().await?;
+            tsn_protocol::write_frame(&mut send, &open(cursor)).await?;
+            let mut recv = FrameReader::new(recv);
+            loop {
+                let msg = recv.next_msg::<SyncReply>().await?;
+                match msg {
+                    Some(SyncReply::Records {
+                        log_id,
+                        next,
+                        entries,
+                    }) => {
+                        if entries.len() > MAX_BATCH_CHANGES {
+                            bail!(
+                                "batch of {} records exceeds {MAX_BATCH_CHANGES}",
+                                entries.len()
+                            );
+                        }
+                        if failing {
+                            tracing::info!(feed = %what, from = %target, "feed resumed");
+                            failing = false;
+                        }
+                        let next = Cursor {
+                            log_id,
+                            offset: next,
+                        };
+                        apply(Batch { entries, next }).await?;
+                        cursor = next;
+                        pause = RETRY_MIN;
+                    }
+                    Some(SyncReply::Refused(why)) => bail!("refused: {why}"),
+                    None => bail!("the feed was closed"),
+                }
+            }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = addr.changed() => Ok(()),
+        };
+        if let Err(e) = result {
+            if !failing {
+                tracing::warn!(feed = %what, from = %target, "feed interrupted, retrying: {e:#}");
+                failing = true;
+            }
+            let jitter = rand::random_range(0..=pause.as_millis() as u64 / 2);
+            tokio::select! {
+                _ = tokio::time::sleep(pause + Duration::from_millis(jitter)) => {}
+                _ = addr.changed() => {}
+            }
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! A node's link to the coordinator, the same for servers and sync services: it
+//! registers, beats every interval over one connection (re-dialled when it drops), and
+//! after each beat reads the routing tables, so the node learns its role and where its
+//! peers are. What it learned is published on a watch channel ([`Membership`]).
+//!
+//! While the coordinator cannot be reached the node keeps what it learned last: clusters
+//! keep serving through a coordinator restart.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tsn_protocol::coord::{
+    BeatReply, CoordReply, CoordRequest, Heartbeat, NodeKind, RoutingTables,
+};
+use tsn_protocol::ClusterId;
+
+/// What the node last learned from the coordinator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The last heartbeat reply (none before the first).
+    pub beat: Option<BeatReply>,
+    /// The routing tables read after that beat.
+    pub tables: Option<RoutingTables>,
+}
+
+impl Membership {
+    /// Number of clusters (0 before the first beat).
+    pub fn clusters(&self) -> u32 {
+        self.beat.as_ref().map_or(0, |b| b.clusters)
+    }
+
+    /// The registered address of a node, if the coordinator knows one (alive or not:
+    /// a dead node's address is where it comes back, or is replaced when another
+    /// registers).
+    pub fn addr_of(&self, cluster: ClusterId, kind: NodeKind) -> Option<String> {
+        self.tables.as_ref().and_then(|t| {
+            t.entries
+                .iter()
+                .find(|e| e.cluster == cluster && e.kind == kind)
+                .map(|e| e.addr.clone())
+        })
+    }
+}
+
+/// Who the node is, for its heartbeats.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// The coordinator, `host:port`.
+    pub coordinator: String,
+    /// The node's cluster.
+    pub cluster: ClusterId,
+    /// The node's kind.
+    pub kind: NodeKind,
+    /// The address others dial.
+    pub advertise: String,
+    /// Heartbeat interval.
+    pub interval: Duration,
+}
+
+/// Beats for ever, publishing what it learns on `out`.
+pub async fn run(endpoint: quinn::Endpoint, cfg: LinkConfig, out: watch::Sender<Membership>) {
+    let mut conn: Option<quinn::Connection> = None;
+    let mut unreachable = false;
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match beat(&endpoint, &mut conn, &cfg, &out).await {
+            Ok(m) => {
+                if unreachable {
+                    tracing::info!(coordinator = %cfg.coordinator, "coordinator reachable again");
+                    unreachable = false;
+                }
+                out.send_if_modified(|cur| {
+                    let changed = *cur != m;
+                    *cur = m;
+                    changed
+                });
+            }
+            Err(e) => {
+                if !unreachable {
+                    tracing::warn!(coordinator = %cfg.coordinator, "heartbeat failed, keeping what was learned last: {e:#}");
+                    unreachable = true;
+                }
+                conn = None;
+            }
+        }
+    }
+}
+
+async fn beat(
+    endpoint: &quinn::Endpoint,
+    conn: &mut Option<quinn::Connection>,
+    cfg: &LinkConfig,
+    out: &watch::Sender<Membership>,
+) -> anyhow::Result<Membership> {
+    let c = match conn.as_ref() {
+        Some(c) if c.close_reason().is_none() => c.clone(),
+        _ => {
+            let c = crate::net::connect(endpoint, &cfg.coordinator).await?;
+            *conn = Some(c.clone());
+            c
+        }
+    };
+    // The node's belief is what the coordinator said last (a restarted coordinator
+    // rebuilds its tables from these beliefs instead of failing over).
+    let (active, epoch) = out
+        .borrow()
+        .beat
+        .as_ref()
+        .map_or((false, 0), |b| (b.active, b.epoch));
+    let hb = CoordRequest::Heartbeat(Heartbeat {
+        cluster: cfg.cluster,
+        kind: cfg.kind,
+        addr: cfg.advertise.clone(),
+        active,
+        epoch,
+    });
+    let beat = match crate::net::call::<_, CoordReply>(&c, &hb).await? {
+        CoordReply::Beat(r) => r,
+        CoordReply::Failed(e) => anyhow::bail!("coordinator refused the heartbeat: {e}"),
+        other => anyhow::bail!("unexpected heartbeat reply {other:?}"),
+    };
+    let tables = match crate::net::call::<_, CoordReply>(&c, &CoordRequest::Status).await? {
+        CoordReply::Status(t) => t,
+        CoordReply::Failed(e) => anyhow::bail!("coordinator refused the routing tables: {e}"),
+        other => anyhow::bail!("unexpected routing-table reply {other:?}"),
+    };
+    Ok(Membership {
+        beat: Some(beat),
+        tables: Some(tables),
+    })
+}
+
+/// A watch of one peer's address, derived from the membership (changes only when the
+/// address does).
+pub fn peer_addr(
+    membership: &watch::Receiver<Membership>,
+    pick: impl Fn(&Membership) -> Option<String> + Send + 'static,
+) -> watch::Receiver<Option<String>> {
+    let mut m = membership.clone();
+    let (tx, rx) = watch::channel(pick(&m.borrow_and_update()));
+    tokio::spawn(async move {
+        while m.changed().await.is_ok() {
+            let next = pick(&m.borrow_and_update());
+            tx.send_if_modified(|cur| {
+                let changed = *cur != next;
+                *cur = next;
+                changed
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}

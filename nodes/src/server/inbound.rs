@@ -1,0 +1,120 @@
+//! What the sync service gives this server: its cluster's sync-service journal, read as
+//! a feed from a cursor this server persists, and kept in this server's own role
+//! directory (`received.data`, and the view files: `global_clients.data`,
+//! `followers.data`, deliveries in `timeline.data`). So the server serves LIST and
+//! timelines from its own disk while the sync service is down, and after a restart; a
+//! server whose disk was lost reads the feed from the start.
+//!
+//! Each batch is applied to the model and pushed to open timelines as soon as it is
+//! written here, then flushed before its cursor is saved: a crash re-reads, never skips.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tsn_datastore::{AppendLog, Cursors, DatastoreError, Record, RoleDir};
+use tsn_protocol::sync::{Cursor, FeedLog, Subscribe, SyncRequest};
+use tsn_protocol::UserId;
+
+use super::Shared;
+use crate::feed::{self, Batch};
+use crate::views::{Side, Views};
+
+/// The cursor key of the sync service's journal feed.
+const KEY: &str = "from-sync";
+
+/// The writer of `received.data` and its views.
+#[derive(Debug)]
+pub struct Inbound {
+    log: AppendLog,
+    views: Views,
+    cursors: Cursors,
+    dir: RoleDir,
+}
+
+impl Inbound {
+    /// Opens `received.data` of `dir`; returns its records for the model.
+    pub fn open(dir: &RoleDir) -> Result<(Inbound, Vec<Record>), DatastoreError> {
+        let (log, records) = AppendLog::open(&dir.received())?;
+        let cursors = Cursors::load(&dir.cursors())?;
+        Ok((
+            Inbound {
+                log,
+                views: Views::new(dir.clone(), Side::Received),
+                cursors,
+                dir: dir.clone(),
+            },
+            records,
+        ))
+    }
+
+    /// The saved cursor.
+    pub fn cursor(&self) -> Cursor {
+        self.cursors.feed(KEY)
+    }
+}
+
+/// Shared between the feed task and shutdown (which waits for a write in progress).
+pub type InboundHandle = Arc<Mutex<Inbound>>;
+
+/// Follows the sync service of this cluster for ever.
+pub async fn run(
+    shared: Arc<Shared>,
+    inbound: InboundHandle,
+    endpoint: quinn::Endpoint,
+    addr: watch::Receiver<Option<String>>,
+) {
+    let cluster = shared.cluster;
+    let from = inbound.lock().unwrap_or_else(|e| e.into_inner()).cursor();
+    let open = move |at| {
+        tsn_protocol::encode(&SyncRequest::Subscribe(Subscribe {
+            cluster,
+            reader: cluster,
+            log: FeedLog::SyncJournal,
+            from: at,
+        }))
+        .unwrap_or_default()
+    };
+    let apply = |batch: Batch| {
+        let shared = shared.clone();
+        let inbound = inbound.clone();
+        async move {
+            tokio::task::spawn_blocking(move || take(&shared, &inbound, batch))
+                .await
+                .context("received-feed writer panicked")?
+        }
+    };
+    feed::follow("sync journal".into(), endpoint, addr, from, open, apply).await;
+}
+
+fn take(shared: &Shared, inbound: &Mutex<Inbound>, batch: Batch) -> anyhow::Result<()> {
+    let mut inb = inbound.lock().unwrap_or_else(|e| e.into_inner());
+    let records: Vec<Record> = batch.entries.into_iter().map(feed::record).collect();
+    let (fresh, entries): (Vec<Record>, Vec<(UserId, tsn_protocol::Post)>) = {
+        let mut model = shared.model.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fresh = Vec::new();
+        let mut entries = Vec::new();
+        for r in records {
+            let (new, entry) = model.apply_sync(&r);
+            if new {
+                fresh.push(r);
+            }
+            entries.extend(entry);
+        }
+        (fresh, entries)
+    };
+    if !fresh.is_empty() {
+        inb.log
+            .append(&fresh)
+            .with_context(|| format!("writing {}", inb.log.path().display()))?;
+        shared.publish(entries);
+        if let Err(e) = inb.views.append(&fresh) {
+            tracing::warn!("view file append failed (rebuilt at next start): {e}");
+        }
+        inb.log.sync()?;
+    }
+    let path = inb.dir.cursors();
+    inb.cursors.set_feed(KEY, batch.next);
+    inb.cursors.save(&path)?;
+    Ok(())
+}
