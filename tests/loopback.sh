@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # TSN on loopback: a coordinator and N clusters (primary, secondary, sync service each)
-# on 127.0.0.1 with free ports, a fresh datastore, cert dir and logs under one run dir.
+# on 127.0.0.1 with free ports, a fresh cert dir and logs under one run dir, and a datastore
+# of its own for every process (hosts/<name>/datastore), as if each ran on its own host.
 #
 #   tests/loopback.sh up     build (release), start everything, print how to start
 #                            clients, and stop everything on Ctrl-C
@@ -58,7 +59,7 @@ if [ -z "${BIN_DIR:-}" ]; then
   fi
 fi
 
-common=(--cert-dir "$run/certs" --datastore "$run/datastore" --heartbeat-ms "$hb" --bind 127.0.0.1)
+common=(--cert-dir "$run/certs" --heartbeat-ms "$hb" --bind 127.0.0.1)
 
 wait_file() { # file, seconds
   for _ in $(seq $(( $2 * 20 ))); do
@@ -72,7 +73,9 @@ declare -A pid_of
 start() { # name, binary, args...
   local name=$1 binary=$2; shift 2
   rm -f "$run/$name.addr"
-  "$bin/$binary" "$@" "${common[@]}" --ready-file "$run/$name.addr" 2>>"$run/logs/$name.log" &
+  mkdir -p "$run/hosts/$name"
+  "$bin/$binary" "$@" "${common[@]}" --datastore "$run/hosts/$name/datastore" \
+    --ready-file "$run/$name.addr" 2>>"$run/logs/$name.log" &
   pids+=($!)
   pid_of[$name]=$!
   wait_file "$run/$name.addr" 20 >/dev/null
@@ -99,7 +102,7 @@ if [ "$mode" = up ]; then
   cat <<TXT
 
 TSN is running on loopback ($clusters clusters, heartbeat ${hb} ms, sync period ${q} ms).
-Run directory: $run  (datastore/, certs/, logs/)
+Run directory: $run  (hosts/<process>/datastore/, certs/, logs/)
 
 Start a client in another terminal (user N is served by cluster (N % $clusters) + 1):
   $bin/tsn_client -c $coord -p 0 -i 1 --cert-dir $run/certs

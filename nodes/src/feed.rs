@@ -123,6 +123,9 @@ pub async fn serve(
     }
     let mut tail = Some(Tail::new(source.path.clone(), start));
     let mut len = source.len.clone();
+    // The first answer goes out at once, even empty: it tells a reader that is already
+    // at the end that it has caught up.
+    let mut first = true;
     loop {
         let Some(mut t) = tail.take() else {
             bail!("feed reader lost its cursor");
@@ -136,7 +139,7 @@ pub async fn serve(
         let offset = t.offset();
         tail = Some(t);
         let records = read?;
-        if records.is_empty() {
+        if records.is_empty() && !std::mem::take(&mut first) {
             tokio::select! {
                 grown = len.wait_for(|l| *l > offset) => {
                     if grown.is_err() {
@@ -147,10 +150,12 @@ pub async fn serve(
             }
             continue;
         }
+        first = false;
         let entries: Vec<Entry> = records.into_iter().filter(&keep).map(entry).collect();
         let msg = SyncReply::Records {
             log_id: source.log_id,
             next: offset,
+            len: source.len().max(offset),
             entries,
         };
         tsn_protocol::write_msg(send, &msg).await?;
@@ -166,6 +171,11 @@ pub struct Batch {
     pub next: Cursor,
 }
 
+/// Whether a follower has read its log to the end at least once since it started, or
+/// found the log's writer unreachable (so that whoever waits for it does not wait for a
+/// node that is down).
+pub type Settled = watch::Sender<bool>;
+
 /// Pause after a failed attempt, doubled on each failure up to [`RETRY_MAX`].
 const RETRY_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between attempts.
@@ -180,6 +190,7 @@ pub async fn follow<O, A, Fut>(
     endpoint: quinn::Endpoint,
     mut addr: watch::Receiver<Option<String>>,
     mut cursor: Cursor,
+    settled: Settled,
     open: O,
     mut apply: A,
 ) where
@@ -208,6 +219,7 @@ pub async fn follow<O, A, Fut>(
                     Some(SyncReply::Records {
                         log_id,
                         next,
+                        len,
                         entries,
                     }) => {
                         if entries.len() > MAX_BATCH_CHANGES {
@@ -227,6 +239,9 @@ pub async fn follow<O, A, Fut>(
                         apply(Batch { entries, next }).await?;
                         cursor = next;
                         pause = RETRY_MIN;
+                        if next.offset >= len {
+                            settled.send_if_modified(|s| !std::mem::replace(s, true));
+                        }
                     }
                     Some(SyncReply::Refused(why)) => bail!("refused: {why}"),
                     None => bail!("the feed was closed"),
@@ -240,6 +255,7 @@ pub async fn follow<O, A, Fut>(
             _ = addr.changed() => Ok(()),
         };
         if let Err(e) = result {
+            settled.send_if_modified(|s| !std::mem::replace(s, true));
             if !failing {
                 tracing::warn!(feed = %what, from = %target, "feed interrupted, retrying: {e:#}");
                 failing = true;

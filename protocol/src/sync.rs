@@ -89,6 +89,9 @@ pub enum SyncReply {
         log_id: u64,
         /// Where the reader resumes after these records.
         next: u64,
+        /// How long the log was when they were read: `next == len` means the reader has
+        /// caught up.
+        len: u64,
         /// The records the reader wants, at most [`crate::MAX_BATCH_CHANGES`] (records
         /// it does not need are skipped, but `next` moves past them).
         entries: Vec<Entry>,

@@ -244,11 +244,13 @@ fn sync_reply() -> impl Strategy<Value = SyncReply> {
         (
             any::<u64>(),
             any::<u64>(),
+            any::<u64>(),
             proptest::collection::vec(entry(), 0..8)
         )
-            .prop_map(|(log_id, next, entries)| SyncReply::Records {
+            .prop_map(|(log_id, next, len, entries)| SyncReply::Records {
                 log_id,
                 next,
+                len,
                 entries
             }),
         ".{0,24}".prop_map(SyncReply::Refused),
@@ -306,7 +308,7 @@ proptest! {
         let msg = MirrorMsg::Changes { seq: u64::MAX, changes };
         prop_assert!(encode(&msg).unwrap().len() <= MAX_FRAME_LEN);
         let entries = vec![Entry::Deliver { to: u32::MAX, post }; n];
-        let msg = SyncReply::Records { log_id: u64::MAX, next: u64::MAX, entries };
+        let msg = SyncReply::Records { log_id: u64::MAX, next: u64::MAX, len: u64::MAX, entries };
         prop_assert!(encode(&msg).unwrap().len() <= MAX_FRAME_LEN);
     }
 }

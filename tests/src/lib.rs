@@ -388,6 +388,22 @@ impl System {
         }
     }
 
+    /// Loses a node's host: SIGKILL, and its datastore directory deleted (a disk that is
+    /// gone). Start it again with `start_node`: it comes back empty.
+    pub fn lose_host(&mut self, cluster: u32, role: Role) -> Result<()> {
+        self.kill(cluster, role);
+        let ds = self.datastore(cluster, role);
+        if ds.exists() {
+            std::fs::remove_dir_all(&ds).with_context(|| format!("deleting {}", ds.display()))?;
+        }
+        Ok(())
+    }
+
+    /// How many lines of a node's log contain `needle`.
+    pub fn log_count(&self, cluster: u32, role: Role, needle: &str) -> usize {
+        self.read_log(cluster, role).matches(needle).count()
+    }
+
     /// SIGTERM one node and wait for it.
     pub fn stop(&mut self, cluster: u32, role: Role) -> bool {
         self.nodes

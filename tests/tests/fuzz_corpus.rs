@@ -223,6 +223,7 @@ fn write_seed_corpus() {
                 encode(&SyncReply::Records {
                     log_id: 7,
                     next: 99,
+                    len: 120,
                     entries: changes.iter().cloned().map(Entry::Change).collect(),
                 })
                 .unwrap(),

@@ -1,10 +1,15 @@
-//! Partitions between clusters, on hosts made of network namespaces that this test
-//! creates: a coordinator host and one host per cluster (primary, secondary and sync
-//! service), joined by veth pairs to a bridge in a "switch" namespace. The link between
-//! the two cluster hosts is cut (blackhole routes) while both sides keep posting; after
-//! it heals, every post must reach its followers exactly once. Delay and loss are tested
-//! on loopback through an impairing UDP relay (tests/impaired.rs): this kernel has no
-//! netem.
+//! Partitions, on hosts made of network namespaces that this test creates: a coordinator
+//! host and, for each of two clusters, a host for its primary, one for its secondary and
+//! one for its sync service (each with its own datastore), joined by veth pairs to a
+//! bridge in a "switch" namespace. Links are cut with blackhole routes:
+//! - between the two clusters' hosts, while both sides keep posting; after it heals,
+//!   every post must reach its followers exactly once;
+//! - between a cluster's two server hosts and between its primary and the coordinator
+//!   (split brain inside a cluster: both servers accept posts); after it heals, both
+//!   sides' posts survive and are delivered once.
+//!
+//! Delay and loss are tested on loopback through an impairing UDP relay
+//! (tests/impaired.rs): this kernel has no netem.
 //!
 //! Needs root (CAP_NET_ADMIN), so it is ignored by default; `.ci/run` runs it where
 //! namespaces can be created:
@@ -131,7 +136,19 @@ impl Drop for Net {
     }
 }
 
-/// Two clusters on hosts 1 and 2, the coordinator on host 0.
+/// The host of a cluster's node: the coordinator is host 0, then three per cluster.
+fn host(cluster: usize, role: Role) -> usize {
+    let i = match role {
+        Role::Primary => 0,
+        Role::Secondary => 1,
+        Role::Sync => 2,
+    };
+    1 + (cluster - 1) * 3 + i
+}
+
+const ROLES: [Role; 3] = [Role::Primary, Role::Secondary, Role::Sync];
+
+/// Two clusters on hosts 1..=6, the coordinator on host 0.
 struct Sys {
     // Field order is drop order: processes stop before the namespaces go.
     procs: Vec<Proc>,
@@ -149,6 +166,10 @@ impl Sys {
         self.dir.path().join(format!("{name}.log"))
     }
 
+    fn datastore(&self, host: usize) -> PathBuf {
+        self.dir.path().join(format!("datastore-h{host}"))
+    }
+
     fn node(
         &mut self,
         host: usize,
@@ -162,11 +183,7 @@ impl Sys {
             "--cert-dir".into(),
             self.certs().display().to_string(),
             "--datastore".into(),
-            self.dir
-                .path()
-                .join(format!("datastore-h{host}"))
-                .display()
-                .to_string(),
+            self.datastore(host).display().to_string(),
             "--heartbeat-ms".into(),
             "200".into(),
             "--bind".into(),
@@ -186,7 +203,7 @@ impl Sys {
     }
 
     fn start() -> Result<Option<Sys>> {
-        let net = match Net::create(3) {
+        let net = match Net::create(7) {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("SKIPPED: cannot create network namespaces here ({e:#}); run as root");
@@ -210,7 +227,7 @@ impl Sys {
         )?;
         for c in 1..=2usize {
             let coord = sys.coord.clone();
-            for t in ["primary", "secondary"] {
+            for (t, role) in [("primary", Role::Primary), ("secondary", Role::Secondary)] {
                 let args = vec![
                     "-c".into(),
                     coord.clone(),
@@ -221,7 +238,7 @@ impl Sys {
                     "-t".into(),
                     t.into(),
                 ];
-                sys.node(c, &format!("{t}-{c}"), "tsn_server", args)?;
+                sys.node(host(c, role), &format!("{t}-{c}"), "tsn_server", args)?;
             }
             let args = vec![
                 "-c".into(),
@@ -233,7 +250,7 @@ impl Sys {
                 "-q".into(),
                 "50".into(),
             ];
-            sys.node(c, &format!("sync-{c}"), "tsn_sync_service", args)?;
+            sys.node(host(c, Role::Sync), &format!("sync-{c}"), "tsn_sync_service", args)?;
         }
         // Ready when the coordinator sees all six nodes alive.
         eventually("all nodes registered", Duration::from_secs(30), || {
@@ -252,7 +269,7 @@ impl Sys {
         Ok(Some(sys))
     }
 
-    /// A client for `user` on host `host` (its cluster's host).
+    /// A client for `user` on host `host`.
     fn client(&self, host: usize, user: u32) -> Result<Client> {
         Client::spawn_in(
             &self.net.exec(host),
@@ -263,13 +280,38 @@ impl Sys {
         )
     }
 
-    /// The sync-delivered timeline file of `user` in `cluster` (on that cluster's host).
+    /// The sync-delivered timeline file of `user` in `cluster` (on its sync host).
     fn delivered(&self, cluster: usize, user: u32) -> String {
-        let p: &Path = self.dir.path();
+        let p: &Path = &self.datastore(host(cluster, Role::Sync));
         std::fs::read_to_string(p.join(format!(
-            "datastore-h{cluster}/{cluster}/sync/local_clients/{user}/timeline.data"
+            "{cluster}/sync/local_clients/{user}/timeline.data"
         )))
         .unwrap_or_default()
+    }
+
+    /// A server's journal.
+    fn journal(&self, cluster: usize, role: Role) -> String {
+        let name = if role == Role::Primary { "primary" } else { "secondary" };
+        std::fs::read_to_string(
+            self.datastore(host(cluster, role))
+                .join(format!("{cluster}/{name}/journal.data")),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Cuts (or with `heal`, restores) every link between two clusters' hosts.
+    fn cut_clusters(&self, heal: bool) -> Result<()> {
+        for a in ROLES {
+            for b in ROLES {
+                let (x, y) = (host(1, a), host(2, b));
+                if heal {
+                    self.net.heal(x, y)?;
+                } else {
+                    self.net.cut(x, y)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -298,15 +340,15 @@ fn partition_between_clusters_then_heal_delivers_the_backlog_once() -> Result<()
     let Some(sys) = Sys::start()? else {
         return Ok(());
     };
-    let mut a = sys.client(1, 2)?; // cluster 1
-    let mut b = sys.client(2, 1)?; // cluster 2
+    let mut a = sys.client(host(1, Role::Sync), 2)?; // cluster 1
+    let mut b = sys.client(host(2, Role::Sync), 1)?; // cluster 2
     wait_users(&mut a, &[1, 2])?;
     wait_users(&mut b, &[1, 2])?;
     assert_eq!(a.run("FOLLOW 1", 1)?, ["Command completed successfully"]);
     assert_eq!(b.run("FOLLOW 2", 1)?, ["Command completed successfully"]);
     std::thread::sleep(Duration::from_millis(500));
 
-    sys.net.cut(1, 2)?;
+    sys.cut_clusters(false)?;
     // Both sides keep serving their own users while cut off from each other.
     for (c, tag) in [(&mut a, "from one"), (&mut b, "from two")] {
         assert_eq!(
@@ -334,7 +376,7 @@ fn partition_between_clusters_then_heal_delivers_the_backlog_once() -> Result<()
         "nothing crosses a cut link"
     );
 
-    sys.net.heal(1, 2)?;
+    sys.cut_clusters(true)?;
     eventually("backlog to cluster 2", Duration::from_secs(30), || {
         delivered_once(&sys, 2, 1, "from one", 10)
     })?;
@@ -342,5 +384,78 @@ fn partition_between_clusters_then_heal_delivers_the_backlog_once() -> Result<()
         delivered_once(&sys, 1, 2, "from two", 10)
     })?;
 
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root to create network namespaces; run with --ignored"]
+fn split_brain_inside_a_cluster_then_heal_keeps_both_sides_posts() -> Result<()> {
+    let Some(sys) = Sys::start()? else {
+        return Ok(());
+    };
+    // With 2 clusters: users 2 and 4 in cluster 1, user 1 in cluster 2. User 2's client
+    // runs on the primary's host, so it stays with the primary through the split.
+    let mut early = sys.client(host(1, Role::Primary), 2)?;
+    let mut reader = sys.client(host(2, Role::Sync), 1)?;
+    wait_users(&mut early, &[1, 2])?;
+    assert_eq!(reader.run("FOLLOW 2", 1)?, ["Command completed successfully"]);
+    assert_eq!(
+        early.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The primary's host loses the secondary's and the coordinator's, but keeps its
+    // clients and its sync service: the primary goes on serving alone, while the coordinator makes the secondary
+    // active for everyone else. Both accept posts.
+    let (p, s, coord) = (host(1, Role::Primary), host(1, Role::Secondary), 0);
+    sys.net.cut(p, s)?;
+    sys.net.cut(p, coord)?;
+    post_all(&mut early, "primary side", 10)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let mut late = sys.client(host(1, Role::Sync), 4)?;
+    assert_eq!(late.run("FOLLOW 2", 1)?[0], "Command completed successfully");
+    assert_eq!(
+        late.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
+    post_all(&mut late, "secondary side", 10)?;
+    assert_eq!(late.finish(Duration::from_secs(20))?, 0);
+    assert!(
+        !sys.journal(1, Role::Primary).contains("secondary side"),
+        "the primary was cut off from the secondary's posts"
+    );
+
+    sys.net.heal(p, s)?;
+    sys.net.heal(p, coord)?;
+    assert_eq!(early.finish(Duration::from_secs(30))?, 0);
+    // Both servers end with both sides' posts, once each.
+    for role in [Role::Primary, Role::Secondary] {
+        eventually("both sides merged", Duration::from_secs(30), || {
+            let j = sys.journal(1, role);
+            let counts: Vec<usize> = (0..10)
+                .flat_map(|k| {
+                    [
+                        count_text(&j, &format!("primary side {k}")),
+                        count_text(&j, &format!("secondary side {k}")),
+                    ]
+                })
+                .collect();
+            if counts.iter().any(|c| *c > 1) {
+                bail!("{role:?}: a post stored twice: {counts:?}");
+            }
+            Ok(counts.iter().all(|c| *c == 1))
+        })?;
+    }
+    // And the follower in the other cluster got every post of user 2, once.
+    eventually("delivered once", Duration::from_secs(30), || {
+        delivered_once(&sys, 2, 1, "primary side", 10)
+    })?;
     Ok(())
 }

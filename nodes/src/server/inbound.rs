@@ -84,7 +84,8 @@ pub async fn run(
                 .context("received-feed writer panicked")?
         }
     };
-    feed::follow("sync journal".into(), endpoint, addr, from, open, apply).await;
+    let settled = watch::channel(false).0;
+    feed::follow("sync journal".into(), endpoint, addr, from, settled, open, apply).await;
 }
 
 fn take(shared: &Shared, inbound: &Mutex<Inbound>, batch: Batch) -> anyhow::Result<()> {

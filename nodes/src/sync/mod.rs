@@ -129,14 +129,21 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", dir.path().display()))?;
     let core: Core = Arc::new(Mutex::new(core));
 
-    // Feeds this sync service reads.
+    // Feeds this sync service reads. Outboxes are read only once this cluster's servers
+    // have been read to their end (or found down): a post is delivered to the local
+    // users who follow its author, so the follows must be known first (this matters
+    // when the sync service rebuilds from empty).
+    let mut settled = Vec::new();
     for kind in [NodeKind::Primary, NodeKind::Secondary] {
+        let (tx, rx) = watch::channel(false);
+        settled.push(rx);
         tasks.spawn(follow_server(
             core.clone(),
             endpoint.clone(),
             link::peer_addr(&members, move |m| m.addr_of(cluster, kind)),
             cluster,
             kind,
+            tx,
         ));
     }
     for from in 1..=clusters {
@@ -154,6 +161,7 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
             addr,
             cluster,
             from,
+            settled.clone(),
         ));
     }
 
@@ -197,6 +205,7 @@ async fn follow_server(
     addr: watch::Receiver<Option<String>>,
     cluster: ClusterId,
     kind: NodeKind,
+    settled: feed::Settled,
 ) {
     let key = core::server_key(kind);
     let from = core.lock().unwrap_or_else(|e| e.into_inner()).cursor(&key);
@@ -229,6 +238,7 @@ async fn follow_server(
         endpoint,
         addr,
         from,
+        settled,
         open,
         apply,
     )
@@ -242,7 +252,13 @@ async fn follow_outbox(
     addr: watch::Receiver<Option<String>>,
     cluster: ClusterId,
     from_cluster: ClusterId,
+    servers_settled: Vec<watch::Receiver<bool>>,
 ) {
+    for mut s in servers_settled {
+        if s.wait_for(|v| *v).await.is_err() {
+            return;
+        }
+    }
     let key = core::outbox_key(from_cluster);
     let from = core.lock().unwrap_or_else(|e| e.into_inner()).cursor(&key);
     let open = move |at| {
@@ -270,6 +286,7 @@ async fn follow_outbox(
         endpoint,
         addr,
         from,
+        watch::channel(false).0,
         open,
         apply,
     )
