@@ -103,7 +103,13 @@ fn losing_each_server_host_in_turn_loses_no_post() -> anyhow::Result<()> {
     eventually(
         "the other server's copy complete",
         Duration::from_secs(30),
-        || check(if active == Role::Primary { Role::Secondary } else { Role::Primary }),
+        || {
+            check(if active == Role::Primary {
+                Role::Secondary
+            } else {
+                Role::Primary
+            })
+        },
     )?;
     // The returned servers rebuilt what they serve from the sync service too.
     let mut again = sys.client(6)?;

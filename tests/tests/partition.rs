@@ -250,7 +250,12 @@ impl Sys {
                 "-q".into(),
                 "50".into(),
             ];
-            sys.node(host(c, Role::Sync), &format!("sync-{c}"), "tsn_sync_service", args)?;
+            sys.node(
+                host(c, Role::Sync),
+                &format!("sync-{c}"),
+                "tsn_sync_service",
+                args,
+            )?;
         }
         // Ready when the coordinator sees all six nodes alive.
         eventually("all nodes registered", Duration::from_secs(30), || {
@@ -283,15 +288,19 @@ impl Sys {
     /// The sync-delivered timeline file of `user` in `cluster` (on its sync host).
     fn delivered(&self, cluster: usize, user: u32) -> String {
         let p: &Path = &self.datastore(host(cluster, Role::Sync));
-        std::fs::read_to_string(p.join(format!(
-            "{cluster}/sync/local_clients/{user}/timeline.data"
-        )))
+        std::fs::read_to_string(
+            p.join(format!("{cluster}/sync/local_clients/{user}/timeline.data")),
+        )
         .unwrap_or_default()
     }
 
     /// A server's journal.
     fn journal(&self, cluster: usize, role: Role) -> String {
-        let name = if role == Role::Primary { "primary" } else { "secondary" };
+        let name = if role == Role::Primary {
+            "primary"
+        } else {
+            "secondary"
+        };
         std::fs::read_to_string(
             self.datastore(host(cluster, role))
                 .join(format!("{cluster}/{name}/journal.data")),
@@ -398,7 +407,10 @@ fn split_brain_inside_a_cluster_then_heal_keeps_both_sides_posts() -> Result<()>
     let mut early = sys.client(host(1, Role::Primary), 2)?;
     let mut reader = sys.client(host(2, Role::Sync), 1)?;
     wait_users(&mut early, &[1, 2])?;
-    assert_eq!(reader.run("FOLLOW 2", 1)?, ["Command completed successfully"]);
+    assert_eq!(
+        reader.run("FOLLOW 2", 1)?,
+        ["Command completed successfully"]
+    );
     assert_eq!(
         early.run("TIMELINE", 2)?,
         [
@@ -417,7 +429,10 @@ fn split_brain_inside_a_cluster_then_heal_keeps_both_sides_posts() -> Result<()>
     post_all(&mut early, "primary side", 10)?;
     std::thread::sleep(Duration::from_secs(2));
     let mut late = sys.client(host(1, Role::Sync), 4)?;
-    assert_eq!(late.run("FOLLOW 2", 1)?[0], "Command completed successfully");
+    assert_eq!(
+        late.run("FOLLOW 2", 1)?[0],
+        "Command completed successfully"
+    );
     assert_eq!(
         late.run("TIMELINE", 2)?,
         [
@@ -427,9 +442,22 @@ fn split_brain_inside_a_cluster_then_heal_keeps_both_sides_posts() -> Result<()>
     );
     post_all(&mut late, "secondary side", 10)?;
     assert_eq!(late.finish(Duration::from_secs(20))?, 0);
+    eventually(
+        "the primary stores its side alone",
+        Duration::from_secs(20),
+        || {
+            Ok((0..10).all(|k| {
+                count_text(&sys.journal(1, Role::Primary), &format!("primary side {k}")) == 1
+            }))
+        },
+    )?;
     assert!(
         !sys.journal(1, Role::Primary).contains("secondary side"),
         "the primary was cut off from the secondary's posts"
+    );
+    assert!(
+        !sys.journal(1, Role::Secondary).contains("primary side"),
+        "the secondary was cut off from the primary's posts: a split brain"
     );
 
     sys.net.heal(p, s)?;

@@ -85,7 +85,16 @@ pub async fn run(
         }
     };
     let settled = watch::channel(false).0;
-    feed::follow("sync journal".into(), endpoint, addr, from, settled, open, apply).await;
+    feed::follow(
+        "sync journal".into(),
+        endpoint,
+        addr,
+        from,
+        settled,
+        open,
+        apply,
+    )
+    .await;
 }
 
 fn take(shared: &Shared, inbound: &Mutex<Inbound>, batch: Batch) -> anyhow::Result<()> {
