@@ -88,13 +88,16 @@ fn write_ready_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
     .with_context(|| format!("writing ready file {}", path.display()))
 }
 
-/// Starts tracing to stderr. RUST_LOG wins over `--log`.
+/// Starts tracing to stderr, in colour only when stderr is a terminal (log files stay
+/// greppable). RUST_LOG wins over `--log`.
 pub fn init_tracing(default_filter: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

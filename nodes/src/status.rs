@@ -9,9 +9,10 @@ use tsn_protocol::coord::{CoordReply, CoordRequest, NodeKind, RoutingTables};
 
 use crate::common::CommonOpts;
 
-/// `tsn_status`: shows the master, slave and synchronizer tables of the coordinator.
+/// Prints a TSN coordinator's routing tables: every cluster's master (primary), slave
+/// (secondary) and synchronizer, whether each is alive and which server is active.
 #[derive(Debug, Parser)]
-#[command(name = "tsn_status", version, about, long_about = None)]
+#[command(name = "tsn_status", version, long_about = None)]
 pub struct StatusOpts {
     /// Coordinator address, <coordIP>:<coordPort>.
     #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port)]

@@ -48,11 +48,19 @@ fn help_lists_the_original_flags() {
         ),
         (env!("CARGO_BIN_EXE_tsn_status"), &["-c", "--cert-dir"]),
     ];
+    let mut first_lines = std::collections::HashSet::new();
     for (bin, flags) in cases {
         let (code, out, _) = run(bin, &["--help"]);
         assert_eq!(code, 0, "{bin} --help");
         for f in flags {
             assert!(out.contains(f), "{bin} --help lacks {f}:\n{out}");
+        }
+        if !bin.ends_with("tsn_client") {
+            let first = out.lines().next().unwrap_or_default().to_string();
+            assert!(
+                first_lines.insert(first.clone()),
+                "{bin} --help starts like another binary's: {first}"
+            );
         }
     }
 }

@@ -10,9 +10,11 @@ use tsn_protocol::coord::{CoordError, CoordReply, CoordRequest};
 use super::tables::{Event, Tables};
 use crate::common::{CommonOpts, NodeOpts};
 
-/// `tsn_coordinator`: routing tables, heartbeats and failover for every cluster.
+/// The TSN coordinator: keeps every cluster's routing table from its nodes' heartbeats,
+/// assigns clients to clusters, and fails a cluster over when its active server stops
+/// beating.
 #[derive(Debug, Parser)]
-#[command(name = "tsn_coordinator", version, about, long_about = None)]
+#[command(name = "tsn_coordinator", version, long_about = None)]
 pub struct CoordinatorOpts {
     /// UDP port to listen on (0 picks a free one; see --ready-file).
     #[arg(short = 'p', long = "port")]

@@ -66,9 +66,10 @@ pub enum AckMode {
     Durable,
 }
 
-/// `tsn_server`: serves one cluster's clients, as its primary or secondary.
+/// A TSN server: serves one cluster's clients (login, FOLLOW, UNFOLLOW, LIST, TIMELINE) as
+/// its primary or secondary, mirroring every change to the other server.
 #[derive(Debug, Parser)]
-#[command(name = "tsn_server", version, about, long_about = None)]
+#[command(name = "tsn_server", version, long_about = None)]
 pub struct ServerOpts {
     /// Coordinator address, <coordIP>:<coordPort>.
     #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port)]

@@ -35,9 +35,10 @@ use crate::common::{CommonOpts, NodeOpts};
 use crate::feed::{self, Batch};
 use crate::link::{self, LinkConfig, Membership};
 
-/// `tsn_sync_service`: moves follows, users and posts between users and clusters.
+/// The TSN sync service of one cluster: passes users, follows and posts between this
+/// cluster's servers and every cluster's sync service, as soon as they are written.
 #[derive(Debug, Parser)]
-#[command(name = "tsn_sync_service", version, about, long_about = None)]
+#[command(name = "tsn_sync_service", version, long_about = None)]
 pub struct SyncOpts {
     /// Coordinator address, <coordIP>:<coordPort>.
     #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port)]
