@@ -98,7 +98,7 @@ done
 [ $ready = 1 ] || { echo "system did not become ready; logs in $run/logs" >&2; exit 1; }
 
 if [ "$mode" = up ]; then
-  status
+  status || true
   cat <<TXT
 
 TSN is running on loopback ($clusters clusters, heartbeat ${hb} ms, sync period ${q} ms).

@@ -18,8 +18,53 @@ pub struct StatusOpts {
     #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port)]
     pub coordinator: String,
 
+    /// Print the tables as JSON (with each cluster's health) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
     #[command(flatten)]
     pub common: CommonOpts,
+}
+
+/// What is wrong with each cluster that cannot serve fully: no live active server, or no
+/// live sync service. Empty when every cluster is healthy.
+pub fn problems(t: &RoutingTables) -> Vec<String> {
+    let mut out = Vec::new();
+    for cluster in 1..=t.clusters {
+        let live = |pred: &dyn Fn(&tsn_protocol::coord::RouteEntry) -> bool| {
+            t.entries
+                .iter()
+                .any(|e| e.cluster == cluster && e.alive && pred(e))
+        };
+        if !live(&|e| e.kind != NodeKind::Sync && e.active) {
+            out.push(format!("cluster {cluster} has no live active server"));
+        }
+        if !live(&|e| e.kind == NodeKind::Sync) {
+            out.push(format!("cluster {cluster} has no live sync service"));
+        }
+    }
+    out
+}
+
+/// The tables and their health as JSON.
+pub fn render_json(t: &RoutingTables) -> String {
+    let problems = problems(t);
+    let v = serde_json::json!({
+        "healthy": problems.is_empty(),
+        "problems": problems,
+        "clusters": t.clusters,
+        "heartbeat_ms": t.heartbeat_ms,
+        "nodes": t.entries.iter().map(|e| serde_json::json!({
+            "cluster": e.cluster,
+            "kind": e.kind.as_str(),
+            "addr": e.addr,
+            "alive": e.alive,
+            "active": e.active,
+            "epoch": e.epoch,
+            "ms_since_beat": e.ms_since_beat,
+        })).collect::<Vec<_>>(),
+    });
+    format!("{v:#}\n")
 }
 
 /// Fetches the tables.
