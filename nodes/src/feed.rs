@@ -101,12 +101,20 @@ pub fn record(entry: Entry) -> Record {
 
 /// Serves `source` on `send` from `from` until the reader goes away or the log's writer
 /// stops, sending only the records `keep` accepts (the cursor moves past the others).
+/// With a `pace`, new records wait for the next tick of that period (the original
+/// system's period-driven delivery) instead of travelling as soon as they are written.
 pub async fn serve(
     source: FeedSource,
     from: Cursor,
     keep: impl Fn(&Record) -> bool,
+    pace: Option<Duration>,
     send: &mut quinn::SendStream,
 ) -> anyhow::Result<()> {
+    let mut tick = pace.map(|p| {
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let start = {
         let s = source.clone();
         tokio::task::spawn_blocking(move || s.start(from))
@@ -147,6 +155,9 @@ pub async fn serve(
                     }
                 }
                 _ = send.stopped() => return Ok(()),
+            }
+            if let Some(t) = tick.as_mut() {
+                t.tick().await;
             }
             continue;
         }

@@ -409,11 +409,15 @@ async fn serve_node_stream(
             };
             let result = match refusal {
                 Some(why) => Err(why),
-                None => {
-                    crate::feed::serve(shared.journal_feed.clone(), sub.from, |_| true, &mut send)
-                        .await
-                        .map_err(|e| format!("{e:#}"))
-                }
+                None => crate::feed::serve(
+                    shared.journal_feed.clone(),
+                    sub.from,
+                    |_| true,
+                    None,
+                    &mut send,
+                )
+                .await
+                .map_err(|e| format!("{e:#}")),
             };
             if let Err(why) = result {
                 tracing::debug!("journal feed ended: {why}");

@@ -52,11 +52,17 @@ pub struct SyncOpts {
     #[arg(short = 'p', long = "port")]
     pub port: u16,
 
-    /// Longest a change may wait before it is passed on, in milliseconds. Changes travel
-    /// as soon as they are written (batched while a batch is in flight), so this bounds
-    /// only how long a feed may go without news before it is re-established.
+    /// Longest a change may wait before it is passed on, in milliseconds. With the default
+    /// `--delivery event`, changes travel as soon as they are written (batched while a
+    /// batch is in flight), well within this; with `--delivery period`, they wait for
+    /// the next tick of this period at each hop, as in the original system.
     #[arg(short = 'q', long = "period", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub period_ms: u64,
+
+    /// `event`: pass each change on as soon as it is written; `period`: pass changes on
+    /// every -q milliseconds (the original's behaviour, for comparison).
+    #[arg(long, value_enum, default_value = "event")]
+    pub delivery: Delivery,
 
     /// Address servers and other sync services should dial (host:port); default as for
     /// tsn_server.
@@ -68,6 +74,15 @@ pub struct SyncOpts {
 
     #[command(flatten)]
     pub common: CommonOpts,
+}
+
+/// When the sync service passes changes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Delivery {
+    /// As soon as they are written.
+    Event,
+    /// Every `-q` milliseconds.
+    Period,
 }
 
 /// The state, shared by the feeds (blocking work runs with the lock held, off the
@@ -166,13 +181,14 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
         ));
     }
 
+    let pace = (opts.delivery == Delivery::Period).then(|| Duration::from_millis(opts.period_ms));
     let accept = {
         let core = core.clone();
         tokio::spawn(crate::net::accept_loop(endpoint.clone(), move |conn| {
-            serve_peer(conn, core.clone(), cluster, clusters)
+            serve_peer(conn, core.clone(), cluster, clusters, pace)
         }))
     };
-    tracing::info!(%local, %advertise, cluster, clusters, period_ms = opts.period_ms, "sync service running");
+    tracing::info!(%local, %advertise, cluster, clusters, period_ms = opts.period_ms, delivery = ?opts.delivery, "sync service running");
     opts.node.announce(local)?;
 
     crate::common::shutdown_signal().await;
@@ -295,7 +311,13 @@ async fn follow_outbox(
 }
 
 /// Serves feeds to a peer: its outbox to sync services, its journal to its servers.
-async fn serve_peer(conn: quinn::Connection, core: Core, cluster: ClusterId, clusters: u32) {
+async fn serve_peer(
+    conn: quinn::Connection,
+    core: Core,
+    cluster: ClusterId,
+    clusters: u32,
+    pace: Option<Duration>,
+) {
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -330,13 +352,14 @@ async fn serve_peer(conn: quinn::Connection, core: Core, cluster: ClusterId, clu
                             tsn_datastore::Record::Change(c) => SyncCore::wanted(c, dest, clusters),
                             tsn_datastore::Record::Deliver { .. } => false,
                         },
+                        pace,
                         &mut send,
                     )
                     .await
                     .map_err(|e| format!("{e:#}"))
                 }
                 FeedLog::SyncJournal if sub.reader == cluster => {
-                    feed::serve(journal, sub.from, |_| true, &mut send)
+                    feed::serve(journal, sub.from, |_| true, pace, &mut send)
                         .await
                         .map_err(|e| format!("{e:#}"))
                 }
