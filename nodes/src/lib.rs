@@ -6,6 +6,8 @@
 //! - [`net`]: QUIC endpoints, dialling with timeouts, one-request-per-stream calls, the
 //!   advertised-address rule, and the transport limits (with what they cost).
 //! - [`coordinator`]: routing tables, heartbeats, failover epochs, client assignment.
+//! - [`hlc`]: the hybrid logical clock that timestamps changes, so that order does not
+//!   depend on synchronised wall clocks.
 //! - [`link`]: a node's link to the coordinator (registration, heartbeats, where its
 //!   peers are), the same for servers and sync services.
 //! - [`feed`]: serving a log to a reader from its cursor, and following another node's
@@ -30,6 +32,7 @@ pub mod client;
 pub mod common;
 pub mod coordinator;
 pub mod feed;
+pub mod hlc;
 pub mod link;
 pub mod net;
 pub mod server;

@@ -5,12 +5,22 @@
 //!
 //! While the coordinator cannot be reached the node keeps what it learned last: clusters
 //! keep serving through a coordinator restart.
+//!
+//! The link runs on a thread of its own, with its own runtime and UDP endpoint, so that a
+//! node busy with clients (hundreds of timeline streams on its one-thread runtime) still
+//! beats on time and is not failed over for being busy. So that a node whose runtime has
+//! stopped making progress (a hang) is still failed over, the node's runtime ticks a
+//! watchdog, and the link stops beating when the ticks stop for [`stalled_after`].
 
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tokio::sync::watch;
 use tsn_protocol::coord::{
-    BeatReply, CoordReply, CoordRequest, Heartbeat, NodeKind, RoutingTables,
+    BeatReply, CoordError, CoordReply, CoordRequest, Heartbeat, NodeKind, RoutingTables,
 };
 use tsn_protocol::ClusterId;
 
@@ -57,14 +67,86 @@ pub struct LinkConfig {
     pub interval: Duration,
 }
 
-/// Beats for ever, publishing what it learns on `out`.
-pub async fn run(endpoint: quinn::Endpoint, cfg: LinkConfig, out: watch::Sender<Membership>) {
+/// How often the node's runtime ticks the watchdog.
+const WATCHDOG_TICK: Duration = Duration::from_millis(100);
+
+/// How long the node's runtime may go without ticking before the link stops beating:
+/// ten heartbeats, and at least two seconds (a busy runtime is late by milliseconds; one
+/// that misses this many ticks is stuck).
+pub fn stalled_after(interval: Duration) -> Duration {
+    (interval * 10).max(Duration::from_secs(2))
+}
+
+/// Starts the link on its own thread, dialling from `bind` with the node's identity, and
+/// a watchdog ticker on the calling (the node's) runtime. What it learns goes to `out`.
+pub fn start(
+    cfg: LinkConfig,
+    bind: IpAddr,
+    client_config: quinn::ClientConfig,
+    out: watch::Sender<Membership>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let ticks = Arc::new(AtomicU64::new(0));
+    let ticker = ticks.clone();
+    tokio::spawn(async move {
+        loop {
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            ticker.store(ms, Ordering::Relaxed);
+            tokio::time::sleep(WATCHDOG_TICK).await;
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the coordinator link's runtime")?;
+    let endpoint = {
+        let _guard = rt.enter();
+        let mut ep = quinn::Endpoint::client(SocketAddr::new(bind, 0))
+            .context("binding the coordinator link's UDP socket")?;
+        ep.set_default_client_config(client_config);
+        ep
+    };
+    let alive = move || {
+        let last = Duration::from_millis(ticks.load(Ordering::Relaxed));
+        started.elapsed().saturating_sub(last) < stalled_after(cfg.interval)
+    };
+    let cfg2 = cfg.clone();
+    std::thread::Builder::new()
+        .name("coordinator-link".into())
+        .spawn(move || rt.block_on(run(endpoint, cfg2, alive, out)))
+        .context("starting the coordinator link's thread")?;
+    Ok(())
+}
+
+/// Beats for ever while `alive` says the node makes progress, publishing what it learns
+/// on `out`.
+pub async fn run(
+    endpoint: quinn::Endpoint,
+    cfg: LinkConfig,
+    alive: impl Fn() -> bool,
+    out: watch::Sender<Membership>,
+) {
     let mut conn: Option<quinn::Connection> = None;
     let mut unreachable = false;
+    let mut stalled = false;
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !alive() {
+            if !stalled {
+                tracing::error!(
+                    "this node's runtime has made no progress for {:?}: no more heartbeats, so that the coordinator fails it over",
+                    stalled_after(cfg.interval)
+                );
+                stalled = true;
+            }
+            continue;
+        }
+        if stalled {
+            tracing::info!("this node's runtime makes progress again: heartbeats resume");
+            stalled = false;
+        }
         match beat(&endpoint, &mut conn, &cfg, &out).await {
             Ok(m) => {
                 if unreachable {
@@ -78,11 +160,19 @@ pub async fn run(endpoint: quinn::Endpoint, cfg: LinkConfig, out: watch::Sender<
                 });
             }
             Err(e) => {
-                if !unreachable {
-                    tracing::warn!(coordinator = %cfg.coordinator, "heartbeat failed, keeping what was learned last: {e:#}");
-                    unreachable = true;
+                let taken = e
+                    .downcast_ref::<CoordError>()
+                    .is_some_and(|c| matches!(c, CoordError::RoleTaken { .. }));
+                if taken {
+                    // Loud every time: two processes claim one role, and this one waits.
+                    tracing::error!(coordinator = %cfg.coordinator, "registration refused, not serving: {e}");
+                } else {
+                    if !unreachable {
+                        tracing::warn!(coordinator = %cfg.coordinator, "heartbeat failed, keeping what was learned last: {e:#}");
+                        unreachable = true;
+                    }
+                    conn = None;
                 }
-                conn = None;
             }
         }
     }
@@ -118,7 +208,7 @@ async fn beat(
     });
     let beat = match crate::net::call::<_, CoordReply>(&c, &hb).await? {
         CoordReply::Beat(r) => r,
-        CoordReply::Failed(e) => anyhow::bail!("coordinator refused the heartbeat: {e}"),
+        CoordReply::Failed(e) => return Err(e.into()),
         other => anyhow::bail!("unexpected heartbeat reply {other:?}"),
     };
     let tables = match crate::net::call::<_, CoordReply>(&c, &CoordRequest::Status).await? {

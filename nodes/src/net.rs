@@ -232,24 +232,37 @@ pub fn node_idle_timeout(heartbeat: Duration) -> Duration {
     (heartbeat * 3).clamp(Duration::from_millis(600), Duration::from_secs(30))
 }
 
+/// What a node has once it can serve: its endpoint, the address it is bound to, and the
+/// client configuration (its identity) for a second endpoint.
+#[derive(Debug)]
+pub struct NodeListener {
+    /// The endpoint: listens, and dials peers.
+    pub endpoint: quinn::Endpoint,
+    /// Where it is bound.
+    pub local: SocketAddr,
+    /// The node's identity as a dialling configuration (for the coordinator link, which
+    /// has an endpoint and a thread of its own: see [`crate::link`]).
+    pub client_config: quinn::ClientConfig,
+}
+
 /// Everything a node does before it serves: issue itself a leaf from the cluster CA in
-/// `--cert-dir`, and bind its endpoint on `--bind` and `port`. Returns the endpoint and
-/// the address it is bound to.
+/// `--cert-dir`, and bind its endpoint on `--bind` and `port`.
 pub fn node_listener(
     common: &crate::common::CommonOpts,
     node: &crate::common::NodeOpts,
     port: u16,
     auth: tsn_certs::ClientAuth,
-) -> anyhow::Result<(quinn::Endpoint, SocketAddr)> {
+) -> anyhow::Result<NodeListener> {
     use anyhow::Context;
     let identity = tsn_certs::node_identity(&common.cert_dir, &[])
         .with_context(|| format!("loading certificates from {}", common.cert_dir.display()))?;
-    let endpoint = node_endpoint(
-        &identity,
-        auth,
-        SocketAddr::new(node.bind, port),
-        node_idle_timeout(node.heartbeat()),
-    )?;
+    let idle = node_idle_timeout(node.heartbeat());
+    let endpoint = node_endpoint(&identity, auth, SocketAddr::new(node.bind, port), idle)?;
     let local = endpoint.local_addr()?;
-    Ok((endpoint, local))
+    let client_config = identity.client_config(transport(idle))?;
+    Ok(NodeListener {
+        endpoint,
+        local,
+        client_config,
+    })
 }

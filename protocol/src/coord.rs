@@ -163,4 +163,16 @@ pub enum CoordError {
     /// The advertised address is not one others can dial.
     #[error("address {0:?} cannot be dialled by others")]
     BadAddress(String),
+    /// Another live process holds this role of this cluster.
+    #[error("the {} of cluster {cluster} is held by a live process at {holder} (last heartbeat {ms_since_beat} ms ago); this one is accepted only once that one stops beating", kind.as_str())]
+    RoleTaken {
+        /// The cluster.
+        cluster: ClusterId,
+        /// The role.
+        kind: NodeKind,
+        /// The address of the process that holds it.
+        holder: String,
+        /// Milliseconds since the holder's last heartbeat.
+        ms_since_beat: u64,
+    },
 }

@@ -300,6 +300,18 @@ impl System {
 
     /// Starts (or restarts) one node with extra flags.
     pub fn start_node_with(&mut self, cluster: u32, role: Role, extra: &[String]) -> Result<()> {
+        self.start_node_in(cluster, role, &[], extra)
+    }
+
+    /// Starts (or restarts) one node through `prefix` (see [`command`]; e.g. `env
+    /// LD_PRELOAD=...` for a skewed clock) with extra flags.
+    pub fn start_node_in(
+        &mut self,
+        cluster: u32,
+        role: Role,
+        prefix: &[String],
+        extra: &[String],
+    ) -> Result<()> {
         let name = node_name(cluster, role);
         let ready = self.dir.path().join(format!("{name}.addr"));
         let _ = std::fs::remove_file(&ready);
@@ -336,7 +348,7 @@ impl System {
         } else {
             "tsn_server"
         };
-        let p = Proc::spawn(bin, &args, &self.log(&name))?;
+        let p = Proc::spawn_in(prefix, bin, &args, &self.log(&name))?;
         self.nodes.insert((cluster, role), p);
         wait_file(&ready, Duration::from_secs(20))
             .with_context(|| format!("{name} did not start; see {}", self.log(&name).display()))?;
@@ -748,6 +760,31 @@ pub fn count_text(file: &str, text: &str) -> usize {
     file.lines()
         .filter(|l| l.ends_with(&format!(" {text}")))
         .count()
+}
+
+/// The libfaketime library, if installed (`.ci/run` installs it where it can).
+pub fn libfaketime() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// A command prefix that runs a node with its wall clock `offset` off (e.g. "-5s"),
+/// leaving its monotonic clock alone; `None` without libfaketime.
+pub fn skewed_clock(offset: &str) -> Option<Vec<String>> {
+    let lib = libfaketime()?;
+    Some(vec![
+        "env".into(),
+        format!("LD_PRELOAD={}", lib.display()),
+        format!("FAKETIME={offset}"),
+        "FAKETIME_DONT_FAKE_MONOTONIC=1".into(),
+        "FAKETIME_NO_CACHE=1".into(),
+    ])
 }
 
 /// Retries `f` until it returns `Ok(true)` or `timeout` passes.

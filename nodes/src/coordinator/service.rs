@@ -67,6 +67,13 @@ fn log_events(events: Vec<Event>) {
     }
 }
 
+fn log_stall(gap: std::time::Duration) {
+    tracing::warn!(
+        stalled_ms = gap.as_millis() as u64,
+        "the coordinator itself did not run for a while: every node gets that time back before it can be failed over"
+    );
+}
+
 /// Runs the coordinator until Ctrl-C / SIGTERM.
 pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
     if opts.clear {
@@ -75,7 +82,9 @@ pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
             .with_context(|| format!("clearing datastore {}", opts.node.datastore.display()))?;
         tracing::info!(path = %opts.node.datastore.display(), "datastore cleared");
     }
-    let (endpoint, local) = crate::net::node_listener(
+    let crate::net::NodeListener {
+        endpoint, local, ..
+    } = crate::net::node_listener(
         &opts.common,
         &opts.node,
         opts.port,
@@ -93,8 +102,14 @@ pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 let mut events = Vec::new();
+                let mut stalled = None;
                 if let Ok(mut t) = tables.lock() {
-                    t.refresh_all(Instant::now(), &mut events);
+                    let now = Instant::now();
+                    stalled = t.catch_up(now);
+                    t.refresh_all(now, &mut events);
+                }
+                if let Some(gap) = stalled {
+                    log_stall(gap);
                 }
                 log_events(events);
             }
@@ -147,9 +162,21 @@ fn answer(tables: &Shared, req: CoordRequest, is_node: bool) -> CoordReply {
     let Ok(mut t) = tables.lock() else {
         return CoordReply::Failed(CoordError::NoLiveServer { cluster: 0 });
     };
+    if let Some(gap) = t.catch_up(now) {
+        log_stall(gap);
+    }
     let reply = match req {
         CoordRequest::Heartbeat(hb) if is_node => match t.beat(&hb, now, &mut events) {
             Ok(r) => CoordReply::Beat(r),
+            Err(e @ CoordError::RoleTaken { .. }) => {
+                tracing::error!(
+                    cluster = hb.cluster,
+                    kind = hb.kind.as_str(),
+                    from = %hb.addr,
+                    "refused a second process for a live role: {e}"
+                );
+                CoordReply::Failed(e)
+            }
             Err(e) => CoordReply::Failed(e),
         },
         CoordRequest::SyncPeers if is_node => CoordReply::SyncPeers {

@@ -57,6 +57,8 @@ pub struct Tables {
     clusters: u32,
     heartbeat: Duration,
     by_id: BTreeMap<ClusterId, Cluster>,
+    /// When the tables last ran (a request or a tick); see [`Tables::catch_up`].
+    last_run: Option<Instant>,
 }
 
 impl Tables {
@@ -66,7 +68,28 @@ impl Tables {
             clusters: clusters.max(1),
             heartbeat,
             by_id: BTreeMap::new(),
+            last_run: None,
         }
+    }
+
+    /// Called first whenever the tables run. The coordinator ticks them every half beat;
+    /// a longer gap means the coordinator itself was not running (a starved process, a
+    /// stopped VM), and heartbeats that arrived meanwhile may still wait unread. Nodes
+    /// must not be failed over for the coordinator's own stall: every node's last beat
+    /// moves forward by the gap. Returns the gap when there was one.
+    pub fn catch_up(&mut self, now: Instant) -> Option<Duration> {
+        let prev = self.last_run.replace(now)?;
+        let gap = now.saturating_duration_since(prev);
+        if gap <= self.heartbeat {
+            return None;
+        }
+        let excuse = gap - self.heartbeat / 2;
+        for cluster in self.by_id.values_mut() {
+            for slot in cluster.slots.values_mut() {
+                slot.last_beat = (slot.last_beat + excuse).min(now);
+            }
+        }
+        Some(gap)
     }
 
     /// Number of clusters.
@@ -100,7 +123,19 @@ impl Tables {
         if !crate::net::dialable(&hb.addr) {
             return Err(CoordError::BadAddress(hb.addr.clone()));
         }
+        let down_after = self.down_after();
         let cluster = self.by_id.entry(hb.cluster).or_default();
+        if let Some(holder) = cluster.slots.get(&hb.kind) {
+            let quiet = now.saturating_duration_since(holder.last_beat);
+            if holder.addr != hb.addr && quiet <= down_after {
+                return Err(CoordError::RoleTaken {
+                    cluster: hb.cluster,
+                    kind: hb.kind,
+                    holder: holder.addr.clone(),
+                    ms_since_beat: u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+        }
         let changed = cluster
             .slots
             .get(&hb.kind)
@@ -288,6 +323,66 @@ mod tests {
             active: false,
             epoch: 0,
         }
+    }
+
+    #[test]
+    fn a_stalled_coordinator_fails_no_one_over_for_its_own_stall() {
+        let mut t = Tables::new(1, HB);
+        let mut ev = Vec::new();
+        let t0 = Instant::now();
+        t.catch_up(t0);
+        t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev).unwrap();
+        t.beat(&hb(1, NodeKind::Secondary, 2), t0, &mut ev).unwrap();
+        // The coordinator does not run for 10 beats; then the secondary's beat is the
+        // first thing it reads (the primary's waits in the queue).
+        let t1 = t0 + HB * 10;
+        assert!(t.catch_up(t1).is_some());
+        let s = t.beat(&hb(1, NodeKind::Secondary, 2), t1, &mut ev).unwrap();
+        assert!(!s.active, "no failover for the coordinator's own stall");
+        // A primary that really stopped is still failed over, within the usual time.
+        let mut now = t1;
+        for _ in 0..6 {
+            now += HB / 2;
+            assert!(t.catch_up(now).is_none());
+            t.beat(&hb(1, NodeKind::Secondary, 2), now, &mut ev)
+                .unwrap();
+        }
+        assert!(
+            t.beat(&hb(1, NodeKind::Secondary, 2), now, &mut ev)
+                .unwrap()
+                .active
+        );
+    }
+
+    #[test]
+    fn a_second_process_for_a_live_role_is_refused_until_the_first_stops() {
+        let mut t = Tables::new(1, HB);
+        let mut ev = Vec::new();
+        let t0 = Instant::now();
+        assert!(
+            t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev)
+                .unwrap()
+                .active
+        );
+        let err = t
+            .beat(&hb(1, NodeKind::Primary, 9), t0 + HB, &mut ev)
+            .unwrap_err();
+        assert!(
+            matches!(err, CoordError::RoleTaken { ref holder, .. } if holder == "127.0.0.1:1"),
+            "{err:?}"
+        );
+        assert!(err
+            .to_string()
+            .contains("held by a live process at 127.0.0.1:1"));
+        // The same process beats on; the impostor took nothing.
+        assert!(
+            t.beat(&hb(1, NodeKind::Primary, 1), t0 + HB, &mut ev)
+                .unwrap()
+                .active
+        );
+        // Once the holder has stopped beating, a new process takes the role.
+        let later = t0 + HB * 4;
+        assert!(t.beat(&hb(1, NodeKind::Primary, 9), later, &mut ev).is_ok());
     }
 
     #[test]

@@ -83,7 +83,7 @@ async fn handle(shared: &Shared, store: &Store, req: ClientRequest) -> ClientRep
             Change::Follow {
                 follower: user,
                 followee: target,
-                ts_us: crate::now_us(),
+                ts_us: shared.clock.now(),
                 active: true,
             }
         }
@@ -98,7 +98,7 @@ async fn handle(shared: &Shared, store: &Store, req: ClientRequest) -> ClientRep
             Change::Follow {
                 follower: user,
                 followee: target,
-                ts_us: crate::now_us(),
+                ts_us: shared.clock.now(),
                 active: false,
             }
         }

@@ -105,6 +105,7 @@ fn take(shared: &Shared, inbound: &Mutex<Inbound>, batch: Batch) -> anyhow::Resu
         let mut fresh = Vec::new();
         let mut entries = Vec::new();
         for r in records {
+            super::observe_record(&shared.clock, &r);
             let (new, entry) = model.apply_sync(&r);
             if new {
                 fresh.push(r);

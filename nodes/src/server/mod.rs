@@ -129,6 +129,8 @@ pub struct Shared {
     pub journal_feed: FeedSource,
     /// The in-memory model.
     pub model: Mutex<Model>,
+    /// Timestamps of new changes (advanced by every change stored or received).
+    pub clock: crate::hlc::Hlc,
     /// Active or standby, as last told by the coordinator.
     pub role: tokio_watch::Sender<RoleState>,
     /// When acknowledgements are sent.
@@ -211,6 +213,7 @@ impl Shared {
             journal_feed: FeedSource::new(dir.journal(), 1, 0).1,
             dir,
             model: Mutex::new(Model::default()),
+            clock: crate::hlc::Hlc::default(),
             role: tokio_watch::channel(RoleState::default()).0,
             ack,
             subs: Mutex::new(HashMap::new()),
@@ -253,12 +256,15 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         }
     }
     let mut model = Model::default();
+    let clock = crate::hlc::Hlc::default();
     for r in &records {
         if let tsn_datastore::Record::Change(c) = r {
+            clock.observe_change(c);
             model.apply_own(c);
         }
     }
     for r in &received {
+        observe_record(&clock, r);
         model.apply_sync(r);
     }
     tracing::info!(
@@ -269,7 +275,11 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     drop(records);
     drop(received);
 
-    let (endpoint, local) = crate::net::node_listener(
+    let crate::net::NodeListener {
+        endpoint,
+        local,
+        client_config,
+    } = crate::net::node_listener(
         &opts.common,
         &opts.node,
         opts.port,
@@ -286,6 +296,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         dir: dir.clone(),
         journal_feed,
         model: Mutex::new(model),
+        clock,
         role: role_tx,
         ack: opts.ack,
         subs: Mutex::new(HashMap::new()),
@@ -294,8 +305,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     let (members_tx, members) = tokio_watch::channel(crate::link::Membership::default());
-    tasks.spawn(crate::link::run(
-        endpoint.clone(),
+    crate::link::start(
         crate::link::LinkConfig {
             coordinator: opts.coordinator.clone(),
             cluster: opts.cluster,
@@ -303,8 +313,10 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
             advertise: advertise.clone(),
             interval: opts.node.heartbeat(),
         },
+        opts.node.bind,
+        client_config,
         members_tx,
-    ));
+    )?;
     tasks.spawn(role::run(shared.clone(), members.clone()));
     let inbound = Arc::new(Mutex::new(inbound));
     let cluster = opts.cluster;
@@ -352,6 +364,14 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         .context("writing clean-shutdown marker")?;
     drop(inbound);
     Ok(())
+}
+
+/// Advances `clock` past the timestamp a record carries.
+pub fn observe_record(clock: &crate::hlc::Hlc, r: &tsn_datastore::Record) {
+    match r {
+        tsn_datastore::Record::Change(c) => clock.observe_change(c),
+        tsn_datastore::Record::Deliver { post, .. } => clock.observe(post.ts_us),
+    }
 }
 
 /// Client connections (no certificate) speak the client protocol; node connections

@@ -253,6 +253,10 @@ impl Writer {
     }
 
     async fn commit(&mut self, batch: Vec<WriteReq>) {
+        // Mirrored and exchanged changes carry the other server's timestamps.
+        for c in batch.iter().flat_map(|r| r.changes.iter()) {
+            self.shared.clock.observe_change(c);
+        }
         // Keep only what is new to the model, and new within this batch.
         let fresh: Vec<Change> = {
             let model = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());

@@ -107,7 +107,7 @@ async fn session(
                     }
                     // A resend of a stored post goes through the store too: it is then
                     // acknowledged only once the batch that stored it is.
-                    let post = Post { id, ts_us: crate::now_us(), text };
+                    let post = Post { id, ts_us: shared.clock.now(), text };
                     pending.push_back((nonce, store.submit(vec![Change::Post(post)], true).await));
                 }
                 None => client_done = true,

@@ -96,7 +96,11 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     dir.create()
         .with_context(|| format!("creating {}", dir.path().display()))?;
 
-    let (endpoint, local) = crate::net::node_listener(
+    let crate::net::NodeListener {
+        endpoint,
+        local,
+        client_config,
+    } = crate::net::node_listener(
         &opts.common,
         &opts.node,
         opts.port,
@@ -107,8 +111,7 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
 
     let mut tasks = JoinSet::new();
     let (members_tx, mut members) = watch::channel(Membership::default());
-    tasks.spawn(link::run(
-        endpoint.clone(),
+    link::start(
         LinkConfig {
             coordinator: opts.coordinator.clone(),
             cluster: opts.cluster,
@@ -116,8 +119,10 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
             advertise: advertise.clone(),
             interval: opts.node.heartbeat(),
         },
+        opts.node.bind,
+        client_config,
         members_tx,
-    ));
+    )?;
     // The number of clusters comes from the coordinator.
     let clusters = {
         let mut logged = false;
