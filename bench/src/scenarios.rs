@@ -278,7 +278,7 @@ pub fn delivery(rt: &Runtime, s: &Settings) -> Result<Vec<Row>> {
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
                     while lat.len() < posts {
                         match tokio::time::timeout_at(deadline, tl.next()).await {
-                            Ok(Some(TimelineDown::Entry(p))) => {
+                            Ok(Some(TimelineDown::Entry { post: p, .. })) => {
                                 if let Some(t) = sent.lock().expect("lock").get(&p.id.nonce) {
                                     lat.push(t.elapsed());
                                 }
@@ -665,7 +665,9 @@ pub fn scale(
                         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
                         loop {
                             match tokio::time::timeout_at(deadline, tl.next()).await {
-                                Ok(Some(TimelineDown::Entry(p))) if p.id.nonce == nonce => {
+                                Ok(Some(TimelineDown::Entry { post: p, .. }))
+                                    if p.id.nonce == nonce =>
+                                {
                                     return Ok((tl, Instant::now()))
                                 }
                                 Ok(Some(_)) => {}

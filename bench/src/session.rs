@@ -85,14 +85,7 @@ impl Timeline {
     /// Opens `user`'s timeline on `conn` (the user must have logged in).
     pub async fn open(conn: &quinn::Connection, user: UserId) -> Result<Timeline> {
         let (mut send, recv) = conn.open_bi().await?;
-        tsn_protocol::write_msg(
-            &mut send,
-            &ClientRequest::Timeline {
-                user,
-                since_us: None,
-            },
-        )
-        .await?;
+        tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user, since: None }).await?;
         let mut recv = FrameReader::new(recv);
         match recv.next_msg::<ClientReply>().await? {
             Some(ClientReply::Ok) => {}

@@ -5,7 +5,7 @@
 //! follow <follower> <followee> <ts_us>
 //! unfollow <follower> <followee> <ts_us>
 //! post <author> <nonce> <ts_us> <text>
-//! deliver <to> <author> <nonce> <ts_us> <text>
+//! deliver <to> <seq> <author> <nonce> <ts_us> <text>
 //! ```
 //!
 //! In `<text>`, `\` is written `\\`, a newline `\n` and a carriage return `\r`; nothing
@@ -24,6 +24,9 @@ pub enum Record {
     Deliver {
         /// The recipient.
         to: UserId,
+        /// Its place in `to`'s timeline: 1 for the first post delivered to `to` by this
+        /// sync journal, then one more for each (a client resumes its timeline from it).
+        seq: u64,
         /// The post.
         post: Post,
     },
@@ -161,8 +164,11 @@ impl Record {
                 escape(&p.text, &mut s);
                 s
             }
-            Record::Deliver { to, post: p } => {
-                let mut s = format!("deliver {to} {} {} {} ", p.id.author, p.id.nonce, p.ts_us);
+            Record::Deliver { to, seq, post: p } => {
+                let mut s = format!(
+                    "deliver {to} {seq} {} {} {} ",
+                    p.id.author, p.id.nonce, p.ts_us
+                );
                 escape(&p.text, &mut s);
                 s
             }
@@ -204,8 +210,10 @@ impl Record {
             "post" => return Ok(Record::Change(Change::Post(post(&mut f)?))),
             "deliver" => {
                 let to = f.num("to")?;
+                let seq = f.num("seq")?;
                 return Ok(Record::Deliver {
                     to,
+                    seq,
                     post: post(&mut f)?,
                 });
             }
@@ -254,8 +262,13 @@ mod tests {
             "post 3 9 -4 a b\\\\c\\nd\n"
         );
         assert_eq!(
-            Record::Deliver { to: 8, post: p }.encode_line(),
-            "deliver 8 3 9 -4 a b\\\\c\\nd\n"
+            Record::Deliver {
+                to: 8,
+                seq: 12,
+                post: p
+            }
+            .encode_line(),
+            "deliver 8 12 3 9 -4 a b\\\\c\\nd\n"
         );
         let empty = Record::decode_line("post 3 9 1 ").unwrap();
         assert!(matches!(empty, Record::Change(Change::Post(p)) if p.text.is_empty()));
@@ -275,6 +288,7 @@ mod tests {
             "post 1 2 3 trailing\\",
             "nope 1",
             "deliver 1 2 3",
+            "deliver 1 2 3 4 5",
             "user -1",
         ] {
             assert!(Record::decode_line(bad).is_err(), "{bad:?} parsed");
@@ -309,9 +323,14 @@ mod tests {
                 }
             ),
             post().prop_map(|p| Record::Change(Change::Post(p))),
-            (any::<u32>(), post()).prop_map(|(to, post)| Record::Deliver { to, post }),
+            (any::<u32>(), any::<u64>(), post()).prop_map(|(to, seq, post)| Record::Deliver {
+                to,
+                seq,
+                post
+            }),
             (any::<u32>(), "[ \\t\\\\\\n\\ra-zé😀]{0,40}").prop_map(|(to, text)| Record::Deliver {
                 to,
+                seq: 1,
                 post: Post {
                     id: PostId {
                         author: 1,

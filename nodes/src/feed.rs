@@ -87,7 +87,7 @@ impl FeedSource {
 pub fn entry(record: Record) -> Entry {
     match record {
         Record::Change(c) => Entry::Change(c),
-        Record::Deliver { to, post } => Entry::Deliver { to, post },
+        Record::Deliver { to, seq, post } => Entry::Deliver { to, seq, post },
     }
 }
 
@@ -95,7 +95,7 @@ pub fn entry(record: Record) -> Entry {
 pub fn record(entry: Entry) -> Record {
     match entry {
         Entry::Change(c) => Record::Change(c),
-        Entry::Deliver { to, post } => Record::Deliver { to, post },
+        Entry::Deliver { to, seq, post } => Record::Deliver { to, seq, post },
     }
 }
 

@@ -117,3 +117,25 @@ pub fn rebuild(dir: &RoleDir, logs: &[(Side, &[Record])]) -> Result<usize, Datas
     }
     Ok(files.len())
 }
+
+/// [`rebuild`], after removing every view file of `dir` (those the logs no longer have
+/// anything for too).
+pub fn rebuild_clean(dir: &RoleDir, logs: &[(Side, &[Record])]) -> Result<usize, DatastoreError> {
+    let remove = |path: &std::path::Path| match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DatastoreError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    };
+    remove(&dir.global_clients())?;
+    let users = dir.path().join("local_clients");
+    if let Ok(entries) = std::fs::read_dir(&users) {
+        for e in entries.flatten() {
+            for name in ["timeline.data", "following.data", "followers.data"] {
+                remove(&e.path().join(name))?;
+            }
+        }
+    }
+    rebuild(dir, logs)
+}

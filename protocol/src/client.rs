@@ -42,12 +42,25 @@ pub enum ClientRequest {
         /// The user whose timeline to show.
         user: UserId,
         /// `None` on first entry: show the last [`crate::TIMELINE_BACKLOG`] entries. When
-        /// a client reopens its timeline after a reconnect, the time of the newest entry
-        /// it has shown: the server then sends every entry after it (up to
-        /// [`crate::TIMELINE_RESUME_MAX`]), so nothing delivered while the client was away
-        /// is skipped.
-        since_us: Option<i64>,
+        /// a client reopens its timeline after a reconnect, the position it had reached:
+        /// the server then sends every entry after it, however many, so nothing
+        /// delivered while the client was away is skipped.
+        since: Option<TimelinePos>,
     },
+}
+
+/// A position in a user's timeline. Entries are numbered 1, 2, 3, ... in the order the
+/// cluster's sync service delivered them (`seq`), within one sync-service journal (`log`):
+/// both servers of a cluster number them alike, so a position holds across a failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TimelinePos {
+    /// The sync-service journal the numbers belong to.
+    pub log: u64,
+    /// The last entry seen (0: none).
+    pub seq: u64,
+    /// The time of that entry, in microseconds since the Unix epoch: used only when the
+    /// journal was begun anew (its host lost its disk) and numbers no longer match.
+    pub ts_us: i64,
 }
 
 /// The answer to one [`ClientRequest`].
@@ -115,7 +128,15 @@ pub enum TimelineUp {
 pub enum TimelineDown {
     /// An entry of the user's timeline: one of the last posts on entry, then each new
     /// one as it arrives.
-    Entry(Post),
+    Entry {
+        /// The post.
+        post: Post,
+        /// Its number in the user's timeline (see [`TimelinePos`]).
+        seq: u64,
+    },
+    /// Sent once, first: the position the session's entries follow (every entry after
+    /// it is sent, in order, each with its number).
+    Position(TimelinePos),
     /// The post with this nonce is stored (and mirrored, where a standby is alive).
     Ack {
         /// Nonce of the acknowledged post.
@@ -130,4 +151,7 @@ pub enum TimelineDown {
     },
     /// This server stopped being the active one: reconnect through the coordinator.
     NotActive,
+    /// The session is closed (it fell behind, or the cluster's timeline numbering was
+    /// begun anew): reopen the timeline from the last position seen.
+    Reopen,
 }

@@ -49,5 +49,7 @@ pub const MAX_BATCH_CHANGES: usize = 1024;
 /// Number of past posts a timeline shows when it is opened.
 pub const TIMELINE_BACKLOG: usize = 20;
 
-/// Most entries a server sends to a client resuming its timeline after a reconnect.
-pub const TIMELINE_RESUME_MAX: usize = 1000;
+/// When a client resumes its timeline from a position in a sync-service journal that was
+/// since begun anew, the entries it may have missed are taken by time: those no older
+/// than its last entry less this slack (the client skips what it has shown).
+pub const TIMELINE_RESUME_SLACK_US: i64 = 60_000_000;

@@ -67,6 +67,8 @@ pub enum Entry {
     Deliver {
         /// The recipient.
         to: UserId,
+        /// Its place in `to`'s timeline (1, 2, 3, ... per recipient in one journal).
+        seq: u64,
         /// The post.
         post: Post,
     },

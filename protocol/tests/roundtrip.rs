@@ -62,9 +62,17 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         (any::<u32>(), any::<u32>())
             .prop_map(|(user, target)| ClientRequest::Unfollow { user, target }),
         any::<u32>().prop_map(|user| ClientRequest::List { user }),
-        (any::<u32>(), proptest::option::of(any::<i64>()))
-            .prop_map(|(user, since_us)| ClientRequest::Timeline { user, since_us }),
+        (any::<u32>(), proptest::option::of(timeline_pos()))
+            .prop_map(|(user, since)| ClientRequest::Timeline { user, since }),
     ]
+}
+
+fn timeline_pos() -> impl Strategy<Value = TimelinePos> {
+    (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(log, seq, ts_us)| TimelinePos {
+        log,
+        seq,
+        ts_us,
+    })
 }
 
 fn client_reply() -> impl Strategy<Value = ClientReply> {
@@ -88,7 +96,9 @@ fn timeline_up() -> impl Strategy<Value = TimelineUp> {
 
 fn timeline_down() -> impl Strategy<Value = TimelineDown> {
     prop_oneof![
-        post().prop_map(TimelineDown::Entry),
+        (post(), any::<u64>()).prop_map(|(post, seq)| TimelineDown::Entry { post, seq }),
+        timeline_pos().prop_map(TimelineDown::Position),
+        Just(TimelineDown::Reopen),
         any::<u64>().prop_map(|nonce| TimelineDown::Ack { nonce }),
         (any::<u64>(), command_error())
             .prop_map(|(nonce, reason)| TimelineDown::Refused { nonce, reason }),
@@ -231,7 +241,11 @@ fn subscribe() -> impl Strategy<Value = Subscribe> {
 fn entry() -> impl Strategy<Value = Entry> {
     prop_oneof![
         change().prop_map(Entry::Change),
-        (any::<u32>(), post()).prop_map(|(to, post)| Entry::Deliver { to, post }),
+        (any::<u32>(), any::<u64>(), post()).prop_map(|(to, seq, post)| Entry::Deliver {
+            to,
+            seq,
+            post
+        }),
     ]
 }
 
@@ -307,7 +321,7 @@ proptest! {
         let changes = vec![Change::Post(post.clone()); n];
         let msg = MirrorMsg::Changes { seq: u64::MAX, changes };
         prop_assert!(encode(&msg).unwrap().len() <= MAX_FRAME_LEN);
-        let entries = vec![Entry::Deliver { to: u32::MAX, post }; n];
+        let entries = vec![Entry::Deliver { to: u32::MAX, seq: u64::MAX, post }; n];
         let msg = SyncReply::Records { log_id: u64::MAX, next: u64::MAX, len: u64::MAX, entries };
         prop_assert!(encode(&msg).unwrap().len() <= MAX_FRAME_LEN);
     }

@@ -749,7 +749,12 @@ impl Client {
         bail!("client {} did not exit within {timeout:?}", self.user)
     }
 
-    /// The client's stderr so far.
+    /// The client's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// What the client wrote to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.proc.log).unwrap_or_default()
     }
@@ -760,6 +765,15 @@ pub fn count_text(file: &str, text: &str) -> usize {
     file.lines()
         .filter(|l| l.ends_with(&format!(" {text}")))
         .count()
+}
+
+/// Sends a signal (`STOP`, `CONT`, ...) to a process.
+pub fn signal_pid(pid: u32, signal: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
 }
 
 /// The libfaketime library, if installed (`.ci/run` installs it where it can).

@@ -44,14 +44,7 @@ async fn session(
     let r: ClientReply = call(&conn, &ClientRequest::Login { user }).await?;
     anyhow::ensure!(r == ClientReply::Ok, "login: {r:?}");
     let (mut send, mut recv) = conn.open_bi().await?;
-    tsn_protocol::write_msg(
-        &mut send,
-        &ClientRequest::Timeline {
-            user,
-            since_us: None,
-        },
-    )
-    .await?;
+    tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user, since: None }).await?;
     let r = tsn_protocol::read_msg::<ClientReply, _>(&mut recv).await?;
     anyhow::ensure!(r == Some(ClientReply::Ok), "timeline: {r:?}");
     Ok((conn, send, recv))
@@ -92,7 +85,7 @@ fn three_hundred_sessions_of_one_user_do_not_cause_a_failover() -> anyhow::Resul
             tokio::spawn(async move {
                 let _send = send;
                 while let Ok(Some(m)) = tsn_protocol::read_msg::<TimelineDown, _>(&mut recv).await {
-                    if matches!(m, TimelineDown::Entry(_)) {
+                    if matches!(m, TimelineDown::Entry { .. }) {
                         received.fetch_add(1, Ordering::Relaxed);
                     }
                 }

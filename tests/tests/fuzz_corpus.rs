@@ -74,11 +74,15 @@ fn write_seed_corpus() {
                 ClientRequest::List { user: 1 },
                 ClientRequest::Timeline {
                     user: 1,
-                    since_us: None,
+                    since: None,
                 },
                 ClientRequest::Timeline {
                     user: 1,
-                    since_us: Some(1_700_000_000_000_000),
+                    since: Some(TimelinePos {
+                        log: 5,
+                        seq: 40,
+                        ts_us: 1_700_000_000_000_000,
+                    }),
                 },
             ]
             .iter()
@@ -111,7 +115,16 @@ fn write_seed_corpus() {
         (
             "timeline_down",
             [
-                TimelineDown::Entry(post(2, "x")),
+                TimelineDown::Entry {
+                    post: post(2, "x"),
+                    seq: 7,
+                },
+                TimelineDown::Position(TimelinePos {
+                    log: 5,
+                    seq: 7,
+                    ts_us: 1_700_000_000_000_000,
+                }),
+                TimelineDown::Reopen,
                 TimelineDown::Ack { nonce: 3 },
                 TimelineDown::Refused {
                     nonce: 3,
@@ -237,7 +250,7 @@ fn write_seed_corpus() {
                 "follow 1 2 1700000000000000",
                 "unfollow 1 2 1700000000000001",
                 "post 7 1 1700000000000000 hello \\\\ world\\n",
-                "deliver 3 7 1 1700000000000000 tab\there",
+                "deliver 3 12 7 1 1700000000000000 tab\there",
             ]
             .iter()
             .map(|s| s.as_bytes().to_vec())

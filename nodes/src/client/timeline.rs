@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tsn_protocol::client::{ClientReply, ClientRequest, TimelineDown, TimelineUp};
+use tsn_protocol::client::{ClientReply, ClientRequest, TimelineDown, TimelinePos, TimelineUp};
 use tsn_protocol::{PostId, MAX_POST_BYTES};
 
 use super::link::Link;
@@ -42,8 +42,8 @@ enum Outcome {
 pub async fn run(link: &mut Link, lines: &mut Lines) -> i32 {
     let mut unacked: VecDeque<Pending> = VecDeque::new();
     let mut seen: HashSet<PostId> = HashSet::new();
-    // Time of the newest entry received: a reopened timeline resumes from it.
-    let mut newest: Option<i64> = None;
+    // The position reached in the timeline: a reopened timeline resumes from it.
+    let mut newest: Option<TimelinePos> = None;
     let mut entered = false;
     let mut eof_at: Option<Instant> = None;
     loop {
@@ -86,7 +86,7 @@ async fn session(
     lines: &mut Lines,
     unacked: &mut VecDeque<Pending>,
     seen: &mut HashSet<PostId>,
-    newest: &mut Option<i64>,
+    newest: &mut Option<TimelinePos>,
     entered: &mut bool,
     eof_at: &mut Option<Instant>,
 ) -> Result<Outcome, Fatal> {
@@ -99,7 +99,7 @@ async fn session(
             &mut send,
             &ClientRequest::Timeline {
                 user,
-                since_us: *newest,
+                since: *newest,
             },
         )
         .await
@@ -173,18 +173,25 @@ async fn session(
                 }
             },
             msg = down_rx.recv() => match msg {
-                Some(TimelineDown::Entry(p)) => {
-                    *newest = Some(newest.map_or(p.ts_us, |n| n.max(p.ts_us)));
+                Some(TimelineDown::Entry { post: p, seq }) => {
+                    if let Some(at) = newest.as_mut() {
+                        if seq <= at.seq {
+                            continue;
+                        }
+                        at.seq = seq;
+                        at.ts_us = p.ts_us;
+                    }
                     if seen.insert(p.id) {
                         say(&words::entry_line(&p));
                     }
                 }
+                Some(TimelineDown::Position(at)) => *newest = Some(at),
                 Some(TimelineDown::Ack { nonce }) => unacked.retain(|p| p.nonce != nonce),
                 Some(TimelineDown::Refused { nonce, reason }) => {
                     unacked.retain(|p| p.nonce != nonce);
                     say(&format!("Post not stored: {reason}"));
                 }
-                Some(TimelineDown::NotActive) | None => return Ok(Outcome::Reconnect),
+                Some(TimelineDown::NotActive | TimelineDown::Reopen) | None => return Ok(Outcome::Reconnect),
             },
             _ = check.tick() => {
                 let suspect = unacked.front().is_some_and(|p| p.sent.elapsed() > ACK_SUSPECT);

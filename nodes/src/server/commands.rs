@@ -25,8 +25,8 @@ pub async fn serve_stream(
             return;
         }
     };
-    if let ClientRequest::Timeline { user, since_us } = req {
-        super::timeline::run(shared, store, user, since_us, send, recv).await;
+    if let ClientRequest::Timeline { user, since } = req {
+        super::timeline::run(shared, store, user, since, send, recv).await;
         return;
     }
     let reply = handle(&shared, &store, req).await;

@@ -30,6 +30,9 @@ pub struct Inbound {
     views: Views,
     cursors: Cursors,
     dir: RoleDir,
+    /// Deliveries shown before the sync service's journal was begun anew: not pushed to
+    /// open timelines again when the new journal delivers them again.
+    shown_before: std::collections::HashSet<(UserId, tsn_protocol::PostId)>,
 }
 
 impl Inbound {
@@ -43,6 +46,7 @@ impl Inbound {
                 views: Views::new(dir.clone(), Side::Received),
                 cursors,
                 dir: dir.clone(),
+                shown_before: std::collections::HashSet::new(),
             },
             records,
         ))
@@ -51,6 +55,36 @@ impl Inbound {
     /// The saved cursor.
     pub fn cursor(&self) -> Cursor {
         self.cursors.feed(KEY)
+    }
+
+    /// The id of the sync-service journal this server's timelines are numbered by (0:
+    /// none yet).
+    pub fn log_id(&self) -> u64 {
+        self.cursor().log_id
+    }
+
+    /// The sync service's journal was begun anew (its host lost its disk): what was
+    /// received from the old one is dropped, and the new one, read from its start,
+    /// delivers everything again with its own numbers. The view files are rewritten from
+    /// this server's journal; open timelines are closed (their clients reopen them).
+    fn start_over(&mut self, shared: &Shared) -> anyhow::Result<()> {
+        tracing::warn!(
+            "the sync service's journal was begun anew (its host lost its disk?): re-reading it from the start"
+        );
+        let path = self.dir.received();
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        self.log = AppendLog::open_append(&path)?;
+        self.views = Views::new(self.dir.clone(), Side::Received);
+        let before = shared
+            .model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset_received();
+        self.shown_before.extend(before);
+        let journal = tsn_datastore::read_records(&self.dir.journal())?;
+        crate::views::rebuild_clean(&self.dir, &[(Side::Server, journal.as_slice())])?;
+        shared.close_sessions();
+        Ok(())
     }
 }
 
@@ -99,8 +133,12 @@ pub async fn run(
 
 fn take(shared: &Shared, inbound: &Mutex<Inbound>, batch: Batch) -> anyhow::Result<()> {
     let mut inb = inbound.lock().unwrap_or_else(|e| e.into_inner());
+    let current = inb.log_id();
+    if current != 0 && batch.next.log_id != current {
+        inb.start_over(shared)?;
+    }
     let records: Vec<Record> = batch.entries.into_iter().map(feed::record).collect();
-    let (fresh, entries): (Vec<Record>, Vec<(UserId, tsn_protocol::Post)>) = {
+    let (fresh, mut entries): (Vec<Record>, Vec<super::model::TimelineEntry>) = {
         let mut model = shared.model.lock().unwrap_or_else(|e| e.into_inner());
         let mut fresh = Vec::new();
         let mut entries = Vec::new();
@@ -118,14 +156,21 @@ fn take(shared: &Shared, inbound: &Mutex<Inbound>, batch: Batch) -> anyhow::Resu
         inb.log
             .append(&fresh)
             .with_context(|| format!("writing {}", inb.log.path().display()))?;
-        shared.publish(entries);
+        // Views before open timelines: a session that opens after this reads the views.
         if let Err(e) = inb.views.append(&fresh) {
             tracing::warn!("view file append failed (rebuilt at next start): {e}");
         }
+        if !inb.shown_before.is_empty() {
+            entries.retain(|(to, _, p)| !inb.shown_before.contains(&(*to, p.id)));
+        }
+        shared.publish(entries);
         inb.log.sync()?;
     }
     let path = inb.dir.cursors();
     inb.cursors.set_feed(KEY, batch.next);
     inb.cursors.save(&path)?;
+    shared
+        .sync_log
+        .store(batch.next.log_id, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }

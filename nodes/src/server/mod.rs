@@ -105,11 +105,11 @@ pub struct ServerOpts {
     pub common: CommonOpts,
 }
 
-/// A live timeline session's inbox.
+/// A live timeline session's inbox: entries with their numbers.
 #[derive(Debug)]
 struct Subscriber {
     id: u64,
-    tx: mpsc::Sender<Post>,
+    tx: mpsc::Sender<(u64, Post)>,
 }
 
 /// Entries buffered for one timeline session; a session that falls this far behind is
@@ -131,6 +131,8 @@ pub struct Shared {
     pub model: Mutex<Model>,
     /// Timestamps of new changes (advanced by every change stored or received).
     pub clock: crate::hlc::Hlc,
+    /// The id of the sync-service journal whose numbers timeline positions use.
+    pub sync_log: AtomicU64,
     /// Active or standby, as last told by the coordinator.
     pub role: tokio_watch::Sender<RoleState>,
     /// When acknowledgements are sent.
@@ -146,7 +148,7 @@ impl Shared {
     }
 
     /// Registers a timeline session of `user`.
-    pub fn subscribe(&self, user: UserId) -> (u64, mpsc::Receiver<Post>) {
+    pub fn subscribe(&self, user: UserId) -> (u64, mpsc::Receiver<(u64, Post)>) {
         let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         self.subs
@@ -179,18 +181,26 @@ impl Shared {
             .sum()
     }
 
+    /// Closes every timeline session (each client reopens from its last position).
+    pub fn close_sessions(&self) {
+        self.subs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Pushes new timeline entries to the open sessions of their users.
-    pub fn publish(&self, entries: Vec<(UserId, Post)>) {
+    pub fn publish(&self, entries: Vec<model::TimelineEntry>) {
         if entries.is_empty() {
             return;
         }
         let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
-        for (user, post) in entries {
+        for (user, seq, post) in entries {
             if let Some(v) = subs.get_mut(&user) {
-                v.retain(|s| match s.tx.try_send(post.clone()) {
+                v.retain(|s| match s.tx.try_send((seq, post.clone())) {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        tracing::warn!(user, "timeline session fell behind; closing it");
+                        tracing::info!(
+                            user,
+                            "timeline session fell behind: its client reopens it from where it was"
+                        );
                         false
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -214,6 +224,7 @@ impl Shared {
             dir,
             model: Mutex::new(Model::default()),
             clock: crate::hlc::Hlc::default(),
+            sync_log: AtomicU64::new(0),
             role: tokio_watch::channel(RoleState::default()).0,
             ack,
             subs: Mutex::new(HashMap::new()),
@@ -297,6 +308,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         journal_feed,
         model: Mutex::new(model),
         clock,
+        sync_log: AtomicU64::new(inbound.log_id()),
         role: role_tx,
         ack: opts.ack,
         subs: Mutex::new(HashMap::new()),

@@ -25,9 +25,15 @@ pub struct Model {
     own_posts: HashSet<PostId>,
     /// (recipient, post) pairs delivered by the sync service.
     delivered: HashSet<(UserId, PostId)>,
-    /// The last [`TIMELINE_BACKLOG`] entries of each user's timeline, oldest first.
-    recent: HashMap<UserId, VecDeque<Post>>,
+    /// The last [`TIMELINE_BACKLOG`] entries of each user's timeline with their numbers
+    /// (see [`tsn_protocol::client::TimelinePos`]), oldest first.
+    recent: HashMap<UserId, VecDeque<(u64, Post)>>,
+    /// The number of the last entry of each user's timeline.
+    last_seq: HashMap<UserId, u64>,
 }
+
+/// A new entry of a user's timeline: (user, its number, the post).
+pub type TimelineEntry = (UserId, u64, Post);
 
 impl Model {
     /// Whether applying `change` (made by this cluster's servers) would change anything.
@@ -51,16 +57,15 @@ impl Model {
         }
     }
 
-    /// Applies a change made by this cluster's servers. Returns the timeline entry it
-    /// creates (a new post, for its author's timeline), if any.
-    pub fn apply_own(&mut self, change: &Change) -> Option<(UserId, Post)> {
+    /// Applies a change made by this cluster's servers; returns whether it was new. (A
+    /// post reaches timelines, its author's included, through the sync service.)
+    pub fn apply_own(&mut self, change: &Change) -> bool {
         if !self.is_new(change) {
-            return None;
+            return false;
         }
         match change {
             Change::User { user } => {
                 self.local_users.insert(*user);
-                None
             }
             Change::Follow {
                 follower,
@@ -72,19 +77,17 @@ impl Model {
                     .entry(*follower)
                     .or_default()
                     .insert(*followee, (*ts_us, *active));
-                None
             }
             Change::Post(p) => {
                 self.own_posts.insert(p.id);
-                self.push_recent(p.id.author, p.clone());
-                Some((p.id.author, p.clone()))
             }
         }
+        true
     }
 
     /// Applies a record of the sync service's journal. Returns whether it was new, and
     /// the timeline entry it delivers, if any.
-    pub fn apply_sync(&mut self, record: &Record) -> (bool, Option<(UserId, Post)>) {
+    pub fn apply_sync(&mut self, record: &Record) -> (bool, Option<TimelineEntry>) {
         match record {
             Record::Change(Change::User { user }) => {
                 let new = !self.is_known(*user);
@@ -105,28 +108,51 @@ impl Model {
                 (new, None)
             }
             Record::Change(Change::Post(_)) => (false, None),
-            Record::Deliver { to, post } => {
+            Record::Deliver { to, seq, post } => {
                 if !self.delivered.insert((*to, post.id)) {
                     return (false, None);
                 }
-                self.push_recent(*to, post.clone());
-                (true, Some((*to, post.clone())))
+                let last = self.last_seq.entry(*to).or_default();
+                *last = (*last).max(*seq);
+                let q = self.recent.entry(*to).or_default();
+                // Numbers arrive in order; keep the queue sorted all the same.
+                let at = q.iter().rposition(|(s, _)| s <= seq).map_or(0, |i| i + 1);
+                q.insert(at, (*seq, post.clone()));
+                while q.len() > TIMELINE_BACKLOG {
+                    q.pop_front();
+                }
+                (true, Some((*to, *seq, post.clone())))
             }
         }
     }
 
-    fn push_recent(&mut self, user: UserId, post: Post) {
-        let q = self.recent.entry(user).or_default();
-        // Entries mostly arrive in time order; keep the queue sorted by (time, id).
-        let key = (post.ts_us, post.id);
-        let at = q
-            .iter()
-            .rposition(|p| (p.ts_us, p.id) <= key)
-            .map_or(0, |i| i + 1);
-        q.insert(at, post);
-        while q.len() > TIMELINE_BACKLOG {
-            q.pop_front();
+    /// Forgets everything received from the sync service (its journal was begun anew,
+    /// and will be read again from its start, numbering deliveries afresh); returns what
+    /// had been delivered.
+    pub fn reset_received(&mut self) -> HashSet<(UserId, PostId)> {
+        self.global_users.clear();
+        self.followers.clear();
+        self.recent.clear();
+        self.last_seq.clear();
+        std::mem::take(&mut self.delivered)
+    }
+
+    /// The number of the last entry of `user`'s timeline (0: none).
+    pub fn last_seq(&self, user: UserId) -> u64 {
+        self.last_seq.get(&user).copied().unwrap_or(0)
+    }
+
+    /// Every entry of `user`'s timeline after number `after`, if they are all still in
+    /// memory.
+    pub fn entries_after(&self, user: UserId, after: u64) -> Option<Vec<(u64, Post)>> {
+        if self.last_seq(user) <= after {
+            return Some(Vec::new());
         }
+        let q = self.recent.get(&user)?;
+        if q.front().is_none_or(|(s, _)| *s > after + 1) {
+            return None;
+        }
+        Some(q.iter().filter(|(s, _)| *s > after).cloned().collect())
     }
 
     /// Whether `user` logged in to this cluster.
@@ -171,8 +197,8 @@ impl Model {
         v
     }
 
-    /// The last entries of `user`'s timeline, oldest first.
-    pub fn backlog(&self, user: UserId) -> Vec<Post> {
+    /// The last entries of `user`'s timeline with their numbers, oldest first.
+    pub fn backlog(&self, user: UserId) -> Vec<(u64, Post)> {
         self.recent
             .get(&user)
             .map(|q| q.iter().cloned().collect())
@@ -192,14 +218,21 @@ mod tests {
         }
     }
 
+    fn deliver(to: u32, seq: u64, p: Post) -> Record {
+        Record::Deliver { to, seq, post: p }
+    }
+
     #[test]
     fn resent_post_is_stored_once() {
         let mut m = Model::default();
         let c = Change::Post(post(1, 7, 10));
-        assert!(m.apply_own(&c).is_some());
+        assert!(m.apply_own(&c));
         assert!(!m.is_new(&c));
-        assert!(m.apply_own(&c).is_none());
-        assert_eq!(m.backlog(1).len(), 1);
+        assert!(!m.apply_own(&c));
+        assert!(m.has_post(&PostId {
+            author: 1,
+            nonce: 7
+        }));
     }
 
     #[test]
@@ -221,24 +254,36 @@ mod tests {
     }
 
     #[test]
-    fn backlog_keeps_the_last_twenty_in_time_order() {
+    fn backlog_keeps_the_last_twenty_by_number_whatever_their_times() {
         let mut m = Model::default();
-        for i in (0..30).rev() {
-            m.apply_own(&Change::Post(post(1, i, i as i64)));
+        for i in 1..=30u64 {
+            // Times out of order: a late post from a partition, say.
+            let ts = if i == 25 { 1 } else { i as i64 * 10 };
+            m.apply_sync(&deliver(1, i, post(2, i, ts)));
         }
         let b = m.backlog(1);
         assert_eq!(b.len(), TIMELINE_BACKLOG);
-        assert_eq!(b.first().map(|p| p.ts_us), Some(10));
-        assert_eq!(b.last().map(|p| p.ts_us), Some(29));
+        assert_eq!(b.first().map(|e| e.0), Some(11));
+        assert_eq!(b.last().map(|e| e.0), Some(30));
+        assert_eq!(m.last_seq(1), 30);
+        assert_eq!(m.entries_after(1, 30), Some(vec![]));
+        let after = m.entries_after(1, 24).unwrap();
+        assert_eq!(
+            after.iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![25, 26, 27, 28, 29, 30]
+        );
+        assert_eq!(m.entries_after(1, 10).map(|v| v.len()), Some(20));
+        assert_eq!(
+            m.entries_after(1, 9),
+            None,
+            "entry 10 is no longer in memory"
+        );
     }
 
     #[test]
     fn deliveries_are_deduplicated_and_followers_listed() {
         let mut m = Model::default();
-        let d = Record::Deliver {
-            to: 3,
-            post: post(5, 1, 1),
-        };
+        let d = deliver(3, 1, post(5, 1, 1));
         assert!(m.apply_sync(&d).1.is_some());
         assert_eq!(m.apply_sync(&d), (false, None));
         m.apply_sync(&Record::Change(Change::Follow {
@@ -254,5 +299,15 @@ mod tests {
             active: true,
         }));
         assert_eq!(m.followers_of(3), vec![4, 9]);
+        let before = m.reset_received();
+        assert!(before.contains(&(
+            3,
+            PostId {
+                author: 5,
+                nonce: 1
+            }
+        )));
+        assert_eq!(m.last_seq(3), 0);
+        assert!(m.apply_sync(&d).1.is_some(), "numbered afresh");
     }
 }

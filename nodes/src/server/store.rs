@@ -308,12 +308,12 @@ impl Writer {
             AckMode::Replicated => complete(local.collect(), Ok(())),
             AckMode::Durable => on_flush.extend(local),
         }
-        let entries: Vec<(UserId, tsn_protocol::Post)> = if fresh.is_empty() {
-            Vec::new()
-        } else {
+        if !fresh.is_empty() {
             let mut model = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());
-            fresh.iter().filter_map(|c| model.apply_own(c)).collect()
-        };
+            for c in &fresh {
+                model.apply_own(c);
+            }
+        }
         // Let the mirror (and whoever waits for a completion) go first: on a one-thread
         // runtime what follows would otherwise delay every acknowledgement.
         tokio::task::yield_now().await;
@@ -322,7 +322,6 @@ impl Writer {
             tracing::error!("journal flusher has stopped");
         }
         if !fresh.is_empty() {
-            self.shared.publish(entries);
             if let Err(e) = self.views.append(&records) {
                 tracing::warn!(
                     "view file append failed (rebuilt from the journal at next start): {e}"

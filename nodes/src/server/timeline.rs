@@ -1,12 +1,13 @@
 //! The timeline stream of one client session: posts up, entries and acks down.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use tsn_protocol::client::{ClientReply, CommandError, TimelineDown, TimelineUp};
+use tsn_protocol::client::{ClientReply, CommandError, TimelineDown, TimelinePos, TimelineUp};
 use tsn_protocol::{
-    Change, FrameReader, Post, PostId, UserId, MAX_POST_BYTES, TIMELINE_RESUME_MAX,
+    Change, FrameReader, Post, PostId, UserId, MAX_POST_BYTES, TIMELINE_RESUME_SLACK_US,
 };
 
 use super::store::{Store, StoreError};
@@ -21,7 +22,7 @@ pub async fn run(
     shared: Arc<Shared>,
     store: Store,
     user: UserId,
-    since_us: Option<i64>,
+    since: Option<TimelinePos>,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
@@ -49,15 +50,8 @@ pub async fn run(
     }
     // Subscribe before reading the backlog so that nothing falls between the two.
     let (sub_id, mut inbox) = shared.subscribe(user);
-    let backlog = match since_us {
-        None => shared
-            .model
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .backlog(user),
-        Some(since) => resume(&shared, user, since),
-    };
-    let result = session(&shared, &store, user, &mut send, recv, backlog, &mut inbox).await;
+    let start = opening(&shared, user, since);
+    let result = session(&shared, &store, user, &mut send, recv, start, &mut inbox).await;
     shared.unsubscribe(user, sub_id);
     match result {
         Ok(()) => {
@@ -73,14 +67,16 @@ async fn session(
     user: UserId,
     send: &mut quinn::SendStream,
     recv: quinn::RecvStream,
-    backlog: Vec<Post>,
-    inbox: &mut mpsc::Receiver<Post>,
+    start: Opening,
+    inbox: &mut mpsc::Receiver<(u64, Post)>,
 ) -> anyhow::Result<()> {
     tsn_protocol::write_msg(send, &ClientReply::Ok).await?;
-    let mut shown: HashSet<PostId> = HashSet::new();
-    for p in backlog {
-        shown.insert(p.id);
-        tsn_protocol::write_msg(send, &TimelineDown::Entry(p)).await?;
+    tsn_protocol::write_msg(send, &TimelineDown::Position(start.pos)).await?;
+    // However many there are: the stream's flow control paces them.
+    let mut last = start.pos.seq;
+    for (seq, post) in start.entries {
+        last = last.max(seq);
+        tsn_protocol::write_msg(send, &TimelineDown::Entry { post, seq }).await?;
     }
 
     let mut recv = FrameReader::new(recv);
@@ -88,14 +84,12 @@ async fn session(
     // in the order they were queued, so only the oldest needs watching.
     let mut pending: VecDeque<(u64, oneshot::Receiver<Result<(), StoreError>>)> = VecDeque::new();
     let mut role = shared.role.subscribe();
-    let mut mine: HashSet<PostId> = HashSet::new();
     let mut client_done = false;
     loop {
         tokio::select! {
             up = recv.next_msg::<TimelineUp>(), if !client_done && pending.len() < IN_FLIGHT => match up? {
                 Some(TimelineUp::Post { nonce, text }) => {
                     let id = PostId { author: user, nonce };
-                    mine.insert(id);
                     if text.len() > MAX_POST_BYTES {
                         let reason = CommandError::PostTooLong { len: text.len(), max: MAX_POST_BYTES };
                         tsn_protocol::write_msg(send, &TimelineDown::Refused { nonce, reason }).await?;
@@ -122,13 +116,20 @@ async fn session(
                 }
             }
             entry = inbox.recv() => match entry {
-                Some(p) => {
-                    if mine.contains(&p.id) || !shown.insert(p.id) {
+                Some((seq, post)) => {
+                    // Entries published while the opening was read come twice.
+                    if seq <= last {
                         continue;
                     }
-                    tsn_protocol::write_msg(send, &TimelineDown::Entry(p)).await?;
+                    last = seq;
+                    tsn_protocol::write_msg(send, &TimelineDown::Entry { post, seq }).await?;
                 }
-                None => anyhow::bail!("session fell behind"),
+                None => {
+                    // Fell behind (or the numbering was begun anew): the client reopens
+                    // the timeline from the last entry it has.
+                    tsn_protocol::write_msg(send, &TimelineDown::Reopen).await?;
+                    return Ok(());
+                }
             },
             changed = role.changed() => {
                 if changed.is_err() || !role.borrow().active {
@@ -162,30 +163,80 @@ async fn ack(
     Ok(())
 }
 
-/// Every entry of `user`'s timeline from `since` on (at most [`TIMELINE_RESUME_MAX`], the
-/// newest), for a client reopening its timeline after a reconnect. Entries older than the
-/// in-memory backlog are read from the user's timeline file; equal
-/// timestamps are included, the client drops what it has already shown.
-fn resume(shared: &Shared, user: UserId, since: i64) -> Vec<Post> {
-    let mut posts: Vec<Post> = shared
-        .model
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .backlog(user);
-    let on_disk = [shared.dir.timeline(user)];
-    for path in on_disk {
-        match tsn_datastore::read_records(&path) {
-            Ok(records) => posts.extend(records.into_iter().filter_map(|r| match r {
-                tsn_datastore::Record::Change(Change::Post(p)) => Some(p),
-                tsn_datastore::Record::Deliver { post, .. } => Some(post),
-                tsn_datastore::Record::Change(_) => None,
-            })),
-            Err(e) => tracing::warn!(user, "reading {} to resume a timeline: {e}", path.display()),
+/// What a session starts with: the position its entries follow, and the entries.
+#[derive(Debug)]
+struct Opening {
+    entries: Vec<(u64, Post)>,
+    pos: TimelinePos,
+}
+
+/// The entries a session begins with: the last [`tsn_protocol::TIMELINE_BACKLOG`] on
+/// entry; after a reconnect, every entry after the client's position (from memory, or
+/// from the user's timeline file when memory no longer reaches back that far). A position
+/// in a sync-service journal that was since begun anew no longer matches this one's
+/// numbers: then entries are taken by time, from a little before the client's last one
+/// (the client skips what it has shown).
+fn opening(shared: &Shared, user: UserId, since: Option<TimelinePos>) -> Opening {
+    let log = shared.sync_log.load(Ordering::Relaxed);
+    let model = shared.model.lock().unwrap_or_else(|e| e.into_inner());
+    let at = TimelinePos {
+        log,
+        seq: 0,
+        ts_us: 0,
+    };
+    let Some(since) = since else {
+        let entries = model.backlog(user);
+        let seq = entries
+            .first()
+            .map_or(model.last_seq(user), |(s, _)| s.saturating_sub(1));
+        return Opening {
+            entries,
+            pos: TimelinePos { seq, ..at },
+        };
+    };
+    if since.log == log {
+        if let Some(entries) = model.entries_after(user, since.seq) {
+            return Opening {
+                entries,
+                pos: TimelinePos {
+                    seq: since.seq,
+                    ..at
+                },
+            };
         }
     }
-    posts.retain(|p| p.ts_us >= since);
-    posts.sort_by_key(|p| (p.ts_us, p.id));
-    posts.dedup_by_key(|p| p.id);
-    let skip = posts.len().saturating_sub(TIMELINE_RESUME_MAX);
-    posts.split_off(skip)
+    drop(model);
+    let path = shared.dir.timeline(user);
+    let on_disk: Vec<(u64, Post)> = match tsn_datastore::read_records(&path) {
+        Ok(records) => records
+            .into_iter()
+            .filter_map(|r| match r {
+                tsn_datastore::Record::Deliver { to, seq, post } if to == user => Some((seq, post)),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(user, "reading {} to resume a timeline: {e}", path.display());
+            Vec::new()
+        }
+    };
+    let mut entries: Vec<(u64, Post)> = if since.log == log {
+        on_disk
+            .into_iter()
+            .filter(|(s, _)| *s > since.seq)
+            .collect()
+    } else {
+        let from = since.ts_us.saturating_sub(TIMELINE_RESUME_SLACK_US);
+        on_disk
+            .into_iter()
+            .filter(|(_, p)| p.ts_us >= from)
+            .collect()
+    };
+    entries.sort_by_key(|(s, _)| *s);
+    entries.dedup_by_key(|(s, _)| *s);
+    let seq = if since.log == log { since.seq } else { 0 };
+    Opening {
+        entries,
+        pos: TimelinePos { seq, ..at },
+    }
 }

@@ -8,8 +8,10 @@
 //! - `journal.data`: what this sync service gives its cluster's servers, from every
 //!   cluster's outbox: users system-wide (`global_clients.data`), follows of this
 //!   cluster's users (`followers.data`), and each post delivered to the timeline of every
-//!   local user who followed its author when it was posted (`timeline.data`). Older posts
-//!   are not back-filled.
+//!   local user who followed its author when it was posted, and of its author
+//!   (`timeline.data`). Older posts are not back-filled. Deliveries to each user are
+//!   numbered 1, 2, 3, ...: a client resumes its timeline from such a number, the same on
+//!   both servers of the cluster.
 //!
 //! Each batch is appended and flushed (fdatasync) before the cursor of the feed it came
 //! from is saved, so a crash re-reads a batch and never skips one; a record read twice
@@ -81,6 +83,8 @@ pub struct SyncCore {
     users: HashSet<UserId>,
     followers: HashMap<(UserId, UserId), Edge>,
     delivered: HashSet<(UserId, PostId)>,
+    /// The number of the last post delivered to each user.
+    last_seq: HashMap<UserId, u64>,
 }
 
 impl SyncCore {
@@ -121,6 +125,7 @@ impl SyncCore {
             users: HashSet::new(),
             followers: HashMap::new(),
             delivered: HashSet::new(),
+            last_seq: HashMap::new(),
         };
         for r in &out_records {
             if let Record::Change(c) = r {
@@ -208,7 +213,11 @@ impl SyncCore {
                 }
             }
             Record::Change(Change::Post(_)) => false,
-            Record::Deliver { to, post } => self.delivered.insert((*to, post.id)),
+            Record::Deliver { to, seq, post } => {
+                let last = self.last_seq.entry(*to).or_default();
+                *last = (*last).max(*seq);
+                self.delivered.insert((*to, post.id))
+            }
         }
     }
 
@@ -281,14 +290,22 @@ impl SyncCore {
                     }
                 }
                 Change::Post(p) => {
-                    for to in self.followers_at(p.id.author, p.ts_us) {
+                    let mut to_all = self.followers_at(p.id.author, p.ts_us);
+                    if cluster_of(p.id.author, self.clusters) == self.cluster {
+                        to_all.push(p.id.author);
+                    }
+                    for to in to_all {
+                        if self.delivered.contains(&(to, p.id)) {
+                            continue;
+                        }
+                        let seq = self.last_seq.get(&to).copied().unwrap_or(0) + 1;
                         let r = Record::Deliver {
                             to,
+                            seq,
                             post: p.clone(),
                         };
-                        if self.note_delivered(&r) {
-                            fresh.push(r);
-                        }
+                        self.note_delivered(&r);
+                        fresh.push(r);
                     }
                 }
             }
