@@ -128,6 +128,15 @@ fn three_hundred_sessions_of_one_user_do_not_cause_a_failover() -> anyhow::Resul
         }
         let _ = writer.await;
         assert_eq!(acked, POSTS, "every post acknowledged");
+        // The posts reach the sessions through the sync service: keep watching while the
+        // server pushes them out.
+        let until = Instant::now() + Duration::from_secs(30);
+        while received.load(Ordering::Relaxed) < POSTS as usize * SESSIONS / 2
+            && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            epochs.push(epoch(&ep, &coord).await?);
+        }
         epochs.push(epoch(&ep, &coord).await?);
         assert!(
             epochs.iter().all(|e| *e == 1),
