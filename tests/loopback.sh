@@ -30,9 +30,11 @@ bin=${BIN_DIR:-$root/target/$profile}
 mkdir -p "$run/logs"
 
 pids=()
+sleeper=
 stop_all() {
   local code=$?
   trap - EXIT INT TERM
+  [ -n "$sleeper" ] && { kill "$sleeper" 2>/dev/null || true; }
   if [ ${#pids[@]} -gt 0 ]; then
     kill -TERM "${pids[@]}" 2>/dev/null || true
     for _ in $(seq 50); do
@@ -42,7 +44,9 @@ stop_all() {
       sleep 0.1
     done
     kill -KILL "${pids[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
+    # Only our own processes: a bare `wait` would also wait for anything else.
+    wait "${pids[@]}" 2>/dev/null || true
+    [ "$mode" = up ] && echo "stopped every process; logs are in $run/logs" >&2
   fi
   exit $code
 }
@@ -78,6 +82,7 @@ start() { # name, binary, args...
     --ready-file "$run/$name.addr" 2>>"$run/logs/$name.log" &
   pids+=($!)
   pid_of[$name]=$!
+  echo "$name $!" >>"$run/pids"
   wait_file "$run/$name.addr" 20 >/dev/null
 }
 
@@ -102,7 +107,7 @@ if [ "$mode" = up ]; then
   cat <<TXT
 
 TSN is running on loopback ($clusters clusters, heartbeat ${hb} ms, sync period ${q} ms).
-Run directory: $run  (hosts/<process>/datastore/, certs/, logs/)
+Run directory: $run  (hosts/<process>/datastore/, certs/, logs/, pids)
 
 Start a client in another terminal (user N is served by cluster (N % $clusters) + 1):
   $bin/tsn_client -c $coord -p 0 -i 1 --cert-dir $run/certs
@@ -112,8 +117,8 @@ Routing tables:
 Press Ctrl-C to stop everything.
 TXT
   # `wait` (unlike a foreground sleep) returns as soon as a signal arrives, so the trap
-  # stops everything at once.
-  while true; do sleep 3600 & wait $!; done
+  # stops everything at once (the sleeper too).
+  while true; do sleep 3600 & sleeper=$!; wait "$sleeper"; done
 fi
 
 # ---- test mode -------------------------------------------------------------------------

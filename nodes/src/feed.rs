@@ -211,6 +211,9 @@ pub async fn follow<O, A, Fut>(
 {
     let mut pause = RETRY_MIN;
     let mut failing = false;
+    // Before the first success a failure is the other node not being up yet: said once,
+    // quietly. After it, losing the feed is worth a warning.
+    let mut ever = false;
     loop {
         let target = addr.borrow_and_update().clone();
         let Some(target) = target else {
@@ -239,9 +242,10 @@ pub async fn follow<O, A, Fut>(
                                 entries.len()
                             );
                         }
-                        if failing {
-                            tracing::info!(feed = %what, from = %target, "feed resumed");
+                        if failing || !ever {
+                            tracing::info!(feed = %what, from = %target, "feed connected");
                             failing = false;
+                            ever = true;
                         }
                         let next = Cursor {
                             log_id,
@@ -268,7 +272,11 @@ pub async fn follow<O, A, Fut>(
         if let Err(e) = result {
             settled.send_if_modified(|s| !std::mem::replace(s, true));
             if !failing {
-                tracing::warn!(feed = %what, from = %target, "feed interrupted, retrying: {e:#}");
+                if ever {
+                    tracing::warn!(feed = %what, from = %target, "feed interrupted, retrying: {e:#}");
+                } else {
+                    tracing::info!(feed = %what, from = %target, "waiting for the feed's node: {e:#}");
+                }
                 failing = true;
             }
             let jitter = rand::random_range(0..=pause.as_millis() as u64 / 2);

@@ -84,6 +84,7 @@ pub fn start(
     bind: IpAddr,
     client_config: quinn::ClientConfig,
     out: watch::Sender<Membership>,
+    beat_now: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let ticks = Arc::new(AtomicU64::new(0));
@@ -113,31 +114,36 @@ pub fn start(
     let cfg2 = cfg.clone();
     std::thread::Builder::new()
         .name("coordinator-link".into())
-        .spawn(move || rt.block_on(run(endpoint, cfg2, alive, out)))
+        .spawn(move || rt.block_on(run(endpoint, cfg2, alive, out, beat_now)))
         .context("starting the coordinator link's thread")?;
     Ok(())
 }
 
 /// Beats for ever while `alive` says the node makes progress, publishing what it learns
-/// on `out`.
+/// on `out`; beats at once when `beat_now` is notified.
 pub async fn run(
     endpoint: quinn::Endpoint,
     cfg: LinkConfig,
     alive: impl Fn() -> bool,
     out: watch::Sender<Membership>,
+    beat_now: Arc<tokio::sync::Notify>,
 ) {
     let mut conn: Option<quinn::Connection> = None;
     let mut unreachable = false;
     let mut stalled = false;
-    let mut tick = tokio::time::interval(cfg.interval);
+    let mut interval = cfg.interval;
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = beat_now.notified() => {}
+        }
         if !alive() {
             if !stalled {
                 tracing::error!(
                     "this node's runtime has made no progress for {:?}: no more heartbeats, so that the coordinator fails it over",
-                    stalled_after(cfg.interval)
+                    stalled_after(interval)
                 );
                 stalled = true;
             }
@@ -149,6 +155,24 @@ pub async fn run(
         }
         match beat(&endpoint, &mut conn, &cfg, &out).await {
             Ok(m) => {
+                // The heartbeat interval belongs to the coordinator.
+                let theirs = m
+                    .beat
+                    .as_ref()
+                    .map(|b| Duration::from_millis(b.heartbeat_ms.max(1)));
+                if let Some(theirs) = theirs.filter(|t| *t != interval) {
+                    if theirs != cfg.interval || interval == cfg.interval {
+                        tracing::error!(
+                            ours_ms = cfg.interval.as_millis() as u64,
+                            coordinator_ms = theirs.as_millis() as u64,
+                            "--heartbeat-ms differs from the coordinator's: beating at the coordinator's interval"
+                        );
+                    }
+                    interval = theirs;
+                    tick =
+                        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
                 if unreachable {
                     tracing::info!(coordinator = %cfg.coordinator, "coordinator reachable again");
                     unreachable = false;

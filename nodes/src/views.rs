@@ -15,7 +15,7 @@ const OPEN_VIEWS: usize = 1024;
 /// Where a record comes from: the same record lands in a different file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// A server's journal: users it created, its users' following, its users' own posts.
+    /// A server's journal: users it created, its users' following.
     Server,
     /// What a server received from its sync service: users system-wide, its users'
     /// followers, posts delivered to them (into the same `timeline.data` as their own
@@ -36,7 +36,9 @@ pub fn path_of(dir: &RoleDir, side: Side, record: &Record) -> Option<PathBuf> {
         (Side::Sync | Side::Received, Record::Change(Change::Follow { followee, .. })) => {
             Some(dir.followers(*followee))
         }
-        (Side::Server, Record::Change(Change::Post(p))) => Some(dir.timeline(p.id.author)),
+        // A user's timeline file holds what the timeline shows, numbered: the sync
+        // service's deliveries, the user's own posts among them.
+        (Side::Server, Record::Change(Change::Post(_))) => None,
         (Side::Sync | Side::Received, Record::Deliver { to, .. }) => Some(dir.timeline(*to)),
         (Side::Sync | Side::Received, Record::Change(Change::Post(_)))
         | (Side::Server, Record::Deliver { .. }) => None,

@@ -44,6 +44,14 @@ pub enum CoordRequest {
     SyncPeers,
     /// The routing tables, for people. Open to clients.
     Status,
+    /// The active server of `cluster` is about to stop (a planned restart): make the
+    /// standby active now, without waiting for missed heartbeats. Nodes only.
+    HandOver {
+        /// The cluster.
+        cluster: ClusterId,
+        /// The server that stops.
+        kind: NodeKind,
+    },
 }
 
 /// What a node says in each heartbeat.
@@ -83,6 +91,13 @@ pub enum CoordReply {
     },
     /// Answer to [`CoordRequest::Status`].
     Status(RoutingTables),
+    /// Answer to [`CoordRequest::HandOver`]: the other server is active from `epoch` on.
+    HandedOver {
+        /// The new epoch.
+        epoch: u64,
+        /// The server now active.
+        to: String,
+    },
     /// The request failed.
     Failed(CoordError),
 }
@@ -99,6 +114,8 @@ pub struct BeatReply {
     pub peer: Option<String>,
     /// Number of clusters the system is configured for.
     pub clusters: u32,
+    /// The heartbeat interval, in milliseconds: the coordinator's, which every node uses.
+    pub heartbeat_ms: u64,
 }
 
 /// A sync service as known to the coordinator.
@@ -163,6 +180,13 @@ pub enum CoordError {
     /// The advertised address is not one others can dial.
     #[error("address {0:?} cannot be dialled by others")]
     BadAddress(String),
+    /// A hand-over was asked for, but no other live server can take over (or the asker is
+    /// not the active server).
+    #[error("cluster {cluster} has no live standby to hand over to")]
+    NoStandby {
+        /// The cluster.
+        cluster: ClusterId,
+    },
     /// Another live process holds this role of this cluster.
     #[error("the {} of cluster {cluster} is held by a live process at {holder} (last heartbeat {ms_since_beat} ms ago); this one is accepted only once that one stops beating", kind.as_str())]
     RoleTaken {

@@ -32,6 +32,12 @@ pub enum MirrorMsg {
     /// Opens a feed of the server's journal instead of a mirror stream; answered with
     /// [`crate::sync::SyncReply`] frames.
     Subscribe(Subscribe),
+    /// The active server handed the cluster over to this standby (a planned restart):
+    /// the standby asks the coordinator at once instead of at its next heartbeat.
+    HandOver {
+        /// The epoch from which the standby is active.
+        epoch: u64,
+    },
     /// Changes to apply, at most [`crate::MAX_BATCH_CHANGES`].
     Changes {
         /// Sequence number, acknowledged by [`MirrorReply::Ack`].

@@ -156,16 +156,18 @@ fn coord_reply() -> impl Strategy<Value = CoordReply> {
             any::<u64>(),
             any::<bool>(),
             proptest::option::of(".{0,24}"),
-            any::<u32>()
+            any::<u32>(),
+            any::<u64>()
         )
-            .prop_map(
-                |(epoch, active, peer, clusters)| CoordReply::Beat(BeatReply {
+            .prop_map(|(epoch, active, peer, clusters, heartbeat_ms)| {
+                CoordReply::Beat(BeatReply {
                     epoch,
                     active,
                     peer,
-                    clusters
+                    clusters,
+                    heartbeat_ms,
                 })
-            ),
+            }),
         (any::<u32>(), ".{0,24}")
             .prop_map(|(cluster, addr)| CoordReply::Assigned { cluster, addr }),
         (

@@ -337,7 +337,14 @@ impl System {
                 self.config.period_ms.to_string(),
             ],
         };
-        args.extend(self.common(&self.datastore(cluster, role)));
+        let mut common = self.common(&self.datastore(cluster, role));
+        if extra.iter().any(|a| a == "--heartbeat-ms") {
+            // The caller's interval instead of the system's.
+            if let Some(i) = common.iter().position(|a| a == "--heartbeat-ms") {
+                common.drain(i..i + 2);
+            }
+        }
+        args.extend(common);
         if role != Role::Sync {
             args.extend(self.config.server_args.iter().cloned());
         }
@@ -838,7 +845,7 @@ pub fn wait_users(client: &mut Client, users: &[u32]) -> Result<()> {
         "All users: {}",
         users.iter().map(|u| format!("{u}, ")).collect::<String>()
     );
-    eventually("all users known", Duration::from_secs(15), || {
+    eventually("all users known", Duration::from_secs(30), || {
         Ok(list(client)?.0 == want)
     })
 }

@@ -162,6 +162,7 @@ fn write_seed_corpus() {
                     active: true,
                     peer: Some("127.0.0.1:1".into()),
                     clusters: 3,
+                    heartbeat_ms: 200,
                 }),
                 CoordReply::Assigned {
                     cluster: 2,

@@ -46,3 +46,55 @@ fn json_status_and_exit_code_follow_the_clusters_health() -> anyhow::Result<()> 
     })?;
     Ok(())
 }
+
+/// The heartbeat interval belongs to the coordinator: a node started with another one
+/// says so and beats at the coordinator's, so it stays alive in the tables and delivers.
+#[test]
+fn a_node_with_another_heartbeat_interval_uses_the_coordinators() -> anyhow::Result<()> {
+    let mut sys = System::start(Config {
+        clusters: 2,
+        ..Config::default()
+    })?;
+    sys.stop(1, Role::Sync);
+    sys.start_node_with(1, Role::Sync, &["--heartbeat-ms".into(), "10000".into()])?;
+    sys.wait_log(
+        1,
+        Role::Sync,
+        "differs from the coordinator's",
+        Duration::from_secs(10),
+    )?;
+    // Alive in every look at the tables for two seconds (ten of the coordinator's beats).
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        let (_, v) = status_json(&sys)?;
+        let sync1 = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["cluster"] == 1 && n["kind"] == "sync")
+            .cloned()
+            .unwrap();
+        assert_eq!(sync1["alive"], true, "{sync1}");
+    }
+    // And it delivers: user 1 (cluster 2) follows user 2 (cluster 1) and sees its post.
+    let mut reader = sys.client(1)?;
+    let mut author = sys.client(2)?;
+    wait_users(&mut reader, &[1, 2])?;
+    assert_eq!(
+        reader.run("FOLLOW 2", 1)?,
+        ["Command completed successfully"]
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for c in [&mut reader, &mut author] {
+        assert_eq!(
+            c.run("TIMELINE", 2)?,
+            [
+                "Command completed successfully",
+                "Now you are in the timeline"
+            ]
+        );
+    }
+    author.send("across a heartbeat mismatch")?;
+    reader.expect_contains(">> across a heartbeat mismatch", Duration::from_secs(10))?;
+    Ok(())
+}

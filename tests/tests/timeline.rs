@@ -154,7 +154,13 @@ fn timeline_entry_shows_the_last_twenty_posts() -> anyhow::Result<()> {
     b.expect_contains("Post is too long (300 bytes, at most 256)", LIVE)?;
     assert_eq!(b.finish(Duration::from_secs(10))?, 0);
 
-    let stored = sys.read(3, Role::Primary, "local_clients/5/timeline.data");
-    assert_eq!(stored.lines().count(), 25, "{stored}");
+    eventually("25 posts in the timeline file", LIVE, || {
+        let stored = sys.read(3, Role::Primary, "local_clients/5/timeline.data");
+        Ok(stored
+            .lines()
+            .filter(|l| l.starts_with("deliver 5 "))
+            .count()
+            == 25)
+    })?;
     Ok(())
 }

@@ -47,14 +47,30 @@ fn log_events(events: Vec<Event>) {
             } => {
                 tracing::info!(cluster, kind = kind.as_str(), %addr, "registered")
             }
+            Event::HandOver {
+                cluster,
+                from,
+                to,
+                epoch,
+            } => tracing::info!(
+                cluster,
+                from = from.as_str(),
+                to = to.as_str(),
+                epoch,
+                "planned hand-over: the {} stops, the {} is active",
+                from.as_str(),
+                to.as_str()
+            ),
             Event::Failover {
                 cluster,
                 active: Some(kind),
                 epoch,
-            } => tracing::warn!(
+                reason,
+            } => tracing::info!(
                 cluster,
                 active = kind.as_str(),
                 epoch,
+                %reason,
                 "active server is now the {}",
                 kind.as_str()
             ),
@@ -62,7 +78,8 @@ fn log_events(events: Vec<Event>) {
                 cluster,
                 active: None,
                 epoch,
-            } => tracing::error!(cluster, epoch, "no live server in cluster"),
+                reason,
+            } => tracing::error!(cluster, epoch, %reason, "no live server in cluster"),
         }
     }
 }
@@ -179,11 +196,17 @@ fn answer(tables: &Shared, req: CoordRequest, is_node: bool) -> CoordReply {
             }
             Err(e) => CoordReply::Failed(e),
         },
+        CoordRequest::HandOver { cluster, kind } if is_node => {
+            match t.hand_over(cluster, kind, now, &mut events) {
+                Ok((epoch, to)) => CoordReply::HandedOver { epoch, to },
+                Err(e) => CoordReply::Failed(e),
+            }
+        }
         CoordRequest::SyncPeers if is_node => CoordReply::SyncPeers {
             clusters: t.clusters(),
             peers: t.sync_peers(now),
         },
-        CoordRequest::Heartbeat(_) | CoordRequest::SyncPeers => {
+        CoordRequest::Heartbeat(_) | CoordRequest::SyncPeers | CoordRequest::HandOver { .. } => {
             CoordReply::Failed(CoordError::NotANode)
         }
         CoordRequest::AssignClient { client } => match t.assign(client, now, &mut events) {

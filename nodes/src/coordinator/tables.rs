@@ -40,6 +40,17 @@ pub enum Event {
         /// Address.
         addr: String,
     },
+    /// The active server handed over to the standby before stopping.
+    HandOver {
+        /// Cluster.
+        cluster: ClusterId,
+        /// The server that stops.
+        from: NodeKind,
+        /// The server now active.
+        to: NodeKind,
+        /// The new epoch.
+        epoch: u64,
+    },
     /// The active server changed.
     Failover {
         /// Cluster.
@@ -48,6 +59,8 @@ pub enum Event {
         active: Option<NodeKind>,
         /// The new epoch.
         epoch: u64,
+        /// Why, in words, for the log.
+        reason: String,
     },
 }
 
@@ -171,6 +184,7 @@ impl Tables {
                 cluster: hb.cluster,
                 active: cluster.active,
                 epoch: cluster.epoch,
+                reason: "it says it was active at this epoch (the coordinator restarted)".into(),
             });
         }
         self.refresh(hb.cluster, now, events);
@@ -192,6 +206,7 @@ impl Tables {
             active,
             peer,
             clusters: self.clusters,
+            heartbeat_ms: u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX),
         })
     }
 
@@ -227,6 +242,18 @@ impl Tables {
             .into_iter()
             .find(|k| alive(*k) && (*k == NodeKind::Primary || !first_election || waited(*k)));
         if next != cluster.active {
+            let reason = match cluster
+                .active
+                .and_then(|k| cluster.slots.get(&k).map(|s| (k, s)))
+            {
+                Some((k, s)) => format!(
+                    "the {} missed {MISSED_BEATS} heartbeats (last one {} ms ago)",
+                    k.as_str(),
+                    now.saturating_duration_since(s.last_beat).as_millis()
+                ),
+                None if first_election => "first election".to_string(),
+                None => "no server was active".to_string(),
+            };
             if next.is_some() {
                 cluster.epoch += 1;
             }
@@ -235,6 +262,7 @@ impl Tables {
                 cluster: cluster_id,
                 active: next,
                 epoch: cluster.epoch,
+                reason,
             });
         }
     }
@@ -245,6 +273,45 @@ impl Tables {
         for id in ids {
             self.refresh(id, now, events);
         }
+    }
+
+    /// A planned hand-over: the active server `kind` of `cluster` stops, the other one,
+    /// if alive, is active from a new epoch on. Returns the epoch and its address.
+    pub fn hand_over(
+        &mut self,
+        cluster_id: ClusterId,
+        kind: NodeKind,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) -> Result<(u64, String), CoordError> {
+        let down_after = self.down_after();
+        let refused = CoordError::NoStandby {
+            cluster: cluster_id,
+        };
+        let cluster = self.by_id.get_mut(&cluster_id).ok_or(refused.clone())?;
+        let other = match kind {
+            NodeKind::Primary => NodeKind::Secondary,
+            NodeKind::Secondary => NodeKind::Primary,
+            NodeKind::Sync => return Err(refused),
+        };
+        if cluster.active != Some(kind) {
+            return Err(refused);
+        }
+        let slot = cluster
+            .slots
+            .get(&other)
+            .filter(|s| now.saturating_duration_since(s.last_beat) <= down_after)
+            .ok_or(refused)?;
+        let addr = slot.addr.clone();
+        cluster.active = Some(other);
+        cluster.epoch += 1;
+        events.push(Event::HandOver {
+            cluster: cluster_id,
+            from: kind,
+            to: other,
+            epoch: cluster.epoch,
+        });
+        Ok((cluster.epoch, addr))
     }
 
     /// The cluster and active server address for `client`.
@@ -323,6 +390,28 @@ mod tests {
             active: false,
             epoch: 0,
         }
+    }
+
+    #[test]
+    fn a_hand_over_makes_the_live_standby_active_at_once() {
+        let mut t = Tables::new(1, HB);
+        let mut ev = Vec::new();
+        let t0 = Instant::now();
+        t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev).unwrap();
+        assert!(
+            t.hand_over(1, NodeKind::Primary, t0, &mut ev).is_err(),
+            "no standby yet"
+        );
+        t.beat(&hb(1, NodeKind::Secondary, 2), t0, &mut ev).unwrap();
+        assert!(
+            t.hand_over(1, NodeKind::Secondary, t0, &mut ev).is_err(),
+            "not the active one"
+        );
+        let (epoch, to) = t.hand_over(1, NodeKind::Primary, t0, &mut ev).unwrap();
+        assert_eq!((epoch, to.as_str()), (2, "127.0.0.1:2"));
+        assert_eq!(t.assign(3, t0, &mut ev).unwrap().1, "127.0.0.1:2");
+        let p = t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev).unwrap();
+        assert!(!p.active, "the old primary is the standby now");
     }
 
     #[test]

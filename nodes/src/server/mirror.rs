@@ -39,12 +39,21 @@ pub async fn run_active(
 ) {
     let mut role_rx = shared.role.subscribe();
     let mut alone_logged = false;
+    // Serving alone before any standby has shown up is how a cluster starts: worth a
+    // line, not a warning.
+    let mut had_standby = false;
     loop {
         let role = shared.role();
         let target = role.peer.clone().filter(|_| role.active);
         let Some(addr) = target else {
             if role.active && !alone_logged {
-                tracing::warn!("no standby alive: serving alone, acknowledging without mirroring");
+                if had_standby {
+                    tracing::warn!(
+                        "no standby alive: serving alone, acknowledging without mirroring"
+                    );
+                } else {
+                    tracing::info!("no standby yet: serving alone until one registers");
+                }
                 alone_logged = true;
             }
             tokio::select! {
@@ -57,6 +66,7 @@ pub async fn run_active(
             continue;
         };
         alone_logged = false;
+        had_standby = true;
         match mirror_to(
             &shared,
             &endpoint,
@@ -245,6 +255,16 @@ async fn live(
             }
             changed = role_rx.changed() => {
                 let role = shared.role();
+                if changed.is_ok() && !role.active && role.peer.as_deref() == Some(addr) {
+                    // Handed over to this standby: it asks the coordinator at once.
+                    tsn_protocol::write_msg(send, &MirrorMsg::HandOver { epoch: role.epoch }).await?;
+                    let _ = send.finish();
+                    // Closing the connection at once could drop the message: wait until
+                    // the standby has read it.
+                    let _ = tokio::time::timeout(ACK_TIMEOUT, send.stopped()).await;
+                    shared.handed_over.notify_one();
+                    return Ok(());
+                }
                 if changed.is_err() || !role.active || role.peer.as_deref() != Some(addr) {
                     return Ok(());
                 }
@@ -317,6 +337,14 @@ async fn standby(
                     if tx.send((seq, changes)).await.is_err() {
                         return Ok(());
                     }
+                }
+                Some(MirrorMsg::HandOver { epoch }) => {
+                    tracing::info!(
+                        epoch,
+                        "the active server handed the cluster over: asking the coordinator now"
+                    );
+                    shared.beat_now.notify_one();
+                    return Ok(());
                 }
                 Some(MirrorMsg::Hello { .. } | MirrorMsg::Subscribe(_)) => {
                     bail!("a mirror stream carries only changes after its hello")

@@ -133,6 +133,10 @@ pub struct Shared {
     pub clock: crate::hlc::Hlc,
     /// The id of the sync-service journal whose numbers timeline positions use.
     pub sync_log: AtomicU64,
+    /// Makes the coordinator link beat at once (a hand-over is on its way).
+    pub beat_now: Arc<tokio::sync::Notify>,
+    /// Told by the mirror once the standby has been told of a hand-over.
+    pub handed_over: tokio::sync::Notify,
     /// Active or standby, as last told by the coordinator.
     pub role: tokio_watch::Sender<RoleState>,
     /// When acknowledgements are sent.
@@ -225,6 +229,8 @@ impl Shared {
             model: Mutex::new(Model::default()),
             clock: crate::hlc::Hlc::default(),
             sync_log: AtomicU64::new(0),
+            beat_now: Arc::new(tokio::sync::Notify::new()),
+            handed_over: tokio::sync::Notify::new(),
             role: tokio_watch::channel(RoleState::default()).0,
             ack,
             subs: Mutex::new(HashMap::new()),
@@ -309,6 +315,8 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         model: Mutex::new(model),
         clock,
         sync_log: AtomicU64::new(inbound.log_id()),
+        beat_now: Arc::new(tokio::sync::Notify::new()),
+        handed_over: tokio::sync::Notify::new(),
         role: role_tx,
         ack: opts.ack,
         subs: Mutex::new(HashMap::new()),
@@ -328,6 +336,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         opts.node.bind,
         client_config,
         members_tx,
+        shared.beat_now.clone(),
     )?;
     tasks.spawn(role::run(shared.clone(), members.clone()));
     let inbound = Arc::new(Mutex::new(inbound));
@@ -360,6 +369,9 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
 
     crate::common::shutdown_signal().await;
     tracing::info!("shutting down");
+    if shared.role().active {
+        hand_over(&shared, &endpoint, &opts.coordinator).await;
+    }
     accept.abort();
     endpoint.close(0u32.into(), b"server shutting down");
     tasks.shutdown().await;
@@ -376,6 +388,46 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         .context("writing clean-shutdown marker")?;
     drop(inbound);
     Ok(())
+}
+
+/// A planned stop of the active server: the coordinator makes the standby active now,
+/// this server becomes the standby (its timeline clients are told to ask the coordinator
+/// again), and the mirror tells the standby, which asks the coordinator at once. So a
+/// planned restart costs no failover timeout.
+async fn hand_over(shared: &Shared, endpoint: &quinn::Endpoint, coordinator: &str) {
+    use tsn_protocol::coord::{CoordReply, CoordRequest};
+    let asked = async {
+        let conn = crate::net::connect(endpoint, coordinator).await?;
+        let req = CoordRequest::HandOver {
+            cluster: shared.cluster,
+            kind: shared.kind,
+        };
+        anyhow::Ok(crate::net::call::<_, CoordReply>(&conn, &req).await?)
+    };
+    match asked.await {
+        Ok(CoordReply::HandedOver { epoch, to }) => {
+            tracing::info!(epoch, standby = %to, "handed the cluster over to the standby");
+            shared.role.send_modify(|r| {
+                r.active = false;
+                r.epoch = epoch;
+                r.peer = Some(to);
+            });
+            let told = shared.handed_over.notified();
+            if tokio::time::timeout(std::time::Duration::from_secs(1), told)
+                .await
+                .is_err()
+            {
+                tracing::info!(
+                    "the standby was not told directly: it learns at its next heartbeat"
+                );
+            }
+        }
+        Ok(CoordReply::Failed(e)) => {
+            tracing::info!("no hand-over before stopping: {e}");
+        }
+        Ok(other) => tracing::warn!("unexpected hand-over reply: {other:?}"),
+        Err(e) => tracing::warn!("could not ask the coordinator for a hand-over: {e:#}"),
+    }
 }
 
 /// Advances `clock` past the timestamp a record carries.
@@ -457,9 +509,9 @@ async fn serve_node_stream(
                 let _ = send.finish();
             }
         }
-        MirrorMsg::Changes { .. } => {
+        MirrorMsg::Changes { .. } | MirrorMsg::HandOver { .. } => {
             let _ = send.reset(1u32.into());
-            tracing::debug!("node stream began with changes, not a hello");
+            tracing::debug!("node stream began with something else than a hello");
         }
     }
 }

@@ -122,6 +122,7 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
         opts.node.bind,
         client_config,
         members_tx,
+        Arc::new(tokio::sync::Notify::new()),
     )?;
     // The number of clusters comes from the coordinator.
     let clusters = {

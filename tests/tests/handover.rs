@@ -1,0 +1,78 @@
+//! A planned restart of the active server costs no failover timeout: on SIGTERM it asks
+//! the coordinator to make the standby active, tells the standby and its clients, and
+//! stops. With 10 s heartbeats (a failover would take 20-25 s), a client's next post is
+//! acknowledged through the standby within a second or two, and nothing is lost.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use tsn_tests::*;
+
+#[test]
+fn sigterm_to_the_active_server_hands_over_at_once() -> anyhow::Result<()> {
+    let mut sys = System::start(Config {
+        clusters: 1,
+        heartbeat_ms: 10_000,
+        ..Config::default()
+    })?;
+    let secondary = sys.addr(1, Role::Secondary)?;
+    let mut author = sys.client(1)?;
+    let mut reader = sys.client(2)?;
+    wait_users(&mut reader, &[1, 2])?;
+    assert_eq!(
+        reader.run("FOLLOW 1", 1)?,
+        ["Command completed successfully"]
+    );
+    for c in [&mut reader, &mut author] {
+        assert_eq!(
+            c.run("TIMELINE", 2)?,
+            [
+                "Command completed successfully",
+                "Now you are in the timeline"
+            ]
+        );
+    }
+    // The standby must be mirroring before the hand-over.
+    sys.wait_log(
+        1,
+        Role::Primary,
+        "mirroring to the standby",
+        Duration::from_secs(15),
+    )?;
+    for k in 0..5 {
+        author.send(&format!("before {k}"))?;
+    }
+    reader.expect_contains(">> before 4", Duration::from_secs(10))?;
+
+    let stopped = Instant::now();
+    assert!(
+        sys.stop(1, Role::Primary),
+        "the primary stops by itself on SIGTERM"
+    );
+    let stop_took = stopped.elapsed();
+    let sent = Instant::now();
+    author.send("after the hand-over")?;
+    let err = author.stderr();
+    assert_eq!(author.finish(Duration::from_secs(30))?, 0, "{err}");
+    let acked_after = sent.elapsed();
+    eprintln!("SIGTERM to exit: {stop_took:?}; next post acknowledged (client exited) after {acked_after:?}");
+    assert!(
+        acked_after < Duration::from_secs(3),
+        "the next post took {acked_after:?}: no failover timeout expected"
+    );
+    assert_eq!(sys.serving(1)?, secondary);
+    reader.expect_contains(">> after the hand-over", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_millis(300));
+    reader.drain();
+    for text in ["before 0", "before 4", "after the hand-over"] {
+        let n = reader
+            .seen
+            .iter()
+            .filter(|l| l.ends_with(&format!(">> {text}")))
+            .count();
+        assert_eq!(n, 1, "{text} shown {n} times");
+    }
+    let coord = std::fs::read_to_string(sys.dir.path().join("logs/coordinator.log"))?;
+    assert!(coord.contains("planned hand-over"), "{coord}");
+    Ok(())
+}
