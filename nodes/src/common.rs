@@ -41,6 +41,11 @@ pub struct NodeOpts {
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
 
+    /// Serve Prometheus metrics (/metrics), liveness (/health) and readiness (/ready)
+    /// over HTTP on this address (port 0 picks a free one; the log says which).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Threads running the node's network and storage work. 1 (the default) runs it all
     /// on one thread: no hand-offs between threads, the lowest latency, and plenty for
     /// one cluster (see BENCHMARKS.md); 0 means one per core.
@@ -62,6 +67,17 @@ impl NodeOpts {
             }
         };
         builder.enable_all().build()
+    }
+
+    /// Starts the metrics listener if `--metrics-addr` asks for one.
+    pub async fn serve_metrics(
+        &self,
+        metrics: &std::sync::Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<()> {
+        if let Some(addr) = self.metrics_addr {
+            crate::metrics::serve(addr, metrics.clone()).await?;
+        }
+        Ok(())
     }
 
     /// The heartbeat interval.

@@ -103,11 +103,13 @@ pub fn record(entry: Entry) -> Record {
 /// stops, sending only the records `keep` accepts (the cursor moves past the others).
 /// With a `pace`, new records wait for the next tick of that period (the original
 /// system's period-driven delivery) instead of travelling as soon as they are written.
+/// After each frame, `on_sent` learns how many bytes of the log the reader still lacks.
 pub async fn serve(
     source: FeedSource,
     from: Cursor,
     keep: impl Fn(&Record) -> bool,
     pace: Option<Duration>,
+    on_sent: impl Fn(u64),
     send: &mut quinn::SendStream,
 ) -> anyhow::Result<()> {
     let mut tick = pace.map(|p| {
@@ -170,6 +172,7 @@ pub async fn serve(
             entries,
         };
         tsn_protocol::write_msg(send, &msg).await?;
+        on_sent(source.len().saturating_sub(offset));
     }
 }
 
@@ -217,6 +220,8 @@ pub async fn follow<O, A, Fut>(
     loop {
         let target = addr.borrow_and_update().clone();
         let Some(target) = target else {
+            // Nobody to read from yet: whoever waits for this feed need not wait.
+            settled.send_if_modified(|s| !std::mem::replace(s, true));
             if addr.changed().await.is_err() {
                 return;
             }

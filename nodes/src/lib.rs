@@ -10,6 +10,7 @@
 //!   depend on synchronised wall clocks.
 //! - [`link`]: a node's link to the coordinator (registration, heartbeats, where its
 //!   peers are), the same for servers and sync services.
+//! - [`metrics`]: every metric, and the `/metrics`, `/health`, `/ready` listener.
 //! - [`feed`]: serving a log to a reader from its cursor, and following another node's
 //!   log: how servers and sync services pass changes to each other.
 //! - [`server`]: a cluster's primary or secondary: client commands, the timeline stream,
@@ -34,6 +35,7 @@ pub mod coordinator;
 pub mod feed;
 pub mod hlc;
 pub mod link;
+pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod status;

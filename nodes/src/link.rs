@@ -85,6 +85,7 @@ pub fn start(
     client_config: quinn::ClientConfig,
     out: watch::Sender<Membership>,
     beat_now: Arc<tokio::sync::Notify>,
+    missed: prometheus_client::metrics::counter::Counter,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let ticks = Arc::new(AtomicU64::new(0));
@@ -114,7 +115,7 @@ pub fn start(
     let cfg2 = cfg.clone();
     std::thread::Builder::new()
         .name("coordinator-link".into())
-        .spawn(move || rt.block_on(run(endpoint, cfg2, alive, out, beat_now)))
+        .spawn(move || rt.block_on(run(endpoint, cfg2, alive, out, beat_now, missed)))
         .context("starting the coordinator link's thread")?;
     Ok(())
 }
@@ -127,6 +128,7 @@ pub async fn run(
     alive: impl Fn() -> bool,
     out: watch::Sender<Membership>,
     beat_now: Arc<tokio::sync::Notify>,
+    missed: prometheus_client::metrics::counter::Counter,
 ) {
     let mut conn: Option<quinn::Connection> = None;
     let mut unreachable = false;
@@ -184,6 +186,7 @@ pub async fn run(
                 });
             }
             Err(e) => {
+                missed.inc();
                 let taken = e
                     .downcast_ref::<CoordError>()
                     .is_some_and(|c| matches!(c, CoordError::RoleTaken { .. }));
@@ -211,7 +214,12 @@ async fn beat(
     let c = match conn.as_ref() {
         Some(c) if c.close_reason().is_none() => c.clone(),
         _ => {
-            let c = crate::net::connect(endpoint, &cfg.coordinator).await?;
+            // A coordinator that is down does not answer at all: give up on this attempt
+            // in time for the next beat, so that it is found soon after it is back.
+            let limit = cfg
+                .interval
+                .clamp(Duration::from_millis(500), crate::net::CONNECT_TIMEOUT);
+            let c = crate::net::connect_within(endpoint, &cfg.coordinator, limit).await?;
             *conn = Some(c.clone());
             c
         }

@@ -105,6 +105,15 @@ pub async fn connect(
     endpoint: &quinn::Endpoint,
     addr: &str,
 ) -> Result<quinn::Connection, NetError> {
+    connect_within(endpoint, addr, CONNECT_TIMEOUT).await
+}
+
+/// [`connect`] with another time limit.
+pub async fn connect_within(
+    endpoint: &quinn::Endpoint,
+    addr: &str,
+    limit: Duration,
+) -> Result<quinn::Connection, NetError> {
     let sock = resolve(addr).await?;
     let connecting = endpoint
         .connect(sock, tsn_certs::SERVER_NAME)
@@ -112,7 +121,7 @@ pub async fn connect(
             addr: addr.to_string(),
             reason: e.to_string(),
         })?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+    match tokio::time::timeout(limit, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(NetError::Connect {
             addr: addr.to_string(),
@@ -185,8 +194,11 @@ pub fn dialable(addr: &str) -> bool {
 
 /// Accepts connections until the endpoint is closed, running `handle` for each in its
 /// own task, at most [`MAX_CONNECTIONS`] at once (further attempts are refused).
-pub async fn accept_loop<F, Fut>(endpoint: quinn::Endpoint, handle: F)
-where
+pub async fn accept_loop<F, Fut>(
+    endpoint: quinn::Endpoint,
+    connections: prometheus_client::metrics::gauge::Gauge,
+    handle: F,
+) where
     F: Fn(quinn::Connection) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -199,10 +211,15 @@ where
             continue;
         };
         let handle = handle.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => handle(conn).await,
+                Ok(conn) => {
+                    connections.inc();
+                    handle(conn).await;
+                    connections.dec();
+                }
                 Err(e) => tracing::debug!(%remote, "handshake failed: {e}"),
             }
             drop(permit);

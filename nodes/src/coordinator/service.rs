@@ -35,7 +35,36 @@ pub struct CoordinatorOpts {
     pub common: CommonOpts,
 }
 
-type Shared = Arc<Mutex<Tables>>;
+/// The coordinator's state: its tables, and what it tells an operator.
+#[derive(Debug)]
+struct Coord {
+    tables: Mutex<Tables>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+type Shared = Arc<Coord>;
+
+impl Coord {
+    fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, Tables>> {
+        self.tables.lock()
+    }
+
+    /// Logs what changed, and counts it.
+    fn record(&self, events: Vec<Event>) {
+        for e in &events {
+            if let Event::Failover { cluster, epoch, .. } | Event::HandOver { cluster, epoch, .. } =
+                e
+            {
+                self.metrics.failovers.inc();
+                self.metrics
+                    .epoch
+                    .get_or_create(&crate::metrics::ClusterLabel { cluster: *cluster })
+                    .set(*epoch as i64);
+            }
+        }
+        log_events(events);
+    }
+}
 
 fn log_events(events: Vec<Event>) {
     for e in events {
@@ -111,7 +140,13 @@ pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
     tracing::info!(%local, clusters = opts.clusters, heartbeat_ms = opts.node.heartbeat_ms, "coordinator listening");
     opts.node.announce(local)?;
 
-    let tables: Shared = Arc::new(Mutex::new(Tables::new(opts.clusters, hb)));
+    let metrics = crate::metrics::Metrics::new();
+    opts.node.serve_metrics(&metrics).await?;
+    metrics.set_ready(None);
+    let tables: Shared = Arc::new(Coord {
+        tables: Mutex::new(Tables::new(opts.clusters, hb)),
+        metrics: metrics.clone(),
+    });
     let ticker = {
         let tables = tables.clone();
         tokio::spawn(async move {
@@ -128,15 +163,17 @@ pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
                 if let Some(gap) = stalled {
                     log_stall(gap);
                 }
-                log_events(events);
+                tables.record(events);
             }
         })
     };
     let accept = {
         let tables = tables.clone();
-        tokio::spawn(crate::net::accept_loop(endpoint.clone(), move |conn| {
-            serve_connection(conn, tables.clone())
-        }))
+        tokio::spawn(crate::net::accept_loop(
+            endpoint.clone(),
+            metrics.connections.clone(),
+            move |conn| serve_connection(conn, tables.clone()),
+        ))
     };
     crate::common::shutdown_signal().await;
     tracing::info!("shutting down");
@@ -216,6 +253,6 @@ fn answer(tables: &Shared, req: CoordRequest, is_node: bool) -> CoordReply {
         CoordRequest::Status => CoordReply::Status(t.status(now)),
     };
     drop(t);
-    log_events(events);
+    tables.record(events);
     reply
 }

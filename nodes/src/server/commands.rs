@@ -52,6 +52,7 @@ pub fn check_user(shared: &Shared, user: UserId) -> Result<(), CommandError> {
 }
 
 async fn handle(shared: &Shared, store: &Store, req: ClientRequest) -> ClientReply {
+    let since = std::time::Instant::now();
     let user = match &req {
         ClientRequest::Login { user }
         | ClientRequest::Follow { user, .. }
@@ -111,8 +112,17 @@ async fn handle(shared: &Shared, store: &Store, req: ClientRequest) -> ClientRep
         }
         ClientRequest::Timeline { .. } => return failed(CommandError::InvalidCommand),
     };
+    let kind = match &change {
+        Change::User { .. } => "user",
+        Change::Follow { active: true, .. } => "follow",
+        Change::Follow { active: false, .. } => "unfollow",
+        Change::Post(_) => "post",
+    };
     match store.write(vec![change], true).await {
-        Ok(()) => ClientReply::Ok,
+        Ok(()) => {
+            shared.metrics.acked(kind, since);
+            ClientReply::Ok
+        }
         Err(e) => failed(CommandError::Storage(e.to_string())),
     }
 }

@@ -97,6 +97,7 @@ pub async fn run(
     inbound: InboundHandle,
     endpoint: quinn::Endpoint,
     addr: watch::Receiver<Option<String>>,
+    settled: feed::Settled,
 ) {
     let cluster = shared.cluster;
     let from = inbound.lock().unwrap_or_else(|e| e.into_inner()).cursor();
@@ -118,7 +119,6 @@ pub async fn run(
                 .context("received-feed writer panicked")?
         }
     };
-    let settled = watch::channel(false).0;
     feed::follow(
         "sync journal".into(),
         endpoint,

@@ -236,6 +236,7 @@ async fn live(
                 let changes = std::mem::take(&mut job.changes);
                 tsn_protocol::write_msg(send, &MirrorMsg::Changes { seq, changes }).await?;
                 inflight.push_back((seq, Some(job), Instant::now()));
+                shared.metrics.mirror_lag.set(inflight.len() as i64);
             }
             reply = recv.next_msg::<MirrorReply>() => {
                 let acked = match reply? {
@@ -249,6 +250,7 @@ async fn live(
                         job.acked(shared.ack).await;
                     }
                 }
+                shared.metrics.mirror_lag.set(inflight.len() as i64);
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 bail!("standby did not acknowledge within {ACK_TIMEOUT:?}");

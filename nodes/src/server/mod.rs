@@ -137,6 +137,8 @@ pub struct Shared {
     pub beat_now: Arc<tokio::sync::Notify>,
     /// Told by the mirror once the standby has been told of a hand-over.
     pub handed_over: tokio::sync::Notify,
+    /// What an operator sees.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Active or standby, as last told by the coordinator.
     pub role: tokio_watch::Sender<RoleState>,
     /// When acknowledgements are sent.
@@ -155,6 +157,7 @@ impl Shared {
     pub fn subscribe(&self, user: UserId) -> (u64, mpsc::Receiver<(u64, Post)>) {
         let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        self.metrics.timeline_streams.inc();
         self.subs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -166,6 +169,7 @@ impl Shared {
 
     /// Removes a timeline session.
     pub fn unsubscribe(&self, user: UserId, id: u64) {
+        self.metrics.timeline_streams.dec();
         let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = subs.get_mut(&user) {
             v.retain(|s| s.id != id);
@@ -196,8 +200,11 @@ impl Shared {
             return;
         }
         let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        let now = crate::now_us();
         for (user, seq, post) in entries {
             if let Some(v) = subs.get_mut(&user) {
+                let age = now.saturating_sub(post.ts_us).max(0) as f64 / 1e6;
+                self.metrics.delivery_latency.observe(age);
                 v.retain(|s| match s.tx.try_send((seq, post.clone())) {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Full(_)) => {
@@ -231,6 +238,7 @@ impl Shared {
             sync_log: AtomicU64::new(0),
             beat_now: Arc::new(tokio::sync::Notify::new()),
             handed_over: tokio::sync::Notify::new(),
+            metrics: crate::metrics::Metrics::new(),
             role: tokio_watch::channel(RoleState::default()).0,
             ack,
             subs: Mutex::new(HashMap::new()),
@@ -306,6 +314,9 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
 
     let (journal_len, journal_feed) = FeedSource::new(dir.journal(), journal_id, journal.len());
+    let metrics = crate::metrics::Metrics::new();
+    metrics.journal_bytes.set(journal.len() as i64);
+    opts.node.serve_metrics(&metrics).await?;
     let (role_tx, _) = tokio_watch::channel(RoleState::default());
     let shared = Arc::new(Shared {
         cluster: opts.cluster,
@@ -317,6 +328,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         sync_log: AtomicU64::new(inbound.log_id()),
         beat_now: Arc::new(tokio::sync::Notify::new()),
         handed_over: tokio::sync::Notify::new(),
+        metrics: metrics.clone(),
         role: role_tx,
         ack: opts.ack,
         subs: Mutex::new(HashMap::new()),
@@ -337,16 +349,20 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         client_config,
         members_tx,
         shared.beat_now.clone(),
+        metrics.heartbeats_missed.clone(),
     )?;
     tasks.spawn(role::run(shared.clone(), members.clone()));
     let inbound = Arc::new(Mutex::new(inbound));
     let cluster = opts.cluster;
+    let (settled_tx, settled) = tokio_watch::channel(false);
     tasks.spawn(inbound::run(
         shared.clone(),
         inbound.clone(),
         endpoint.clone(),
         crate::link::peer_addr(&members, move |m| m.addr_of(cluster, NodeKind::Sync)),
+        settled_tx,
     ));
+    tasks.spawn(readiness(shared.clone(), members.clone(), settled));
 
     let (mirror_tx, mirror_rx) = mpsc::channel(store::WRITE_QUEUE);
     let store = store::spawn(shared.clone(), journal, mirror_tx, journal_len)
@@ -360,9 +376,12 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     let accept = {
         let shared = shared.clone();
         let store = store.clone();
-        tokio::spawn(crate::net::accept_loop(endpoint.clone(), move |conn| {
-            serve_connection(conn, shared.clone(), store.clone())
-        }))
+        let connections = metrics.connections.clone();
+        tokio::spawn(crate::net::accept_loop(
+            endpoint.clone(),
+            connections,
+            move |conn| serve_connection(conn, shared.clone(), store.clone()),
+        ))
     };
     tracing::info!(%local, %advertise, cluster = opts.cluster, kind = kind.as_str(), ack = ?opts.ack, "server listening");
     opts.node.announce(local)?;
@@ -388,6 +407,32 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         .context("writing clean-shutdown marker")?;
     drop(inbound);
     Ok(())
+}
+
+/// Keeps `/ready` true exactly while this server is registered, knows its role and has
+/// read its sync service's journal to the end at least once (or found it down).
+async fn readiness(
+    shared: Arc<Shared>,
+    mut members: tokio_watch::Receiver<crate::link::Membership>,
+    mut settled: tokio_watch::Receiver<bool>,
+) {
+    loop {
+        let registered = members.borrow_and_update().beat.is_some();
+        let caught_up = *settled.borrow_and_update();
+        let why = match (registered, caught_up) {
+            (false, _) => Some("not registered with the coordinator yet".to_string()),
+            (true, false) => Some("catching up from the sync service".to_string()),
+            (true, true) => None,
+        };
+        if why.is_none() && shared.metrics.not_ready().is_some() {
+            tracing::info!(active = shared.role().active, "ready");
+        }
+        shared.metrics.set_ready(why);
+        tokio::select! {
+            r = members.changed() => if r.is_err() { return },
+            r = settled.changed() => if r.is_err() { return },
+        }
+    }
 }
 
 /// A planned stop of the active server: the coordinator makes the standby active now,
@@ -498,6 +543,7 @@ async fn serve_node_stream(
                     sub.from,
                     |_| true,
                     None,
+                    |_| {},
                     &mut send,
                 )
                 .await

@@ -35,6 +35,17 @@ pub async fn run(shared: Arc<Shared>, mut members: watch::Receiver<Membership>) 
             });
         if let Some(next) = next {
             let current = shared.role();
+            shared.metrics.active.set(i64::from(next.active));
+            shared
+                .metrics
+                .epoch
+                .get_or_create(&crate::metrics::ClusterLabel {
+                    cluster: shared.cluster,
+                })
+                .set(next.epoch as i64);
+            if next.epoch > current.epoch && current.epoch != 0 {
+                shared.metrics.failovers.inc();
+            }
             if next.active != current.active || next.epoch != current.epoch {
                 if next.active {
                     tracing::info!(

@@ -285,6 +285,10 @@ impl Writer {
             return;
         }
         self.len.set(self.journal.len());
+        self.shared
+            .metrics
+            .journal_bytes
+            .set(self.journal.len() as i64);
         // Requests whose changes are already stored (a resend) complete with the batch
         // that stored them, which is never after this one: completions keep queue order.
         let (mirrored, local): (Vec<WriteReq>, Vec<WriteReq>) =

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tsn_protocol::client::{ClientReply, CommandError, TimelineDown, TimelinePos, TimelineUp};
@@ -82,7 +83,7 @@ async fn session(
     let mut recv = FrameReader::new(recv);
     // Posts waiting for their acknowledgement, oldest first. The store completes requests
     // in the order they were queued, so only the oldest needs watching.
-    let mut pending: VecDeque<(u64, oneshot::Receiver<Result<(), StoreError>>)> = VecDeque::new();
+    let mut pending: VecDeque<Waiting> = VecDeque::new();
     let mut role = shared.role.subscribe();
     let mut client_done = false;
     loop {
@@ -102,17 +103,19 @@ async fn session(
                     // A resend of a stored post goes through the store too: it is then
                     // acknowledged only once the batch that stored it is.
                     let post = Post { id, ts_us: shared.clock.now(), text };
-                    pending.push_back((nonce, store.submit(vec![Change::Post(post)], true).await));
+                    let since = Instant::now();
+                    let done = store.submit(vec![Change::Post(post)], true).await;
+                    pending.push_back(Waiting { nonce, since, done });
                 }
                 None => client_done = true,
             },
-            done = async { (&mut pending.front_mut().expect("guarded by the branch condition").1).await }, if !pending.is_empty() => {
-                let (nonce, _) = pending.pop_front().expect("guarded by the branch condition");
-                ack(send, nonce, done).await?;
+            done = async { (&mut pending.front_mut().expect("guarded by the branch condition").done).await }, if !pending.is_empty() => {
+                let w = pending.pop_front().expect("guarded by the branch condition");
+                ack(shared, send, &w, done).await?;
                 // Acks that completed meanwhile go out together.
-                while let Some(done) = pending.front_mut().and_then(|p| p.1.try_recv().ok()) {
-                    let (nonce, _) = pending.pop_front().expect("front exists");
-                    ack(send, nonce, Ok(done)).await?;
+                while let Some(done) = pending.front_mut().and_then(|p| p.done.try_recv().ok()) {
+                    let w = pending.pop_front().expect("front exists");
+                    ack(shared, send, &w, Ok(done)).await?;
                 }
             }
             entry = inbox.recv() => match entry {
@@ -147,12 +150,17 @@ async fn session(
 /// Tells the client how its post ended: stored, or refused with the store's reason. A
 /// store that stopped sends nothing (the server is going away; the client resends).
 async fn ack(
+    shared: &Shared,
     send: &mut quinn::SendStream,
-    nonce: u64,
+    w: &Waiting,
     done: Result<Result<(), StoreError>, oneshot::error::RecvError>,
 ) -> anyhow::Result<()> {
+    let nonce = w.nonce;
     let msg = match done {
-        Ok(Ok(())) => TimelineDown::Ack { nonce },
+        Ok(Ok(())) => {
+            shared.metrics.acked("post", w.since);
+            TimelineDown::Ack { nonce }
+        }
         Ok(Err(e)) => TimelineDown::Refused {
             nonce,
             reason: CommandError::Storage(e.to_string()),
@@ -161,6 +169,15 @@ async fn ack(
     };
     tsn_protocol::write_msg(send, &msg).await?;
     Ok(())
+}
+
+/// A post waiting for its acknowledgement.
+#[derive(Debug)]
+struct Waiting {
+    nonce: u64,
+    /// When it came in.
+    since: Instant,
+    done: oneshot::Receiver<Result<(), StoreError>>,
 }
 
 /// What a session starts with: the position its entries follow, and the entries.

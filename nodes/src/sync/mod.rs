@@ -108,6 +108,8 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     )?;
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
+    let metrics = crate::metrics::Metrics::new();
+    opts.node.serve_metrics(&metrics).await?;
 
     let mut tasks = JoinSet::new();
     let (members_tx, mut members) = watch::channel(Membership::default());
@@ -123,6 +125,7 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
         client_config,
         members_tx,
         Arc::new(tokio::sync::Notify::new()),
+        metrics.heartbeats_missed.clone(),
     )?;
     // The number of clusters comes from the coordinator.
     let clusters = {
@@ -187,12 +190,16 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
         ));
     }
 
+    tasks.spawn(readiness(metrics.clone(), members.clone(), settled.clone()));
     let pace = (opts.delivery == Delivery::Period).then(|| Duration::from_millis(opts.period_ms));
     let accept = {
         let core = core.clone();
-        tokio::spawn(crate::net::accept_loop(endpoint.clone(), move |conn| {
-            serve_peer(conn, core.clone(), cluster, clusters, pace)
-        }))
+        let metrics = metrics.clone();
+        tokio::spawn(crate::net::accept_loop(
+            endpoint.clone(),
+            metrics.connections.clone(),
+            move |conn| serve_peer(conn, core.clone(), cluster, clusters, pace, metrics.clone()),
+        ))
     };
     tracing::info!(%local, %advertise, cluster, clusters, period_ms = opts.period_ms, delivery = ?opts.delivery, "sync service running");
     opts.node.announce(local)?;
@@ -208,6 +215,27 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     core.close_cleanly()
         .context("writing clean-shutdown marker")?;
     Ok(())
+}
+
+/// Makes `/ready` true once this sync service is registered and has read its servers'
+/// journals to their end (or found them down): neither goes back.
+async fn readiness(
+    metrics: Arc<crate::metrics::Metrics>,
+    mut members: watch::Receiver<Membership>,
+    settled: Vec<watch::Receiver<bool>>,
+) {
+    metrics.set_ready(Some("not registered with the coordinator yet".into()));
+    if members.wait_for(|m| m.beat.is_some()).await.is_err() {
+        return;
+    }
+    metrics.set_ready(Some("reading this cluster's servers' journals".into()));
+    for mut s in settled {
+        if s.wait_for(|v| *v).await.is_err() {
+            return;
+        }
+    }
+    metrics.set_ready(None);
+    tracing::info!("ready");
 }
 
 /// Runs `f` on the core off the runtime.
@@ -323,6 +351,7 @@ async fn serve_peer(
     cluster: ClusterId,
     clusters: u32,
     pace: Option<Duration>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
@@ -330,6 +359,7 @@ async fn serve_peer(
             Err(_) => return,
         };
         let core = core.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let sub = match tsn_protocol::read_msg::<SyncRequest, _>(&mut recv).await {
                 Ok(Some(SyncRequest::Subscribe(s))) => s,
@@ -351,6 +381,10 @@ async fn serve_peer(
                 )),
                 FeedLog::SyncOutbox => {
                     let dest = sub.reader;
+                    let backlog = metrics
+                        .sync_backlog
+                        .get_or_create(&crate::metrics::ClusterLabel { cluster: dest })
+                        .clone();
                     feed::serve(
                         outbox,
                         sub.from,
@@ -359,13 +393,16 @@ async fn serve_peer(
                             tsn_datastore::Record::Deliver { .. } => false,
                         },
                         pace,
+                        |left| {
+                            backlog.set(left as i64);
+                        },
                         &mut send,
                     )
                     .await
                     .map_err(|e| format!("{e:#}"))
                 }
                 FeedLog::SyncJournal if sub.reader == cluster => {
-                    feed::serve(journal, sub.from, |_| true, pace, &mut send)
+                    feed::serve(journal, sub.from, |_| true, pace, |_| {}, &mut send)
                         .await
                         .map_err(|e| format!("{e:#}"))
                 }

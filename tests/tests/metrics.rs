@@ -1,0 +1,130 @@
+//! What an operator sees: `/metrics` in the Prometheus text format (counts that follow
+//! the traffic), `/health`, and `/ready`, which says no until the node has registered.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use tsn_tests::*;
+
+/// GET `path` from `addr`: (status code, body).
+fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: tsn\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    Ok((code, body))
+}
+
+/// The metrics address a node logged.
+fn metrics_addr(sys: &System, cluster: u32, role: Role) -> anyhow::Result<String> {
+    let mut found = None;
+    eventually(
+        "the metrics address in the log",
+        Duration::from_secs(10),
+        || {
+            found = sys
+                .read_log(cluster, role)
+                .lines()
+                .filter(|l| l.contains("metrics listening"))
+                .filter_map(|l| l.split("addr=").nth(1))
+                .map(|a| a.trim().to_string())
+                .next_back();
+            Ok(found.is_some())
+        },
+    )?;
+    Ok(found.unwrap())
+}
+
+/// The value of a sample line `name{labels} value` (`name value` without labels).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])
+                || l.starts_with(&format!("{name} "))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn ready_follows_registration_and_metrics_follow_the_posts() -> anyhow::Result<()> {
+    let mut sys = System::coordinator_only(Config {
+        clusters: 1,
+        ..Config::default()
+    })?;
+    let port = sys.coord_port();
+    sys.kill_coordinator();
+    let flag = ["--metrics-addr".to_string(), "127.0.0.1:0".to_string()];
+    sys.start_node_with(1, Role::Primary, &flag)?;
+    let addr = metrics_addr(&sys, 1, Role::Primary)?;
+    assert_eq!(get(&addr, "/health")?.0, 200);
+    let (code, body) = get(&addr, "/ready")?;
+    assert_eq!(code, 503, "not ready before registering: {body}");
+    assert!(body.contains("not registered"), "{body}");
+
+    sys.start_coordinator(Some(port))?;
+    eventually("ready once registered", Duration::from_secs(10), || {
+        Ok(get(&addr, "/ready")?.0 == 200)
+    })?;
+    sys.start_node_with(1, Role::Secondary, &flag)?;
+    sys.start_node(1, Role::Sync)?;
+    sys.wait_ready(Duration::from_secs(30))?;
+    // Count on the server that serves.
+    let addr = if sys.serving(1)? == sys.addr(1, Role::Primary)? {
+        addr
+    } else {
+        metrics_addr(&sys, 1, Role::Secondary)?
+    };
+
+    let (_, before) = get(&addr, "/metrics")?;
+    let posts_before = sample(&before, "tsn_changes_acknowledged_total{kind=\"post\"}");
+    let mut c = sys.client(1)?;
+    assert_eq!(
+        c.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
+    const N: usize = 25;
+    for k in 0..N {
+        c.send(&format!("counted {k}"))?;
+    }
+    assert_eq!(c.finish(Duration::from_secs(20))?, 0);
+    let (code, text) = get(&addr, "/metrics")?;
+    assert_eq!(code, 200);
+    let posts = sample(&text, "tsn_changes_acknowledged_total{kind=\"post\"}");
+    assert_eq!(posts - posts_before, N as f64, "{text}");
+    assert!(
+        sample(&text, "tsn_ack_latency_seconds_count") >= N as f64,
+        "{text}"
+    );
+    assert!(sample(&text, "tsn_journal_bytes") > 0.0, "{text}");
+    assert_eq!(sample(&text, "tsn_active"), 1.0, "{text}");
+    for name in [
+        "tsn_mirror_lag_batches",
+        "tsn_delivery_latency_seconds",
+        "tsn_timeline_streams",
+        "tsn_connections",
+        "tsn_heartbeats_missed_total",
+        "tsn_failovers_total",
+        "tsn_epoch",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    assert_eq!(get(&addr, "/nope")?.0, 404);
+    Ok(())
+}
