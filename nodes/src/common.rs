@@ -12,44 +12,79 @@ use clap::Args;
 pub struct CommonOpts {
     /// Directory of the cluster CA (ca.pem for nodes, ca.crt suffices for clients).
     /// Nodes create a CA there if none exists.
-    #[arg(long, default_value = "./certs", value_name = "DIR")]
+    #[arg(
+        long,
+        default_value = "./certs",
+        value_name = "DIR",
+        env = "TSN_CERT_DIR"
+    )]
     pub cert_dir: PathBuf,
 
     /// Log filter when RUST_LOG is not set (e.g. info, debug, tsn_nodes=trace).
-    #[arg(long, default_value = "info", value_name = "FILTER")]
+    #[arg(long, default_value = "info", value_name = "FILTER", env = "TSN_LOG")]
     pub log: String,
+
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one object a line).
+    #[arg(long, value_enum, default_value = "text", env = "TSN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+impl CommonOpts {
+    /// Starts logging as these options say.
+    pub fn init_tracing(&self) {
+        init_tracing_as(&self.log, self.log_format);
+    }
 }
 
 /// Options of the long-running node binaries (coordinator, server, sync service).
 #[derive(Debug, Clone, Args)]
 pub struct NodeOpts {
     /// Root of the datastore.
-    #[arg(long, default_value = "./datastore", value_name = "DIR")]
+    #[arg(
+        long,
+        default_value = "./datastore",
+        value_name = "DIR",
+        env = "TSN_DATASTORE"
+    )]
     pub datastore: PathBuf,
 
     /// Address to bind (the port comes from -p).
-    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP", env = "TSN_BIND")]
     pub bind: std::net::IpAddr,
 
     /// Heartbeat interval in milliseconds (the coordinator fails a primary over after two
     /// missed beats).
-    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        value_name = "MS",
+        env = "TSN_HEARTBEAT_MS"
+    )]
     pub heartbeat_ms: u64,
 
     /// Once serving, write the bound address (`ip:port`) to this file (for scripts and
     /// tests that start nodes on port 0).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "TSN_READY_FILE")]
     pub ready_file: Option<PathBuf>,
 
     /// Serve Prometheus metrics (/metrics), liveness (/health) and readiness (/ready)
     /// over HTTP on this address (port 0 picks a free one; the log says which).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", env = "TSN_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 
     /// Threads running the node's network and storage work. 1 (the default) runs it all
     /// on one thread: no hand-offs between threads, the lowest latency, and plenty for
     /// one cluster (see BENCHMARKS.md); 0 means one per core.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 1, value_name = "N", env = "TSN_THREADS")]
     pub threads: usize,
 }
 
@@ -104,18 +139,27 @@ fn write_ready_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
     .with_context(|| format!("writing ready file {}", path.display()))
 }
 
-/// Starts tracing to stderr, in colour only when stderr is a terminal (log files stay
-/// greppable). RUST_LOG wins over `--log`.
+/// Starts tracing to stderr as text, in colour only when stderr is a terminal (log files
+/// stay greppable). RUST_LOG wins over `--log`.
 pub fn init_tracing(default_filter: &str) {
+    init_tracing_as(default_filter, LogFormat::Text);
+}
+
+/// [`init_tracing`] in the given format.
+pub fn init_tracing_as(default_filter: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).

@@ -190,11 +190,6 @@ pub struct Batch {
 /// node that is down).
 pub type Settled = watch::Sender<bool>;
 
-/// Pause after a failed attempt, doubled on each failure up to [`RETRY_MAX`].
-const RETRY_MIN: Duration = Duration::from_millis(100);
-/// Longest pause between attempts.
-const RETRY_MAX: Duration = Duration::from_secs(2);
-
 /// Follows a remote log for ever: dials whatever address `addr` holds, sends the opener
 /// that `open` builds from the current cursor, and hands every batch to `apply`, which
 /// must make it durable (with its cursor) before it returns. Reconnects after any
@@ -212,7 +207,7 @@ pub async fn follow<O, A, Fut>(
     A: FnMut(Batch) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let mut pause = RETRY_MIN;
+    let mut pauses = crate::net::backoff();
     let mut failing = false;
     // Before the first success a failure is the other node not being up yet: said once,
     // quietly. After it, losing the feed is worth a warning.
@@ -258,7 +253,7 @@ pub async fn follow<O, A, Fut>(
                         };
                         apply(Batch { entries, next }).await?;
                         cursor = next;
-                        pause = RETRY_MIN;
+                        pauses = crate::net::backoff();
                         if next.offset >= len {
                             settled.send_if_modified(|s| !std::mem::replace(s, true));
                         }
@@ -284,12 +279,11 @@ pub async fn follow<O, A, Fut>(
                 }
                 failing = true;
             }
-            let jitter = rand::random_range(0..=pause.as_millis() as u64 / 2);
+            let pause = pauses.next().unwrap_or(Duration::from_secs(2));
             tokio::select! {
-                _ = tokio::time::sleep(pause + Duration::from_millis(jitter)) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = addr.changed() => {}
             }
-            pause = (pause * 2).min(RETRY_MAX);
         }
     }
 }

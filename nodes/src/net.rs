@@ -26,6 +26,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one request/response exchange may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The pauses between attempts of a reconnect loop: exponential from 100 ms to 2 s, with
+/// jitter so that peers that lost the same node do not retry in lockstep, for ever.
+pub fn backoff() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Errors of the shared plumbing.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

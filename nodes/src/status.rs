@@ -15,11 +15,11 @@ use crate::common::CommonOpts;
 #[command(name = "tsn_status", version, long_about = None)]
 pub struct StatusOpts {
     /// Coordinator address, <coordIP>:<coordPort>.
-    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port)]
+    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port, env = "TSN_COORDINATOR")]
     pub coordinator: String,
 
     /// Print the tables as JSON (with each cluster's health) instead of text.
-    #[arg(long)]
+    #[arg(long, env = "TSN_JSON")]
     pub json: bool,
 
     #[command(flatten)]

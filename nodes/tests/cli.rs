@@ -95,3 +95,41 @@ fn bad_flags_are_refused_clearly() {
     assert_ne!(code, 0);
     assert!(err.contains("host>:<port"), "{err}");
 }
+
+#[test]
+fn flags_come_from_the_environment_and_logs_can_be_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tsn_coordinator"))
+        .env("TSN_PORT", "0")
+        .env("TSN_BIND", "127.0.0.1")
+        .env("TSN_CERT_DIR", dir.path().join("certs"))
+        .env("TSN_DATASTORE", dir.path().join("ds"))
+        .env("TSN_READY_FILE", &ready)
+        .env("TSN_LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ready.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        ready.exists(),
+        "the coordinator started from environment variables alone"
+    );
+    let text = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+        assert!(v.get("level").is_some(), "{l}");
+    }
+    let (_, help, _) = run(env!("CARGO_BIN_EXE_tsn_server"), &["--help"]);
+    assert!(help.contains("[env: TSN_COORDINATOR="), "{help}");
+    assert!(help.contains("--log-format"), "{help}");
+}

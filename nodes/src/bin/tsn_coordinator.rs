@@ -3,6 +3,6 @@ use tsn_nodes::coordinator::{run, CoordinatorOpts};
 
 fn main() -> anyhow::Result<()> {
     let opts = CoordinatorOpts::parse();
-    tsn_nodes::common::init_tracing(&opts.common.log);
+    opts.common.init_tracing();
     opts.node.runtime()?.block_on(run(opts))
 }

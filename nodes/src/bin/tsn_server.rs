@@ -3,6 +3,6 @@ use tsn_nodes::server::{run, ServerOpts};
 
 fn main() -> anyhow::Result<()> {
     let opts = ServerOpts::parse();
-    tsn_nodes::common::init_tracing(&opts.common.log);
+    opts.common.init_tracing();
     opts.node.runtime()?.block_on(run(opts))
 }

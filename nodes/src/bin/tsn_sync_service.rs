@@ -3,6 +3,6 @@ use tsn_nodes::sync::{run, SyncOpts};
 
 fn main() -> anyhow::Result<()> {
     let opts = SyncOpts::parse();
-    tsn_nodes::common::init_tracing(&opts.common.log);
+    opts.common.init_tracing();
     opts.node.runtime()?.block_on(run(opts))
 }

@@ -17,7 +17,7 @@ use crate::common::{CommonOpts, NodeOpts};
 #[command(name = "tsn_coordinator", version, long_about = None)]
 pub struct CoordinatorOpts {
     /// UDP port to listen on (0 picks a free one; see --ready-file).
-    #[arg(short = 'p', long = "port")]
+    #[arg(short = 'p', long = "port", env = "TSN_PORT")]
     pub port: u16,
 
     /// Clear the datastore (every cluster's files) before starting.
@@ -25,7 +25,7 @@ pub struct CoordinatorOpts {
     pub clear: bool,
 
     /// Number of clusters; client N is served by cluster (N % clusters) + 1.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000), env = "TSN_CLUSTERS")]
     pub clusters: u32,
 
     #[command(flatten)]

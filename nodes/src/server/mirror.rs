@@ -27,8 +27,9 @@ use super::Shared;
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one step of the catch-up exchange may take.
 const EXCHANGE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause before dialling a standby again after mirroring to it failed.
-const RETRY: Duration = Duration::from_millis(500);
+/// Mirroring that lasted this long was a success: the next failure starts the backoff
+/// again from its shortest pause.
+const HEALTHY: Duration = Duration::from_secs(10);
 
 /// The active side: runs for the life of the server.
 pub async fn run_active(
@@ -42,6 +43,8 @@ pub async fn run_active(
     // Serving alone before any standby has shown up is how a cluster starts: worth a
     // line, not a warning.
     let mut had_standby = false;
+    let mut pauses = crate::net::backoff();
+    let mut failures = 0u32;
     loop {
         let role = shared.role();
         let target = role.peer.clone().filter(|_| role.active);
@@ -67,6 +70,7 @@ pub async fn run_active(
         };
         alone_logged = false;
         had_standby = true;
+        let started = tokio::time::Instant::now();
         match mirror_to(
             &shared,
             &endpoint,
@@ -80,8 +84,17 @@ pub async fn run_active(
         {
             Ok(()) => {}
             Err(e) => {
-                tracing::warn!(standby = %addr, "mirroring failed, serving alone until the standby is back: {e:#}");
-                let pause = tokio::time::sleep(RETRY);
+                if started.elapsed() > HEALTHY {
+                    pauses = crate::net::backoff();
+                    failures = 0;
+                }
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(standby = %addr, "mirroring failed, serving alone until the standby is back: {e:#}");
+                } else {
+                    tracing::debug!(standby = %addr, failures, "mirroring failed again: {e:#}");
+                }
+                let pause = tokio::time::sleep(pauses.next().unwrap_or(HEALTHY / 5));
                 tokio::pin!(pause);
                 loop {
                     tokio::select! {

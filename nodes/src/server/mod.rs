@@ -72,30 +72,30 @@ pub enum AckMode {
 #[command(name = "tsn_server", version, long_about = None)]
 pub struct ServerOpts {
     /// Coordinator address, <coordIP>:<coordPort>.
-    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port)]
+    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port, env = "TSN_COORDINATOR")]
     pub coordinator: String,
 
     /// UDP port to listen on (0 picks a free one; see --ready-file).
-    #[arg(short = 'p', long = "port")]
+    #[arg(short = 'p', long = "port", env = "TSN_PORT")]
     pub port: u16,
 
     /// Cluster id (1..=clusters).
-    #[arg(short = 'i', long = "id", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short = 'i', long = "id", value_parser = clap::value_parser!(u32).range(1..), env = "TSN_CLUSTER")]
     pub cluster: u32,
 
     /// primary or secondary (master and slave are accepted too).
-    #[arg(short = 't', long = "type", value_enum)]
+    #[arg(short = 't', long = "type", value_enum, env = "TSN_TYPE")]
     pub server_type: ServerType,
 
     /// Address other processes should dial to reach this server (host:port). Default:
     /// the bind address if specific, else the local address that routes to the
     /// coordinator, with the bound port.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", env = "TSN_ADVERTISE")]
     pub advertise: Option<String>,
 
     /// When a post or command is acknowledged: `replicated` (written on both servers,
     /// flushed right after) or `durable` (flushed on both servers first).
-    #[arg(long, value_enum, default_value = "replicated")]
+    #[arg(long, value_enum, default_value = "replicated", env = "TSN_ACK")]
     pub ack: AckMode,
 
     #[command(flatten)]

@@ -41,32 +41,32 @@ use crate::link::{self, LinkConfig, Membership};
 #[command(name = "tsn_sync_service", version, long_about = None)]
 pub struct SyncOpts {
     /// Coordinator address, <coordIP>:<coordPort>.
-    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port)]
+    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port, env = "TSN_COORDINATOR")]
     pub coordinator: String,
 
     /// Cluster id this sync service serves (1..=clusters).
-    #[arg(short = 's', long = "cluster", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short = 's', long = "cluster", value_parser = clap::value_parser!(u32).range(1..), env = "TSN_CLUSTER")]
     pub cluster: u32,
 
     /// UDP port to listen on for servers and other sync services (0 picks a free one).
-    #[arg(short = 'p', long = "port")]
+    #[arg(short = 'p', long = "port", env = "TSN_PORT")]
     pub port: u16,
 
     /// Longest a change may wait before it is passed on, in milliseconds. With the default
     /// `--delivery event`, changes travel as soon as they are written (batched while a
     /// batch is in flight), well within this; with `--delivery period`, they wait for
     /// the next tick of this period at each hop, as in the original system.
-    #[arg(short = 'q', long = "period", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'q', long = "period", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..), env = "TSN_PERIOD_MS")]
     pub period_ms: u64,
 
     /// `event`: pass each change on as soon as it is written; `period`: pass changes on
     /// every -q milliseconds (the original's behaviour, for comparison).
-    #[arg(long, value_enum, default_value = "event")]
+    #[arg(long, value_enum, default_value = "event", env = "TSN_DELIVERY")]
     pub delivery: Delivery,
 
     /// Address servers and other sync services should dial (host:port); default as for
     /// tsn_server.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", env = "TSN_ADVERTISE")]
     pub advertise: Option<String>,
 
     #[command(flatten)]
