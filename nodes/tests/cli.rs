@@ -87,3 +87,16 @@ fn bad_flags_are_refused_clearly() {
     assert_ne!(code, 0);
     assert!(err.contains("host>:<port"), "{err}");
 }
+
+#[test]
+fn client_without_arguments_prints_the_original_calling_convention() {
+    let (code, out, _) = run(env!("CARGO_BIN_EXE_tsn_client"), &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(
+            "Calling convention for client:\n\n\
+             ./tsn_client -c <coordIP>:<coordPort> -p <clientPort> -i <clientID>\n"
+        ),
+        "{out}"
+    );
+}
