@@ -356,7 +356,12 @@ fn watcher(sys: &System, user: u32) -> Result<Piped> {
 /// of each author must see every post exactly once, and no posting client may keep more
 /// than `max_peak_kib` resident.
 fn pipe_posts(authors: &[u32], n: usize, max_peak_kib: u64, within: Duration) -> Result<()> {
-    let sys = System::start(Config::default())?;
+    // Heartbeats every second rather than 200 ms: under this load on a small machine a
+    // starved coordinator would otherwise fail servers over that are merely busy.
+    let sys = System::start(Config {
+        heartbeat_ms: 1000,
+        ..Config::default()
+    })?;
     let mut watchers = Vec::new();
     for &a in authors {
         watchers.push(watcher(&sys, a)?);

@@ -37,6 +37,10 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// client ask the coordinator whether its server has changed (an acknowledgement
 /// normally takes well under a millisecond).
 pub const ACK_SUSPECT: Duration = Duration::from_millis(300);
+/// While the coordinator keeps naming the same server and acknowledgements stay away,
+/// the client asks again after twice as long each time, up to this: a busy or starved
+/// system is not made busier by every client asking ten times a second.
+pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Posts sent and not yet acknowledged, at most: about 300 bytes each.
 pub const MAX_UNACKED: usize = 1024;
 /// After end of input, how long to wait for outstanding acknowledgements.
@@ -251,7 +255,7 @@ impl Timeline<'_> {
         let mut up = Some(up_tx);
         // Set once our side of the stream is finished.
         let mut closing_by: Option<Instant> = None;
-        let mut last_ack = now;
+        let mut watch = AckWatch::new(now);
         let mut probe: Option<AbortOnDrop<bool>> = None;
         let mut check = tokio::time::interval(CHECK_EVERY);
         loop {
@@ -268,7 +272,7 @@ impl Timeline<'_> {
             tokio::select! {
                 down = reader.next_msg::<TimelineDown>() => match down {
                     Ok(Some(msg)) => {
-                        if let Some(outcome) = self.on_reply(msg, &mut last_ack) {
+                        if let Some(outcome) = self.on_reply(msg, &mut watch) {
                             return outcome;
                         }
                     }
@@ -303,6 +307,7 @@ impl Timeline<'_> {
                             "posts unacknowledged, and the coordinator names another server".into(),
                         );
                     }
+                    watch.unchanged(Instant::now());
                 }
                 _ = check.tick() => {
                     let now = Instant::now();
@@ -312,11 +317,7 @@ impl Timeline<'_> {
                     if self.leaving.as_ref().is_some_and(|l| now >= l.by) {
                         return Outcome::Done;
                     }
-                    let suspect = self
-                        .unacked
-                        .oldest_sent()
-                        .is_some_and(|t| now - t > ACK_SUSPECT && now - last_ack > ACK_SUSPECT);
-                    if suspect && probe.is_none() {
+                    if probe.is_none() && watch.due(now, self.unacked.oldest_sent()) {
                         probe = Some(AbortOnDrop(tokio::spawn(link.probe())));
                     }
                 }
@@ -325,7 +326,7 @@ impl Timeline<'_> {
     }
 
     /// Handles one message from the server; `Some` ends the session.
-    fn on_reply(&mut self, msg: TimelineDown, last_ack: &mut Instant) -> Option<Outcome> {
+    fn on_reply(&mut self, msg: TimelineDown, watch: &mut AckWatch) -> Option<Outcome> {
         match msg {
             TimelineDown::Entry(p) => {
                 self.newest = Some(self.newest.map_or(p.ts_us, |n| n.max(p.ts_us)));
@@ -335,7 +336,7 @@ impl Timeline<'_> {
             }
             TimelineDown::Ack { nonce } => {
                 if let Some(p) = self.unacked.take(nonce) {
-                    *last_ack = Instant::now();
+                    watch.acked(Instant::now());
                     if let Some(l) = &mut self.leaving {
                         l.stored += 1;
                     }
@@ -381,6 +382,41 @@ impl Timeline<'_> {
             });
         }
         self.unacked.push(nonce, text, Instant::now());
+    }
+}
+
+/// When to ask the coordinator whether the server moved: once posts have waited
+/// [`ACK_SUSPECT`] with no acknowledgement meanwhile, then after twice as long each time
+/// the coordinator still names the same server, up to [`PROBE_BACKOFF_MAX`]; an
+/// acknowledgement starts over.
+#[derive(Debug)]
+struct AckWatch {
+    /// The last acknowledgement, or the last answer naming the same server.
+    since: Instant,
+    wait: Duration,
+}
+
+impl AckWatch {
+    fn new(now: Instant) -> Self {
+        AckWatch {
+            since: now,
+            wait: ACK_SUSPECT,
+        }
+    }
+
+    fn acked(&mut self, now: Instant) {
+        self.since = now;
+        self.wait = ACK_SUSPECT;
+    }
+
+    fn unchanged(&mut self, now: Instant) {
+        self.since = now;
+        self.wait = (self.wait * 2).min(PROBE_BACKOFF_MAX);
+    }
+
+    /// Whether to ask now, given when the oldest unacknowledged post was sent.
+    fn due(&self, now: Instant, oldest_sent: Option<Instant>) -> bool {
+        oldest_sent.is_some_and(|t| now - t > ACK_SUSPECT) && now - self.since > self.wait
     }
 }
 
@@ -518,6 +554,26 @@ mod tests {
         let order: Vec<u64> = u.iter_mut().map(|p| p.nonce).collect();
         assert_eq!(order, [30, 20]);
         assert_eq!(u.len(), 2);
+    }
+
+    #[test]
+    fn the_coordinator_is_asked_less_often_while_it_names_the_same_server() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut w = AckWatch::new(t0);
+        assert!(!w.due(ms(400), None), "nothing waits");
+        assert!(!w.due(ms(200), Some(t0)), "not yet");
+        assert!(w.due(ms(400), Some(t0)));
+        w.unchanged(ms(400));
+        assert!(!w.due(ms(800), Some(t0)));
+        assert!(w.due(ms(1100), Some(t0)), "after 600 ms");
+        for _ in 0..5 {
+            w.unchanged(ms(1100));
+        }
+        assert!(!w.due(ms(2000), Some(t0)));
+        assert!(w.due(ms(2200), Some(t0)), "never more than a second apart");
+        w.acked(ms(2200));
+        assert!(w.due(ms(2600), Some(t0)), "an acknowledgement starts over");
     }
 
     #[test]
