@@ -318,7 +318,7 @@ async fn read_lines<R: AsyncBufRead + Unpin>(mut reader: R, tx: mpsc::Sender<Eve
 /// Reads one line into `buf` without its `\n` (or `\r\n`), keeping at most `cap` bytes.
 /// Returns the line's full length (more than `cap` when bytes were dropped), or `None` at
 /// end of input. A last line without a newline counts as a line.
-pub async fn read_line_capped<R: AsyncBufRead + Unpin>(
+async fn read_line_capped<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
     cap: usize,
@@ -493,11 +493,6 @@ impl Stop {
     pub fn never() -> Stop {
         // With the sender gone, `wait` never resolves.
         Stop(watch::channel(false).1)
-    }
-
-    /// Whether a signal arrived.
-    pub fn requested(&self) -> bool {
-        *self.0.borrow()
     }
 
     /// Resolves once a signal has arrived. Cancel-safe.
