@@ -133,3 +133,16 @@ fn flags_come_from_the_environment_and_logs_can_be_json() {
     assert!(help.contains("[env: TSN_COORDINATOR="), "{help}");
     assert!(help.contains("--log-format"), "{help}");
 }
+
+#[test]
+fn client_without_arguments_prints_the_original_calling_convention() {
+    let (code, out, _) = run(env!("CARGO_BIN_EXE_tsn_client"), &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(
+            "Calling convention for client:\n\n\
+             ./tsn_client -c <coordIP>:<coordPort> -p <clientPort> -i <clientID>\n"
+        ),
+        "{out}"
+    );
+}

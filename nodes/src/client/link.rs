@@ -1,5 +1,5 @@
 //! The client's link to its server: ask the coordinator, connect, log in; on failure,
-//! ask again and reconnect, telling the user on stderr.
+//! ask again and reconnect, telling the user what is tried and for how long.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -10,6 +10,8 @@ use tsn_protocol::client::{ClientReply, ClientRequest, CommandError};
 use tsn_protocol::coord::{CoordReply, CoordRequest};
 use tsn_protocol::UserId;
 
+use super::console::Output;
+use super::identity::{LoginRefused, UserKey};
 use super::ClientOpts;
 
 /// Idle timeout of the client's connections.
@@ -29,11 +31,13 @@ pub struct Link {
     server: String,
     conn: quinn::Connection,
     lost: bool,
+    out: Output,
+    key: UserKey,
 }
 
 impl Link {
     /// Connects for the first time; errors are reported as `connection failed: -1`.
-    pub async fn open(opts: &ClientOpts) -> anyhow::Result<Link> {
+    pub async fn open(opts: &ClientOpts, out: Output) -> anyhow::Result<Link> {
         let root = tsn_certs::TrustRoot::load(&opts.common.cert_dir).with_context(|| {
             format!(
                 "loading the cluster CA from {}",
@@ -44,7 +48,10 @@ impl Link {
         let mut endpoint =
             quinn::Endpoint::client(bind).with_context(|| format!("binding UDP {bind}"))?;
         endpoint.set_default_client_config(root.client_config(crate::net::transport(IDLE))?);
-        let (server, conn) = connect_and_login(&endpoint, &opts.coordinator, opts.user).await?;
+        let key_dir = opts.key_dir.as_ref().unwrap_or(&opts.common.cert_dir);
+        let key = UserKey::load_or_create(key_dir, opts.user)?;
+        let (server, conn) =
+            connect_and_login(&endpoint, &opts.coordinator, opts.user, &key).await?;
         Ok(Link {
             endpoint,
             coordinator: opts.coordinator.clone(),
@@ -53,6 +60,8 @@ impl Link {
             server,
             conn,
             lost: false,
+            out,
+            key,
         })
     }
 
@@ -71,20 +80,36 @@ impl Link {
         self.lost
     }
 
-    /// Asks the coordinator again, reconnects and logs in, until it works or the
-    /// reconnect time runs out.
-    pub async fn reconnect(&mut self) -> anyhow::Result<()> {
-        eprintln!("Reconnecting to {}...", self.coordinator);
+    /// Asks the coordinator again, reconnects and logs in, until it works, the reconnect
+    /// time (`--reconnect-secs`) runs out, or `until` passes. `why` says what went wrong
+    /// with the server in use.
+    pub async fn reconnect(&mut self, why: &str, until: Option<Instant>) -> anyhow::Result<()> {
+        let mut deadline = Instant::now() + self.reconnect_for;
+        if let Some(until) = until {
+            deadline = deadline.min(until);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.out.notice(&format!(
+            "Reconnecting to {}... (server {}: {why}; asking the coordinator again for up to {} s)",
+            self.coordinator,
+            self.server,
+            left.as_secs_f64().ceil()
+        ));
         self.conn.close(0u32.into(), b"reconnecting");
-        let deadline = Instant::now() + self.reconnect_for;
+        let started = Instant::now();
         let mut last_error = None;
         while Instant::now() < deadline {
-            match connect_and_login(&self.endpoint, &self.coordinator, self.user).await {
+            match connect_and_login(&self.endpoint, &self.coordinator, self.user, &self.key).await {
                 Ok((server, conn)) => {
                     tracing::info!(%server, "reconnected");
+                    self.out.notice(&format!("Reconnected to server {server}"));
                     self.server = server;
                     self.conn = conn;
                     return Ok(());
+                }
+                Err(e) if e.downcast_ref::<LoginRefused>().is_some() => {
+                    self.lost = true;
+                    return Err(e);
                 }
                 Err(e) => {
                     tracing::debug!("reconnect attempt failed: {e:#}");
@@ -94,32 +119,41 @@ impl Link {
             }
         }
         self.lost = true;
-        Err(last_error.unwrap_or_else(|| anyhow!("no attempt made"))).with_context(|| {
-            format!(
-                "no server for user {} within {:?}",
-                self.user, self.reconnect_for
-            )
-        })
+        let e = last_error.unwrap_or_else(|| anyhow!("no attempt made"));
+        self.out.notice(&format!(
+            "Gave up reconnecting after {:.0} s: {e:#}",
+            started.elapsed().as_secs_f64()
+        ));
+        Err(e).with_context(|| format!("no server for user {}", self.user))
     }
 
-    /// Whether the coordinator now assigns another server than the one we use.
-    pub async fn server_moved(&self) -> bool {
-        match assigned_server(&self.endpoint, &self.coordinator, self.user).await {
-            Ok(addr) => addr != self.server,
-            Err(_) => false,
+    /// A check, runnable on its own task, of whether the coordinator now assigns
+    /// another server than the one in use (false when the coordinator cannot say).
+    pub fn probe(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let endpoint = self.endpoint.clone();
+        let coordinator = self.coordinator.clone();
+        let (user, server) = (self.user, self.server.clone());
+        async move {
+            match assigned_server(&endpoint, &coordinator, user).await {
+                Ok(addr) => addr != server,
+                Err(_) => false,
+            }
         }
     }
 
     /// Runs one command, reconnecting (and repeating it) when the link fails or the
     /// server is no longer the active one.
     pub async fn command(&mut self, req: &ClientRequest) -> anyhow::Result<ClientReply> {
+        let mut why;
         for _ in 0..COMMAND_ATTEMPTS {
             match crate::net::call::<_, ClientReply>(&self.conn, req).await {
-                Ok(ClientReply::Failed(CommandError::NotActive)) => {}
+                Ok(ClientReply::Failed(CommandError::NotActive)) => {
+                    why = "no longer the active server".to_string();
+                }
                 Ok(reply) => return Ok(reply),
-                Err(e) => tracing::debug!("command failed: {e}"),
+                Err(e) => why = e.to_string(),
             }
-            self.reconnect().await?;
+            self.reconnect(&why, None).await?;
         }
         bail!("the command failed {COMMAND_ATTEMPTS} times")
     }
@@ -131,22 +165,65 @@ impl Link {
     }
 }
 
+/// Asks the coordinator at `coordinator` which server serves `user`. Errors say in
+/// words what is at that address when it is not a coordinator.
 async fn assigned_server(
     endpoint: &quinn::Endpoint,
     coordinator: &str,
     user: UserId,
 ) -> anyhow::Result<String> {
-    let conn = crate::net::connect(endpoint, coordinator)
-        .await
-        .with_context(|| format!("coordinator {coordinator}"))?;
+    use crate::net::NetError;
+    let conn = match crate::net::connect(endpoint, coordinator).await {
+        Ok(conn) => conn,
+        Err(NetError::Timeout { .. }) => bail!(
+            "no TSN coordinator answers at {coordinator} (nothing answered QUIC within {} s: \
+             is the address right and tsn_coordinator running there?)",
+            crate::net::CONNECT_TIMEOUT.as_secs()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("coordinator {coordinator}"));
+        }
+    };
     let reply =
         crate::net::call::<_, CoordReply>(&conn, &CoordRequest::AssignClient { client: user })
             .await;
     conn.close(0u32.into(), b"done");
-    match reply.with_context(|| format!("coordinator {coordinator}"))? {
-        CoordReply::Assigned { addr, .. } => Ok(addr),
-        CoordReply::Failed(e) => Err(anyhow!("coordinator: {e}")),
-        other => Err(anyhow!("coordinator: unexpected reply {other:?}")),
+    let not_coordinator = |what: String| {
+        anyhow!(
+            "{coordinator} is not a TSN coordinator ({what}); -c takes the coordinator's \
+             address, not a server's"
+        )
+    };
+    match reply {
+        Ok(CoordReply::Assigned { addr, .. }) => Ok(addr),
+        Ok(CoordReply::Failed(e)) => Err(anyhow!("coordinator {coordinator}: {e}")),
+        Ok(other) => Err(not_coordinator(format!(
+            "it answered the coordinator's question with {other:?}"
+        ))),
+        Err(NetError::Timeout { .. }) => Err(anyhow!(
+            "coordinator {coordinator} did not answer within {} s",
+            crate::net::REQUEST_TIMEOUT.as_secs()
+        )),
+        Err(e) if refused_question(&e) => Err(not_coordinator(format!(
+            "it refused the coordinator's question: {e}"
+        ))),
+        Err(e) => Err(e).with_context(|| format!("coordinator {coordinator}")),
+    }
+}
+
+/// Whether a request failed because the peer would not take it (it reset the stream,
+/// answered with something that is not a reply, or closed without answering), rather
+/// than because the connection failed.
+fn refused_question(e: &crate::net::NetError) -> bool {
+    use crate::net::NetError;
+    use tsn_protocol::{CodecError, FrameError};
+    match e {
+        NetError::NoReply => true,
+        NetError::Codec(CodecError::Frame(FrameError::Io(io))) => {
+            io.kind() == std::io::ErrorKind::ConnectionReset
+        }
+        NetError::Codec(_) => true,
+        _ => false,
     }
 }
 
@@ -154,13 +231,26 @@ async fn connect_and_login(
     endpoint: &quinn::Endpoint,
     coordinator: &str,
     user: UserId,
+    key: &UserKey,
 ) -> anyhow::Result<(String, quinn::Connection)> {
     let server = assigned_server(endpoint, coordinator, user).await?;
     let conn = crate::net::connect(endpoint, &server)
         .await
         .with_context(|| format!("server {server}"))?;
-    match crate::net::call::<_, ClientReply>(&conn, &ClientRequest::Login { user }).await {
+    let challenge = match crate::net::call::<_, ClientReply>(&conn, &ClientRequest::Challenge)
+        .await
+    {
+        Ok(ClientReply::Challenge(c)) => c,
+        Ok(ClientReply::Failed(e)) => bail!("server {server} refused the login: {e}"),
+        Ok(other) => bail!("server {server}: unexpected reply {other:?}"),
+        Err(e) => bail!("server {server}: {e}"),
+    };
+    let proof = Some(key.prove(user, &challenge));
+    match crate::net::call::<_, ClientReply>(&conn, &ClientRequest::Login { user, proof }).await {
         Ok(ClientReply::Ok) => Ok((server, conn)),
+        Ok(ClientReply::Failed(CommandError::KeyMismatch { user })) => {
+            Err(LoginRefused { user }.into())
+        }
         Ok(ClientReply::Failed(e)) => Err(anyhow!("server {server} refused the login: {e}")),
         Ok(other) => Err(anyhow!("server {server}: unexpected reply {other:?}")),
         Err(e) => Err(anyhow!("server {server}: {e}")),

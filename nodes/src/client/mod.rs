@@ -5,21 +5,26 @@
 //! - [`link`]: finding the server through the coordinator, logging in, reconnecting.
 //! - [`timeline`]: timeline mode: posts up, live entries down, resends after failover.
 //!
-//! The client works the same whether stdin/stdout are a terminal or pipes: it never
-//! clears the screen, prints one line per reply or entry, and exits cleanly (after its
-//! posts are acknowledged) at end of input.
+//! - [`console`]: typed lines in (line editing on a terminal, checked bytes on a pipe),
+//!   replies, entries and notices out, and the signals that ask the client to stop.
+//!
+//! On pipes the client prints exactly one line per reply or entry, never clears the
+//! screen, and exits cleanly (after its posts are acknowledged) at end of input. On a
+//! terminal it adds line editing, a start banner, a hint on entering the timeline and
+//! the user's own posts once acknowledged; whatever arrives while a line is being typed
+//! is printed above it.
 
+pub mod console;
+pub mod identity;
 pub mod link;
 pub mod timeline;
 pub mod words;
 
 use clap::Parser;
-use std::io::Write;
-use tokio::io::AsyncBufReadExt;
-use tokio::sync::mpsc;
 use tsn_protocol::client::ClientRequest;
 
 use crate::common::CommonOpts;
+use console::{Ask, Event, Input, Output, Stop};
 use link::Link;
 use words::Command;
 
@@ -28,77 +33,80 @@ use words::Command;
 #[command(name = "tsn_client", version, about, long_about = None)]
 pub struct ClientOpts {
     /// Coordinator address, <coordIP>:<coordPort>.
-    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port)]
+    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port, env = "TSN_COORDINATOR")]
     pub coordinator: String,
 
     /// Local UDP port of the client's QUIC endpoint (0 picks a free one).
-    #[arg(short = 'p', long = "port", default_value_t = 0)]
+    #[arg(short = 'p', long = "port", default_value_t = 0, env = "TSN_CLIENT_PORT")]
     pub port: u16,
 
     /// Client (user) id.
-    #[arg(short = 'i', long = "id")]
+    #[arg(short = 'i', long = "id", env = "TSN_USER")]
     pub user: u32,
 
     /// Give up reconnecting after this many seconds without a server.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    #[arg(long, default_value_t = 60, value_name = "SECS", env = "TSN_RECONNECT_SECS")]
     pub reconnect_secs: u64,
+
+    /// Where the user's key is kept (`user-<id>.key`, created on first use); default:
+    /// the --cert-dir. Copy the file to use the account from another device.
+    #[arg(long, value_name = "DIR", env = "TSN_KEY_DIR")]
+    pub key_dir: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     pub common: CommonOpts,
 }
 
-/// Lines typed by the user, read by a task so that no line is lost while reconnecting.
-pub type Lines = mpsc::Receiver<String>;
-
-fn stdin_lines() -> Lines {
-    let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if tx.send(line).await.is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Prints a line to stdout and flushes it (scripts read stdout line by line).
-pub fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-fn prompt() {
-    let mut out = std::io::stdout().lock();
-    let _ = write!(out, "Cmd> ");
-    let _ = out.flush();
-}
-
 /// Runs the client; returns the process exit code.
 pub async fn run(opts: ClientOpts) -> i32 {
-    let mut link = match Link::open(&opts).await {
+    let (mut input, out) = console::open();
+    let code = session(&opts, &mut input, &out).await;
+    out.leave_terminal().await;
+    code
+}
+
+async fn session(opts: &ClientOpts, input: &mut Input, out: &Output) -> i32 {
+    let mut link = match Link::open(opts, out.clone()).await {
         Ok(l) => l,
+        Err(e) if e.downcast_ref::<identity::LoginRefused>().is_some() => {
+            out.line(&e.to_string());
+            return 1;
+        }
         Err(e) => {
-            say("connection failed: -1");
+            out.line("connection failed: -1");
             eprintln!("tsn_client: {e:#}");
             return 1;
         }
     };
-    let mut lines = stdin_lines();
+    let mut stop = Stop::listen().unwrap_or_else(|e| {
+        tracing::warn!("cannot catch SIGINT and SIGTERM: {e}");
+        Stop::never()
+    });
+    if out.is_terminal() {
+        out.line(words::BANNER);
+    }
     loop {
-        prompt();
-        let Some(line) = lines.recv().await else {
-            say("");
-            link.close().await;
-            return 0;
+        let event = tokio::select! {
+            event = input.next(Ask::Command) => event,
+            _ = stop.wait() => Event::Interrupt,
+        };
+        let line = match event {
+            Event::Line(line) => line,
+            Event::End => {
+                out.line("");
+                link.close().await;
+                return 0;
+            }
+            Event::Interrupt => {
+                link.close().await;
+                return 0;
+            }
         };
         let cmd = match words::parse(&line) {
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(msg) => {
-                say(msg);
+                out.line(msg);
                 continue;
             }
         };
@@ -108,20 +116,27 @@ pub async fn run(opts: ClientOpts) -> i32 {
             Command::Unfollow(target) => ClientRequest::Unfollow { user, target },
             Command::List => ClientRequest::List { user },
             Command::Timeline => {
-                let code = timeline::run(&mut link, &mut lines).await;
+                let code = timeline::run(&mut link, input, out, &stop).await;
                 link.close().await;
                 return code;
             }
         };
-        match link.command(&req).await {
+        let reply = tokio::select! {
+            reply = link.command(&req) => reply,
+            _ = stop.wait() => {
+                link.close().await;
+                return 0;
+            }
+        };
+        match reply {
             Ok(reply) => {
                 for l in words::reply_lines(&reply) {
-                    say(&l);
+                    out.line(&l);
                 }
             }
             Err(e) => {
-                eprintln!("tsn_client: {e:#}");
-                say(words::UNKNOWN_FAILURE);
+                out.notice(&format!("tsn_client: {e:#}"));
+                out.line(words::UNKNOWN_FAILURE);
                 if link.is_lost() {
                     return 1;
                 }

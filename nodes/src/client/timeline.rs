@@ -1,208 +1,547 @@
 //! Timeline mode: every typed line is a post; followees' posts are printed as they come.
 //!
 //! Each post gets a random nonce (its id with the user's id) when it is typed, and stays
-//! in the unacknowledged list until the server acknowledges it. When the link fails, or
-//! the server stops being active, or a post stays unacknowledged while the coordinator
-//! already names another server, the client reconnects, reopens the timeline and resends
-//! the unacknowledged posts in order; the server stores a resent id once.
+//! in [`Unacked`] until the server acknowledges it. When the link fails, or the server
+//! stops being active, or posts stay unacknowledged while the coordinator already names
+//! another server, the client reconnects, reopens the timeline from the position it had
+//! reached (every entry after it is sent again, numbered, so nothing is skipped) and
+//! resends the unacknowledged posts in order; the server stores a resent id once. The
+//! client's own posts come back as entries too (that is how its other devices see
+//! them): those it sent itself are not printed again.
+//!
+//! The stream is read and written at the same time: a task of its own writes posts (so
+//! that a slow write never keeps acknowledgements and entries from being read), while
+//! this module reads the replies. At most [`MAX_UNACKED`] posts are in flight: at that
+//! many, input is not read until acknowledgements come back, so any amount of piped
+//! input goes through in bounded memory.
+//!
+//! Leaving: at end of input (or Ctrl-D) the client waits up to [`DRAIN`] for its posts to
+//! be acknowledged, then finishes its side of the stream; the server sends whatever is
+//! left of the timeline (on a short visit, the backlog) and ends the stream, and only
+//! then does the client exit. On Ctrl-C or SIGTERM it waits up to [`STOP_GRACE`] for its
+//! posts and says how many were stored.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tsn_protocol::client::{ClientReply, ClientRequest, TimelineDown, TimelinePos, TimelineUp};
-use tsn_protocol::{PostId, MAX_POST_BYTES};
+use tsn_protocol::client::{
+    ClientReply, ClientRequest, CommandError, TimelineDown, TimelinePos, TimelineUp,
+};
+use tsn_protocol::{FrameReader, PostId, UserId, MAX_POST_BYTES};
 
+use super::console::{Ask, Event, Input, Output, Stop};
 use super::link::Link;
-use super::{say, words, Lines};
+use super::words;
 
 /// How often the client checks on unacknowledged posts.
 pub const CHECK_EVERY: Duration = Duration::from_millis(100);
-/// A post unacknowledged for this long makes the client ask the coordinator whether its
-/// server has changed (an acknowledgement normally takes well under a millisecond).
+/// Posts unacknowledged for this long, with no acknowledgement at all meanwhile, make the
+/// client ask the coordinator whether its server has changed (an acknowledgement
+/// normally takes well under a millisecond).
 pub const ACK_SUSPECT: Duration = Duration::from_millis(300);
+/// While the coordinator keeps naming the same server and acknowledgements stay away,
+/// the client asks again after twice as long each time, up to this: a busy or starved
+/// system is not made busier by every client asking ten times a second.
+pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Posts sent and not yet acknowledged, at most: about 300 bytes each.
+pub const MAX_UNACKED: usize = 1024;
 /// After end of input, how long to wait for outstanding acknowledgements.
-const DRAIN: Duration = Duration::from_secs(30);
+pub const DRAIN: Duration = Duration::from_secs(30);
+/// After Ctrl-C or SIGTERM, how long to wait for outstanding acknowledgements.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Once every post is acknowledged at end of input, how long to wait for the server to
+/// send the rest of the timeline and end the stream.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// Post ids remembered so that a post is printed once: this client's own posts (they come
+/// back as entries), and the entries of a timeline reopened by time after the sync
+/// service's journal was begun anew (numbered entries are told apart by their numbers).
+const RECENT_IDS: usize = 4 * (1000 + MAX_UNACKED);
+/// Bytes of posts the writer gathers into one write.
+const WRITE_BATCH: usize = 64 * 1024;
 
+/// Runs timeline mode until the user leaves; returns the exit code.
+pub async fn run(link: &mut Link, input: &mut Input, out: &Output, stop: &Stop) -> i32 {
+    let mut t = Timeline {
+        user: link.user(),
+        input,
+        out: out.clone(),
+        stop: stop.clone(),
+        unacked: Unacked::default(),
+        recent: RecentIds::new(RECENT_IDS),
+        newest: None,
+        entered: false,
+        leaving: None,
+    };
+    loop {
+        let why = match t.session(link).await {
+            Outcome::Done => return t.finish(),
+            Outcome::Failed(msg) => {
+                t.out.line(msg);
+                return 1;
+            }
+            Outcome::Reconnect(why) => why,
+        };
+        if t.leaving.as_ref().is_some_and(|l| Instant::now() >= l.by) {
+            return t.finish();
+        }
+        loop {
+            let until = t.leaving.as_ref().map(|l| l.by);
+            tokio::select! {
+                done = link.reconnect(&why, until) => match done {
+                    Ok(()) => break,
+                    Err(_) => return t.finish(),
+                },
+                _ = t.stop.wait(), if !t.stopping() => {
+                    t.out.leave_terminal().await;
+                    t.leave(Why::Stopped);
+                    if t.unacked.is_empty() {
+                        return t.finish();
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Outcome {
+    /// The user left and nothing more is to be done.
+    Done,
+    /// The link needs reconnecting, for this reason.
+    Reconnect(String),
+    /// The server refused the timeline.
+    Failed(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// End of input or Ctrl-D.
+    EndOfInput,
+    /// Ctrl-C, SIGINT or SIGTERM.
+    Stopped,
+}
+
+struct Leaving {
+    why: Why,
+    by: Instant,
+    /// Posts unacknowledged when the user asked to stop.
+    waiting_for: usize,
+    /// Of those, acknowledged since.
+    stored: usize,
+}
+
+struct Timeline<'a> {
+    user: UserId,
+    input: &'a mut Input,
+    out: Output,
+    stop: Stop,
+    unacked: Unacked,
+    recent: RecentIds,
+    /// The position reached in the timeline: a reopened timeline resumes from it.
+    newest: Option<TimelinePos>,
+    entered: bool,
+    leaving: Option<Leaving>,
+}
+
+impl Timeline<'_> {
+    fn stopping(&self) -> bool {
+        self.leaving.as_ref().is_some_and(|l| l.why == Why::Stopped)
+    }
+
+    fn leave(&mut self, why: Why) {
+        let grace = match why {
+            Why::EndOfInput => DRAIN,
+            Why::Stopped => STOP_GRACE,
+        };
+        let by = Instant::now() + grace;
+        let waiting_for = self.unacked.len();
+        match &mut self.leaving {
+            Some(l) if l.why == Why::Stopped || why == Why::EndOfInput => return,
+            Some(l) => {
+                l.why = why;
+                l.by = l.by.min(by);
+                l.waiting_for = waiting_for;
+                l.stored = 0;
+            }
+            None => {
+                self.leaving = Some(Leaving {
+                    why,
+                    by,
+                    waiting_for,
+                    stored: 0,
+                })
+            }
+        }
+        if why == Why::Stopped && waiting_for > 0 {
+            self.out.notice(&format!(
+                "Leaving: waiting up to {} s for {}",
+                grace.as_secs(),
+                posts(waiting_for, "unacknowledged post")
+            ));
+        }
+    }
+
+    /// Says how leaving went; returns the exit code.
+    fn finish(&self) -> i32 {
+        let left = self.unacked.len();
+        match &self.leaving {
+            Some(l) if l.why == Why::Stopped && l.waiting_for > 0 => {
+                let mut msg = format!("{} of {} stored", l.stored, posts(l.waiting_for, "post"));
+                if left > 0 {
+                    msg.push_str(&format!(
+                        "; {left} not acknowledged: they may not be stored"
+                    ));
+                }
+                self.out.notice(&msg);
+            }
+            _ if left > 0 => self
+                .out
+                .notice(&format!("tsn_client: {left} posts were not acknowledged")),
+            _ => {}
+        }
+        match &self.leaving {
+            Some(_) if left == 0 => 0,
+            // The server was lost for good, or posts are left.
+            _ => 1,
+        }
+    }
+
+    /// One timeline stream, until it fails or the user has left.
+    async fn session(&mut self, link: &Link) -> Outcome {
+        let Ok((mut send, recv)) = link.conn().open_bi().await else {
+            return Outcome::Reconnect("the connection failed".into());
+        };
+        let mut reader = FrameReader::new(recv);
+        let request = ClientRequest::Timeline {
+            user: self.user,
+            since: self.newest,
+        };
+        let opened = async {
+            tsn_protocol::write_msg(&mut send, &request).await?;
+            reader.next_msg::<ClientReply>().await
+        };
+        match tokio::time::timeout(crate::net::REQUEST_TIMEOUT, opened).await {
+            Ok(Ok(Some(ClientReply::Ok))) => {}
+            Ok(Ok(Some(ClientReply::Failed(CommandError::NotActive)))) => {
+                return Outcome::Reconnect("no longer the active server".into())
+            }
+            Ok(Ok(Some(ClientReply::Failed(e)))) => return Outcome::Failed(words::failure(&e)),
+            Ok(Ok(Some(ClientReply::List { .. } | ClientReply::Challenge(_)))) => {
+                return Outcome::Failed(words::UNKNOWN_FAILURE)
+            }
+            Ok(Ok(None)) => return Outcome::Reconnect("it closed the timeline at once".into()),
+            Ok(Err(e)) => return Outcome::Reconnect(format!("opening the timeline: {e}")),
+            Err(_) => return Outcome::Reconnect("it did not open the timeline in time".into()),
+        }
+        if !self.entered {
+            self.out.line(words::SUCCESS);
+            self.out.line(words::IN_TIMELINE);
+            if self.out.is_terminal() {
+                self.out.line(words::TIMELINE_HINT);
+            }
+            self.entered = true;
+        }
+
+        // Every post in the channel is also in `unacked`, which holds fewer than
+        // MAX_UNACKED whenever a post is added: the channel is never full.
+        let (up_tx, up_rx) = mpsc::channel(MAX_UNACKED);
+        let mut writer = AbortOnDrop(tokio::spawn(write_posts(send, up_rx)));
+        let mut writer_done = false;
+        let now = Instant::now();
+        for p in self.unacked.iter_mut() {
+            let _ = up_tx.try_send(TimelineUp::Post {
+                nonce: p.nonce,
+                text: p.text.clone(),
+            });
+            p.sent = now;
+        }
+        let mut up = Some(up_tx);
+        // Set once our side of the stream is finished.
+        let mut closing_by: Option<Instant> = None;
+        let mut watch = AckWatch::new(now);
+        let mut probe: Option<AbortOnDrop<bool>> = None;
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        loop {
+            if self.leaving.is_some() && self.unacked.is_empty() {
+                if self.stopping() {
+                    return Outcome::Done;
+                }
+                if up.take().is_some() {
+                    closing_by = Some(Instant::now() + CLOSE_GRACE);
+                }
+            }
+            let reading =
+                up.is_some() && self.leaving.is_none() && self.unacked.len() < MAX_UNACKED;
+            tokio::select! {
+                down = reader.next_msg::<TimelineDown>() => match down {
+                    Ok(Some(msg)) => {
+                        if let Some(outcome) = self.on_reply(msg, &mut watch) {
+                            return outcome;
+                        }
+                    }
+                    // Our side is finished and every post acknowledged: nothing is lost
+                    // if the stream ends, cleanly or not.
+                    Ok(None) | Err(_) if up.is_none() => return Outcome::Done,
+                    Ok(None) => return Outcome::Reconnect("it ended the timeline".into()),
+                    Err(e) => return Outcome::Reconnect(e.to_string()),
+                },
+                event = self.input.next(Ask::Post), if reading => match event {
+                    Event::Line(text) => self.post(text, up.as_ref()),
+                    Event::End => self.leave(Why::EndOfInput),
+                    Event::Interrupt => self.leave(Why::Stopped),
+                },
+                _ = self.stop.wait(), if !self.stopping() => {
+                    self.out.leave_terminal().await;
+                    self.leave(Why::Stopped);
+                }
+                written = &mut writer.0, if !writer_done => {
+                    writer_done = true;
+                    match written {
+                        Ok(Ok(())) => {}
+                        _ if up.is_none() => {}
+                        Ok(Err(e)) => return Outcome::Reconnect(format!("sending posts: {e:#}")),
+                        Err(_) => return Outcome::Reconnect("sending posts stopped".into()),
+                    }
+                }
+                moved = async { (&mut probe.as_mut().expect("guarded by the branch condition").0).await }, if probe.is_some() => {
+                    probe = None;
+                    if moved.unwrap_or(false) {
+                        return Outcome::Reconnect(
+                            "posts unacknowledged, and the coordinator names another server".into(),
+                        );
+                    }
+                    watch.unchanged(Instant::now());
+                }
+                _ = check.tick() => {
+                    let now = Instant::now();
+                    if closing_by.is_some_and(|by| now >= by) {
+                        return Outcome::Done;
+                    }
+                    if self.leaving.as_ref().is_some_and(|l| now >= l.by) {
+                        return Outcome::Done;
+                    }
+                    if probe.is_none() && watch.due(now, self.unacked.oldest_sent()) {
+                        probe = Some(AbortOnDrop(tokio::spawn(link.probe())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one message from the server; `Some` ends the session.
+    fn on_reply(&mut self, msg: TimelineDown, watch: &mut AckWatch) -> Option<Outcome> {
+        match msg {
+            TimelineDown::Position(at) => self.newest = Some(at),
+            TimelineDown::Entry { post: p, seq } => {
+                if let Some(at) = self.newest.as_mut() {
+                    if seq <= at.seq {
+                        return None;
+                    }
+                    at.seq = seq;
+                    at.ts_us = p.ts_us;
+                }
+                if self.recent.insert(p.id) {
+                    self.out.line(&words::entry_line(&p));
+                }
+            }
+            TimelineDown::Reopen => {
+                return Some(Outcome::Reconnect(
+                    "the server closed the timeline (it fell behind)".into(),
+                ))
+            }
+            TimelineDown::Ack { nonce } => {
+                if let Some(p) = self.unacked.take(nonce) {
+                    watch.acked(Instant::now());
+                    if let Some(l) = &mut self.leaving {
+                        l.stored += 1;
+                    }
+                    if self.out.is_terminal() {
+                        self.out
+                            .line(&words::post_line(self.user, crate::now_us(), &p.text));
+                    }
+                }
+            }
+            TimelineDown::Refused { nonce, reason } => {
+                self.unacked.take(nonce);
+                self.out.line(&format!("Post not stored: {reason}"));
+            }
+            TimelineDown::NotActive => {
+                return Some(Outcome::Reconnect("no longer the active server".into()))
+            }
+        }
+        None
+    }
+
+    /// A typed line: checked, sent, and kept until acknowledged.
+    fn post(&mut self, text: String, up: Option<&mpsc::Sender<TimelineUp>>) {
+        if text.trim().is_empty() {
+            return;
+        }
+        if text.len() > MAX_POST_BYTES {
+            self.out.line(&format!(
+                "Post is too long ({} bytes, at most {MAX_POST_BYTES}): not sent",
+                text.len()
+            ));
+            return;
+        }
+        let nonce: u64 = rand::random();
+        self.recent.insert(PostId {
+            author: self.user,
+            nonce,
+        });
+        if let Some(up) = up {
+            // Only fails if the writer stopped; its error reconnects and resends.
+            let _ = up.try_send(TimelineUp::Post {
+                nonce,
+                text: text.clone(),
+            });
+        }
+        self.unacked.push(nonce, text, Instant::now());
+    }
+}
+
+/// When to ask the coordinator whether the server moved: once posts have waited
+/// [`ACK_SUSPECT`] with no acknowledgement meanwhile, then after twice as long each time
+/// the coordinator still names the same server, up to [`PROBE_BACKOFF_MAX`]; an
+/// acknowledgement starts over.
+#[derive(Debug)]
+struct AckWatch {
+    /// The last acknowledgement, or the last answer naming the same server.
+    since: Instant,
+    wait: Duration,
+}
+
+impl AckWatch {
+    fn new(now: Instant) -> Self {
+        AckWatch {
+            since: now,
+            wait: ACK_SUSPECT,
+        }
+    }
+
+    fn acked(&mut self, now: Instant) {
+        self.since = now;
+        self.wait = ACK_SUSPECT;
+    }
+
+    fn unchanged(&mut self, now: Instant) {
+        self.since = now;
+        self.wait = (self.wait * 2).min(PROBE_BACKOFF_MAX);
+    }
+
+    /// Whether to ask now, given when the oldest unacknowledged post was sent.
+    fn due(&self, now: Instant, oldest_sent: Option<Instant>) -> bool {
+        oldest_sent.is_some_and(|t| now - t > ACK_SUSPECT) && now - self.since > self.wait
+    }
+}
+
+/// "1 post", "3 posts".
+fn posts(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// Writes posts to the stream as they come, several to a write when they queue up;
+/// finishes the stream when the channel closes.
+async fn write_posts(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<TimelineUp>,
+) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    while let Some(msg) = rx.recv().await {
+        buf.clear();
+        tsn_protocol::write_msg(&mut buf, &msg).await?;
+        while buf.len() < WRITE_BATCH {
+            let Ok(msg) = rx.try_recv() else { break };
+            tsn_protocol::write_msg(&mut buf, &msg).await?;
+        }
+        send.write_all(&buf).await?;
+    }
+    send.finish()?;
+    Ok(())
+}
+
+/// A post sent and not yet acknowledged.
+#[derive(Debug)]
 struct Pending {
     nonce: u64,
     text: String,
     sent: Instant,
 }
 
-enum Outcome {
-    /// End of input and every post acknowledged.
-    Done,
-    /// The link needs reconnecting.
-    Reconnect,
+/// Unacknowledged posts in the order they were typed, found by nonce in O(log n).
+#[derive(Debug, Default)]
+struct Unacked {
+    by_seq: BTreeMap<u64, Pending>,
+    seq_of: HashMap<u64, u64>,
+    next_seq: u64,
 }
 
-/// Runs timeline mode until end of input; returns the exit code.
-pub async fn run(link: &mut Link, lines: &mut Lines) -> i32 {
-    let mut unacked: VecDeque<Pending> = VecDeque::new();
-    let mut seen: HashSet<PostId> = HashSet::new();
-    // The position reached in the timeline: a reopened timeline resumes from it.
-    let mut newest: Option<TimelinePos> = None;
-    let mut entered = false;
-    let mut eof_at: Option<Instant> = None;
-    loop {
-        match session(
-            link,
-            lines,
-            &mut unacked,
-            &mut seen,
-            &mut newest,
-            &mut entered,
-            &mut eof_at,
-        )
-        .await
-        {
-            Ok(Outcome::Done) => return 0,
-            Ok(Outcome::Reconnect) => {}
-            Err(Fatal(msg)) => {
-                say(msg);
-                return 1;
-            }
-        }
-        if eof_at.is_some_and(|t| t.elapsed() > DRAIN) {
-            eprintln!("tsn_client: {} posts were not acknowledged", unacked.len());
-            return 1;
-        }
-        if let Err(e) = link.reconnect().await {
-            eprintln!("tsn_client: {e:#}");
-            if !unacked.is_empty() {
-                eprintln!("tsn_client: {} posts were not acknowledged", unacked.len());
-            }
-            return 1;
-        }
+impl Unacked {
+    fn push(&mut self, nonce: u64, text: String, sent: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.seq_of.insert(nonce, seq);
+        self.by_seq.insert(seq, Pending { nonce, text, sent });
+    }
+
+    /// Removes and returns the post with this nonce, if it is still unacknowledged.
+    fn take(&mut self, nonce: u64) -> Option<Pending> {
+        let seq = self.seq_of.remove(&nonce)?;
+        self.by_seq.remove(&seq)
+    }
+
+    fn len(&self) -> usize {
+        self.by_seq.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+
+    /// When the oldest unacknowledged post was (last) sent.
+    fn oldest_sent(&self) -> Option<Instant> {
+        self.by_seq.values().next().map(|p| p.sent)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Pending> {
+        self.by_seq.values_mut()
     }
 }
 
-struct Fatal(&'static str);
+/// The last `cap` post ids shown or posted, to print each entry once.
+#[derive(Debug)]
+struct RecentIds {
+    set: HashSet<PostId>,
+    order: VecDeque<PostId>,
+    cap: usize,
+}
 
-async fn session(
-    link: &mut Link,
-    lines: &mut Lines,
-    unacked: &mut VecDeque<Pending>,
-    seen: &mut HashSet<PostId>,
-    newest: &mut Option<TimelinePos>,
-    entered: &mut bool,
-    eof_at: &mut Option<Instant>,
-) -> Result<Outcome, Fatal> {
-    let user = link.user();
-    let Ok((mut send, mut recv)) = link.conn().open_bi().await else {
-        return Ok(Outcome::Reconnect);
-    };
-    let opened = async {
-        tsn_protocol::write_msg(
-            &mut send,
-            &ClientRequest::Timeline {
-                user,
-                since: *newest,
-            },
-        )
-        .await
-        .ok()?;
-        tsn_protocol::read_msg::<ClientReply, _>(&mut recv)
-            .await
-            .ok()?
-    };
-    match tokio::time::timeout(crate::net::REQUEST_TIMEOUT, opened).await {
-        Ok(Some(ClientReply::Ok)) => {}
-        Ok(Some(ClientReply::Failed(tsn_protocol::client::CommandError::NotActive)))
-        | Ok(None)
-        | Err(_) => return Ok(Outcome::Reconnect),
-        Ok(Some(ClientReply::Failed(e))) => return Err(Fatal(words::failure(&e))),
-        Ok(Some(ClientReply::List { .. })) => return Err(Fatal(words::UNKNOWN_FAILURE)),
-    }
-    if !*entered {
-        say(words::SUCCESS);
-        say("Now you are in the timeline");
-        *entered = true;
-    }
-    for p in unacked.iter_mut() {
-        if tsn_protocol::write_msg(
-            &mut send,
-            &TimelineUp::Post {
-                nonce: p.nonce,
-                text: p.text.clone(),
-            },
-        )
-        .await
-        .is_err()
-        {
-            return Ok(Outcome::Reconnect);
+impl RecentIds {
+    fn new(cap: usize) -> Self {
+        RecentIds {
+            set: HashSet::with_capacity(cap + 1),
+            order: VecDeque::with_capacity(cap + 1),
+            cap,
         }
-        p.sent = Instant::now();
     }
 
-    let (down_tx, mut down_rx) = mpsc::channel::<TimelineDown>(1024);
-    let reader = tokio::spawn(async move {
-        while let Ok(Some(msg)) = tsn_protocol::read_msg::<TimelineDown, _>(&mut recv).await {
-            if down_tx.send(msg).await.is_err() {
-                break;
+    /// Remembers `id`; false if it was already remembered.
+    fn insert(&mut self, id: PostId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
             }
         }
-    });
-    let _reader = AbortOnDrop(reader);
-    let mut check = tokio::time::interval(CHECK_EVERY);
-    loop {
-        if eof_at.is_some() && unacked.is_empty() {
-            let _ = send.finish();
-            return Ok(Outcome::Done);
-        }
-        tokio::select! {
-            line = lines.recv(), if eof_at.is_none() => match line {
-                None => *eof_at = Some(Instant::now()),
-                Some(text) => {
-                    if text.trim().is_empty() {
-                        continue;
-                    }
-                    if text.len() > MAX_POST_BYTES {
-                        say(&format!("Post is too long ({} bytes, at most {MAX_POST_BYTES}): not sent", text.len()));
-                        continue;
-                    }
-                    let nonce: u64 = rand::random();
-                    seen.insert(PostId { author: user, nonce });
-                    let write = tsn_protocol::write_msg(&mut send, &TimelineUp::Post { nonce, text: text.clone() }).await;
-                    unacked.push_back(Pending { nonce, text, sent: Instant::now() });
-                    if write.is_err() {
-                        return Ok(Outcome::Reconnect);
-                    }
-                }
-            },
-            msg = down_rx.recv() => match msg {
-                Some(TimelineDown::Entry { post: p, seq }) => {
-                    if let Some(at) = newest.as_mut() {
-                        if seq <= at.seq {
-                            continue;
-                        }
-                        at.seq = seq;
-                        at.ts_us = p.ts_us;
-                    }
-                    if seen.insert(p.id) {
-                        say(&words::entry_line(&p));
-                    }
-                }
-                Some(TimelineDown::Position(at)) => *newest = Some(at),
-                Some(TimelineDown::Ack { nonce }) => unacked.retain(|p| p.nonce != nonce),
-                Some(TimelineDown::Refused { nonce, reason }) => {
-                    unacked.retain(|p| p.nonce != nonce);
-                    say(&format!("Post not stored: {reason}"));
-                }
-                Some(TimelineDown::NotActive | TimelineDown::Reopen) | None => return Ok(Outcome::Reconnect),
-            },
-            _ = check.tick() => {
-                let suspect = unacked.front().is_some_and(|p| p.sent.elapsed() > ACK_SUSPECT);
-                if suspect && link.server_moved().await {
-                    return Ok(Outcome::Reconnect);
-                }
-                if eof_at.is_some_and(|t| t.elapsed() > DRAIN) {
-                    return Ok(Outcome::Reconnect);
-                }
-            }
-        }
+        true
     }
 }
 
@@ -211,5 +550,58 @@ struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unacked_posts_keep_their_order_and_are_found_by_nonce() {
+        let now = Instant::now();
+        let mut u = Unacked::default();
+        for n in [30, 10, 20] {
+            u.push(n, format!("p{n}"), now);
+        }
+        assert!(u.take(10).is_some());
+        assert!(u.take(10).is_none(), "an ack counts once");
+        assert!(u.take(99).is_none());
+        let order: Vec<u64> = u.iter_mut().map(|p| p.nonce).collect();
+        assert_eq!(order, [30, 20]);
+        assert_eq!(u.len(), 2);
+    }
+
+    #[test]
+    fn the_coordinator_is_asked_less_often_while_it_names_the_same_server() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut w = AckWatch::new(t0);
+        assert!(!w.due(ms(400), None), "nothing waits");
+        assert!(!w.due(ms(200), Some(t0)), "not yet");
+        assert!(w.due(ms(400), Some(t0)));
+        w.unchanged(ms(400));
+        assert!(!w.due(ms(800), Some(t0)));
+        assert!(w.due(ms(1100), Some(t0)), "after 600 ms");
+        for _ in 0..5 {
+            w.unchanged(ms(1100));
+        }
+        assert!(!w.due(ms(2000), Some(t0)));
+        assert!(w.due(ms(2200), Some(t0)), "never more than a second apart");
+        w.acked(ms(2200));
+        assert!(w.due(ms(2600), Some(t0)), "an acknowledgement starts over");
+    }
+
+    #[test]
+    fn recent_ids_forget_the_oldest_beyond_their_bound() {
+        let id = |nonce| PostId { author: 1, nonce };
+        let mut r = RecentIds::new(2);
+        assert!(r.insert(id(1)));
+        assert!(!r.insert(id(1)));
+        assert!(r.insert(id(2)));
+        assert!(r.insert(id(3)));
+        assert!(r.insert(id(1)), "the oldest was forgotten");
+        assert!(!r.insert(id(3)));
+        assert_eq!(r.set.len(), 2);
     }
 }

@@ -20,9 +20,37 @@ pub enum Command {
 pub const SUCCESS: &str = "Command completed successfully";
 /// Printed when a command fails for a reason the original had no words for.
 pub const UNKNOWN_FAILURE: &str = "Command failed with unknown reason";
+/// Printed once the timeline is open.
+pub const IN_TIMELINE: &str = "Now you are in the timeline";
+
+/// The original's start banner, shown on a terminal.
+pub const BANNER: &str = "\n========= TINY SNS CLIENT =========
+ Command Lists and Format:
+ FOLLOW <username>
+ UNFOLLOW <username>
+ LIST
+ TIMELINE
+=====================================";
+
+/// Shown on a terminal after [`IN_TIMELINE`].
+pub const TIMELINE_HINT: &str =
+    "Type a message and press Enter to post it; Ctrl-D (or Ctrl-C) leaves.";
+
+/// The original's words when started without arguments.
+pub const CALLING_CONVENTION: &str = "Calling convention for client:
+
+./tsn_client -c <coordIP>:<coordPort> -p <clientPort> -i <clientID>
+";
 
 /// Parses one typed line (case-insensitive). `Ok(None)` for a blank line; `Err` holds
 /// the message to print.
+///
+/// Odd input gets the original's answer where that helps the user: `FOLLOW 2 3` is
+/// refused as an invalid command (the original wanted exactly one argument), `LIST x` and
+/// `TIMELINE x` run as if the argument were not there (so did the original). A bare
+/// `FOLLOW` gets `Invalid Input -- No Arguments Given` (the original said
+/// `Invalid Command`, which does not tell what is missing), and a blank line just asks
+/// again (the original said `Invalid Command`).
 pub fn parse(line: &str) -> Result<Option<Command>, &'static str> {
     let mut parts = line.split_whitespace();
     let Some(word) = parts.next() else {
@@ -30,8 +58,12 @@ pub fn parse(line: &str) -> Result<Option<Command>, &'static str> {
     };
     let word = word.to_ascii_uppercase();
     let arg = parts.next();
+    let extra = parts.next().is_some();
     let target = |arg: Option<&str>| -> Result<UserId, &'static str> {
         let arg = arg.ok_or("Invalid Input -- No Arguments Given")?;
+        if extra {
+            return Err(INVALID_COMMAND);
+        }
         arg.parse::<UserId>()
             .map_err(|_| "Command failed with invalid username")
     };
@@ -44,13 +76,22 @@ pub fn parse(line: &str) -> Result<Option<Command>, &'static str> {
     }
 }
 
+/// The original's answer to a command it could not make sense of.
+const INVALID_COMMAND: &str = "Command failed with invalid command";
+
 /// The message for a failed command.
 pub fn failure(e: &CommandError) -> &'static str {
     match e {
         CommandError::AlreadyExists => "Input username already exists, command failed",
         CommandError::NoSuchUser => "Input username does not exists, command failed",
         CommandError::InvalidUser => "Command failed with invalid username",
-        CommandError::InvalidCommand => "Command failed with invalid command",
+        CommandError::InvalidCommand => INVALID_COMMAND,
+        CommandError::RateLimited { .. } => {
+            "Too many requests from this user: slow down (nothing was stored)"
+        }
+        CommandError::KeyMismatch { .. } | CommandError::BadProof => {
+            "Login refused: this client does not hold the user's key"
+        }
         CommandError::NotActive | CommandError::PostTooLong { .. } | CommandError::Storage(_) => {
             UNKNOWN_FAILURE
         }
@@ -65,6 +106,7 @@ fn id_list(ids: &[UserId]) -> String {
 pub fn reply_lines(reply: &ClientReply) -> Vec<String> {
     match reply {
         ClientReply::Ok => vec![SUCCESS.to_string()],
+        ClientReply::Challenge(_) => vec![UNKNOWN_FAILURE.to_string()],
         ClientReply::List {
             all_users,
             followers,
@@ -79,13 +121,18 @@ pub fn reply_lines(reply: &ClientReply) -> Vec<String> {
 
 /// A timeline entry as the original printed it: `<sender> (<ctime>) >> <message>`.
 pub fn entry_line(post: &tsn_protocol::Post) -> String {
+    post_line(post.id.author, post.ts_us, &post.text)
+}
+
+/// `<sender> (<ctime>) >> <message>`, with `<ctime>` in local time like C's `ctime`.
+pub fn post_line(author: UserId, ts_us: i64, text: &str) -> String {
     use chrono::TimeZone;
     let when = chrono::Local
-        .timestamp_micros(post.ts_us)
+        .timestamp_micros(ts_us)
         .single()
         .map(|t| t.format("%a %b %e %H:%M:%S %Y").to_string())
-        .unwrap_or_else(|| post.ts_us.to_string());
-    format!("{} ({}) >> {}", post.id.author, when, post.text)
+        .unwrap_or_else(|| ts_us.to_string());
+    format!("{author} ({when}) >> {text}")
 }
 
 #[cfg(test)]
@@ -109,6 +156,20 @@ mod tests {
             Err("Command failed with invalid username")
         );
         assert_eq!(parse("POST hi"), Err("Invalid Command"));
+    }
+
+    #[test]
+    fn extra_arguments_follow_the_original() {
+        assert_eq!(
+            parse("FOLLOW 2 3"),
+            Err("Command failed with invalid command")
+        );
+        assert_eq!(
+            parse("unfollow 2 x"),
+            Err("Command failed with invalid command")
+        );
+        assert_eq!(parse("LIST everything"), Ok(Some(Command::List)));
+        assert_eq!(parse("TIMELINE now"), Ok(Some(Command::Timeline)));
     }
 
     #[test]
