@@ -467,34 +467,30 @@ async fn populate(
         conns.insert(addr.clone(), session::connect(ep, &addr).await?);
         addr_of.insert(c, addr);
     }
+    // A connection acts for one user: each user logs in (and follows) on its own.
     let permits = Arc::new(Semaphore::new(128));
     let mut tasks = Vec::new();
     for u in 1..=users {
-        let conn = conns[&addr_of[&(u % 3)]].clone();
+        let addr = addr_of[&(u % 3)].clone();
+        let ep = ep.clone();
         let permit = permits.clone().acquire_owned().await?;
         tasks.push(tokio::spawn(async move {
-            let r = session::ok(&conn, ClientRequest::Login { user: u }).await;
+            let r = async {
+                let conn = session::connect(&ep, &addr).await?;
+                tsn_tests::login(&conn, u).await?;
+                if let Some(a) = author.filter(|a| *a != u) {
+                    follow(&conn, u, a).await?;
+                }
+                conn.close(0u32.into(), b"done");
+                anyhow::Ok(())
+            }
+            .await;
             drop(permit);
             r
         }));
     }
     for t in tasks {
         t.await??;
-    }
-    if let Some(a) = author {
-        let mut tasks = Vec::new();
-        for u in (1..=users).filter(|u| *u != a) {
-            let conn = conns[&addr_of[&(u % 3)]].clone();
-            let permit = permits.clone().acquire_owned().await?;
-            tasks.push(tokio::spawn(async move {
-                let r = follow(&conn, u, a).await;
-                drop(permit);
-                r
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
     }
     Ok(conns)
 }

@@ -65,14 +65,6 @@ pub async fn assigned(ep: &quinn::Endpoint, coord: &str, user: UserId) -> Result
     }
 }
 
-/// Sends a command and expects `Ok`.
-pub async fn ok(conn: &quinn::Connection, req: ClientRequest) -> Result<()> {
-    match call::<_, ClientReply>(conn, &req).await? {
-        ClientReply::Ok => Ok(()),
-        other => bail!("{req:?}: {other:?}"),
-    }
-}
-
 /// An open timeline stream. Messages are read straight off the stream by whoever waits
 /// for them, as the floor's client does, so no task hand-off is timed.
 #[derive(Debug)]
@@ -131,6 +123,6 @@ impl Timeline {
 pub async fn login(ep: &quinn::Endpoint, coord: &str, user: UserId) -> Result<quinn::Connection> {
     let addr = assigned(ep, coord, user).await?;
     let conn = connect(ep, &addr).await?;
-    ok(&conn, ClientRequest::Login { user }).await?;
+    tsn_tests::login(&conn, user).await?;
     Ok(conn)
 }

@@ -6,6 +6,7 @@
 //! unfollow <follower> <followee> <ts_us>
 //! post <author> <nonce> <ts_us> <text>
 //! deliver <to> <seq> <author> <nonce> <ts_us> <text>
+//! key <uid> <generation> <ts_us> <hex public key, or - for none>
 //! ```
 //!
 //! In `<text>`, `\` is written `\\`, a newline `\n` and a carriage return `\r`; nothing
@@ -92,6 +93,23 @@ fn unescape(text: &str) -> Result<String, RecordError> {
     Ok(out)
 }
 
+/// Lower-case hex to bytes; `None` unless it is an even number of hex digits.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.is_empty() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            let pair = s.get(i..i + 2)?;
+            if pair.chars().any(|c| c.is_ascii_uppercase()) {
+                return None;
+            }
+            u8::from_str_radix(pair, 16).ok()
+        })
+        .collect()
+}
+
 struct Fields<'a> {
     rest: &'a str,
     /// Whether the last word read was followed by a separator.
@@ -172,6 +190,19 @@ impl Record {
                 escape(&p.text, &mut s);
                 s
             }
+            Record::Change(Change::Key {
+                user,
+                generation,
+                ts_us,
+                key,
+            }) => {
+                let hex: String = if key.is_empty() {
+                    "-".into()
+                } else {
+                    key.iter().map(|b| format!("{b:02x}")).collect()
+                };
+                format!("key {user} {generation} {ts_us} {hex}")
+            }
         };
         s.push('\n');
         s
@@ -208,6 +239,26 @@ impl Record {
                 active: kind == "follow",
             }),
             "post" => return Ok(Record::Change(Change::Post(post(&mut f)?))),
+            "key" => {
+                let user = f.num("uid")?;
+                let generation = f.num("generation")?;
+                let ts_us = f.num("ts_us")?;
+                let hex = f.word("key")?;
+                let key = if hex == "-" {
+                    Vec::new()
+                } else {
+                    unhex(hex).ok_or(RecordError::BadNumber {
+                        field: "key",
+                        value: hex.chars().take(80).collect(),
+                    })?
+                };
+                Record::Change(Change::Key {
+                    user,
+                    generation,
+                    ts_us,
+                    key,
+                })
+            }
             "deliver" => {
                 let to = f.num("to")?;
                 let seq = f.num("seq")?;
@@ -289,6 +340,10 @@ mod tests {
             "nope 1",
             "deliver 1 2 3",
             "deliver 1 2 3 4 5",
+            "key 1 0 5",
+            "key 1 0 5 abc",
+            "key 1 0 5 zz",
+            "key 1 0 5 AB",
             "user -1",
         ] {
             assert!(Record::decode_line(bad).is_err(), "{bad:?} parsed");
@@ -323,6 +378,20 @@ mod tests {
                 }
             ),
             post().prop_map(|p| Record::Change(Change::Post(p))),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<i64>(),
+                proptest::collection::vec(any::<u8>(), 0..40)
+            )
+                .prop_map(|(user, generation, ts_us, key)| Record::Change(
+                    Change::Key {
+                        user,
+                        generation,
+                        ts_us,
+                        key
+                    }
+                )),
             (any::<u32>(), any::<u64>(), post()).prop_map(|(to, seq, post)| Record::Deliver {
                 to,
                 seq,

@@ -55,6 +55,7 @@ impl Hlc {
             tsn_protocol::Change::User { .. } => {}
             tsn_protocol::Change::Follow { ts_us, .. } => self.observe(*ts_us),
             tsn_protocol::Change::Post(p) => self.observe(p.ts_us),
+            tsn_protocol::Change::Key { ts_us, .. } => self.observe(*ts_us),
         }
     }
 }

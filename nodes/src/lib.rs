@@ -19,6 +19,7 @@
 //!   outbox, and writes what its cluster's servers need into its own role directory.
 //! - [`client`]: the interactive command-line client.
 //! - [`status`]: prints the coordinator's routing tables for people.
+//! - [`admin`]: operator commands (resetting a user's key binding).
 //!
 //! Where does a post go after the client sends it? `client::timeline` sends it up the
 //! timeline stream; `server::timeline` checks it and hands it to `server::store`, which
@@ -29,6 +30,7 @@
 //! journal as a feed (`server::inbound`) and pushes the post down its followers' open
 //! timeline streams.
 
+pub mod admin;
 pub mod client;
 pub mod common;
 pub mod coordinator;

@@ -39,6 +39,8 @@ pub fn path_of(dir: &RoleDir, side: Side, record: &Record) -> Option<PathBuf> {
         // A user's timeline file holds what the timeline shows, numbered: the sync
         // service's deliveries, the user's own posts among them.
         (Side::Server, Record::Change(Change::Post(_))) => None,
+        // Key bindings live in the journal only.
+        (_, Record::Change(Change::Key { .. })) => None,
         (Side::Sync | Side::Received, Record::Deliver { to, .. }) => Some(dir.timeline(*to)),
         (Side::Sync | Side::Received, Record::Change(Change::Post(_)))
         | (Side::Server, Record::Deliver { .. }) => None,

@@ -13,10 +13,18 @@ use crate::types::{Post, UserId};
 /// A command from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// Log in as `user`, creating the user on first login.
+    /// A fresh challenge for this connection's login (see [`ClientRequest::Login`]).
+    Challenge,
+    /// Log in as `user` on this connection, creating the user on first login. The proof
+    /// is the user's public key and its signature of
+    /// [`crate::types::login_message`] over the connection's last challenge; the user's
+    /// home cluster binds the user to the first key it sees. Every later request on the
+    /// connection must be for this user.
     Login {
         /// The user logging in.
         user: UserId,
+        /// Proof of holding the user's key.
+        proof: Option<LoginProof>,
     },
     /// `user` follows `target`.
     Follow {
@@ -49,6 +57,15 @@ pub enum ClientRequest {
     },
 }
 
+/// Proof that a client holds a user's private key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginProof {
+    /// The Ed25519 public key (32 bytes).
+    pub key: Vec<u8>,
+    /// The signature (64 bytes).
+    pub signature: Vec<u8>,
+}
+
 /// A position in a user's timeline. Entries are numbered 1, 2, 3, ... in the order the
 /// cluster's sync service delivered them (`seq`), within one sync-service journal (`log`):
 /// both servers of a cluster number them alike, so a position holds across a failover.
@@ -68,6 +85,8 @@ pub struct TimelinePos {
 pub enum ClientReply {
     /// The command completed.
     Ok,
+    /// Answer to [`ClientRequest::Challenge`]: 32 random bytes to sign.
+    Challenge(Vec<u8>),
     /// Answer to [`ClientRequest::List`]: both lists sorted ascending.
     List {
         /// Every user known system-wide.
@@ -109,6 +128,21 @@ pub enum CommandError {
     /// The server could not store the change (e.g. its disk is full).
     #[error("server could not store the change: {0}")]
     Storage(String),
+    /// The login's proof is missing or wrong, or no challenge was asked for.
+    #[error("login proof missing or invalid")]
+    BadProof,
+    /// The user is bound to another key.
+    #[error("user {user} is registered with another key")]
+    KeyMismatch {
+        /// The user.
+        user: UserId,
+    },
+    /// The user sends faster than the server's per-user limit; nothing was stored.
+    #[error("too many requests: at most {per_second} a second per user")]
+    RateLimited {
+        /// The limit.
+        per_second: u32,
+    },
 }
 
 /// Timeline stream, client -> server.

@@ -38,6 +38,9 @@ pub enum MirrorMsg {
         /// The epoch from which the standby is active.
         epoch: u64,
     },
+    /// An operator's request (the peer holds a node certificate), answered with one
+    /// [`AdminReply`].
+    Admin(AdminRequest),
     /// Changes to apply, at most [`crate::MAX_BATCH_CHANGES`].
     Changes {
         /// Sequence number, acknowledged by [`MirrorReply::Ack`].
@@ -60,5 +63,24 @@ pub enum MirrorReply {
         seq: u64,
     },
     /// The standby refuses the stream (wrong cluster, storage failure).
+    Refused(String),
+}
+
+/// What an operator may ask a server (with a node certificate, e.g. `tsn_admin`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Forget the key `user` is bound to (a lost key): the next login binds anew.
+    ResetKey {
+        /// The user.
+        user: crate::types::UserId,
+    },
+}
+
+/// Answer to an [`AdminRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminReply {
+    /// Done (and mirrored like any change).
+    Done,
+    /// Refused, and why.
     Refused(String),
 }

@@ -60,6 +60,49 @@ pub enum Change {
     },
     /// A post, keyed by its id.
     Post(Post),
+    /// `user` is bound to the public key `key` (Ed25519, 32 bytes; empty: unbound, as
+    /// an operator's reset leaves it). Between two bindings of a user, see
+    /// [`key_supersedes`].
+    Key {
+        /// The user.
+        user: UserId,
+        /// Generation: 0 for the first binding, one more after each reset.
+        generation: u64,
+        /// When, in microseconds since the Unix epoch (a hybrid logical clock).
+        ts_us: i64,
+        /// The public key, or empty.
+        key: Vec<u8>,
+    },
+}
+
+/// A user's key binding: (generation, timestamp, key).
+pub type KeyBinding = (u64, i64, Vec<u8>);
+
+/// The merge rule for key bindings: whether `new` replaces `existing`. A later
+/// generation wins (an operator's reset); within a generation a key beats no key, and the
+/// earliest binding wins (then the smaller key), so both sides of a split brain end with
+/// the same binding, the one made first.
+pub fn key_supersedes(existing: Option<&KeyBinding>, new: &KeyBinding) -> bool {
+    let Some(old) = existing else {
+        return true;
+    };
+    if new.0 != old.0 {
+        return new.0 > old.0;
+    }
+    match (old.2.is_empty(), new.2.is_empty()) {
+        (true, false) => true,
+        (false, true) | (true, true) => false,
+        (false, false) => (new.1, &new.2) < (old.1, &old.2),
+    }
+}
+
+/// What a client signs to prove at login that it holds `user`'s key: a fixed context,
+/// the user id and the server's fresh challenge.
+pub fn login_message(user: UserId, challenge: &[u8]) -> Vec<u8> {
+    let mut m = b"tsn login v1\0".to_vec();
+    m.extend_from_slice(&user.to_be_bytes());
+    m.extend_from_slice(challenge);
+    m
 }
 
 /// The merge rule for follow relations: whether a change of a pair at `ts_us` (following
@@ -76,6 +119,27 @@ pub fn follow_supersedes(existing: Option<(i64, bool)>, ts_us: i64, active: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn earliest_key_wins_within_a_generation_and_a_reset_starts_the_next() {
+        let a = (0, 5, vec![1u8; 32]);
+        let b = (0, 7, vec![2u8; 32]);
+        assert!(key_supersedes(None, &a));
+        assert!(key_supersedes(Some(&b), &a), "earlier wins");
+        assert!(!key_supersedes(Some(&a), &b));
+        let reset = (1, 9, Vec::new());
+        assert!(key_supersedes(Some(&a), &reset));
+        let c = (1, 11, vec![3u8; 32]);
+        assert!(
+            key_supersedes(Some(&reset), &c),
+            "a key binds after a reset"
+        );
+        assert!(!key_supersedes(Some(&c), &reset));
+        assert!(
+            !key_supersedes(Some(&c), &a),
+            "an old generation never comes back"
+        );
+    }
 
     #[test]
     fn later_wins_and_unfollow_breaks_ties() {

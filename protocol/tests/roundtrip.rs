@@ -56,7 +56,18 @@ fn node_kind() -> impl Strategy<Value = NodeKind> {
 
 fn client_request() -> impl Strategy<Value = ClientRequest> {
     prop_oneof![
-        any::<u32>().prop_map(|user| ClientRequest::Login { user }),
+        Just(ClientRequest::Challenge),
+        (
+            any::<u32>(),
+            proptest::option::of((
+                proptest::collection::vec(any::<u8>(), 0..40),
+                proptest::collection::vec(any::<u8>(), 0..70)
+            ))
+        )
+            .prop_map(|(user, proof)| ClientRequest::Login {
+                user,
+                proof: proof.map(|(key, signature)| LoginProof { key, signature }),
+            }),
         (any::<u32>(), any::<u32>())
             .prop_map(|(user, target)| ClientRequest::Follow { user, target }),
         (any::<u32>(), any::<u32>())

@@ -531,6 +531,28 @@ impl System {
         )
     }
 
+    /// Starts a client for `user` whose cert dir is `certs` (its own key directory too).
+    pub fn client_with_certs(&self, user: u32, certs: &Path) -> Result<Client> {
+        Client::spawn(
+            &self.coord,
+            user,
+            certs,
+            &self.log(&format!(
+                "client-{user}-{}",
+                certs.display().to_string().len()
+            )),
+        )
+    }
+
+    /// A directory holding only the cluster's CA certificate, as a client-only host has
+    /// (so a client started with it creates keys of its own).
+    pub fn client_cert_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir.path().join(format!("client-host-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(self.certs().join("ca.crt"), dir.join("ca.crt"))?;
+        Ok(dir)
+    }
+
     /// Reads a record file of a role directory.
     pub fn read(&self, cluster: u32, role: Role, rel: &str) -> String {
         std::fs::read_to_string(self.role_dir(cluster, role).join(rel)).unwrap_or_default()
@@ -889,4 +911,40 @@ pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
     tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
         .map_err(|_| anyhow!("no reply within 5 s"))?
+}
+
+/// The key a test uses for `user` (the same every time, so that it matches the binding
+/// the user's first login made).
+pub fn test_key(user: u32) -> ring::signature::Ed25519KeyPair {
+    let mut seed = [0u8; 32];
+    seed[..4].copy_from_slice(&user.to_be_bytes());
+    seed[4..9].copy_from_slice(b"tsn-t");
+    ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).expect("a valid seed")
+}
+
+/// Logs `conn` in as `user` with [`test_key`]: asks a challenge, signs it, logs in.
+pub async fn login(conn: &quinn::Connection, user: u32) -> Result<()> {
+    use ring::signature::KeyPair;
+    use tsn_protocol::client::{ClientReply, ClientRequest, LoginProof};
+    let ClientReply::Challenge(challenge) = call(conn, &ClientRequest::Challenge).await? else {
+        bail!("no challenge")
+    };
+    let key = test_key(user);
+    let message = tsn_protocol::types::login_message(user, &challenge);
+    let proof = LoginProof {
+        key: key.public_key().as_ref().to_vec(),
+        signature: key.sign(&message).as_ref().to_vec(),
+    };
+    let reply: ClientReply = call(
+        conn,
+        &ClientRequest::Login {
+            user,
+            proof: Some(proof),
+        },
+    )
+    .await?;
+    if reply != ClientReply::Ok {
+        bail!("login of user {user} refused: {reply:?}");
+    }
+    Ok(())
 }

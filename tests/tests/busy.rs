@@ -41,8 +41,7 @@ async fn session(
     user: u32,
 ) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
     let conn = dial(ep, addr).await?;
-    let r: ClientReply = call(&conn, &ClientRequest::Login { user }).await?;
-    anyhow::ensure!(r == ClientReply::Ok, "login: {r:?}");
+    login(&conn, user).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user, since: None }).await?;
     let r = tsn_protocol::read_msg::<ClientReply, _>(&mut recv).await?;

@@ -68,7 +68,14 @@ fn write_seed_corpus() {
         (
             "client_request",
             [
-                ClientRequest::Login { user: 1 },
+                ClientRequest::Challenge,
+                ClientRequest::Login {
+                    user: 1,
+                    proof: Some(LoginProof {
+                        key: vec![7; 32],
+                        signature: vec![9; 64],
+                    }),
+                },
                 ClientRequest::Follow { user: 1, target: 2 },
                 ClientRequest::Unfollow { user: 1, target: 2 },
                 ClientRequest::List { user: 1 },

@@ -121,10 +121,7 @@ async fn still_serves_clients(ep: &quinn::Endpoint, sys: &System) {
         panic!("coordinator: {reply:?}")
     };
     let server = dial(ep, &addr).await.unwrap();
-    let reply: ClientReply = call(&server, &ClientRequest::Login { user: 3 })
-        .await
-        .unwrap();
-    assert_eq!(reply, ClientReply::Ok);
+    login(&server, 3).await.unwrap();
     let reply: ClientReply = call(&server, &ClientRequest::List { user: 3 })
         .await
         .unwrap();

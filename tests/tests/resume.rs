@@ -36,12 +36,7 @@ async fn open(
         .unwrap()
         .await
         .unwrap();
-    assert_eq!(
-        call::<_, ClientReply>(&server, &ClientRequest::Login { user: 1 })
-            .await
-            .unwrap(),
-        ClientReply::Ok
-    );
+    login(&server, 1).await.unwrap();
     let (mut send, mut recv) = server.open_bi().await.unwrap();
     tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user: 1, since })
         .await

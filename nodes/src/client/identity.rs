@@ -66,8 +66,7 @@ impl UserKey {
             }
             let _ = std::fs::remove_file(&tmp);
         }
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let pair = Ed25519KeyPair::from_pkcs8(&bytes)
             .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 key", path.display()))?;
         Ok(UserKey { pair, path })

@@ -237,8 +237,7 @@ async fn connect_and_login(
     let conn = crate::net::connect(endpoint, &server)
         .await
         .with_context(|| format!("server {server}"))?;
-    let challenge = match crate::net::call::<_, ClientReply>(&conn, &ClientRequest::Challenge)
-        .await
+    let challenge = match crate::net::call::<_, ClientReply>(&conn, &ClientRequest::Challenge).await
     {
         Ok(ClientReply::Challenge(c)) => c,
         Ok(ClientReply::Failed(e)) => bail!("server {server} refused the login: {e}"),

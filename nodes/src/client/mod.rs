@@ -37,7 +37,12 @@ pub struct ClientOpts {
     pub coordinator: String,
 
     /// Local UDP port of the client's QUIC endpoint (0 picks a free one).
-    #[arg(short = 'p', long = "port", default_value_t = 0, env = "TSN_CLIENT_PORT")]
+    #[arg(
+        short = 'p',
+        long = "port",
+        default_value_t = 0,
+        env = "TSN_CLIENT_PORT"
+    )]
     pub port: u16,
 
     /// Client (user) id.
@@ -45,7 +50,12 @@ pub struct ClientOpts {
     pub user: u32,
 
     /// Give up reconnecting after this many seconds without a server.
-    #[arg(long, default_value_t = 60, value_name = "SECS", env = "TSN_RECONNECT_SECS")]
+    #[arg(
+        long,
+        default_value_t = 60,
+        value_name = "SECS",
+        env = "TSN_RECONNECT_SECS"
+    )]
     pub reconnect_secs: u64,
 
     /// Where the user's key is kept (`user-<id>.key`, created on first use); default:

@@ -361,7 +361,7 @@ async fn standby(
                     shared.beat_now.notify_one();
                     return Ok(());
                 }
-                Some(MirrorMsg::Hello { .. } | MirrorMsg::Subscribe(_)) => {
+                Some(MirrorMsg::Hello { .. } | MirrorMsg::Subscribe(_) | MirrorMsg::Admin(_)) => {
                     bail!("a mirror stream carries only changes after its hello")
                 }
                 None => return Ok(()),

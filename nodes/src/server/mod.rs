@@ -98,6 +98,11 @@ pub struct ServerOpts {
     #[arg(long, value_enum, default_value = "replicated", env = "TSN_ACK")]
     pub ack: AckMode,
 
+    /// Most posts, follows and unfollows one user may make a second (a burst of as many
+    /// is allowed); more are refused, and nothing of them is stored.
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "TSN_USER_RATE")]
+    pub user_rate: u32,
+
     #[command(flatten)]
     pub node: NodeOpts,
 
@@ -139,6 +144,9 @@ pub struct Shared {
     pub handed_over: tokio::sync::Notify,
     /// What an operator sees.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Posts, follows and unfollows per user and second (`--user-rate`).
+    pub user_rate: u32,
+    limiter: governor::DefaultKeyedRateLimiter<UserId>,
     /// Active or standby, as last told by the coordinator.
     pub role: tokio_watch::Sender<RoleState>,
     /// When acknowledgements are sent.
@@ -148,6 +156,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Counts one post, follow or unfollow of `user` against its rate limit.
+    pub fn limit(&self, user: UserId) -> Result<(), tsn_protocol::client::CommandError> {
+        self.limiter.check_key(&user).map_err(|_| {
+            tracing::debug!(user, "over the per-user rate limit");
+            tsn_protocol::client::CommandError::RateLimited {
+                per_second: self.user_rate,
+            }
+        })
+    }
+
     /// Current role.
     pub fn role(&self) -> RoleState {
         self.role.borrow().clone()
@@ -239,12 +257,20 @@ impl Shared {
             beat_now: Arc::new(tokio::sync::Notify::new()),
             handed_over: tokio::sync::Notify::new(),
             metrics: crate::metrics::Metrics::new(),
+            user_rate: 1000,
+            limiter: limiter(1000),
             role: tokio_watch::channel(RoleState::default()).0,
             ack,
             subs: Mutex::new(HashMap::new()),
             next_sub: AtomicU64::new(0),
         }
     }
+}
+
+/// A per-user limiter of `per_second` a second, with bursts of as many.
+fn limiter(per_second: u32) -> governor::DefaultKeyedRateLimiter<UserId> {
+    let n = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::keyed(governor::Quota::per_second(n))
 }
 
 /// Runs a server until Ctrl-C / SIGTERM.
@@ -329,6 +355,8 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         beat_now: Arc::new(tokio::sync::Notify::new()),
         handed_over: tokio::sync::Notify::new(),
         metrics: metrics.clone(),
+        user_rate: opts.user_rate,
+        limiter: limiter(opts.user_rate),
         role: role_tx,
         ack: opts.ack,
         subs: Mutex::new(HashMap::new()),
@@ -409,6 +437,46 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An operator's request (the peer holds a node certificate).
+async fn admin(
+    shared: &Shared,
+    store: &store::Store,
+    req: tsn_protocol::mirror::AdminRequest,
+) -> tsn_protocol::mirror::AdminReply {
+    use tsn_protocol::mirror::{AdminReply, AdminRequest};
+    match req {
+        AdminRequest::ResetKey { user } => {
+            if let Err(e) = commands::check_user(shared, user) {
+                return AdminReply::Refused(format!("user {user} cannot be served here: {e}"));
+            }
+            let generation = {
+                let m = shared.model.lock().unwrap_or_else(|e| e.into_inner());
+                if !m.is_local(user) {
+                    return AdminReply::Refused(format!("user {user} has never logged in"));
+                }
+                m.key_of(user).map_or(0, |b| b.0) + 1
+            };
+            let change = tsn_protocol::Change::Key {
+                user,
+                generation,
+                ts_us: shared.clock.now(),
+                key: Vec::new(),
+            };
+            match store.write(vec![change], true).await {
+                Ok(()) => {
+                    tracing::info!(
+                        user,
+                        generation,
+                        "an operator reset the user's key: the next login binds anew"
+                    );
+                    AdminReply::Done
+                }
+                Err(e) => AdminReply::Refused(format!("not stored: {e}")),
+            }
+        }
+    }
+}
+
 /// Keeps `/ready` true exactly while this server is registered, knows its role and has
 /// read its sync service's journal to the end at least once (or found it down).
 async fn readiness(
@@ -487,6 +555,7 @@ pub fn observe_record(clock: &crate::hlc::Hlc, r: &tsn_datastore::Record) {
 /// (certificate from the CA) mirror or read the journal's feed.
 async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>, store: store::Store) {
     let is_node = tsn_certs::peer_is_node(&conn);
+    let user: commands::Conn = Arc::default();
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -494,11 +563,12 @@ async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>, store: s
         };
         let shared = shared.clone();
         let store = store.clone();
+        let user = user.clone();
         tokio::spawn(async move {
             if is_node {
                 serve_node_stream(shared, store, send, recv).await;
             } else {
-                commands::serve_stream(shared, store, send, recv).await;
+                commands::serve_stream(shared, store, user, send, recv).await;
             }
         });
     }
@@ -552,6 +622,12 @@ async fn serve_node_stream(
             if let Err(why) = result {
                 tracing::debug!("journal feed ended: {why}");
                 let _ = tsn_protocol::write_msg(&mut send, &SyncReply::Refused(why)).await;
+                let _ = send.finish();
+            }
+        }
+        MirrorMsg::Admin(req) => {
+            let reply = admin(&shared, &store, req).await;
+            if tsn_protocol::write_msg(&mut send, &reply).await.is_ok() {
                 let _ = send.finish();
             }
         }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use tsn_datastore::Record;
-use tsn_protocol::types::follow_supersedes;
+use tsn_protocol::types::{follow_supersedes, key_supersedes, KeyBinding};
 use tsn_protocol::{Change, Post, PostId, UserId, TIMELINE_BACKLOG};
 
 /// Latest state of one follow relation: (timestamp, following?).
@@ -30,6 +30,8 @@ pub struct Model {
     recent: HashMap<UserId, VecDeque<(u64, Post)>>,
     /// The number of the last entry of each user's timeline.
     last_seq: HashMap<UserId, u64>,
+    /// The key each of this cluster's users is bound to.
+    keys: HashMap<UserId, KeyBinding>,
 }
 
 /// A new entry of a user's timeline: (user, its number, the post).
@@ -54,6 +56,12 @@ impl Model {
                 *active,
             ),
             Change::Post(p) => !self.own_posts.contains(&p.id),
+            Change::Key {
+                user,
+                generation,
+                ts_us,
+                key,
+            } => key_supersedes(self.keys.get(user), &(*generation, *ts_us, key.clone())),
         }
     }
 
@@ -81,8 +89,21 @@ impl Model {
             Change::Post(p) => {
                 self.own_posts.insert(p.id);
             }
+            Change::Key {
+                user,
+                generation,
+                ts_us,
+                key,
+            } => {
+                self.keys.insert(*user, (*generation, *ts_us, key.clone()));
+            }
         }
         true
+    }
+
+    /// The key binding of `user`, if any.
+    pub fn key_of(&self, user: UserId) -> Option<&KeyBinding> {
+        self.keys.get(&user)
     }
 
     /// Applies a record of the sync service's journal. Returns whether it was new, and
@@ -107,7 +128,7 @@ impl Model {
                 }
                 (new, None)
             }
-            Record::Change(Change::Post(_)) => (false, None),
+            Record::Change(Change::Post(_) | Change::Key { .. }) => (false, None),
             Record::Deliver { to, seq, post } => {
                 if !self.delivered.insert((*to, post.id)) {
                     return (false, None);

@@ -269,7 +269,7 @@ impl Writer {
                 .filter(|c| match c {
                     Change::Post(p) => posts.insert(p.id),
                     Change::User { user } => users.insert(*user),
-                    Change::Follow { .. } => true,
+                    Change::Follow { .. } | Change::Key { .. } => true,
                 })
                 .cloned()
                 .collect()

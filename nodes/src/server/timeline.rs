@@ -22,12 +22,15 @@ const IN_FLIGHT: usize = 256;
 pub async fn run(
     shared: Arc<Shared>,
     store: Store,
+    conn: super::commands::Conn,
     user: UserId,
     since: Option<TimelinePos>,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
-    let refuse = match super::commands::check_user(&shared, user) {
+    let refuse = match super::commands::check_user(&shared, user)
+        .and_then(|()| super::commands::check_login(&conn, user))
+    {
         Err(e) => Some(e),
         Ok(())
             if !shared
@@ -99,6 +102,10 @@ async fn session(
                     if !shared.role().active {
                         tsn_protocol::write_msg(send, &TimelineDown::NotActive).await?;
                         return Ok(());
+                    }
+                    if let Err(reason) = shared.limit(user) {
+                        tsn_protocol::write_msg(send, &TimelineDown::Refused { nonce, reason }).await?;
+                        continue;
                     }
                     // A resend of a stored post goes through the store too: it is then
                     // acknowledged only once the batch that stored it is.

@@ -164,6 +164,8 @@ impl SyncCore {
         match change {
             Change::User { .. } | Change::Post(_) => true,
             Change::Follow { followee, .. } => cluster_of(*followee, clusters) == dest,
+            // A user's key matters only to its home cluster's servers.
+            Change::Key { .. } => false,
         }
     }
 
@@ -175,6 +177,7 @@ impl SyncCore {
     /// Records a change of this cluster in memory; returns whether it is new.
     fn note_local(&mut self, c: &Change) -> bool {
         match c {
+            Change::Key { .. } => false,
             Change::User { user } => self.out_users.insert(*user),
             Change::Post(p) => self.out_posts.insert(p.id),
             Change::Follow {
@@ -212,7 +215,7 @@ impl SyncCore {
                     false
                 }
             }
-            Record::Change(Change::Post(_)) => false,
+            Record::Change(Change::Post(_) | Change::Key { .. }) => false,
             Record::Deliver { to, seq, post } => {
                 let last = self.last_seq.entry(*to).or_default();
                 *last = (*last).max(*seq);
@@ -289,6 +292,7 @@ impl SyncCore {
                         fresh.push(r);
                     }
                 }
+                Change::Key { .. } => {}
                 Change::Post(p) => {
                     let mut to_all = self.followers_at(p.id.author, p.ts_us);
                     if cluster_of(p.id.author, self.clusters) == self.cluster {
