@@ -100,7 +100,7 @@ pub struct ServerOpts {
 
     /// Most posts, follows and unfollows one user may make a second (a burst of as many
     /// is allowed); more are refused, and nothing of them is stored.
-    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "TSN_USER_RATE")]
+    #[arg(long, default_value_t = 20_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "TSN_USER_RATE")]
     pub user_rate: u32,
 
     #[command(flatten)]

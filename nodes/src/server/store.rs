@@ -398,12 +398,18 @@ mod tests {
         let (len, _) = crate::feed::FeedSource::new(shared.dir.journal(), 1, 0);
         let store = spawn(shared.clone(), journal, mirror_tx, len).unwrap();
         let mut pending = Vec::new();
-        for nonce in 0..500 {
-            pending.push(store.submit(post(nonce), false).await);
+        for followee in 2..502 {
+            let follow = Change::Follow {
+                follower: 1,
+                followee,
+                ts_us: 1,
+                active: true,
+            };
+            pending.push(store.submit(vec![follow], false).await);
         }
         store.stop().await;
-        let view = tsn_datastore::read_records(&shared.dir.timeline(1)).unwrap();
-        assert_eq!(view.len(), 500, "every journaled post is in the view file");
+        let view = tsn_datastore::read_records(&shared.dir.following(1)).unwrap();
+        assert_eq!(view.len(), 500, "every journaled change is in the view file");
         assert_eq!(
             tsn_datastore::read_records(&shared.dir.journal())
                 .unwrap()
