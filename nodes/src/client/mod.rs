@@ -4,7 +4,6 @@
 //! - [`words`]: parsing a typed line and the exact wording of every reply.
 //! - [`link`]: finding the server through the coordinator, logging in, reconnecting.
 //! - [`timeline`]: timeline mode: posts up, live entries down, resends after failover.
-//!
 //! - [`console`]: typed lines in (line editing on a terminal, checked bytes on a pipe),
 //!   replies, entries and notices out, and the signals that ask the client to stop.
 //!
