@@ -477,7 +477,7 @@ async fn populate(
         tasks.push(tokio::spawn(async move {
             let r = async {
                 let conn = session::connect(&ep, &addr).await?;
-                tsn_tests::login(&conn, u).await?;
+                tsn_tests::login(&conn, u, &session::keys()).await?;
                 if let Some(a) = author.filter(|a| *a != u) {
                     follow(&conn, u, a).await?;
                 }

@@ -119,10 +119,16 @@ impl Timeline {
     }
 }
 
+/// Where the bench keeps its users' keys (each system it starts is new, so any key binds
+/// at a user's first login).
+pub fn keys() -> std::path::PathBuf {
+    std::env::temp_dir().join("tsn-bench-keys")
+}
+
 /// Logs `user` in through the coordinator's assignment; returns the connection.
 pub async fn login(ep: &quinn::Endpoint, coord: &str, user: UserId) -> Result<quinn::Connection> {
     let addr = assigned(ep, coord, user).await?;
     let conn = connect(ep, &addr).await?;
-    tsn_tests::login(&conn, user).await?;
+    tsn_tests::login(&conn, user, &keys()).await?;
     Ok(conn)
 }

@@ -40,11 +40,17 @@ mod tests {
         let role = ds.role(1, tsn_protocol::coord::NodeKind::Primary);
         role.create().unwrap();
         let (mut log, _) = crate::AppendLog::open(&role.journal()).unwrap();
-        log.append(&[crate::Record::Change(tsn_protocol::Change::User { user: 1 })])
-            .unwrap();
+        log.append(&[crate::Record::Change(tsn_protocol::Change::User {
+            user: 1,
+        })])
+        .unwrap();
         crate::write_atomic(&role.cursors(), b"x 1\n", crate::Durability::NoSync).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        for d in [dir.path().join("store/1"), role.path().to_path_buf(), role.path().join("local_clients")] {
+        for d in [
+            dir.path().join("store/1"),
+            role.path().to_path_buf(),
+            role.path().join("local_clients"),
+        ] {
             assert_eq!(mode(&d), DIR_MODE, "{}", d.display());
         }
         assert_eq!(mode(&role.journal()), FILE_MODE);

@@ -255,10 +255,13 @@ pub fn node_endpoint(
     Ok(endpoint)
 }
 
-/// Idle timeout of node-to-node connections for a given heartbeat interval: long enough
-/// to ride out a slow beat, short enough that a dead peer is noticed within a few beats.
+/// Idle timeout of a node's connections for a given heartbeat interval: long enough to
+/// ride out a slow beat or a busy moment of the machine (at least 2 s: a client's
+/// connection to a busy server must not be dropped for it), short enough that a dead
+/// peer is noticed within a few beats. Failover does not wait for it: the coordinator
+/// decides from heartbeats.
 pub fn node_idle_timeout(heartbeat: Duration) -> Duration {
-    (heartbeat * 3).clamp(Duration::from_millis(600), Duration::from_secs(30))
+    (heartbeat * 3).clamp(Duration::from_secs(2), Duration::from_secs(30))
 }
 
 /// What a node has once it can serve: its endpoint, the address it is bound to, and the

@@ -913,33 +913,19 @@ pub async fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
         .map_err(|_| anyhow!("no reply within 5 s"))?
 }
 
-/// The key a test uses for `user` (the same every time, so that it matches the binding
-/// the user's first login made).
-pub fn test_key(user: u32) -> ring::signature::Ed25519KeyPair {
-    let mut seed = [0u8; 32];
-    seed[..4].copy_from_slice(&user.to_be_bytes());
-    seed[4..9].copy_from_slice(b"tsn-t");
-    ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).expect("a valid seed")
-}
-
-/// Logs `conn` in as `user` with [`test_key`]: asks a challenge, signs it, logs in.
-pub async fn login(conn: &quinn::Connection, user: u32) -> Result<()> {
-    use ring::signature::KeyPair;
-    use tsn_protocol::client::{ClientReply, ClientRequest, LoginProof};
+/// Logs `conn` in as `user` with the user's key in `keys` (created there if missing, as
+/// `tsn_client` does with its key directory): asks a challenge, signs it, logs in.
+pub async fn login(conn: &quinn::Connection, user: u32, keys: &Path) -> Result<()> {
+    use tsn_protocol::client::{ClientReply, ClientRequest};
+    let key = tsn_nodes::client::identity::UserKey::load_or_create(keys, user)?;
     let ClientReply::Challenge(challenge) = call(conn, &ClientRequest::Challenge).await? else {
         bail!("no challenge")
-    };
-    let key = test_key(user);
-    let message = tsn_protocol::types::login_message(user, &challenge);
-    let proof = LoginProof {
-        key: key.public_key().as_ref().to_vec(),
-        signature: key.sign(&message).as_ref().to_vec(),
     };
     let reply: ClientReply = call(
         conn,
         &ClientRequest::Login {
             user,
-            proof: Some(proof),
+            proof: Some(key.prove(user, &challenge)),
         },
     )
     .await?;

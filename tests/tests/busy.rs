@@ -39,9 +39,10 @@ async fn session(
     ep: &quinn::Endpoint,
     addr: &str,
     user: u32,
+    certs: &std::path::Path,
 ) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
     let conn = dial(ep, addr).await?;
-    login(&conn, user).await?;
+    login(&conn, user, &certs).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user, since: None }).await?;
     let r = tsn_protocol::read_msg::<ClientReply, _>(&mut recv).await?;
@@ -74,12 +75,13 @@ fn three_hundred_sessions_of_one_user_do_not_cause_a_failover() -> anyhow::Resul
     };
     let addr = sys.serving(1)?;
     let coord = sys.coord.clone();
+    let certs = sys.certs();
     rt.block_on(async {
         assert_eq!(epoch(&ep, &coord).await?, 1);
         let received = Arc::new(AtomicUsize::new(0));
         let mut conns = Vec::new();
         for _ in 0..SESSIONS {
-            let (conn, send, mut recv) = session(&ep, &addr, 1).await?;
+            let (conn, send, mut recv) = session(&ep, &addr, 1, &certs).await?;
             let received = received.clone();
             tokio::spawn(async move {
                 let _send = send;
@@ -93,7 +95,7 @@ fn three_hundred_sessions_of_one_user_do_not_cause_a_failover() -> anyhow::Resul
         }
         // One more session posts as fast as it is acknowledged; every post goes to the
         // 300 others.
-        let (_poster, mut send, mut recv) = session(&ep, &addr, 1).await?;
+        let (_poster, mut send, mut recv) = session(&ep, &addr, 1, &certs).await?;
         let writer = tokio::spawn(async move {
             for nonce in 0..POSTS {
                 let up = TimelineUp::Post {

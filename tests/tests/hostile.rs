@@ -121,7 +121,7 @@ async fn still_serves_clients(ep: &quinn::Endpoint, sys: &System) {
         panic!("coordinator: {reply:?}")
     };
     let server = dial(ep, &addr).await.unwrap();
-    login(&server, 3).await.unwrap();
+    login(&server, 3, &sys.certs()).await.unwrap();
     let reply: ClientReply = call(&server, &ClientRequest::List { user: 3 })
         .await
         .unwrap();

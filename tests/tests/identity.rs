@@ -127,7 +127,7 @@ fn a_connection_acts_for_the_one_user_it_logged_in_as() -> anyhow::Result<()> {
         };
         // Users 1 and 2 exist, each logged in on a connection of its own.
         let c2 = dial(&ep, &addr).await;
-        login(&c2, 2).await.unwrap();
+        login(&c2, 2, &sys.certs()).await.unwrap();
         let c1 = dial(&ep, &addr).await;
         // Without a proof: refused.
         let r: ClientReply = call(
@@ -140,7 +140,7 @@ fn a_connection_acts_for_the_one_user_it_logged_in_as() -> anyhow::Result<()> {
         .await
         .unwrap();
         assert_eq!(r, ClientReply::Failed(CommandError::BadProof));
-        login(&c1, 1).await.unwrap();
+        login(&c1, 1, &sys.certs()).await.unwrap();
         // On user 1's connection, acting for user 2 is refused.
         let r: ClientReply = call(&c1, &ClientRequest::Follow { user: 2, target: 1 })
             .await
@@ -187,12 +187,14 @@ fn over_the_rate_limit_posts_are_refused_and_others_are_not_slowed() -> anyhow::
     let (stored, refused, other_worst) = rt.block_on(async {
         let ep = endpoint(&sys);
         let addr = sys.serving(1).unwrap();
+        let certs = sys.certs();
         let open = |user: u32| {
             let ep = ep.clone();
             let addr = addr.clone();
+            let certs = certs.clone();
             async move {
                 let c = dial(&ep, &addr).await;
-                login(&c, user).await.unwrap();
+                login(&c, user, &certs).await.unwrap();
                 let (mut send, mut recv) = c.open_bi().await.unwrap();
                 tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user, since: None })
                     .await

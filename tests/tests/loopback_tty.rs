@@ -36,7 +36,10 @@ fn one_ctrl_c_stops_everything() -> anyhow::Result<()> {
             _ => std::thread::sleep(Duration::from_millis(50)),
         }
     }
-    assert!(seen.contains("Press Ctrl-C"), "the system did not come up:\n{seen}");
+    assert!(
+        seen.contains("Press Ctrl-C"),
+        "the system did not come up:\n{seen}"
+    );
     let pids = std::fs::read_to_string(run.path().join("pids"))?;
     assert_eq!(pids.lines().count(), 10, "{pids}");
     assert!(seen.contains("pids"), "it says where the PIDs are");
@@ -47,7 +50,9 @@ fn one_ctrl_c_stops_everything() -> anyhow::Result<()> {
     while session.get_process().is_alive().unwrap_or(false)
         && stopped.elapsed() < Duration::from_secs(20)
     {
-        let _ = session.try_read(&mut buf).map(|n| seen.push_str(&String::from_utf8_lossy(&buf[..n])));
+        let _ = session
+            .try_read(&mut buf)
+            .map(|n| seen.push_str(&String::from_utf8_lossy(&buf[..n])));
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(

@@ -17,6 +17,7 @@ use tsn_tests::*;
 async fn open(
     ep: &quinn::Endpoint,
     coord: &str,
+    keys: &std::path::Path,
     since: Option<TimelinePos>,
 ) -> (TimelinePos, Vec<(u64, String)>) {
     let c: SocketAddr = coord.parse().unwrap();
@@ -36,7 +37,7 @@ async fn open(
         .unwrap()
         .await
         .unwrap();
-    login(&server, 1).await.unwrap();
+    login(&server, 1, keys).await.unwrap();
     let (mut send, mut recv) = server.open_bi().await.unwrap();
     tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user: 1, since })
         .await
@@ -100,17 +101,29 @@ fn reopening_from_a_position_returns_everything_after_it() -> anyhow::Result<()>
             root.client_config(std::sync::Arc::new(quinn::TransportConfig::default()))
                 .unwrap(),
         );
-        let (pos, fresh) = open(&ep, &sys.coord, None).await;
+        let (pos, fresh) = open(&ep, &sys.coord, &sys.certs(), None).await;
         assert_eq!(fresh.len(), 20, "a first entry shows the last 20");
         assert_eq!(fresh[0], (11, "while away 10".to_string()));
         assert_eq!(pos.seq, 10, "the entries follow entry 10");
         assert_ne!(pos.log, 0);
-        let (_, all) = open(&ep, &sys.coord, Some(TimelinePos { seq: 0, ..pos })).await;
+        let (_, all) = open(
+            &ep,
+            &sys.coord,
+            &sys.certs(),
+            Some(TimelinePos { seq: 0, ..pos }),
+        )
+        .await;
         let want: Vec<(u64, String)> = (0..30)
             .map(|k| (k + 1, format!("while away {k}")))
             .collect();
         assert_eq!(all, want, "from the start: everything, in order, each once");
-        let (_, rest) = open(&ep, &sys.coord, Some(TimelinePos { seq: 25, ..pos })).await;
+        let (_, rest) = open(
+            &ep,
+            &sys.coord,
+            &sys.certs(),
+            Some(TimelinePos { seq: 25, ..pos }),
+        )
+        .await;
         assert_eq!(rest, want[25..].to_vec());
     });
     Ok(())

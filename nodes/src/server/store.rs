@@ -409,7 +409,11 @@ mod tests {
         }
         store.stop().await;
         let view = tsn_datastore::read_records(&shared.dir.following(1)).unwrap();
-        assert_eq!(view.len(), 500, "every journaled change is in the view file");
+        assert_eq!(
+            view.len(),
+            500,
+            "every journaled change is in the view file"
+        );
         assert_eq!(
             tsn_datastore::read_records(&shared.dir.journal())
                 .unwrap()
