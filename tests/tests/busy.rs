@@ -42,7 +42,7 @@ async fn session(
     certs: &std::path::Path,
 ) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
     let conn = dial(ep, addr).await?;
-    login(&conn, user, &certs).await?;
+    login(&conn, user, certs).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user, since: None }).await?;
     let r = tsn_protocol::read_msg::<ClientReply, _>(&mut recv).await?;
