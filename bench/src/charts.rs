@@ -25,16 +25,27 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("chart: {e}")
 }
 
-/// Draws `lines` on log-log axes (or log y with a linear x when `log_x` is false).
-fn draw(
-    path: &Path,
-    caption: &str,
-    x_desc: &str,
-    y_desc: &str,
-    lines: &[Line],
+/// Axes and captions of a chart.
+struct Frame<'a> {
+    caption: &'a str,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    /// Logarithmic x axis (y is always logarithmic).
     log_x: bool,
-    x_label: &dyn Fn(&f64) -> String,
-) -> Result<()> {
+    x_label: &'a dyn Fn(&f64) -> String,
+    legend: SeriesLabelPosition,
+}
+
+/// Draws `lines` on log-log axes (or log y with a linear x when `log_x` is false).
+fn draw(path: &Path, frame: Frame<'_>, lines: &[Line]) -> Result<()> {
+    let Frame {
+        caption,
+        x_desc,
+        y_desc,
+        log_x,
+        x_label,
+        legend,
+    } = frame;
     let all: Vec<(f64, f64)> = lines
         .iter()
         .flat_map(|l| l.points.iter().copied())
@@ -110,7 +121,7 @@ fn draw(
                 .configure_series_labels()
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(legend.clone())
                 .draw()
                 .map_err(err)?;
         }};
@@ -164,50 +175,50 @@ pub fn ack_curves(path: &Path, floor: Option<&Curve>, acks: &[&Curve]) -> Result
     }
     draw(
         path,
-        "Acknowledgement latency from the intended send time vs offered load (open loop)",
-        "offered posts/s (log)",
-        "latency, µs (log)",
+        Frame {
+            caption:
+                "Acknowledgement latency from the intended send time vs offered load (open loop)",
+            x_desc: "offered posts/s (log)",
+            y_desc: "latency, µs (log)",
+            log_x: true,
+            x_label: &rate_label,
+            legend: SeriesLabelPosition::UpperLeft,
+        },
         &lines,
-        true,
-        &rate_label,
     )
 }
 
 /// Delivery latency (p50 and p99, ms) against offered posts/s.
-pub fn delivery_curves(path: &Path, acks: &[&Curve]) -> Result<()> {
+pub fn delivery_curves(path: &Path, c: &Curve) -> Result<()> {
     let mut lines = Vec::new();
-    for (c, colors) in acks.iter().zip([[BLUE, GREEN], [RED, ORANGE]]) {
-        for (which, color, name) in [
-            (0, colors[0], "other cluster"),
-            (1, colors[1], "same cluster"),
-        ] {
-            let get = |p: &crate::scenarios::Point| if which == 0 { p.cross } else { p.same };
-            for (dashed, q) in [(false, "p50"), (true, "p99")] {
-                lines.push(Line {
-                    label: format!("{}, {name}, {q}", c.label),
-                    color,
-                    dashed,
-                    points: c
-                        .points
-                        .iter()
-                        .filter_map(|p| {
-                            get(p).map(|l| {
-                                (p.offered, if dashed { l.p99_us } else { l.p50_us } / 1e3)
-                            })
-                        })
-                        .collect(),
-                });
-            }
+    for (which, color, name) in [(0, BLUE, "other cluster"), (1, GREEN, "same cluster")] {
+        let get = |p: &crate::scenarios::Point| if which == 0 { p.cross } else { p.same };
+        for (dashed, q) in [(false, "p50"), (true, "p99")] {
+            lines.push(Line {
+                label: format!("{name}, {q}"),
+                color,
+                dashed,
+                points: c
+                    .points
+                    .iter()
+                    .filter_map(|p| {
+                        get(p).map(|l| (p.offered, if dashed { l.p99_us } else { l.p50_us } / 1e3))
+                    })
+                    .collect(),
+            });
         }
     }
     draw(
         path,
-        "Delivery latency (post -> follower's open timeline) vs offered load, -q 500",
-        "offered posts/s (log)",
-        "latency from the intended send time, ms (log)",
+        Frame {
+            caption: "Delivery latency (post -> follower's open timeline) vs offered load, -q 500, event-driven",
+            x_desc: "offered posts/s (log)",
+            y_desc: "latency from the intended send time, ms (log)",
+            log_x: true,
+            x_label: &rate_label,
+            legend: SeriesLabelPosition::UpperLeft,
+        },
         &lines,
-        true,
-        &rate_label,
     )
 }
 
@@ -238,18 +249,21 @@ pub fn delivery_distribution(path: &Path, d: &[Delivery], period_ms: u64) -> Res
     }
     draw(
         path,
-        &format!("Delivery latency distribution at low load, -q {period_ms}"),
-        "percentile",
-        "latency from the intended send time, ms (log)",
-        &lines,
-        false,
-        &|x: &f64| {
-            let p = 100.0 * (1.0 - 10f64.powf(-x));
-            if p >= 99.0 {
-                format!("{p:.1}%")
-            } else {
-                format!("{p:.0}%")
-            }
+        Frame {
+            caption: &format!("Delivery latency distribution at low load, -q {period_ms}"),
+            x_desc: "percentile",
+            y_desc: "latency from the intended send time, ms (log)",
+            log_x: false,
+            x_label: &|x: &f64| {
+                let p = 100.0 * (1.0 - 10f64.powf(-x));
+                if p >= 99.0 {
+                    format!("{p:.1}%")
+                } else {
+                    format!("{p:.0}%")
+                }
+            },
+            legend: SeriesLabelPosition::LowerRight,
         },
+        &lines,
     )
 }

@@ -55,7 +55,7 @@ struct Opts {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1000,2000,5000,10000,20000,30000,40000,60000,80000"
+        default_value = "200,500,1000,2000,5000,10000,20000,30000,40000,60000,80000"
     )]
     rates: Vec<f64>,
 
@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
     if want(1) || want(2) || want(3) {
         steps += points;
     }
-    steps += points * (u64::from(want(2)) + u64::from(want(3)));
+    steps += points * (u64::from(want(2)) + u64::from(want(3)) + u64::from(want(4)));
     steps += 4 * u64::from(want(4));
     steps += 10 * s.runs as u64 * u64::from(want(7));
     steps += 2 * u64::from(want(8));
@@ -102,6 +102,7 @@ fn main() -> anyhow::Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut floor: Option<Curve> = None;
     let mut acks: Vec<Curve> = Vec::new();
+    let mut dcurve: Option<Curve> = None;
     let mut delivery: Vec<Delivery> = Vec::new();
     let mut failovers: Vec<Failover> = Vec::new();
     if want(1) || want(2) || want(3) {
@@ -109,11 +110,12 @@ fn main() -> anyhow::Result<()> {
     }
     for (sec, mode) in [(2, "replicated"), (3, "durable")] {
         if want(sec) {
-            acks.push(scenarios::ack_curve(&rt, &s, mode)?);
+            acks.push(scenarios::ack_curve(&rt, &s, mode, &sec.to_string())?);
         }
     }
     if want(4) {
         delivery = scenarios::delivery(&rt, &s)?;
+        dcurve = Some(scenarios::delivery_curve(&rt, &s)?);
     }
     if want(7) {
         failovers = scenarios::failover(&rt, &s)?;
@@ -131,13 +133,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(f) = &floor {
         head.extend(floor_rows(f));
     }
-    for (c, sec) in acks
-        .iter()
-        .zip(if want(2) { ["2", "3"] } else { ["3", "3"] })
-    {
-        head.extend(curve_rows(c, floor.as_ref(), sec));
+    for c in &acks {
+        head.extend(curve_rows(c, floor.as_ref()));
     }
     head.extend(delivery_rows(&delivery));
+    if let Some(c) = &dcurve {
+        head.extend(delivery_curve_rows(c));
+    }
     head.extend(failover_rows(&failovers));
     head.extend(scale_rows);
     head.extend(rows);
@@ -145,13 +147,16 @@ fn main() -> anyhow::Result<()> {
 
     println!("{}", stats::table(&rows));
     if let Some(f) = &floor {
-        println!("{}", curve_table(f, None));
+        println!("{}", curve_table(f, None, false));
     }
     for c in &acks {
-        println!("{}", curve_table(c, floor.as_ref()));
+        println!("{}", curve_table(c, floor.as_ref(), false));
     }
     if !delivery.is_empty() {
         println!("{}", delivery_table(&delivery));
+    }
+    if let Some(c) = &dcurve {
+        println!("{}", curve_table(c, None, true));
     }
     if !failovers.is_empty() {
         println!("{}", failover_table(&failovers));
@@ -163,11 +168,11 @@ fn main() -> anyhow::Result<()> {
         let p = opts.charts.join("ack-latency-vs-load.svg");
         charts::ack_curves(&p, floor.as_ref(), &refs)?;
         drawn.push(p);
-        if !acks.is_empty() {
-            let p = opts.charts.join("delivery-latency-vs-load.svg");
-            charts::delivery_curves(&p, &refs)?;
-            drawn.push(p);
-        }
+    }
+    if let Some(c) = &dcurve {
+        let p = opts.charts.join("delivery-latency-vs-load.svg");
+        charts::delivery_curves(&p, c)?;
+        drawn.push(p);
     }
     for q in [500, 50] {
         if delivery.iter().any(|d| d.period_ms == q) {
@@ -207,6 +212,7 @@ fn main() -> anyhow::Result<()> {
         "rows": rows,
         "floor": floor,
         "curves": acks,
+        "delivery_curve": dcurve,
         "delivery": delivery,
         "failovers": failovers,
     });
@@ -251,27 +257,29 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
     (a.is_finite() && b.is_finite() && b > 0.0).then(|| a / b)
 }
 
-fn curve_rows(c: &Curve, floor: Option<&Curve>, sec: &str) -> Vec<Row> {
+fn curve_rows(c: &Curve, floor: Option<&Curve>) -> Vec<Row> {
+    let sec = c.section.as_str();
     let mut rows = Vec::new();
     if let Some(p) = c.points.first() {
         let f = floor.and_then(|f| f.at(p.offered));
         for (name, v) in p.answer.named() {
             let mut r = row(
                 sec,
-                format!("{}: ack at {:.0}/s offered, {name}", c.label, p.offered),
+                format!(
+                    "{} at {:.0}/s offered (low load), {name}",
+                    c.label, p.offered
+                ),
                 v,
                 "us",
             );
-            if let Some(f) = f {
+            if let (Some(f), true) = (f, name != "max") {
                 let fv = f
                     .answer
                     .named()
                     .iter()
                     .find(|(n, _)| *n == name)
                     .map_or(f64::NAN, |x| x.1);
-                if name != "max" {
-                    r.vs_floor = ratio(v, fv);
-                }
+                r.vs_floor = ratio(v, fv);
             }
             rows.push(r);
         }
@@ -280,8 +288,8 @@ fn curve_rows(c: &Curve, floor: Option<&Curve>, sec: &str) -> Vec<Row> {
         let mut r = row(
             sec,
             format!(
-                "{}: highest offered rate sustained (achieved {:.0}/s)",
-                c.label, p.achieved
+                "{}: highest offered rate sustained (achieved {:.0}/s, p99 {:.0} us)",
+                c.label, p.achieved, p.answer.p99_us
             ),
             p.offered,
             "posts/s",
@@ -290,39 +298,66 @@ fn curve_rows(c: &Curve, floor: Option<&Curve>, sec: &str) -> Vec<Row> {
             r.target = Some(format!(">= 20000: {}", verdict(p.achieved >= 20_000.0)));
         }
         rows.push(r);
-        rows.extend(delivery_load_rows(c, p, sec, "highest sustained"));
     }
     if let Some(p) = c.points.last().filter(|p| p.saturated) {
         rows.push(row(
             sec,
             format!(
-                "{}: saturated at {:.0}/s offered, achieved",
-                c.label, p.offered
+                "{}: saturated at {:.0}/s offered, achieved (p99 {:.0} us)",
+                c.label, p.offered, p.answer.p99_us
             ),
             p.achieved,
             "posts/s",
         ));
-        rows.extend(delivery_load_rows(c, p, sec, "saturated"));
     }
     rows
 }
 
-fn delivery_load_rows(c: &Curve, p: &Point, sec: &str, at: &str) -> Vec<Row> {
+fn delivery_curve_rows(c: &Curve) -> Vec<Row> {
+    let mut rows = Vec::new();
+    if let Some(p) = c.sustained() {
+        rows.push(row(
+            "4",
+            format!(
+                "{}: highest offered rate delivered in full (achieved {:.0}/s)",
+                c.label, p.achieved
+            ),
+            p.offered,
+            "posts/s",
+        ));
+        rows.extend(delivery_load_rows(c, p, "highest sustained"));
+    }
+    if let Some(p) = c.points.last().filter(|p| p.saturated) {
+        rows.push(row(
+            "4",
+            format!(
+                "{}: saturated at {:.0}/s offered: posts not delivered within 6 s",
+                c.label, p.offered
+            ),
+            p.undelivered.iter().sum::<u64>() as f64,
+            "posts",
+        ));
+        rows.extend(delivery_load_rows(c, p, "saturated"));
+    }
+    rows
+}
+
+fn delivery_load_rows(c: &Curve, p: &Point, at: &str) -> Vec<Row> {
     let mut rows = Vec::new();
     if let Some(l) = p.cross {
         rows.push(row(
-            sec,
+            "4",
             format!(
-                "{}: delivery to the other cluster at {:.0}/s ({at}), p50",
+                "{}: to the other cluster at {:.0}/s ({at}), p50",
                 c.label, p.offered
             ),
             l.p50_us / 1e3,
             "ms",
         ));
         let mut r = row(
-            sec,
+            "4",
             format!(
-                "{}: delivery to the other cluster at {:.0}/s ({at}), p99",
+                "{}: to the other cluster at {:.0}/s ({at}), p99",
                 c.label, p.offered
             ),
             l.p99_us / 1e3,
@@ -333,7 +368,7 @@ fn delivery_load_rows(c: &Curve, p: &Point, sec: &str, at: &str) -> Vec<Row> {
     }
     if let Some(l) = p.cross_after_ack {
         rows.push(row(
-            sec,
+            "4",
             format!("{}: the same, from the acknowledgement, p99", c.label),
             l.p99_us / 1e3,
             "ms",
@@ -417,19 +452,25 @@ fn ms(v: f64) -> String {
     }
 }
 
-fn curve_table(c: &Curve, floor: Option<&Curve>) -> String {
+fn curve_table(c: &Curve, floor: Option<&Curve>, deliveries: bool) -> String {
     let mut out = format!(
-        "{} (latency from the intended send time, µs; delivery in ms)\n\n",
-        c.label
+        "{} (µs from the intended send time{})\n\n",
+        c.label,
+        if deliveries { "; deliveries in ms" } else { "" }
     );
     out.push_str("| offered/s | achieved/s | p50 | p90 | p99 | p99.9 | max | send lag p50/p99 |");
+    let mut cols = 8;
     if floor.is_some() {
+        out.push_str(" floor p50 | floor p99 | × floor p50 | × floor p99 |");
+        cols += 4;
+    }
+    if deliveries {
         out.push_str(
-            " floor p50 | floor p99 | × floor p50 | × floor p99 | deliv. other p50 | p99 | p99 from ack | same p50 | p99 | lost |",
+            " other cluster p50 | p90 | p99 | p99.9 | max | p99 from the ack | same cluster p50 | p99 | not delivered |",
         );
+        cols += 9;
     }
     out.push_str("\n|");
-    let cols = if floor.is_some() { 18 } else { 8 };
     for _ in 0..cols {
         out.push_str("---:|");
     }
@@ -454,21 +495,29 @@ fn curve_table(c: &Curve, floor: Option<&Curve>) -> String {
             let fp50 = fl.map_or(f64::NAN, |l| l.p50_us);
             let fp99 = fl.map_or(f64::NAN, |l| l.p99_us);
             let x = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or("-".into());
-            let cross = p.cross.unwrap_or_default();
-            let same = p.same.unwrap_or_default();
-            let after = p.cross_after_ack.unwrap_or_default();
             out.push_str(&format!(
-                " {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                " {} | {} | {} | {} |",
                 us(fp50),
                 us(fp99),
                 x(ratio(a.p50_us, fp50)),
                 x(ratio(a.p99_us, fp99)),
+            ));
+        }
+        if deliveries {
+            let cross = p.cross.unwrap_or_default();
+            let same = p.same.unwrap_or_default();
+            let after = p.cross_after_ack.unwrap_or_default();
+            out.push_str(&format!(
+                " {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 ms(cross.p50_us),
+                ms(cross.p90_us),
                 ms(cross.p99_us),
+                ms(cross.p999_us),
+                ms(cross.max_us),
                 ms(after.p99_us),
                 ms(same.p50_us),
                 ms(same.p99_us),
-                p.unanswered + p.undelivered.iter().sum::<u64>(),
+                p.undelivered.iter().sum::<u64>(),
             ));
         }
         out.push('\n');

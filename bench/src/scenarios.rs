@@ -65,14 +65,17 @@ pub struct Point {
     pub undelivered: Vec<u64>,
     /// Failed streams.
     pub failures: Vec<String>,
-    /// The system did not keep up: achieved < 95% of offered, answers lost, or answer
-    /// p99 above 1 s. The curve stops here.
+    /// The system did not keep up: achieved < 95% of offered, answers lost, answer p99
+    /// above 1 s, or (where deliveries are observed) posts not delivered within the
+    /// drain time. The curve stops here.
     pub saturated: bool,
 }
 
 /// A latency-versus-offered-load curve.
 #[derive(Debug, Clone, Serialize)]
 pub struct Curve {
+    /// Section of the report.
+    pub section: String,
     /// What it measures.
     pub label: String,
     /// Its points.
@@ -192,7 +195,7 @@ fn plan(s: &Settings, rate: f64) -> Plan {
 }
 
 /// Runs `rig` through the rates of `s` until saturation.
-async fn curve(rig: &mut Rig, s: &Settings, label: &str) -> Result<Curve> {
+async fn curve(rig: &mut Rig, s: &Settings, section: &str, label: &str) -> Result<Curve> {
     let mut points = Vec::new();
     for &rate in &s.rates {
         progress::stage(format!("{label}: {rate:.0}/s offered"));
@@ -228,8 +231,11 @@ async fn curve(rig: &mut Rig, s: &Settings, label: &str) -> Result<Curve> {
         progress::step();
         let achieved = median(&mut achieved);
         let a = Lat::of(&answer);
-        let saturated =
-            achieved < 0.95 * rate || unanswered > 0 || a.p99_us > 1e6 || !failures.is_empty();
+        let saturated = achieved < 0.95 * rate
+            || unanswered > 0
+            || a.p99_us > 1e6
+            || undelivered.iter().any(|m| *m > 0)
+            || !failures.is_empty();
         let p = Point {
             offered: rate,
             achieved,
@@ -263,6 +269,7 @@ async fn curve(rig: &mut Rig, s: &Settings, label: &str) -> Result<Curve> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     Ok(Curve {
+        section: section.into(),
         label: label.into(),
         points,
     })
@@ -277,17 +284,40 @@ pub fn floor(rt: &Runtime, s: &Settings) -> Result<Curve> {
     let f = crate::floor::Floor::start()?;
     rt.block_on(async {
         let mut rig = f.rig(s.sessions).await?;
-        curve(&mut rig, s, "floor").await
+        curve(&mut rig, s, "1", "floor").await
     })
 }
 
-/// Sections 2 and 3: acknowledgement and delivery latency against offered load, with
-/// the servers' `--ack` mode `ack`, `-q 500`, the sync services' default delivery.
-/// `s.sessions` authors of cluster 1 post, each on a connection of its own; a follower
-/// in cluster 1 (same cluster) and one in cluster 2 (cross cluster) follow them all.
-pub fn ack_curve(rt: &Runtime, s: &Settings, ack: &str) -> Result<Curve> {
+/// Sections 2 and 3: acknowledgement latency against offered load, with the servers'
+/// `--ack` mode `ack`: `s.sessions` authors of cluster 1 post, each on a connection of
+/// its own. Nobody follows them, so that the curve is the acknowledgement's alone.
+pub fn ack_curve(rt: &Runtime, s: &Settings, ack: &str, section: &str) -> Result<Curve> {
+    let sys = system_with(3, 1000, 500, vec!["--ack".into(), ack.into()], &[])?;
+    mirrored(&sys, Role::Primary, 0)?;
+    let (certs, coord) = (sys.certs(), sys.coord.clone());
+    let curve = rt.block_on(async {
+        let ep = session::endpoint(&certs)?;
+        let mut rig = Rig::new();
+        for k in 0..s.sessions as u32 {
+            let u = cluster1_user(k);
+            let conn = session::login(&ep, &coord, u).await?;
+            let (send, recv) = Timeline::open(&conn, u).await?.into_parts();
+            rig.sessions.push((Tx::Tsn(send), Rx::Tsn(recv)));
+            rig.conns.push(conn);
+        }
+        curve(&mut rig, s, section, &format!("ack, --ack {ack}")).await
+    })?;
+    drop(sys);
+    Ok(curve)
+}
+
+/// Section 4, under load: delivery latency against offered load, `-q 500`, the sync
+/// services' default (event-driven) delivery. `s.sessions` authors of cluster 1 post,
+/// each on a connection of its own; a follower in cluster 1 (same cluster) and one in
+/// cluster 2 (other cluster) follow them all and have their timelines open.
+pub fn delivery_curve(rt: &Runtime, s: &Settings) -> Result<Curve> {
     let q = 500;
-    let sys = system_with(3, 1000, q, vec!["--ack".into(), ack.into()], &[])?;
+    let sys = system(3, 1000, q)?;
     mirrored(&sys, Role::Primary, 0)?;
     let (certs, coord) = (sys.certs(), sys.coord.clone());
     let curve = rt.block_on(async {
@@ -312,7 +342,7 @@ pub fn ack_curve(rt: &Runtime, s: &Settings, ack: &str) -> Result<Curve> {
             rig.conns.push(conn);
         }
         tokio::time::sleep(Duration::from_millis(2 * q + 200)).await;
-        let c = curve(&mut rig, s, &format!("ack --ack {ack}")).await;
+        let c = curve(&mut rig, s, "4", "delivery, -q 500, --delivery event").await;
         drop(keep);
         c
     })?;

@@ -75,14 +75,14 @@ impl Lat {
 }
 
 /// Points of the percentile distribution of `h` for a chart: (x, value in µs) where
-/// x = -log10(1 - quantile), from the median (x = 0.3) to 99.9% (x = 3).
+/// x = -log10(1 - quantile), from the least (x = 0) to 99.9% (x = 3).
 pub fn distribution(h: &Hist) -> Vec<(f64, f64)> {
     if h.is_empty() {
         return Vec::new();
     }
     (0..=60)
         .map(|i| {
-            let x = 0.3 + (3.0 - 0.3) * f64::from(i) / 60.0;
+            let x = 3.0 * f64::from(i) / 60.0;
             let q = 1.0 - 10f64.powf(-x);
             (x, h.value_at_quantile(q) as f64 / 1000.0)
         })
