@@ -105,27 +105,64 @@ fn main() -> anyhow::Result<()> {
     let mut dcurve: Option<Curve> = None;
     let mut delivery: Vec<Delivery> = Vec::new();
     let mut failovers: Vec<Failover> = Vec::new();
+    // A section that fails is reported and the others still run.
+    let mut errors: Vec<String> = Vec::new();
+    let mut keep = |section: &str, r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            progress::note(format!("section {section} failed: {e:#}"));
+            errors.push(format!("section {section}: {e:#}"));
+        }
+    };
     if want(1) || want(2) || want(3) {
-        floor = Some(scenarios::floor(&rt, &s)?);
+        keep(
+            "1",
+            scenarios::floor(&rt, &s).map(|c| {
+                floor = Some(c);
+            }),
+        );
     }
     for (sec, mode) in [(2, "replicated"), (3, "durable")] {
         if want(sec) {
-            acks.push(scenarios::ack_curve(&rt, &s, mode, &sec.to_string())?);
+            let section = sec.to_string();
+            keep(
+                &section,
+                scenarios::ack_curve(&rt, &s, mode, &section).map(|c| acks.push(c)),
+            );
         }
     }
     if want(4) {
-        delivery = scenarios::delivery(&rt, &s)?;
-        dcurve = Some(scenarios::delivery_curve(&rt, &s)?);
+        keep(
+            "4",
+            scenarios::delivery(&rt, &s).map(|d| {
+                delivery = d;
+            }),
+        );
+        keep(
+            "4 (under load)",
+            scenarios::delivery_curve(&rt, &s).map(|c| {
+                dcurve = Some(c);
+            }),
+        );
     }
     if want(7) {
-        failovers = scenarios::failover(&rt, &s)?;
+        keep(
+            "7",
+            scenarios::failover(&rt, &s).map(|f| {
+                failovers = f;
+            }),
+        );
     }
     if want(8) {
-        rows.extend(scenarios::cost(&rt, &s)?);
+        keep("8", scenarios::cost(&rt, &s).map(|r| rows.extend(r)));
     }
     let mut scale_rows = Vec::new();
     if want(5) || want(6) || want(8) {
-        scale_rows = scenarios::scale(&rt, &s, want(5), want(8))?;
+        keep(
+            "5/6",
+            scenarios::scale(&rt, &s, want(5), want(8)).map(|r| {
+                scale_rows = r;
+            }),
+        );
     }
     progress::finish();
 
@@ -160,6 +197,9 @@ fn main() -> anyhow::Result<()> {
     }
     if !failovers.is_empty() {
         println!("{}", failover_table(&failovers));
+    }
+    for e in &errors {
+        println!("failed: {e}\n");
     }
 
     let mut drawn = Vec::new();
@@ -215,6 +255,7 @@ fn main() -> anyhow::Result<()> {
         "delivery_curve": dcurve,
         "delivery": delivery,
         "failovers": failovers,
+        "errors": errors,
     });
     std::fs::write(&opts.json, serde_json::to_string_pretty(&json)?)?;
     eprintln!(
@@ -470,6 +511,8 @@ fn curve_table(c: &Curve, floor: Option<&Curve>, deliveries: bool) -> String {
         );
         cols += 9;
     }
+    out.push_str(" busiest processes, % of a core |");
+    cols += 1;
     out.push_str("\n|");
     for _ in 0..cols {
         out.push_str("---:|");
@@ -520,6 +563,16 @@ fn curve_table(c: &Curve, floor: Option<&Curve>, deliveries: bool) -> String {
                 p.undelivered.iter().sum::<u64>(),
             ));
         }
+        let mut cpu = p.cpu.clone();
+        cpu.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out.push_str(&format!(
+            " {} |",
+            cpu.iter()
+                .take(4)
+                .map(|(n, c)| format!("{n} {c:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         out.push('\n');
     }
     out
