@@ -340,6 +340,22 @@ fn curve_rows(c: &Curve, floor: Option<&Curve>) -> Vec<Row> {
         }
         rows.push(r);
     }
+    if let Some(p) = c
+        .points
+        .iter()
+        .rev()
+        .find(|p| !p.saturated && p.answer.p99_us <= 10_000.0)
+    {
+        rows.push(row(
+            sec,
+            format!(
+                "{}: highest offered rate with p99 <= 10 ms (achieved {:.0}/s, p99 {:.0} us)",
+                c.label, p.achieved, p.answer.p99_us
+            ),
+            p.offered,
+            "posts/s",
+        ));
+    }
     if let Some(p) = c.points.last().filter(|p| p.saturated) {
         rows.push(row(
             sec,
