@@ -1,73 +1,38 @@
-//! Section 1, the floor: what raw quinn does on loopback with the same TLS set-up
-//! (a leaf from the cluster CA, TLS 1.3, ALPN tsn/1) and the same frame size as a post.
+//! Section 1, the floor: the two round trips an acknowledgement costs, through plain
+//! quinn with the same TLS set-up (a leaf from the cluster CA, TLS 1.3, ALPN tsn/1):
+//! client -> A -> B -> A -> client. A forwards what it reads from a client stream to B,
+//! on one connection to B as a primary mirrors on one connection to its standby, and
+//! passes B's echo back. A and B each run on a thread of their own with a one-thread
+//! runtime, as the servers do (`--threads 1`).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
+use tsn_protocol::FrameReader;
 
-use crate::stats::{median, summarize, Row, Summary};
+use crate::load::{Rig, Rx, Tx};
+use crate::session;
 
-/// Bytes in one frame: about a post with a short text, as encoded.
-pub const FRAME: usize = 64;
-const PINGS: usize = 2000;
-
-/// The floor's figures.
-#[derive(Debug)]
-pub struct Floor {
-    /// Request/response round trip on one long-lived stream.
-    pub rtt: Summary,
-    /// One-way frames per second on one stream.
-    pub frames_per_s: f64,
-}
-
-impl Floor {
-    /// As report rows.
-    pub fn rows(&self) -> Vec<Row> {
-        vec![
-            Row {
-                section: "1".into(),
-                metric: format!("quinn floor: {FRAME} B request/response RTT p50"),
-                value: self.rtt.p50_us,
-                unit: "us".into(),
-                vs_floor: Some(1.0),
-                target: None,
-            },
-            Row {
-                section: "1".into(),
-                metric: format!("quinn floor: {FRAME} B request/response RTT p99"),
-                value: self.rtt.p99_us,
-                unit: "us".into(),
-                vs_floor: None,
-                target: None,
-            },
-            Row {
-                section: "1".into(),
-                metric: format!("quinn floor: one-way {FRAME} B frames"),
-                value: self.frames_per_s,
-                unit: "frames/s".into(),
-                vs_floor: None,
-                target: None,
-            },
-        ]
-    }
-}
-
-/// The echo server of the floor: on a thread of its own with a one-thread runtime, as
-/// the TSN servers run (`--threads 1`), so that the floor is what quinn itself costs
-/// between two parties that do not share a scheduler.
-struct Echo {
+/// A process-like party: its own thread and one-thread runtime, stopped when dropped.
+struct Party {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Echo {
-    fn start(dir: &std::path::Path) -> Result<Echo> {
+impl Party {
+    /// Starts a party serving with `serve(endpoint)`.
+    fn start<F, Fut>(dir: &Path, serve: F) -> Result<Party>
+    where
+        F: FnOnce(quinn::Endpoint) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
         let ca = tsn_certs::ClusterCa::load_or_create(dir)?;
         let id = ca.issue_leaf(&[])?;
-        let config =
-            id.server_config(tsn_certs::ClientAuth::Optional, crate::session::transport())?;
+        let config = id.server_config(tsn_certs::ClientAuth::Optional, session::transport())?;
+        let root = tsn_certs::TrustRoot::load(dir)?;
+        let client = root.client_config(session::transport())?;
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -82,7 +47,7 @@ impl Echo {
                 }
             };
             rt.block_on(async move {
-                let server =
+                let mut ep =
                     match quinn::Endpoint::server(config, SocketAddr::from(([127, 0, 0, 1], 0))) {
                         Ok(s) => s,
                         Err(e) => {
@@ -90,36 +55,17 @@ impl Echo {
                             return;
                         }
                     };
-                let _ = addr_tx.send(server.local_addr().map_err(Into::into));
-                let srv = server.clone();
-                let serve = async move {
-                    while let Some(inc) = srv.accept().await {
-                        tokio::spawn(async move {
-                            let Ok(conn) = inc.await else { return };
-                            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                                tokio::spawn(async move {
-                                    // Echo frames back until the stream ends.
-                                    while let Ok(Some(f)) =
-                                        tsn_protocol::read_frame(&mut recv).await
-                                    {
-                                        if tsn_protocol::write_frame(&mut send, &f).await.is_err() {
-                                            break;
-                                        }
-                                    }
-                                });
-                            }
-                        });
-                    }
-                };
+                ep.set_default_client_config(client);
+                let _ = addr_tx.send(ep.local_addr().map_err(Into::into));
                 tokio::select! {
-                    _ = serve => {}
+                    _ = serve(ep.clone()) => {}
                     _ = stopped => {}
                 }
-                server.close(0u32.into(), b"");
+                ep.close(0u32.into(), b"");
             });
         });
         let addr = addr_rx.recv()??;
-        Ok(Echo {
+        Ok(Party {
             addr,
             stop: Some(stop),
             thread: Some(thread),
@@ -127,7 +73,7 @@ impl Echo {
     }
 }
 
-impl Drop for Echo {
+impl Drop for Party {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -138,64 +84,110 @@ impl Drop for Echo {
     }
 }
 
-/// Measures the floor `runs` times and keeps the median run.
-pub async fn measure(runs: usize) -> Result<Floor> {
-    let dir = tempfile_dir()?;
-    let echo = Echo::start(&dir)?;
-    let addr = echo.addr;
-    let client = crate::session::endpoint(&dir)?;
-    let conn = crate::session::connect(&client, &addr.to_string()).await?;
-    let mut best: Vec<(Summary, f64)> = Vec::new();
-    for _ in 0..runs.max(1) {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let payload = vec![7u8; FRAME];
-        let mut samples = Vec::with_capacity(PINGS);
-        for _ in 0..PINGS {
-            let t = Instant::now();
-            tsn_protocol::write_frame(&mut send, &payload).await?;
-            tsn_protocol::read_frame(&mut recv).await?;
-            samples.push(t.elapsed());
-        }
-        send.finish()?;
-        let rtt = summarize(&mut samples);
-        // Throughput: write for one second while the echo drains; count frames back.
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let reader = tokio::spawn(async move {
-            let mut n = 0u64;
-            while let Ok(Some(_)) = tsn_protocol::read_frame(&mut recv).await {
-                n += 1;
+/// B: echoes the bytes of every stream as they arrive (whatever has arrived goes back
+/// in one write, as a server answers a batch at once).
+async fn echo(ep: quinn::Endpoint) {
+    while let Some(inc) = ep.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = inc.await else { return };
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut recv, &mut send).await;
+                });
             }
-            n
         });
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(1) {
-            for _ in 0..256 {
-                tsn_protocol::write_frame(&mut send, &payload).await?;
-            }
-        }
-        send.finish()?;
-        let n = reader.await?;
-        best.push((rtt, n as f64 / t.elapsed().as_secs_f64()));
     }
-    conn.close(0u32.into(), b"");
-    drop(echo);
-    let mut p50s: Vec<f64> = best.iter().map(|b| b.0.p50_us).collect();
-    let mid = median(&mut p50s);
-    let chosen = best
-        .iter()
-        .find(|b| b.0.p50_us == mid)
-        .map(|b| b.0.clone())
-        .unwrap_or_else(|| best[0].0.clone());
-    let mut tput: Vec<f64> = best.iter().map(|b| b.1).collect();
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(Floor {
-        rtt: chosen,
-        frames_per_s: median(&mut tput),
-    })
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("tsn-bench-floor-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// A: for each client stream, a stream to B on A's one connection to B; the bytes go
+/// client -> B as they arrive and B's answers go back to the client as they arrive,
+/// whatever has arrived in one write. No frame is parsed on the way: the least work
+/// that two round trips through quinn can cost.
+async fn forward(ep: quinn::Endpoint, b: SocketAddr) {
+    let Ok(connecting) = ep.connect(b, tsn_certs::SERVER_NAME) else {
+        return;
+    };
+    let Ok(to_b) = connecting.await else { return };
+    while let Some(inc) = ep.accept().await {
+        let to_b = to_b.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = inc.await else { return };
+            while let Ok((mut c_send, mut c_recv)) = conn.accept_bi().await {
+                let Ok((mut b_send, mut b_recv)) = to_b.open_bi().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut c_recv, &mut b_send).await;
+                    let _ = b_send.finish();
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut b_recv, &mut c_send).await;
+                });
+            }
+        });
+    }
+}
+
+/// The floor's two parties, running.
+pub struct Floor {
+    _a: Party,
+    _b: Party,
+    a_addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for Floor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Floor").field("a", &self.a_addr).finish()
+    }
+}
+
+impl Floor {
+    /// Starts B, then A connected to B.
+    pub fn start() -> Result<Floor> {
+        let dir = std::env::temp_dir().join(format!("tsn-bench-floor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let b = Party::start(&dir, echo)?;
+        let b_addr = b.addr;
+        let a = Party::start(&dir, move |ep| forward(ep, b_addr))?;
+        Ok(Floor {
+            a_addr: a.addr,
+            _a: a,
+            _b: b,
+            dir,
+        })
+    }
+
+    /// `sessions` clients, each with a connection of its own to A and one stream on it.
+    pub async fn rig(&self, sessions: usize) -> Result<Rig> {
+        let ep = session::endpoint(&self.dir)?;
+        let mut rig = Rig::new();
+        for _ in 0..sessions {
+            let conn = session::connect(&ep, &self.a_addr.to_string()).await?;
+            let (send, recv) = conn.open_bi().await?;
+            rig.sessions
+                .push((Tx::Raw(send), Rx::Raw(FrameReader::new(recv))));
+            rig.conns.push(conn);
+        }
+        // A stream reaches A with its first frame: one round trip per session first.
+        let plan = crate::load::Plan {
+            rate: 1000.0,
+            warm: std::time::Duration::ZERO,
+            measure: std::time::Duration::from_millis(sessions as u64),
+            drain: std::time::Duration::from_secs(5),
+            deliver_drain: std::time::Duration::ZERO,
+            arrivals: crate::load::Arrivals::Even,
+        };
+        let o = crate::load::run(&mut rig, &plan).await?;
+        if o.unanswered > 0 || !o.failures.is_empty() {
+            return Err(anyhow!("floor set-up failed: {:?}", o.failures));
+        }
+        Ok(rig)
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

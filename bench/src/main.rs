@@ -1,67 +1,232 @@
 //! `tsn_bench`: starts the real TSN binaries on loopback (the ones next to this
-//! executable, so build with `cargo build --release`) and measures them. Prints a
-//! Markdown table and writes the figures as JSON. See BENCHMARKS.md.
+//! executable, so build with `cargo build --release`) and measures them with open-loop
+//! load against a plain-quinn floor. Prints Markdown tables, writes the figures as JSON
+//! and draws SVG charts. See BENCHMARKS.md.
 
+mod charts;
 mod floor;
+mod load;
+mod progress;
 mod scenarios;
 mod session;
 mod stats;
 
-use clap::Parser;
+use std::time::Instant;
 
-/// Measures TSN on loopback against a raw-quinn floor.
+use clap::Parser;
+use scenarios::{Curve, Delivery, Failover, Point};
+use stats::{median, row, verdict, Row};
+
+/// Measures TSN on loopback against a plain-quinn floor, with open-loop load.
 #[derive(Debug, Parser)]
 #[command(name = "tsn_bench", version, about)]
 struct Opts {
-    /// Sections to run (1-8, comma-separated); all by default.
+    /// Sections to run (1-8, comma-separated); all by default. 1 floor, 2 and 3 the
+    /// load curves with --ack replicated and --ack durable (they run the floor too, for
+    /// the ratios), 4 delivery event vs period, 5 fan-out, 6 connections held, 7
+    /// failover, 8 cost at rest.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
 
-    /// Repetitions of each latency run; figures are medians over them.
-    #[arg(long, default_value_t = 3)]
+    /// Repetitions: each curve point, delivery phase and fan-out is measured this many
+    /// times (latency histograms merged, rates the median); 10 failovers per
+    /// repetition.
+    #[arg(long, default_value_t = 1)]
     runs: usize,
 
     /// Users for the scale, fan-out and cost sections.
     #[arg(long, default_value_t = 10_000)]
     users: u32,
 
-    /// Seconds of each throughput run.
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
+    /// Recorded seconds of each point of a load curve.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+
+    /// Seconds at the start of each point that are not recorded (warm-up).
+    #[arg(long, default_value_t = 1.0)]
+    warm: f64,
+
+    /// Client sessions of the load curves and the floor, each on a connection of its own.
+    #[arg(long, default_value_t = 64)]
+    sessions: usize,
+
+    /// Offered rates of the load curves (posts/s, comma-separated); each curve stops at
+    /// the first rate the system does not keep up with.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "200,500,1000,2000,5000,10000,20000,30000,40000,60000,80000"
+    )]
+    rates: Vec<f64>,
 
     /// Where to write the JSON figures.
     #[arg(long, default_value = "bench-results.json")]
     json: std::path::PathBuf,
+
+    /// Directory for the SVG charts.
+    #[arg(long, default_value = "bench/charts")]
+    charts: std::path::PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
     let opts = Opts::parse();
+    let started = Instant::now();
     let want = |s: u32| opts.only.is_empty() || opts.only.contains(&s);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let mut rows = Vec::new();
-    let floor = rt.block_on(floor::measure(opts.runs))?;
-    rows.extend(floor.rows());
-    let cfg = scenarios::Settings {
-        runs: opts.runs,
+    let s = scenarios::Settings {
+        runs: opts.runs.max(1),
         users: opts.users,
         seconds: opts.seconds,
-        floor_rtt_us: floor.rtt.p50_us,
+        warm: opts.warm,
+        sessions: opts.sessions,
+        rates: opts.rates.clone(),
+        delivery_seconds: 10.0,
+        delivery_rate: 50.0,
     };
-    if want(2) || want(3) {
-        rows.extend(scenarios::ack_and_throughput(&rt, &cfg, want(2), want(3))?);
+    let points = opts.rates.len() as u64;
+    let mut steps = 0;
+    if want(1) || want(2) || want(3) {
+        steps += points;
+    }
+    steps += points * (u64::from(want(2)) + u64::from(want(3)) + u64::from(want(4)));
+    steps += 4 * u64::from(want(4));
+    steps += 10 * s.runs as u64 * u64::from(want(7));
+    steps += 2 * u64::from(want(8));
+    if want(5) || want(6) || want(8) {
+        steps += 1 + s.runs as u64 * u64::from(want(5));
+    }
+    progress::start(steps);
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut floor: Option<Curve> = None;
+    let mut acks: Vec<Curve> = Vec::new();
+    let mut dcurve: Option<Curve> = None;
+    let mut delivery: Vec<Delivery> = Vec::new();
+    let mut failovers: Vec<Failover> = Vec::new();
+    // A section that fails is reported and the others still run.
+    let mut errors: Vec<String> = Vec::new();
+    let mut keep = |section: &str, r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            progress::note(format!("section {section} failed: {e:#}"));
+            errors.push(format!("section {section}: {e:#}"));
+        }
+    };
+    if want(1) || want(2) || want(3) {
+        keep(
+            "1",
+            scenarios::floor(&rt, &s).map(|c| {
+                floor = Some(c);
+            }),
+        );
+    }
+    for (sec, mode) in [(2, "replicated"), (3, "durable")] {
+        if want(sec) {
+            let section = sec.to_string();
+            keep(
+                &section,
+                scenarios::ack_curve(&rt, &s, mode, &section).map(|c| acks.push(c)),
+            );
+        }
     }
     if want(4) {
-        rows.extend(scenarios::delivery(&rt, &cfg)?);
+        keep(
+            "4",
+            scenarios::delivery(&rt, &s).map(|d| {
+                delivery = d;
+            }),
+        );
+        keep(
+            "4 (under load)",
+            scenarios::delivery_curve(&rt, &s).map(|c| {
+                dcurve = Some(c);
+            }),
+        );
     }
     if want(7) {
-        rows.extend(scenarios::failover(&rt, &cfg)?);
+        keep(
+            "7",
+            scenarios::failover(&rt, &s).map(|f| {
+                failovers = f;
+            }),
+        );
     }
+    if want(8) {
+        keep("8", scenarios::cost(&rt, &s).map(|r| rows.extend(r)));
+    }
+    let mut scale_rows = Vec::new();
     if want(5) || want(6) || want(8) {
-        rows.extend(scenarios::scale(&rt, &cfg, want(5), want(6), want(8))?);
+        keep(
+            "5/6",
+            scenarios::scale(&rt, &s, want(5), want(8)).map(|r| {
+                scale_rows = r;
+            }),
+        );
     }
+    progress::finish();
+
+    let mut head = Vec::new();
+    if let Some(f) = &floor {
+        head.extend(floor_rows(f));
+    }
+    for c in &acks {
+        head.extend(curve_rows(c, floor.as_ref()));
+    }
+    head.extend(delivery_rows(&delivery));
+    if let Some(c) = &dcurve {
+        head.extend(delivery_curve_rows(c));
+    }
+    head.extend(failover_rows(&failovers));
+    head.extend(scale_rows);
+    head.extend(rows);
+    let rows = head;
+
     println!("{}", stats::table(&rows));
+    if let Some(f) = &floor {
+        println!("{}", curve_table(f, None, false));
+    }
+    for c in &acks {
+        println!("{}", curve_table(c, floor.as_ref(), false));
+    }
+    if !delivery.is_empty() {
+        println!("{}", delivery_table(&delivery));
+    }
+    if let Some(c) = &dcurve {
+        println!("{}", curve_table(c, None, true));
+    }
+    if !failovers.is_empty() {
+        println!("{}", failover_table(&failovers));
+    }
+    for e in &errors {
+        println!("failed: {e}\n");
+    }
+
+    let mut drawn = Vec::new();
+    if floor.is_some() || !acks.is_empty() {
+        let refs: Vec<&Curve> = acks.iter().collect();
+        let p = opts.charts.join("ack-latency-vs-load.svg");
+        charts::ack_curves(&p, floor.as_ref(), &refs)?;
+        drawn.push(p);
+    }
+    if let Some(c) = &dcurve {
+        let p = opts.charts.join("delivery-latency-vs-load.svg");
+        charts::delivery_curves(&p, c)?;
+        drawn.push(p);
+    }
+    for q in [500, 50] {
+        if delivery.iter().any(|d| d.period_ms == q) {
+            let p = opts
+                .charts
+                .join(format!("delivery-event-vs-period-q{q}.svg"));
+            charts::delivery_distribution(&p, &delivery, q)?;
+            drawn.push(p);
+        }
+    }
+    for p in &drawn {
+        eprintln!("chart written to {}", p.display());
+    }
+
     let machine = format!(
         "{} cores, {}",
         std::thread::available_parallelism()
@@ -79,8 +244,396 @@ fn main() -> anyhow::Result<()> {
             )
             .unwrap_or_default()
     );
-    let json = serde_json::json!({ "machine": machine, "runs": opts.runs, "rows": rows });
+    let json = serde_json::json!({
+        "machine": machine,
+        "args": std::env::args().skip(1).collect::<Vec<_>>(),
+        "runs": s.runs,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "rows": rows,
+        "floor": floor,
+        "curves": acks,
+        "delivery_curve": dcurve,
+        "delivery": delivery,
+        "failovers": failovers,
+        "errors": errors,
+    });
     std::fs::write(&opts.json, serde_json::to_string_pretty(&json)?)?;
-    eprintln!("figures written to {}", opts.json.display());
+    eprintln!(
+        "figures written to {} ({:.0} s in all)",
+        opts.json.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
+}
+
+fn floor_rows(f: &Curve) -> Vec<Row> {
+    let mut rows = Vec::new();
+    if let Some(p) = f.points.first() {
+        for (name, v) in p.answer.named() {
+            if name == "p50" || name == "p99" {
+                rows.push(row(
+                    "1",
+                    format!(
+                        "floor, 2 quinn round trips, {:.0}/s offered, {name}",
+                        p.offered
+                    ),
+                    v,
+                    "us",
+                ));
+            }
+        }
+    }
+    if let Some(p) = f.sustained() {
+        rows.push(row(
+            "1",
+            "floor: highest offered rate sustained",
+            p.offered,
+            "req/s",
+        ));
+    }
+    rows
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (a.is_finite() && b.is_finite() && b > 0.0).then(|| a / b)
+}
+
+fn curve_rows(c: &Curve, floor: Option<&Curve>) -> Vec<Row> {
+    let sec = c.section.as_str();
+    let mut rows = Vec::new();
+    if let Some(p) = c.points.first() {
+        let f = floor.and_then(|f| f.at(p.offered));
+        for (name, v) in p.answer.named() {
+            let mut r = row(
+                sec,
+                format!(
+                    "{} at {:.0}/s offered (low load), {name}",
+                    c.label, p.offered
+                ),
+                v,
+                "us",
+            );
+            if let (Some(f), true) = (f, name != "max") {
+                let fv = f
+                    .answer
+                    .named()
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(f64::NAN, |x| x.1);
+                r.vs_floor = ratio(v, fv);
+            }
+            rows.push(r);
+        }
+    }
+    if let Some(p) = c.sustained() {
+        let mut r = row(
+            sec,
+            format!(
+                "{}: highest offered rate sustained (achieved {:.0}/s, p99 {:.0} us)",
+                c.label, p.achieved, p.answer.p99_us
+            ),
+            p.offered,
+            "posts/s",
+        );
+        if c.label.contains("replicated") {
+            r.target = Some(format!(">= 20000: {}", verdict(p.achieved >= 20_000.0)));
+        }
+        rows.push(r);
+    }
+    if let Some(p) = c
+        .points
+        .iter()
+        .rev()
+        .find(|p| !p.saturated && p.answer.p99_us <= 10_000.0)
+    {
+        rows.push(row(
+            sec,
+            format!(
+                "{}: highest offered rate with p99 <= 10 ms (achieved {:.0}/s, p99 {:.0} us)",
+                c.label, p.achieved, p.answer.p99_us
+            ),
+            p.offered,
+            "posts/s",
+        ));
+    }
+    if let Some(p) = c.points.last().filter(|p| p.saturated) {
+        rows.push(row(
+            sec,
+            format!(
+                "{}: saturated at {:.0}/s offered, achieved (p99 {:.0} us)",
+                c.label, p.offered, p.answer.p99_us
+            ),
+            p.achieved,
+            "posts/s",
+        ));
+    }
+    rows
+}
+
+fn delivery_curve_rows(c: &Curve) -> Vec<Row> {
+    let mut rows = Vec::new();
+    if let Some(p) = c.sustained() {
+        rows.push(row(
+            "4",
+            format!(
+                "{}: highest offered rate delivered in full (achieved {:.0}/s)",
+                c.label, p.achieved
+            ),
+            p.offered,
+            "posts/s",
+        ));
+        rows.extend(delivery_load_rows(c, p, "highest sustained"));
+    }
+    if let Some(p) = c.points.last().filter(|p| p.saturated) {
+        rows.push(row(
+            "4",
+            format!(
+                "{}: saturated at {:.0}/s offered: posts not delivered within 6 s",
+                c.label, p.offered
+            ),
+            p.undelivered.iter().sum::<u64>() as f64,
+            "posts",
+        ));
+        rows.extend(delivery_load_rows(c, p, "saturated"));
+    }
+    rows
+}
+
+fn delivery_load_rows(c: &Curve, p: &Point, at: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    if let Some(l) = p.cross {
+        rows.push(row(
+            "4",
+            format!(
+                "{}: to the other cluster at {:.0}/s ({at}), p50",
+                c.label, p.offered
+            ),
+            l.p50_us / 1e3,
+            "ms",
+        ));
+        let mut r = row(
+            "4",
+            format!(
+                "{}: to the other cluster at {:.0}/s ({at}), p99",
+                c.label, p.offered
+            ),
+            l.p99_us / 1e3,
+            "ms",
+        );
+        r.target = Some(format!("<= 520 ms: {}", verdict(l.p99_us <= 520e3)));
+        rows.push(r);
+    }
+    if let Some(l) = p.cross_after_ack {
+        rows.push(row(
+            "4",
+            format!("{}: the same, from the acknowledgement, p99", c.label),
+            l.p99_us / 1e3,
+            "ms",
+        ));
+    }
+    rows
+}
+
+fn delivery_rows(d: &[Delivery]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for x in d.iter().filter(|x| x.path == "cross") {
+        for (name, v) in [("p50", x.lat.p50_us), ("p99", x.lat.p99_us)] {
+            let mut r = row(
+                "4",
+                format!(
+                    "delivery to the other cluster, -q {}, --delivery {}, low load, {name}",
+                    x.period_ms, x.mode
+                ),
+                v / 1e3,
+                "ms",
+            );
+            if x.mode == "event" && x.period_ms == 500 {
+                let limit = if name == "p50" { 2.0 } else { 10.0 };
+                r.target = Some(format!("<= {limit} ms: {}", verdict(v / 1e3 <= limit)));
+            }
+            rows.push(r);
+        }
+    }
+    rows
+}
+
+fn failover_rows(f: &[Failover]) -> Vec<Row> {
+    if f.is_empty() {
+        return Vec::new();
+    }
+    let mut det: Vec<f64> = f.iter().map(|x| x.detection_ms).collect();
+    let mut mov: Vec<f64> = f.iter().map(|x| x.move_ms).collect();
+    let mut tot: Vec<f64> = f.iter().map(|x| x.detection_ms + x.move_ms).collect();
+    let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
+    let n = f.len();
+    let mut r = row(
+        "7",
+        format!("failover, kill -9 -> next post acknowledged, median of {n} (100 ms heartbeat)"),
+        median(&mut tot),
+        "ms",
+    );
+    r.target = Some(format!("< 1000 ms: {}", verdict(max(&tot) < 1000.0)));
+    vec![
+        row(
+            "7",
+            format!("failover detection: kill -9 -> promotion, median of {n}"),
+            median(&mut det),
+            "ms",
+        ),
+        row("7", "failover detection, max", max(&det), "ms"),
+        row(
+            "7",
+            format!("client's move: promotion -> next acknowledgement, median of {n}"),
+            median(&mut mov),
+            "ms",
+        ),
+        row("7", "client's move, max", max(&mov), "ms"),
+        r,
+        row("7", "failover in all, max", max(&tot), "ms"),
+    ]
+}
+
+fn us(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.0}")
+    } else {
+        "-".into()
+    }
+}
+
+fn ms(v: f64) -> String {
+    if v.is_finite() {
+        format!("{:.1}", v / 1e3)
+    } else {
+        "-".into()
+    }
+}
+
+fn curve_table(c: &Curve, floor: Option<&Curve>, deliveries: bool) -> String {
+    let mut out = format!(
+        "{} (µs from the intended send time{})\n\n",
+        c.label,
+        if deliveries { "; deliveries in ms" } else { "" }
+    );
+    out.push_str("| offered/s | achieved/s | p50 | p90 | p99 | p99.9 | max | send lag p50/p99 |");
+    let mut cols = 8;
+    if floor.is_some() {
+        out.push_str(" floor p50 | floor p99 | × floor p50 | × floor p99 |");
+        cols += 4;
+    }
+    if deliveries {
+        out.push_str(
+            " other cluster p50 | p90 | p99 | p99.9 | max | p99 from the ack | same cluster p50 | p99 | not delivered |",
+        );
+        cols += 9;
+    }
+    out.push_str(" busiest processes, % of a core |");
+    cols += 1;
+    out.push_str("\n|");
+    for _ in 0..cols {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    for p in &c.points {
+        let a = p.answer;
+        out.push_str(&format!(
+            "| {:.0}{} | {:.0} | {} | {} | {} | {} | {} | {}/{} |",
+            p.offered,
+            if p.saturated { " (saturated)" } else { "" },
+            p.achieved,
+            us(a.p50_us),
+            us(a.p90_us),
+            us(a.p99_us),
+            us(a.p999_us),
+            us(a.max_us),
+            us(p.send_lag.p50_us),
+            us(p.send_lag.p99_us),
+        ));
+        if let Some(f) = floor {
+            let fl = f.at(p.offered).map(|x| x.answer);
+            let fp50 = fl.map_or(f64::NAN, |l| l.p50_us);
+            let fp99 = fl.map_or(f64::NAN, |l| l.p99_us);
+            let x = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or("-".into());
+            out.push_str(&format!(
+                " {} | {} | {} | {} |",
+                us(fp50),
+                us(fp99),
+                x(ratio(a.p50_us, fp50)),
+                x(ratio(a.p99_us, fp99)),
+            ));
+        }
+        if deliveries {
+            let cross = p.cross.unwrap_or_default();
+            let same = p.same.unwrap_or_default();
+            let after = p.cross_after_ack.unwrap_or_default();
+            out.push_str(&format!(
+                " {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                ms(cross.p50_us),
+                ms(cross.p90_us),
+                ms(cross.p99_us),
+                ms(cross.p999_us),
+                ms(cross.max_us),
+                ms(after.p99_us),
+                ms(same.p50_us),
+                ms(same.p99_us),
+                p.undelivered.iter().sum::<u64>(),
+            ));
+        }
+        let mut cpu = p.cpu.clone();
+        cpu.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out.push_str(&format!(
+            " {} |",
+            cpu.iter()
+                .take(4)
+                .map(|(n, c)| format!("{n} {c:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        out.push('\n');
+    }
+    out
+}
+
+fn delivery_table(d: &[Delivery]) -> String {
+    let mut out = String::from(
+        "delivery at low load (ms from the intended send time)\n\n| -q | --delivery | follower | posts | p50 | p90 | p99 | p99.9 | max | missing |\n|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for x in d {
+        let l = x.lat;
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
+            x.period_ms,
+            x.mode,
+            if x.path == "cross" {
+                "other cluster"
+            } else {
+                "same cluster"
+            },
+            l.n,
+            l.p50_us / 1e3,
+            l.p90_us / 1e3,
+            l.p99_us / 1e3,
+            l.p999_us / 1e3,
+            l.max_us / 1e3,
+            x.undelivered
+        ));
+    }
+    out
+}
+
+fn failover_table(f: &[Failover]) -> String {
+    let mut out = String::from(
+        "failovers (ms)\n\n| run | detection | move | in all | refused first |\n|---:|---:|---:|---:|---:|\n",
+    );
+    for (i, x) in f.iter().enumerate() {
+        out.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.1} | {} |\n",
+            i + 1,
+            x.detection_ms,
+            x.move_ms,
+            x.detection_ms + x.move_ms,
+            x.not_active
+        ));
+    }
+    out
 }

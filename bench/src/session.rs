@@ -92,6 +92,11 @@ impl Timeline {
         self.recv.next_msg::<TimelineDown>().await.ok().flatten()
     }
 
+    /// Its two halves, for a sender and a receiver that run apart.
+    pub fn into_parts(self) -> (quinn::SendStream, FrameReader<quinn::RecvStream>) {
+        (self.send, self.recv)
+    }
+
     /// Sends a post.
     pub async fn post(&mut self, nonce: u64, text: String) -> Result<()> {
         tsn_protocol::write_msg(&mut self.send, &TimelineUp::Post { nonce, text }).await?;
