@@ -16,15 +16,42 @@ use super::ClientOpts;
 
 /// Idle timeout of the client's connections.
 const IDLE: Duration = Duration::from_secs(4);
-/// Pause between reconnection attempts.
-const RETRY: Duration = Duration::from_millis(250);
+/// Longest pause between reconnection attempts.
+const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Attempts at one command before giving up on it.
 const COMMAND_ATTEMPTS: u32 = 3;
+
+/// The client's one connection to the coordinator, dialled again only once it is gone.
+#[derive(Debug, Clone, Default)]
+struct CoordConn(std::sync::Arc<tokio::sync::Mutex<Option<quinn::Connection>>>);
+
+impl CoordConn {
+    async fn get(
+        &self,
+        endpoint: &quinn::Endpoint,
+        coordinator: &str,
+    ) -> Result<quinn::Connection, crate::net::NetError> {
+        let mut slot = self.0.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let c = crate::net::connect(endpoint, coordinator).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn forget(&self) {
+        if let Some(c) = self.0.lock().await.take() {
+            c.close(0u32.into(), b"failed");
+        }
+    }
+}
 
 /// A logged-in connection to the active server of the user's cluster.
 #[derive(Debug)]
 pub struct Link {
     endpoint: quinn::Endpoint,
+    coord: CoordConn,
     coordinator: String,
     user: UserId,
     reconnect_for: Duration,
@@ -50,10 +77,12 @@ impl Link {
         endpoint.set_default_client_config(root.client_config(crate::net::transport(IDLE))?);
         let key_dir = opts.key_dir.as_ref().unwrap_or(&opts.common.cert_dir);
         let key = UserKey::load_or_create(key_dir, opts.user)?;
+        let coord = CoordConn::default();
         let (server, conn) =
-            connect_and_login(&endpoint, &opts.coordinator, opts.user, &key).await?;
+            connect_and_login(&endpoint, &coord, &opts.coordinator, opts.user, &key).await?;
         Ok(Link {
             endpoint,
+            coord,
             coordinator: opts.coordinator.clone(),
             user: opts.user,
             reconnect_for: Duration::from_secs(opts.reconnect_secs),
@@ -98,8 +127,18 @@ impl Link {
         self.conn.close(0u32.into(), b"reconnecting");
         let started = Instant::now();
         let mut last_error = None;
+        // Jittered, so that the clients of a failed server do not all ask in lockstep.
+        let mut pauses = crate::net::backoff();
         while Instant::now() < deadline {
-            match connect_and_login(&self.endpoint, &self.coordinator, self.user, &self.key).await {
+            match connect_and_login(
+                &self.endpoint,
+                &self.coord,
+                &self.coordinator,
+                self.user,
+                &self.key,
+            )
+            .await
+            {
                 Ok((server, conn)) => {
                     tracing::info!(%server, "reconnected");
                     self.out.notice(&format!("Reconnected to server {server}"));
@@ -114,7 +153,11 @@ impl Link {
                 Err(e) => {
                     tracing::debug!("reconnect attempt failed: {e:#}");
                     last_error = Some(e);
-                    tokio::time::sleep(RETRY).await;
+                    let pause = pauses.next().unwrap_or(RETRY_MAX);
+                    tokio::time::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
                 }
             }
         }
@@ -131,10 +174,11 @@ impl Link {
     /// another server than the one in use (false when the coordinator cannot say).
     pub fn probe(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
         let endpoint = self.endpoint.clone();
+        let coord = self.coord.clone();
         let coordinator = self.coordinator.clone();
         let (user, server) = (self.user, self.server.clone());
         async move {
-            match assigned_server(&endpoint, &coordinator, user).await {
+            match assigned_server(&endpoint, &coord, &coordinator, user).await {
                 Ok(addr) => addr != server,
                 Err(_) => false,
             }
@@ -161,6 +205,9 @@ impl Link {
     /// Closes the connection and waits briefly for the close to reach the server.
     pub async fn close(&self) {
         self.conn.close(0u32.into(), b"bye");
+        if let Some(c) = self.coord.0.lock().await.take() {
+            c.close(0u32.into(), b"bye");
+        }
         let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
     }
 }
@@ -169,11 +216,12 @@ impl Link {
 /// words what is at that address when it is not a coordinator.
 async fn assigned_server(
     endpoint: &quinn::Endpoint,
+    coord: &CoordConn,
     coordinator: &str,
     user: UserId,
 ) -> anyhow::Result<String> {
     use crate::net::NetError;
-    let conn = match crate::net::connect(endpoint, coordinator).await {
+    let conn = match coord.get(endpoint, coordinator).await {
         Ok(conn) => conn,
         Err(NetError::Timeout { .. }) => bail!(
             "no TSN coordinator answers at {coordinator} (nothing answered QUIC within {} s: \
@@ -187,7 +235,9 @@ async fn assigned_server(
     let reply =
         crate::net::call::<_, CoordReply>(&conn, &CoordRequest::AssignClient { client: user })
             .await;
-    conn.close(0u32.into(), b"done");
+    if reply.is_err() {
+        coord.forget().await;
+    }
     let not_coordinator = |what: String| {
         anyhow!(
             "{coordinator} is not a TSN coordinator ({what}); -c takes the coordinator's \
@@ -229,11 +279,12 @@ fn refused_question(e: &crate::net::NetError) -> bool {
 
 async fn connect_and_login(
     endpoint: &quinn::Endpoint,
+    coord: &CoordConn,
     coordinator: &str,
     user: UserId,
     key: &UserKey,
 ) -> anyhow::Result<(String, quinn::Connection)> {
-    let server = assigned_server(endpoint, coordinator, user).await?;
+    let server = assigned_server(endpoint, coord, coordinator, user).await?;
     let conn = crate::net::connect(endpoint, &server)
         .await
         .with_context(|| format!("server {server}"))?;
