@@ -54,6 +54,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// most [`TIMELINE_RESUME_MAX`] entries, among them posts of this client (at most that
 /// many plus those in flight), so this many covers every repeat with room to spare.
 const RECENT_IDS: usize = 4 * (TIMELINE_RESUME_MAX + MAX_UNACKED);
+/// How long the server may take to open the timeline. Reopening after a reconnect makes
+/// it read back everything the client missed, which a busy server may take seconds to
+/// do; giving up sooner would only make it start again. A server that is gone is still
+/// noticed within the connection's idle timeout.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of posts the writer gathers into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -217,7 +222,7 @@ impl Timeline<'_> {
             tsn_protocol::write_msg(&mut send, &request).await?;
             reader.next_msg::<ClientReply>().await
         };
-        match tokio::time::timeout(crate::net::REQUEST_TIMEOUT, opened).await {
+        match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
             Ok(Ok(Some(ClientReply::Ok))) => {}
             Ok(Ok(Some(ClientReply::Failed(CommandError::NotActive)))) => {
                 return Outcome::Reconnect("no longer the active server".into())
