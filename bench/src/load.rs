@@ -358,12 +358,10 @@ pub async fn run(rig: &mut Rig, plan: &Plan) -> Result<Outcome> {
     }
 
     // The pacer: a thread of its own, so that the schedule does not wait for the
-    // runtime's timer wheel (1 ms) or for busy workers.
+    // runtime's timer wheel (1 ms) or for busy workers. It sleeps with the timer slack
+    // that `main` sets for the process (1 ns where Linux allows it).
     let at_p = at.clone();
     let pacer = std::thread::spawn(move || {
-        // Sleep to the microsecond, not to the default 50 µs timer slack. Best effort:
-        // the generator's lag is measured and reported either way.
-        let _ = std::fs::write("/proc/thread-self/timerslack_ns", "1");
         for n in 0..total {
             let intended = t0 + at_p[n as usize];
             let now = Instant::now();

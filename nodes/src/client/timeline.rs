@@ -58,6 +58,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// back as entries), and the entries of a timeline reopened by time after the sync
 /// service's journal was begun anew (numbered entries are told apart by their numbers).
 const RECENT_IDS: usize = 4 * (1000 + MAX_UNACKED);
+/// How long the server may take to open the timeline. Reopening after a reconnect makes
+/// it read back everything the client missed, which a busy server may take seconds to
+/// do; giving up sooner would only make it start again. A server that is gone is still
+/// noticed within the connection's idle timeout.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of posts the writer gathers into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -221,7 +226,7 @@ impl Timeline<'_> {
             tsn_protocol::write_msg(&mut send, &request).await?;
             reader.next_msg::<ClientReply>().await
         };
-        match tokio::time::timeout(crate::net::REQUEST_TIMEOUT, opened).await {
+        match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
             Ok(Ok(Some(ClientReply::Ok))) => {}
             Ok(Ok(Some(ClientReply::Failed(CommandError::NotActive)))) => {
                 return Outcome::Reconnect("no longer the active server".into())
