@@ -98,3 +98,21 @@ fn a_node_with_another_heartbeat_interval_uses_the_coordinators() -> anyhow::Res
     reader.expect_contains(">> across a heartbeat mismatch", Duration::from_secs(10))?;
     Ok(())
 }
+
+/// A normal start-up says what happens at info and warns about nothing.
+#[test]
+fn a_normal_start_up_logs_no_warning() -> anyhow::Result<()> {
+    let sys = System::start(Config::default())?;
+    std::thread::sleep(Duration::from_secs(2));
+    let logs = std::fs::read_dir(sys.dir.path().join("logs"))?;
+    for entry in logs {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        let loud: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        assert!(loud.is_empty(), "{}: {loud:#?}", path.display());
+    }
+    Ok(())
+}
