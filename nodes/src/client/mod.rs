@@ -27,9 +27,10 @@ use console::{Ask, Event, Input, Output, Stop};
 use link::Link;
 use words::Command;
 
-/// `tsn_client`: log in as a user and follow, unfollow, list and post.
+/// The TSN client: log in as a user (with the user's key, created on first use), then
+/// FOLLOW, UNFOLLOW, LIST, and post and read in TIMELINE.
 #[derive(Debug, Parser)]
-#[command(name = "tsn_client", version, about, long_about = None)]
+#[command(name = "tsn_client", version, long_about = None)]
 pub struct ClientOpts {
     /// Coordinator address, <coordIP>:<coordPort>.
     #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port, env = "TSN_COORDINATOR")]
