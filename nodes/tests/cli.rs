@@ -14,7 +14,7 @@ fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn help_lists_the_original_flags() {
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 6] = [
         (
             env!("CARGO_BIN_EXE_tsn_coordinator"),
             &[
