@@ -77,7 +77,8 @@ pub async fn run(opts: &AdminOpts) -> anyhow::Result<String> {
     )
     .await?;
     conn.close(0u32.into(), b"done");
-    endpoint.wait_idle().await;
+    coord.close(0u32.into(), b"done");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     match reply {
         AdminReply::Done => Ok(format!(
             "user {user}'s key binding was reset on {server}: the next login binds anew"

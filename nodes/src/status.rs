@@ -82,7 +82,7 @@ pub async fn fetch(opts: &StatusOpts) -> anyhow::Result<RoutingTables> {
     let conn = crate::net::connect(&endpoint, &opts.coordinator).await?;
     let reply = crate::net::call::<_, CoordReply>(&conn, &CoordRequest::Status).await?;
     conn.close(0u32.into(), b"done");
-    endpoint.wait_idle().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     match reply {
         CoordReply::Status(t) => Ok(t),
         other => bail!("unexpected reply {other:?}"),
