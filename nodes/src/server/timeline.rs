@@ -218,7 +218,10 @@ fn opening(shared: &Shared, user: UserId, since: Option<TimelinePos>) -> Opening
             pos: TimelinePos { seq, ..at },
         };
     };
-    if since.log == log {
+    // Log 0 is "not known yet" (a session opened before this server had read anything of
+    // its sync service): the numbers it gave out are those of the journal it then read.
+    let same_log = since.log == log || since.log == 0 || log == 0;
+    if same_log {
         if let Some(entries) = model.entries_after(user, since.seq) {
             return Opening {
                 entries,
@@ -244,7 +247,7 @@ fn opening(shared: &Shared, user: UserId, since: Option<TimelinePos>) -> Opening
             Vec::new()
         }
     };
-    let mut entries: Vec<(u64, Post)> = if since.log == log {
+    let mut entries: Vec<(u64, Post)> = if same_log {
         on_disk
             .into_iter()
             .filter(|(s, _)| *s > since.seq)
@@ -258,7 +261,7 @@ fn opening(shared: &Shared, user: UserId, since: Option<TimelinePos>) -> Opening
     };
     entries.sort_by_key(|(s, _)| *s);
     entries.dedup_by_key(|(s, _)| *s);
-    let seq = if since.log == log { since.seq } else { 0 };
+    let seq = if same_log { since.seq } else { 0 };
     Opening {
         entries,
         pos: TimelinePos { seq, ..at },
