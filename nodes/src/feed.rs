@@ -176,6 +176,26 @@ pub async fn serve(
     }
 }
 
+/// The first message of a feed of `log` of `cluster`, read by a node of `reader`, from a
+/// cursor: the [`Subscribe`] wrapped as the writer's kind of node expects it
+/// (`MirrorMsg::Subscribe` for a server, `SyncRequest::Subscribe` for a sync service).
+pub fn opener<M: serde::Serialize>(
+    cluster: tsn_protocol::ClusterId,
+    reader: tsn_protocol::ClusterId,
+    log: tsn_protocol::sync::FeedLog,
+    wrap: fn(tsn_protocol::sync::Subscribe) -> M,
+) -> impl Fn(Cursor) -> Vec<u8> {
+    move |from| {
+        tsn_protocol::encode(&wrap(tsn_protocol::sync::Subscribe {
+            cluster,
+            reader,
+            log,
+            from,
+        }))
+        .unwrap_or_default()
+    }
+}
+
 /// One batch read from a feed.
 #[derive(Debug)]
 pub struct Batch {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use tokio::sync::watch;
 use tsn_datastore::{AppendLog, Cursors, DatastoreError, Record, RoleDir};
-use tsn_protocol::sync::{Cursor, FeedLog, Subscribe, SyncRequest};
+use tsn_protocol::sync::{Cursor, FeedLog, SyncRequest};
 use tsn_protocol::UserId;
 
 use super::Shared;
@@ -101,15 +101,12 @@ pub async fn run(
 ) {
     let cluster = shared.cluster;
     let from = inbound.lock().unwrap_or_else(|e| e.into_inner()).cursor();
-    let open = move |at| {
-        tsn_protocol::encode(&SyncRequest::Subscribe(Subscribe {
-            cluster,
-            reader: cluster,
-            log: FeedLog::SyncJournal,
-            from: at,
-        }))
-        .unwrap_or_default()
-    };
+    let open = feed::opener(
+        cluster,
+        cluster,
+        FeedLog::SyncJournal,
+        SyncRequest::Subscribe,
+    );
     let apply = |batch: Batch| {
         let shared = shared.clone();
         let inbound = inbound.clone();

@@ -25,9 +25,10 @@ use clap::Parser;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tsn_datastore::Datastore;
+use tsn_datastore::DatastoreError;
 use tsn_protocol::coord::NodeKind;
 use tsn_protocol::mirror::MirrorMsg;
-use tsn_protocol::sync::{FeedLog, Subscribe, SyncReply, SyncRequest};
+use tsn_protocol::sync::{Cursor, Entry, FeedLog, SyncReply, SyncRequest};
 use tsn_protocol::ClusterId;
 
 use self::core::SyncCore;
@@ -259,39 +260,22 @@ async fn follow_server(
     settled: feed::Settled,
 ) {
     let key = core::server_key(kind);
-    let from = core.lock().unwrap_or_else(|e| e.into_inner()).cursor(&key);
-    let open = move |at| {
-        tsn_protocol::encode(&MirrorMsg::Subscribe(Subscribe {
-            cluster,
-            reader: cluster,
-            log: FeedLog::ServerJournal,
-            from: at,
-        }))
-        .unwrap_or_default()
-    };
-    let apply = |batch: Batch| {
-        let core = core.clone();
-        let key = key.clone();
-        async move {
-            let n = with_core(&core, move |c| c.absorb(&key, batch.entries, batch.next)).await??;
-            if n > 0 {
-                tracing::debug!(
-                    server = kind.as_str(),
-                    new = n,
-                    "changes taken from the server"
-                );
-            }
-            Ok(())
-        }
-    };
-    feed::follow(
-        format!("{} journal", kind.as_str()),
+    let open = feed::opener(
+        cluster,
+        cluster,
+        FeedLog::ServerJournal,
+        MirrorMsg::Subscribe,
+    );
+    let what = format!("{} journal", kind.as_str());
+    follow_into(
+        core,
         endpoint,
         addr,
-        from,
+        what,
+        key,
         settled,
         open,
-        apply,
+        SyncCore::absorb,
     )
     .await;
 }
@@ -311,37 +295,57 @@ async fn follow_outbox(
         }
     }
     let key = core::outbox_key(from_cluster);
+    let open = feed::opener(
+        from_cluster,
+        cluster,
+        FeedLog::SyncOutbox,
+        SyncRequest::Subscribe,
+    );
+    let what = format!("cluster {from_cluster} outbox");
+    let settled = watch::channel(false).0;
+    follow_into(
+        core,
+        endpoint,
+        addr,
+        what,
+        key,
+        settled,
+        open,
+        SyncCore::deliver,
+    )
+    .await;
+}
+
+/// What a sync service does with a batch of one of the feeds it reads.
+type Step = fn(&mut SyncCore, &str, Vec<Entry>, Cursor) -> Result<usize, DatastoreError>;
+
+/// Follows one feed for ever, handing each batch to `step` on the core (off the runtime)
+/// with the feed's cursor key.
+#[allow(clippy::too_many_arguments)]
+async fn follow_into(
+    core: Core,
+    endpoint: quinn::Endpoint,
+    addr: watch::Receiver<Option<String>>,
+    what: String,
+    key: String,
+    settled: feed::Settled,
+    open: impl Fn(Cursor) -> Vec<u8>,
+    step: Step,
+) {
     let from = core.lock().unwrap_or_else(|e| e.into_inner()).cursor(&key);
-    let open = move |at| {
-        tsn_protocol::encode(&SyncRequest::Subscribe(Subscribe {
-            cluster: from_cluster,
-            reader: cluster,
-            log: FeedLog::SyncOutbox,
-            from: at,
-        }))
-        .unwrap_or_default()
-    };
     let apply = |batch: Batch| {
         let core = core.clone();
         let key = key.clone();
+        let what = what.clone();
         async move {
-            let n = with_core(&core, move |c| c.deliver(&key, batch.entries, batch.next)).await??;
+            let n = with_core(&core, move |c| step(c, &key, batch.entries, batch.next)).await??;
             if n > 0 {
-                tracing::debug!(from = from_cluster, new = n, "records delivered");
+                tracing::debug!(feed = %what, new = n, "records taken");
             }
             Ok(())
         }
     };
-    feed::follow(
-        format!("cluster {from_cluster} outbox"),
-        endpoint,
-        addr,
-        from,
-        watch::channel(false).0,
-        open,
-        apply,
-    )
-    .await;
+    feed::follow(what.clone(), endpoint, addr, from, settled, open, apply).await;
 }
 
 /// Serves feeds to a peer: its outbox to sync services, its journal to its servers.
