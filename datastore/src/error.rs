@@ -25,6 +25,17 @@ pub enum DatastoreError {
         /// Why it does not parse.
         reason: String,
     },
+    /// The part of a segmented log holding an offset was deleted (a checkpoint covers
+    /// it): the reader needs the checkpointed state instead.
+    #[error("{path}: offset {offset} lies before the oldest segment kept (at {start})")]
+    Compacted {
+        /// The log.
+        path: PathBuf,
+        /// The offset asked for.
+        offset: u64,
+        /// The oldest offset kept.
+        start: u64,
+    },
 }
 
 /// Attaches a path to an I/O error.

@@ -53,6 +53,7 @@ pub mod log;
 pub mod logid;
 pub mod private;
 pub mod record;
+pub mod segments;
 pub mod tail;
 
 pub use atomic::{write_atomic, Durability};
@@ -62,4 +63,5 @@ pub use layout::{Datastore, RoleDir};
 pub use log::{read_records, AppendLog, Flusher};
 pub use logid::log_id;
 pub use record::{Record, RecordError};
+pub use segments::{SegmentFlusher, SegmentedLog, Segments};
 pub use tail::Tail;

@@ -189,6 +189,11 @@ impl AppendLog {
         })
     }
 
+    /// A second handle on the file, for [`crate::segments::SegmentFlusher`].
+    pub(crate) fn flusher_file(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> u64 {
         self.len

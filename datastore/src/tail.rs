@@ -2,28 +2,37 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::error::{io, DatastoreError};
 use crate::record::Record;
+use crate::segments::{Located, Segments};
 
 /// Most bytes read per call.
 const READ_CHUNK: usize = 1 << 20;
 
-/// Reads the complete records a writer appends to a file, from a byte offset on.
+/// Reads the complete records a writer appends to a log, from a byte offset on. The log
+/// may be segmented ([`Segments`]): offsets are logical, and the reader moves from one
+/// segment to the next.
 #[derive(Debug)]
 pub struct Tail {
-    path: PathBuf,
+    segments: Segments,
     offset: u64,
-    file: Option<File>,
+    /// The segment being read, and where it lies.
+    file: Option<(File, Located)>,
     buf: Vec<u8>,
 }
 
 impl Tail {
-    /// Follows `path` from `offset`.
+    /// Follows the plain file `path` from `offset`.
     pub fn new(path: impl Into<PathBuf>, offset: u64) -> Tail {
+        Tail::over(Segments::single(path), offset)
+    }
+
+    /// Follows a segmented log from logical offset `offset`.
+    pub fn over(segments: Segments, offset: u64) -> Tail {
         Tail {
-            path: path.into(),
+            segments,
             offset,
             file: None,
             buf: Vec::new(),
@@ -35,42 +44,56 @@ impl Tail {
         self.offset
     }
 
-    /// The file followed.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The log followed (its active segment).
+    pub fn path(&self) -> PathBuf {
+        self.segments.path()
     }
 
     /// Up to `max` complete records after the offset; the offset moves past exactly those.
-    /// A line still being written (no newline yet) is left for a later call.
+    /// A line still being written (no newline yet) is left for a later call. An offset
+    /// in a segment that was deleted is [`DatastoreError::Compacted`].
     pub fn read_new(&mut self, max: usize) -> Result<Vec<Record>, DatastoreError> {
         if max == 0 {
             return Ok(Vec::new());
         }
-        if self.file.is_none() {
-            match File::open(&self.path) {
-                Ok(f) => self.file = Some(f),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(io(&self.path)(e)),
+        // At most: the segment in hand, then the one after it (a rotation in between).
+        for _ in 0..2 {
+            if self.file.is_none() {
+                self.file = self.segments.open_at(self.offset)?;
+            }
+            let records = self.read_segment(max)?;
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            // Nothing new here: has the segment been sealed and another begun after it?
+            let here = self.file.as_ref().map(|(_, at)| at.base);
+            match self.segments.locate(self.offset) {
+                Some(at) if Some(at.base) != here => self.file = None,
+                _ => return Ok(Vec::new()),
             }
         }
-        let Some(file) = self.file.as_ref() else {
+        Ok(Vec::new())
+    }
+
+    fn read_segment(&mut self, max: usize) -> Result<Vec<Record>, DatastoreError> {
+        let Some((file, at)) = self.file.as_ref() else {
             return Ok(Vec::new());
         };
-        let len = file.metadata().map_err(io(&self.path))?.len();
-        if len < self.offset {
-            tracing::warn!(path = %self.path.display(), offset = self.offset, len, "file shrank below the cursor; continuing from its end");
-            self.offset = len;
-        }
-        if len == self.offset {
+        let len = file.metadata().map_err(io(&at.path))?.len();
+        let at_byte = self.offset - at.base;
+        if len < at_byte {
+            tracing::warn!(path = %at.path.display(), offset = self.offset, len, "file shrank below the cursor; continuing from its end");
+            self.offset = at.base + len;
             return Ok(Vec::new());
         }
-        let want = usize::try_from(len - self.offset)
+        if len == at_byte {
+            return Ok(Vec::new());
+        }
+        let want = usize::try_from(len - at_byte)
             .unwrap_or(READ_CHUNK)
             .min(READ_CHUNK);
         self.buf.resize(want, 0);
-        let got = file
-            .read_at(&mut self.buf, self.offset)
-            .map_err(io(&self.path))?;
+        let got = file.read_at(&mut self.buf, at_byte).map_err(io(&at.path))?;
         let bytes = &self.buf[..got];
         let mut records = Vec::new();
         let mut pos = 0usize;
@@ -81,21 +104,18 @@ impl Tail {
             let end = pos + nl;
             let r =
                 Record::decode_bytes(&bytes[pos..end]).map_err(|e| DatastoreError::Corrupt {
-                    path: self.path.clone(),
+                    path: at.path.clone(),
                     line: 0,
-                    reason: format!("at byte {}: {e}", self.offset + pos as u64),
+                    reason: format!("at byte {}: {e}", at_byte + pos as u64),
                 })?;
             records.push(r);
             pos = end + 1;
         }
         if records.is_empty() && got == READ_CHUNK {
             return Err(DatastoreError::Corrupt {
-                path: self.path.clone(),
+                path: at.path.clone(),
                 line: 0,
-                reason: format!(
-                    "no line end within {READ_CHUNK} bytes after byte {}",
-                    self.offset
-                ),
+                reason: format!("no line end within {READ_CHUNK} bytes after byte {at_byte}"),
             });
         }
         self.offset += pos as u64;
