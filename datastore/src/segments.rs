@@ -189,9 +189,8 @@ fn read_file_from(path: &Path, from: u64) -> Result<Vec<Record>, DatastoreError>
     };
     let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
     let mut records = Vec::new();
-    let mut line = 0usize;
-    for chunk in bytes[from..].split_inclusive(|&b| b == b'\n') {
-        line += 1;
+    for (line, chunk) in bytes[from..].split_inclusive(|&b| b == b'\n').enumerate() {
+        let line = line + 1;
         let Some(body) = chunk.strip_suffix(b"\n") else {
             break; // torn tail
         };
@@ -272,9 +271,7 @@ impl SegmentedLog {
         } else {
             records.extend(read_file_from(path, from - base)?);
         }
-        let flush = Arc::new(Mutex::new(
-            active.flusher_file().map_err(io(path))?,
-        ));
+        let flush = Arc::new(Mutex::new(active.flusher_file().map_err(io(path))?));
         Ok((
             SegmentedLog {
                 segments: Segments(Arc::new(RwLock::new(Table {

@@ -5,13 +5,14 @@
 //! session waits on it, so a record travels as soon as it is written and an idle feed
 //! costs nothing. Reads go through a [`Tail`] on a blocking thread.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::sync::watch;
-use tsn_datastore::{Record, Tail};
-use tsn_protocol::sync::{Cursor, Entry, SyncReply};
+use tsn_datastore::{DatastoreError, Record, Segments, Tail};
+use tsn_protocol::sync::{Cursor, Entry, Subscribe, SyncReply};
 use tsn_protocol::{FrameReader, MAX_BATCH_CHANGES};
 
 /// The writer's side of a served log: tells feed sessions how far the log is written.
@@ -29,26 +30,78 @@ impl FeedLen {
     }
 }
 
+/// The state a reader gets instead of the log when its cursor lies before the oldest
+/// segment kept: records that, applied in any order with the log after them, give what
+/// the log gave.
+pub type Transfer = Arc<dyn Fn() -> anyhow::Result<Vec<Record>> + Send + Sync>;
+
 /// A log that readers may follow.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FeedSource {
-    path: PathBuf,
+    segments: Segments,
     log_id: u64,
     len: watch::Receiver<u64>,
+    /// How far each reader (by cluster) has made the log durable on its side, as it last
+    /// said.
+    consumed: Arc<Mutex<HashMap<tsn_protocol::ClusterId, u64>>>,
+    transfer: Option<Transfer>,
+}
+
+impl std::fmt::Debug for FeedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedSource")
+            .field("log", &self.segments.path())
+            .field("log_id", &self.log_id)
+            .field("len", &*self.len.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl FeedSource {
-    /// The log at `path`, with id `log_id`, `len` bytes long now.
-    pub fn new(path: PathBuf, log_id: u64, len: u64) -> (FeedLen, FeedSource) {
+    /// The log kept in `segments`, with id `log_id`, `len` bytes long now.
+    pub fn new(segments: Segments, log_id: u64, len: u64) -> (FeedLen, FeedSource) {
         let (tx, rx) = watch::channel(len);
         (
             FeedLen(tx),
             FeedSource {
-                path,
+                segments,
                 log_id,
                 len: rx,
+                consumed: Arc::default(),
+                transfer: None,
             },
         )
+    }
+
+    /// The same, giving readers behind the oldest segment kept what `transfer` returns.
+    pub fn with_transfer(mut self, transfer: Transfer) -> FeedSource {
+        self.transfer = Some(transfer);
+        self
+    }
+
+    /// The log's segments.
+    pub fn segments(&self) -> Segments {
+        self.segments.clone()
+    }
+
+    /// How far every reader that has said so has made the log durable (`None`: no reader
+    /// has said anything since this process started).
+    pub fn consumed(&self) -> Option<u64> {
+        self.consumed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .min()
+            .copied()
+    }
+
+    fn record_consumed(&self, reader: tsn_protocol::ClusterId, at: Cursor) {
+        if at.log_id == self.log_id {
+            self.consumed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(reader, at.offset);
+        }
     }
 
     /// How many bytes of the log are written.
@@ -70,9 +123,12 @@ impl FeedSource {
         }
         let at_boundary = (|| -> std::io::Result<bool> {
             use std::os::unix::fs::FileExt;
-            let f = std::fs::File::open(&self.path)?;
+            let Some(at) = self.segments.locate(from.offset - 1) else {
+                return Ok(false);
+            };
+            let f = std::fs::File::open(&at.path)?;
             let mut b = [0u8; 1];
-            f.read_exact_at(&mut b, from.offset - 1)?;
+            f.read_exact_at(&mut b, from.offset - 1 - at.base)?;
             Ok(b[0] == b'\n')
         })();
         if at_boundary.unwrap_or(false) {
@@ -99,12 +155,42 @@ pub fn record(entry: Entry) -> Record {
     }
 }
 
-/// Serves `source` on `send` from `from` until the reader goes away or the log's writer
-/// stops, sending only the records `keep` accepts (the cursor moves past the others).
-/// With a `pace`, new records wait for the next tick of that period (the original
-/// system's period-driven delivery) instead of travelling as soon as they are written.
-/// After each frame, `on_sent` learns how many bytes of the log the reader still lacks.
+/// Serves `source` to the reader that subscribed with `sub` on `send`, from its cursor,
+/// until the reader goes away or the log's writer stops, sending only the records `keep`
+/// accepts (the cursor moves past the others). With a `pace`, new records wait for the
+/// next tick of that period (the original system's period-driven delivery) instead of
+/// travelling as soon as they are written. After each frame, `on_sent` learns how many
+/// bytes of the log the reader still lacks. What the reader says it has made durable
+/// (`recv`) is kept in the source ([`FeedSource::consumed`]).
+///
+/// A reader whose cursor lies before the oldest segment kept first gets the source's
+/// transfer, in batches whose cursor is the log's start (so that a reader stopped half
+/// way begins the transfer again), then the log from its oldest segment on.
 pub async fn serve(
+    source: FeedSource,
+    sub: &Subscribe,
+    keep: impl Fn(&Record) -> bool,
+    pace: Option<Duration>,
+    on_sent: impl Fn(u64),
+    send: &mut quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> anyhow::Result<()> {
+    let reports = {
+        let source = source.clone();
+        let reader = sub.reader;
+        let mut recv = FrameReader::new(recv);
+        tokio::spawn(async move {
+            while let Ok(Some(at)) = recv.next_msg::<Cursor>().await {
+                source.record_consumed(reader, at);
+            }
+        })
+    };
+    let result = serve_from(source, sub.from, keep, pace, on_sent, send).await;
+    reports.abort();
+    result
+}
+
+async fn serve_from(
     source: FeedSource,
     from: Cursor,
     keep: impl Fn(&Record) -> bool,
@@ -125,13 +211,20 @@ pub async fn serve(
     };
     if start != from.offset || from.log_id != source.log_id {
         tracing::info!(
-            log = %source.path.display(),
+            log = %source.segments.path().display(),
             asked = from.offset,
             start,
             "feed reader's cursor is for another log or not a record boundary: reading from the start"
         );
     }
-    let mut tail = Some(Tail::new(source.path.clone(), start));
+    let oldest = source.segments.start();
+    let start = if start < oldest {
+        transfer(&source, start, &keep, send).await?;
+        oldest
+    } else {
+        start
+    };
+    let mut tail = Some(Tail::over(source.segments.clone(), start));
     let mut len = source.len.clone();
     // The first answer goes out at once, even empty: it tells a reader that is already
     // at the end that it has caught up.
@@ -174,6 +267,42 @@ pub async fn serve(
         tsn_protocol::write_msg(send, &msg).await?;
         on_sent(source.len().saturating_sub(offset));
     }
+}
+
+/// Sends a reader at `start`, before the oldest segment kept, the source's transfer.
+async fn transfer(
+    source: &FeedSource,
+    start: u64,
+    keep: &impl Fn(&Record) -> bool,
+    send: &mut quinn::SendStream,
+) -> anyhow::Result<()> {
+    let Some(make) = source.transfer.clone() else {
+        return Err(DatastoreError::Compacted {
+            path: source.segments.path(),
+            offset: start,
+            start: source.segments.start(),
+        }
+        .into());
+    };
+    let records = tokio::task::spawn_blocking(move || make())
+        .await
+        .context("state transfer panicked")??;
+    tracing::info!(
+        log = %source.segments.path().display(),
+        records = records.len(),
+        "the feed's reader is behind the oldest segment kept: sending it the checkpointed state first"
+    );
+    let entries: Vec<Entry> = records.into_iter().filter(keep).map(entry).collect();
+    for chunk in entries.chunks(MAX_BATCH_CHANGES) {
+        let msg = SyncReply::Records {
+            log_id: source.log_id,
+            next: 0,
+            len: source.len(),
+            entries: chunk.to_vec(),
+        };
+        tsn_protocol::write_msg(send, &msg).await?;
+    }
+    Ok(())
 }
 
 /// The first message of a feed of `log` of `cluster`, read by a node of `reader`, from a
@@ -273,6 +402,8 @@ pub async fn follow<O, A, Fut>(
                         };
                         apply(Batch { entries, next }).await?;
                         cursor = next;
+                        // The writer may delete what every reader has made durable.
+                        tsn_protocol::write_msg(&mut send, &next).await?;
                         pauses = crate::net::backoff();
                         if next.offset >= len {
                             settled.send_if_modified(|s| !std::mem::replace(s, true));

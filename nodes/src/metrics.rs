@@ -42,6 +42,8 @@ pub struct Metrics {
     pub ack_latency: Histogram,
     /// Bytes in the journal (a server's; a sync service's outbox and journal together).
     pub journal_bytes: Gauge,
+    /// Time each checkpoint took (a server's).
+    pub checkpoint_seconds: Histogram,
     /// Batches of changes sent to the standby and not yet acknowledged by it.
     pub mirror_lag: Gauge,
     /// Bytes of this sync service's outbox that a cluster's sync service has not read yet.
@@ -87,8 +89,15 @@ impl Metrics {
         let journal_bytes = Gauge::default();
         registry.register(
             "journal_bytes",
-            "Bytes in the journal",
+            "Bytes of the journal's segments on disk",
             journal_bytes.clone(),
+        );
+        // 1 ms .. ~33 s.
+        let checkpoint_seconds = Histogram::new(exponential_buckets(1e-3, 2.0, 16));
+        registry.register(
+            "checkpoint_seconds",
+            "Time each checkpoint took (sealing the logs, flushing the view files, writing the state)",
+            checkpoint_seconds.clone(),
         );
         let mirror_lag = Gauge::default();
         registry.register(
@@ -142,6 +151,7 @@ impl Metrics {
             acknowledged,
             ack_latency,
             journal_bytes,
+            checkpoint_seconds,
             mirror_lag,
             sync_backlog,
             delivery_latency,

@@ -74,7 +74,9 @@ pub enum Entry {
     },
 }
 
-/// Reader -> sync service: the first and only message of a feed stream.
+/// Reader -> sync service: the first message of a feed stream. After it, the reader
+/// sends a [`Cursor`] each time it has made a batch durable, so that the writer knows
+/// what it may delete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncRequest {
     /// Read a log of this sync service.

@@ -7,12 +7,14 @@
 //!
 //! Each batch is applied to the model and pushed to open timelines as soon as it is
 //! written here, then flushed before its cursor is saved: a crash re-reads, never skips.
+//! `received.data` is a segmented log: the journal writer seals it at each checkpoint
+//! and deletes what the checkpoint covers.
 
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tsn_datastore::{AppendLog, Cursors, DatastoreError, Record, RoleDir};
+use tsn_datastore::{Cursors, DatastoreError, Record, RoleDir, SegmentedLog};
 use tsn_protocol::sync::{Cursor, FeedLog, SyncRequest};
 use tsn_protocol::UserId;
 
@@ -26,7 +28,7 @@ const KEY: &str = "from-sync";
 /// The writer of `received.data` and its views.
 #[derive(Debug)]
 pub struct Inbound {
-    log: AppendLog,
+    log: SegmentedLog,
     views: Views,
     cursors: Cursors,
     dir: RoleDir,
@@ -36,9 +38,10 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    /// Opens `received.data` of `dir`; returns its records for the model.
-    pub fn open(dir: &RoleDir) -> Result<(Inbound, Vec<Record>), DatastoreError> {
-        let (log, records) = AppendLog::open(&dir.received())?;
+    /// Opens `received.data` of `dir`; returns its records from logical offset `from`
+    /// (what the last checkpoint does not cover) for the model.
+    pub fn open(dir: &RoleDir, from: u64) -> Result<(Inbound, Vec<Record>), DatastoreError> {
+        let (log, records) = SegmentedLog::open(&dir.received(), from)?;
         let cursors = Cursors::load(&dir.cursors())?;
         Ok((
             Inbound {
@@ -50,6 +53,26 @@ impl Inbound {
             },
             records,
         ))
+    }
+
+    /// The logical length of `received.data`.
+    pub fn len(&self) -> u64 {
+        self.log.len()
+    }
+
+    /// Whether nothing was ever received.
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty()
+    }
+
+    /// Seals `received.data` for a checkpoint; returns the offset it covers.
+    pub fn seal(&mut self) -> Result<u64, DatastoreError> {
+        self.log.rotate()
+    }
+
+    /// Deletes the segments of `received.data` before `offset` (a checkpoint covers them).
+    pub fn delete_through(&mut self, offset: u64) -> Result<u64, DatastoreError> {
+        self.log.delete_through(offset)
     }
 
     /// The saved cursor.
@@ -71,24 +94,50 @@ impl Inbound {
         tracing::warn!(
             "the sync service's journal was begun anew (its host lost its disk?): re-reading it from the start"
         );
-        let path = self.dir.received();
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        self.log = AppendLog::open_append(&path)?;
+        let gone = self.log.rotate()?;
+        self.log.delete_through(gone)?;
         self.views = Views::new(self.dir.clone(), Side::Received);
-        let before = shared
+        self.shown_before.extend(shown(&self.dir)?);
+        shared
             .model
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .reset_received();
-        self.shown_before.extend(before);
-        let journal = tsn_datastore::read_records(&self.dir.journal())?;
-        crate::views::rebuild_clean(&self.dir, &[(Side::Server, journal.as_slice())])?;
+        // A checkpoint of what was received from the old journal no longer holds.
+        if let Some(mut cp) = super::checkpoint::load(&self.dir)? {
+            cp.received = gone;
+            cp.state.received.clear();
+            cp.state.seqs.clear();
+            super::checkpoint::save(&self.dir, &cp)?;
+        }
+        let own = shared.own_records()?;
+        crate::views::rebuild_clean(&self.dir, &[(Side::Server, own.as_slice())])?;
         shared.close_sessions();
         Ok(())
     }
 }
 
-/// Shared between the feed task and shutdown (which waits for a write in progress).
+/// Every (user, post) in this server's timeline files.
+fn shown(
+    dir: &RoleDir,
+) -> anyhow::Result<std::collections::HashSet<(UserId, tsn_protocol::PostId)>> {
+    let mut shown = std::collections::HashSet::new();
+    let users = dir.path().join("local_clients");
+    let Ok(entries) = std::fs::read_dir(&users) else {
+        return Ok(shown);
+    };
+    for e in entries.flatten() {
+        for r in tsn_datastore::read_records(&e.path().join("timeline.data"))? {
+            if let Record::Deliver { to, post, .. } = r {
+                shown.insert((to, post.id));
+            }
+        }
+    }
+    Ok(shown)
+}
+
+/// Shared between the feed task, the journal writer (which seals `received.data` at each
+/// checkpoint) and shutdown (which waits for a write in progress).
 pub type InboundHandle = Arc<Mutex<Inbound>>;
 
 /// Follows the sync service of this cluster for ever.
@@ -162,6 +211,9 @@ fn take(shared: &Shared, inbound: &Mutex<Inbound>, batch: Batch) -> anyhow::Resu
         }
         shared.publish(entries);
         inb.log.sync()?;
+        shared
+            .received_len
+            .store(inb.log.len(), std::sync::atomic::Ordering::Relaxed);
     }
     let path = inb.dir.cursors();
     inb.cursors.set_feed(KEY, batch.next);

@@ -111,9 +111,12 @@ pub async fn run_active(
     }
 }
 
-async fn read_journal(shared: &Shared) -> anyhow::Result<Vec<Change>> {
-    let path = shared.dir.journal();
-    let records = tokio::task::spawn_blocking(move || tsn_datastore::read_records(&path))
+/// What this server has of its cluster's changes: the last checkpoint's state and the
+/// journal segments kept (so a server that was away longer than the segments are kept
+/// gets the checkpointed state: a state transfer).
+async fn read_journal(shared: &Arc<Shared>) -> anyhow::Result<Vec<Change>> {
+    let s = shared.clone();
+    let records = tokio::task::spawn_blocking(move || s.own_records())
         .await
         .context("journal reader panicked")??;
     Ok(records
@@ -136,7 +139,7 @@ async fn step<T>(
 
 #[allow(clippy::too_many_arguments)]
 async fn mirror_to(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     endpoint: &quinn::Endpoint,
     store: &Store,
     addr: &str,
@@ -304,7 +307,7 @@ pub async fn serve_standby(
 }
 
 async fn standby(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     store: &Store,
     cluster: tsn_protocol::ClusterId,
     epoch: u64,

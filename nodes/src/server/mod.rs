@@ -1,7 +1,8 @@
 //! A cluster's server (`tsn_server`): primary or secondary.
 //!
 //! # Layout
-//! - [`model`]: the in-memory state, rebuilt from this server's own logs on start.
+//! - [`model`]: the in-memory state, rebuilt on start from the last [`checkpoint`] and
+//!   the records of this server's own logs after it.
 //! - [`store`]: the journal writer (group commit, views, hand-off to the mirror, the
 //!   journal's feed).
 //! - [`role`]: learns from the coordinator (through [`crate::link`]) whether this server
@@ -16,6 +17,7 @@
 //! The server reads and writes only its own role directory; its sync service reads its
 //! journal as a feed (a node stream opened with [`MirrorMsg::Subscribe`]).
 
+pub mod checkpoint;
 pub mod commands;
 pub mod inbound;
 pub mod mirror;
@@ -31,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use tokio::sync::{mpsc, watch as tokio_watch};
-use tsn_datastore::{AppendLog, Datastore, RoleDir};
+use tsn_datastore::{Datastore, RoleDir, SegmentedLog};
 use tsn_protocol::coord::NodeKind;
 use tsn_protocol::{ClusterId, Post, UserId};
 
@@ -103,6 +105,13 @@ pub struct ServerOpts {
     #[arg(long, default_value_t = 20_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "TSN_USER_RATE")]
     pub user_rate: u32,
 
+    /// Take a checkpoint each time the journal and `received.data` together grew by this
+    /// many bytes (and by at least the size of the last checkpoint): start-up then
+    /// replays at most about this much, and older journal segments are deleted once the
+    /// sync service has read them.
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..), env = "TSN_CHECKPOINT_BYTES")]
+    pub checkpoint_bytes: u64,
+
     #[command(flatten)]
     pub node: NodeOpts,
 
@@ -151,6 +160,10 @@ pub struct Shared {
     pub role: tokio_watch::Sender<RoleState>,
     /// When acknowledgements are sent.
     pub ack: AckMode,
+    /// How much the logs grow between checkpoints (`--checkpoint-bytes`).
+    pub checkpoint_bytes: u64,
+    /// The logical length of `received.data` (for the checkpoint's trigger).
+    pub received_len: AtomicU64,
     subs: Mutex<HashMap<UserId, Vec<Subscriber>>>,
     next_sub: AtomicU64,
 }
@@ -164,6 +177,19 @@ impl Shared {
                 per_second: self.user_rate,
             }
         })
+    }
+
+    /// Everything this cluster's servers stored that this server still has: the last
+    /// checkpoint's users, follow edges and keys, then the journal segments kept (what
+    /// the mirror exchange sends the other server, and what the view files of this
+    /// server's own changes are rebuilt from).
+    pub fn own_records(&self) -> anyhow::Result<Vec<tsn_datastore::Record>> {
+        let mut records = checkpoint::load(&self.dir)?
+            .map(|cp| cp.state.own)
+            .unwrap_or_default();
+        let segments = self.journal_feed.segments();
+        records.extend(SegmentedLog::read_from(&segments, segments.start())?);
+        Ok(records)
     }
 
     /// Current role.
@@ -249,7 +275,7 @@ impl Shared {
         Shared {
             cluster: 1,
             kind: NodeKind::Primary,
-            journal_feed: FeedSource::new(dir.journal(), 1, 0).1,
+            journal_feed: FeedSource::new(tsn_datastore::Segments::single(dir.journal()), 1, 0).1,
             dir,
             model: Mutex::new(Model::default()),
             clock: crate::hlc::Hlc::default(),
@@ -261,6 +287,8 @@ impl Shared {
             limiter: limiter(1000),
             role: tokio_watch::channel(RoleState::default()).0,
             ack,
+            checkpoint_bytes: u64::MAX,
+            received_len: AtomicU64::new(0),
             subs: Mutex::new(HashMap::new()),
             next_sub: AtomicU64::new(0),
         }
@@ -284,30 +312,35 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     dir.create()
         .with_context(|| format!("creating {}", dir.path().display()))?;
 
-    // Recover: the logs are the truth; views are rebuilt unless the last exit was clean.
-    let (journal, records) = AppendLog::open(&dir.journal())
+    // Recover: the last checkpoint, then the logs after it; the view files are completed
+    // from those records unless the last exit was clean.
+    let started = std::time::Instant::now();
+    let cp = checkpoint::load(&dir)?.unwrap_or_default();
+    let (journal, records) = SegmentedLog::open(&dir.journal(), cp.journal)
         .with_context(|| format!("loading journal {}", dir.journal().display()))?;
     let journal_id = tsn_datastore::log_id(&dir.journal())
         .with_context(|| format!("reading the id of {}", dir.journal().display()))?;
-    let (inbound, received) = inbound::Inbound::open(&dir)
+    let (inbound, received) = inbound::Inbound::open(&dir, cp.received)
         .with_context(|| format!("loading {}", dir.received().display()))?;
     let clean = dir.clean_marker().exists();
     if clean {
         std::fs::remove_file(dir.clean_marker()).context("removing clean-shutdown marker")?;
     } else if !records.is_empty() || !received.is_empty() {
-        // Views are derived from the logs: failing to rebuild them (a full disk, say)
+        // Views are derived from the logs: failing to complete them (a full disk, say)
         // is worth an error in the log, not a refusal to serve.
         let logs = [
             (crate::views::Side::Server, records.as_slice()),
             (crate::views::Side::Received, received.as_slice()),
         ];
-        match crate::views::rebuild(&dir, &logs) {
-            Ok(n) => tracing::info!(files = n, "previous exit was not clean: rebuilt view files from the logs"),
-            Err(e) => tracing::error!("previous exit was not clean and rebuilding the view files failed; serving from the logs: {e}"),
+        match crate::views::reconcile(&dir, &logs) {
+            Ok(n) => tracing::info!(files = n, "previous exit was not clean: completed the view files from the records after the last checkpoint"),
+            Err(e) => tracing::error!("previous exit was not clean and completing the view files failed; serving from memory: {e}"),
         }
     }
     let mut model = Model::default();
     let clock = crate::hlc::Hlc::default();
+    model.restore(&cp.state);
+    clock.observe(cp.clock);
     for r in &records {
         if let tsn_datastore::Record::Change(c) = r {
             clock.observe_change(c);
@@ -319,9 +352,12 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         model.apply_sync(r);
     }
     tracing::info!(
+        checkpoint_journal = cp.journal,
+        checkpoint_received = cp.received,
         journal = records.len(),
         received = received.len(),
-        "state loaded"
+        took_ms = started.elapsed().as_millis() as u64,
+        "state loaded: the last checkpoint and the records after it"
     );
     drop(records);
     drop(received);
@@ -339,7 +375,13 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
 
-    let (journal_len, journal_feed) = FeedSource::new(dir.journal(), journal_id, journal.len());
+    let (journal_len, journal_feed) =
+        FeedSource::new(journal.segments(), journal_id, journal.len());
+    let journal_feed = {
+        let dir = dir.clone();
+        journal_feed.with_transfer(Arc::new(move || journal_transfer(&dir)))
+    };
+    let received_len = inbound.len();
     let metrics = crate::metrics::Metrics::new();
     metrics.journal_bytes.set(journal.len() as i64);
     opts.node.serve_metrics(&metrics).await?;
@@ -359,6 +401,8 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         limiter: limiter(opts.user_rate),
         role: role_tx,
         ack: opts.ack,
+        checkpoint_bytes: opts.checkpoint_bytes,
+        received_len: AtomicU64::new(received_len),
         subs: Mutex::new(HashMap::new()),
         next_sub: AtomicU64::new(0),
     });
@@ -393,8 +437,15 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     tasks.spawn(readiness(shared.clone(), members.clone(), settled));
 
     let (mirror_tx, mirror_rx) = mpsc::channel(store::WRITE_QUEUE);
-    let store = store::spawn(shared.clone(), journal, mirror_tx, journal_len)
-        .context("starting the journal writer")?;
+    let store = store::spawn(
+        shared.clone(),
+        journal,
+        Some(inbound.clone()),
+        mirror_tx,
+        journal_len,
+        cp,
+    )
+    .context("starting the journal writer")?;
     tasks.spawn(mirror::run_active(
         shared.clone(),
         endpoint.clone(),
@@ -543,6 +594,31 @@ async fn hand_over(shared: &Shared, endpoint: &quinn::Endpoint, coordinator: &st
     }
 }
 
+/// What the sync service gets instead of this server's journal when its cursor lies
+/// before the oldest segment kept (its disk was lost): the last checkpoint's users,
+/// follow edges and keys, and every post of this cluster's users that reached their own
+/// timeline files; the posts after those are in the segments kept, which follow.
+fn journal_transfer(dir: &RoleDir) -> anyhow::Result<Vec<tsn_datastore::Record>> {
+    use tsn_datastore::Record;
+    let own = checkpoint::load(dir)?
+        .map(|cp| cp.state.own)
+        .unwrap_or_default();
+    let mut records = Vec::with_capacity(own.len());
+    for r in own {
+        if let Record::Change(tsn_protocol::Change::User { user }) = &r {
+            for d in tsn_datastore::read_records(&dir.timeline(*user))? {
+                if let Record::Deliver { to, post, .. } = d {
+                    if post.id.author == to {
+                        records.push(Record::Change(tsn_protocol::Change::Post(post)));
+                    }
+                }
+            }
+        }
+        records.push(r);
+    }
+    Ok(records)
+}
+
 /// Advances `clock` past the timestamp a record carries.
 pub fn observe_record(clock: &crate::hlc::Hlc, r: &tsn_datastore::Record) {
     match r {
@@ -610,11 +686,12 @@ async fn serve_node_stream(
                 Some(why) => Err(why),
                 None => crate::feed::serve(
                     shared.journal_feed.clone(),
-                    sub.from,
+                    &sub,
                     |_| true,
                     None,
                     |_| {},
                     &mut send,
+                    recv,
                 )
                 .await
                 .map_err(|e| format!("{e:#}")),

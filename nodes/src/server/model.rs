@@ -1,14 +1,52 @@
-//! A server's in-memory view of its cluster, rebuilt on start from its own journal and
-//! what it received from the sync service. Pure data: no I/O, no clock.
+//! A server's in-memory view of its cluster, rebuilt on start from its last checkpoint
+//! and the records of its own journal and of what it received from the sync service
+//! after it. Pure data: no I/O, no clock.
+//!
+//! Its size grows with users, follow edges and open timelines, not with posts: of posts
+//! it keeps the ids of the last [`POST_WINDOW`] stored here (to recognise a resend) and
+//! the last [`TIMELINE_BACKLOG`] entries of each timeline that was written or read since
+//! the server started; older entries are in each user's `timeline.data`.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
-use tsn_datastore::Record;
+use tsn_datastore::Record as DsRecord;
+
 use tsn_protocol::types::{follow_supersedes, key_supersedes, KeyBinding};
 use tsn_protocol::{Change, Post, PostId, UserId, TIMELINE_BACKLOG};
+use DsRecord as Record;
 
 /// Latest state of one follow relation: (timestamp, following?).
 type Edge = (i64, bool);
+
+/// How many ids of the posts stored here are remembered, to recognise a client's resend
+/// (it comes within seconds; at 20,000 posts a second this is three seconds of posts). A
+/// resend older than this is stored again and recognised by the sync service, which
+/// passes each post on once.
+pub const POST_WINDOW: usize = 65_536;
+
+/// The ids of the last [`POST_WINDOW`] posts, oldest first.
+#[derive(Debug, Default)]
+struct RecentPosts {
+    ids: HashSet<PostId>,
+    order: VecDeque<PostId>,
+}
+
+impl RecentPosts {
+    fn contains(&self, id: &PostId) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn insert(&mut self, id: PostId) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            while self.order.len() > POST_WINDOW {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+}
 
 /// What the server knows.
 #[derive(Debug, Default)]
@@ -21,12 +59,12 @@ pub struct Model {
     following: HashMap<UserId, HashMap<UserId, Edge>>,
     /// followee -> follower -> edge, for this cluster's users (from the sync journal).
     followers: HashMap<UserId, HashMap<UserId, Edge>>,
-    /// Ids of posts stored by this cluster's servers (resends are recognised by these).
-    own_posts: HashSet<PostId>,
-    /// (recipient, post) pairs delivered by the sync service.
-    delivered: HashSet<(UserId, PostId)>,
+    /// Ids of the last posts stored by this cluster's servers (resends are recognised by
+    /// these).
+    own_posts: RecentPosts,
     /// The last [`TIMELINE_BACKLOG`] entries of each user's timeline with their numbers
-    /// (see [`tsn_protocol::client::TimelinePos`]), oldest first.
+    /// (see [`tsn_protocol::client::TimelinePos`]), oldest first, for the timelines
+    /// written or read since the server started.
     recent: HashMap<UserId, VecDeque<(u64, Post)>>,
     /// The number of the last entry of each user's timeline.
     last_seq: HashMap<UserId, u64>,
@@ -36,6 +74,17 @@ pub struct Model {
 
 /// A new entry of a user's timeline: (user, its number, the post).
 pub type TimelineEntry = (UserId, u64, Post);
+
+/// What a checkpoint holds (see [`Model::checkpoint`]).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Checkpointed {
+    /// Changes of this cluster's servers: users created here, follow edges, keys.
+    pub own: Vec<Record>,
+    /// From the sync service: users system-wide, followers of this cluster's users.
+    pub received: Vec<Record>,
+    /// The number of each user's last timeline entry.
+    pub seqs: Vec<(UserId, u64)>,
+}
 
 impl Model {
     /// Whether applying `change` (made by this cluster's servers) would change anything.
@@ -130,11 +179,13 @@ impl Model {
             }
             Record::Change(Change::Post(_) | Change::Key { .. }) => (false, None),
             Record::Deliver { to, seq, post } => {
-                if !self.delivered.insert((*to, post.id)) {
+                // The sync service numbers each user's deliveries 1, 2, 3, ... in its
+                // journal's order: a number already reached is a record read again.
+                let last = self.last_seq.entry(*to).or_default();
+                if *seq <= *last {
                     return (false, None);
                 }
-                let last = self.last_seq.entry(*to).or_default();
-                *last = (*last).max(*seq);
+                *last = *seq;
                 let q = self.recent.entry(*to).or_default();
                 // Numbers arrive in order; keep the queue sorted all the same.
                 let at = q.iter().rposition(|(s, _)| s <= seq).map_or(0, |i| i + 1);
@@ -148,14 +199,106 @@ impl Model {
     }
 
     /// Forgets everything received from the sync service (its journal was begun anew,
-    /// and will be read again from its start, numbering deliveries afresh); returns what
-    /// had been delivered.
-    pub fn reset_received(&mut self) -> HashSet<(UserId, PostId)> {
+    /// and will be read again from its start, numbering deliveries afresh).
+    pub fn reset_received(&mut self) {
         self.global_users.clear();
         self.followers.clear();
         self.recent.clear();
         self.last_seq.clear();
-        std::mem::take(&mut self.delivered)
+    }
+
+    /// The state a checkpoint keeps, as records: what this cluster's servers stored (users
+    /// created here, follow edges, keys), what the sync service gave (users system-wide,
+    /// followers), and the number of each user's last timeline entry.
+    pub fn checkpoint(&self) -> Checkpointed {
+        let mut own = Vec::new();
+        own.extend(
+            self.local_users
+                .iter()
+                .map(|u| Record::Change(Change::User { user: *u })),
+        );
+        let edges = |m: &HashMap<UserId, HashMap<UserId, Edge>>, by_follower: bool| {
+            let mut v: Vec<Record> = m
+                .iter()
+                .flat_map(|(a, es)| {
+                    es.iter().map(move |(b, (ts, active))| {
+                        let (follower, followee) = if by_follower { (*a, *b) } else { (*b, *a) };
+                        Record::Change(Change::Follow {
+                            follower,
+                            followee,
+                            ts_us: *ts,
+                            active: *active,
+                        })
+                    })
+                })
+                .collect();
+            v.sort_by_key(|r| match r {
+                Record::Change(Change::Follow {
+                    follower, followee, ..
+                }) => (*follower, *followee),
+                _ => (0, 0),
+            });
+            v
+        };
+        own.extend(edges(&self.following, true));
+        let mut keys: Vec<_> = self.keys.iter().collect();
+        keys.sort_by_key(|(u, _)| **u);
+        own.extend(keys.into_iter().map(|(user, (generation, ts_us, key))| {
+            Record::Change(Change::Key {
+                user: *user,
+                generation: *generation,
+                ts_us: *ts_us,
+                key: key.clone(),
+            })
+        }));
+        let mut received: Vec<Record> = self
+            .global_users
+            .iter()
+            .map(|u| Record::Change(Change::User { user: *u }))
+            .collect();
+        received.extend(edges(&self.followers, false));
+        let mut seqs: Vec<(UserId, u64)> = self.last_seq.iter().map(|(u, s)| (*u, *s)).collect();
+        seqs.sort_unstable();
+        Checkpointed {
+            own,
+            received,
+            seqs,
+        }
+    }
+
+    /// Loads a checkpoint (into an empty model).
+    pub fn restore(&mut self, cp: &Checkpointed) {
+        for r in &cp.own {
+            if let Record::Change(c) = r {
+                self.apply_own(c);
+            }
+        }
+        for r in &cp.received {
+            self.apply_sync(r);
+        }
+        for (user, seq) in &cp.seqs {
+            let last = self.last_seq.entry(*user).or_default();
+            *last = (*last).max(*seq);
+        }
+    }
+
+    /// Whether memory holds the last entries of `user`'s timeline (as many as it has, up
+    /// to [`TIMELINE_BACKLOG`]).
+    pub fn has_backlog(&self, user: UserId) -> bool {
+        let last = self.last_seq(user);
+        let held = self.recent.get(&user).map_or(0, VecDeque::len) as u64;
+        held >= last.min(TIMELINE_BACKLOG as u64)
+    }
+
+    /// Puts the last entries of `user`'s timeline, read from its file, into memory (when
+    /// nothing newer arrived meanwhile).
+    pub fn fill_backlog(&mut self, user: UserId, mut entries: Vec<(u64, Post)>) {
+        if entries.last().map(|e| e.0) != Some(self.last_seq(user)) {
+            return;
+        }
+        let skip = entries.len().saturating_sub(TIMELINE_BACKLOG);
+        entries.drain(..skip);
+        self.recent.insert(user, entries.into_iter().collect());
     }
 
     /// The number of the last entry of `user`'s timeline (0: none).
@@ -257,6 +400,66 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_checkpoint_serves_as_the_model_it_was_taken_from() {
+        let mut m = Model::default();
+        m.apply_own(&Change::User { user: 1 });
+        m.apply_own(&Change::Follow {
+            follower: 1,
+            followee: 2,
+            ts_us: 5,
+            active: true,
+        });
+        m.apply_own(&Change::Key {
+            user: 1,
+            generation: 0,
+            ts_us: 6,
+            key: vec![7; 32],
+        });
+        m.apply_sync(&Record::Change(Change::User { user: 2 }));
+        m.apply_sync(&Record::Change(Change::Follow {
+            follower: 3,
+            followee: 1,
+            ts_us: 4,
+            active: true,
+        }));
+        for seq in 1..=25 {
+            m.apply_sync(&deliver(1, seq, post(2, seq, seq as i64)));
+        }
+        let mut r = Model::default();
+        r.restore(&m.checkpoint());
+        assert_eq!(r.all_users(), vec![1, 2]);
+        assert!(r.follows(1, 2));
+        assert_eq!(r.followers_of(1), vec![3]);
+        assert_eq!(r.key_of(1), m.key_of(1));
+        assert_eq!(r.last_seq(1), 25);
+        assert!(!r.has_backlog(1), "the entries themselves are in the file");
+        assert_eq!(
+            r.apply_sync(&deliver(1, 25, post(2, 25, 25))),
+            (false, None),
+            "a delivery read again after the restart is recognised by its number"
+        );
+        assert!(r.apply_sync(&deliver(1, 26, post(2, 26, 26))).1.is_some());
+        assert_eq!(r.checkpoint().own, m.checkpoint().own);
+    }
+
+    #[test]
+    fn only_the_last_window_of_post_ids_is_kept() {
+        let mut m = Model::default();
+        for n in 0..(POST_WINDOW as u64 + 10) {
+            m.apply_own(&Change::Post(post(1, n, 1)));
+        }
+        assert!(!m.has_post(&PostId {
+            author: 1,
+            nonce: 5
+        }));
+        assert!(m.has_post(&PostId {
+            author: 1,
+            nonce: 10
+        }));
+        assert_eq!(m.own_posts.order.len(), POST_WINDOW);
+    }
+
+    #[test]
     fn latest_follow_timestamp_wins_in_any_order() {
         let f = |ts, active| Change::Follow {
             follower: 1,
@@ -320,14 +523,7 @@ mod tests {
             active: true,
         }));
         assert_eq!(m.followers_of(3), vec![4, 9]);
-        let before = m.reset_received();
-        assert!(before.contains(&(
-            3,
-            PostId {
-                author: 5,
-                nonce: 1
-            }
-        )));
+        m.reset_received();
         assert_eq!(m.last_seq(3), 0);
         assert!(m.apply_sync(&d).1.is_some(), "numbered afresh");
     }

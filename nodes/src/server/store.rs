@@ -10,14 +10,23 @@
 //! When a request completes depends on the [`AckMode`]: with `replicated`, once its
 //! changes are written to the journals of both servers (or flushed here, when there is
 //! no standby); with `durable`, once they are flushed on both.
+//!
+//! The writer also takes the checkpoints (see [`super::checkpoint`]), between two
+//! batches and with the received feed's writer held still, so that the state written
+//! down is exactly that of the two logs at the offsets recorded.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use anyhow::Context;
 use tokio::sync::{mpsc, oneshot};
-use tsn_datastore::{AppendLog, DatastoreError, Record};
+use tsn_datastore::{DatastoreError, Record, SegmentedLog};
 use tsn_protocol::{Change, PostId, UserId, MAX_BATCH_CHANGES};
 
+use super::checkpoint::{self, Checkpoint};
+use super::inbound::InboundHandle;
 use super::{AckMode, Shared};
 use crate::feed::FeedLen;
 use crate::views::{Side, Views};
@@ -134,35 +143,75 @@ impl Store {
     }
 }
 
+/// How often the writer checks, when idle, whether the received feed has grown enough for
+/// a checkpoint.
+const CHECKPOINT_CHECK: Duration = Duration::from_secs(1);
+
+/// A journal that holds this many checkpoint intervals that the sync service has not read
+/// is reported at each checkpoint: nothing it has not read is deleted, so a sync service
+/// that stays away makes the journal grow.
+pub const UNREAD_WARN_INTERVALS: u64 = 16;
+
 /// Starts the writer task and its flusher thread. `len` tells the journal's feed how far
-/// the journal is written.
+/// the journal is written; `last` is the checkpoint the server started from. Without an
+/// `inbound`, no checkpoints are taken.
 pub fn spawn(
     shared: Arc<Shared>,
-    journal: AppendLog,
+    journal: SegmentedLog,
+    inbound: Option<InboundHandle>,
     mirror_tx: mpsc::Sender<MirrorJob>,
     len: FeedLen,
+    last: Checkpoint,
 ) -> anyhow::Result<Store> {
-    let flusher = journal.flusher()?;
-    spawn_with(shared, journal, mirror_tx, len, move || flusher.sync())
+    let flusher = journal.flusher();
+    let parts = Parts {
+        shared,
+        journal,
+        inbound,
+        mirror_tx,
+        len,
+        last,
+    };
+    spawn_with(parts, move || flusher.sync())
+}
+
+/// What the writer is made of.
+struct Parts {
+    shared: Arc<Shared>,
+    journal: SegmentedLog,
+    inbound: Option<InboundHandle>,
+    mirror_tx: mpsc::Sender<MirrorJob>,
+    len: FeedLen,
+    last: Checkpoint,
 }
 
 /// [`spawn`] with the flush the flusher thread runs.
 fn spawn_with(
-    shared: Arc<Shared>,
-    journal: AppendLog,
-    mirror_tx: mpsc::Sender<MirrorJob>,
-    len: FeedLen,
+    parts: Parts,
     flush: impl FnMut() -> Result<(), DatastoreError> + Send + 'static,
 ) -> anyhow::Result<Store> {
+    let Parts {
+        shared,
+        journal,
+        inbound,
+        mirror_tx,
+        len,
+        last,
+    } = parts;
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let (flush_tx, flush_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("journal-flush".into())
         .spawn(move || flush_loop(flush, flush_rx))?;
+    let last_size = std::fs::metadata(checkpoint::path(&shared.dir)).map_or(0, |m| m.len());
     let writer = Writer {
-        views: Views::new(shared.dir.clone(), Side::Server),
+        disk: Arc::new(Mutex::new(Disk {
+            journal,
+            views: Views::new(shared.dir.clone(), Side::Server),
+        })),
         shared,
-        journal,
+        inbound,
+        last: (last.journal, last.received, last_size),
         len,
         mirror_tx,
         flush_tx,
@@ -193,19 +242,45 @@ fn flush_loop(
     tracing::debug!("journal flusher stopped");
 }
 
+/// The journal and the view files of this server's own changes.
+struct Disk {
+    journal: SegmentedLog,
+    views: Views,
+}
+
 struct Writer {
     shared: Arc<Shared>,
-    journal: AppendLog,
+    /// Locked only between awaits, and by a checkpoint (on a blocking thread, while the
+    /// writer waits for it).
+    disk: Arc<Mutex<Disk>>,
+    inbound: Option<InboundHandle>,
+    /// The last checkpoint: journal offset, received offset, size in bytes.
+    last: (u64, u64, u64),
     len: FeedLen,
-    views: Views,
     mirror_tx: mpsc::Sender<MirrorJob>,
     flush_tx: std::sync::mpsc::Sender<FlushReq>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut stopped = None;
-        while let Some(first) = rx.recv().await {
+        let mut check = tokio::time::interval(CHECKPOINT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = check.tick() => {
+                    self.maybe_checkpoint().await;
+                    continue;
+                }
+            };
             let first = match first {
                 Msg::Write(req) => req,
                 Msg::Stop(done) => {
@@ -232,6 +307,7 @@ impl Writer {
             if stopped.is_some() {
                 break;
             }
+            self.maybe_checkpoint().await;
         }
         // Refuse what is still queued, and drop the flusher's channel so it stops.
         rx.close();
@@ -276,19 +352,28 @@ impl Writer {
         };
         // The same lines go to the journal now and to the view files after the hand-off.
         let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
-        if let Err(e) = self.journal.append(&records) {
-            tracing::error!(path = %self.journal.path().display(), "journal write failed, changes refused: {e}");
-            complete(
-                batch.into_iter().map(|r| r.done).collect(),
-                Err(StoreError::Journal(e.to_string())),
-            );
-            return;
-        }
-        self.len.set(self.journal.len());
-        self.shared
-            .metrics
-            .journal_bytes
-            .set(self.journal.len() as i64);
+        let written = {
+            let mut disk = lock(&self.disk);
+            match disk.journal.append(&records) {
+                Ok(()) => Ok((disk.journal.len(), disk.journal.bytes_on_disk())),
+                Err(e) => {
+                    tracing::error!(path = %disk.journal.path().display(), "journal write failed, changes refused: {e}");
+                    Err(e)
+                }
+            }
+        };
+        let (len, on_disk) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                complete(
+                    batch.into_iter().map(|r| r.done).collect(),
+                    Err(StoreError::Journal(e.to_string())),
+                );
+                return;
+            }
+        };
+        self.len.set(len);
+        self.shared.metrics.journal_bytes.set(on_disk as i64);
         // Requests whose changes are already stored (a resend) complete with the batch
         // that stored them, which is never after this one: completions keep queue order.
         let (mirrored, local): (Vec<WriteReq>, Vec<WriteReq>) =
@@ -326,13 +411,104 @@ impl Writer {
             tracing::error!("journal flusher has stopped");
         }
         if !fresh.is_empty() {
-            if let Err(e) = self.views.append(&records) {
+            if let Err(e) = lock(&self.disk).views.append(&records) {
                 tracing::warn!(
-                    "view file append failed (rebuilt from the journal at next start): {e}"
+                    "view file append failed (completed from the journal at next start): {e}"
                 );
             }
         }
     }
+
+    /// Takes a checkpoint if the logs have grown by `--checkpoint-bytes` (and by the last
+    /// checkpoint's size) since the last one.
+    async fn maybe_checkpoint(&mut self) {
+        let Some(inbound) = self.inbound.clone() else {
+            return;
+        };
+        let journal_len = lock(&self.disk).journal.len();
+        let received_len = self.shared.received_len.load(Ordering::Relaxed);
+        let grown =
+            journal_len.saturating_sub(self.last.0) + received_len.saturating_sub(self.last.1);
+        if grown < self.shared.checkpoint_bytes.max(self.last.2) {
+            return;
+        }
+        let shared = self.shared.clone();
+        let disk = self.disk.clone();
+        let started = std::time::Instant::now();
+        let taken =
+            tokio::task::spawn_blocking(move || take_checkpoint(&shared, &disk, &inbound)).await;
+        match taken {
+            Ok(Ok(done)) => {
+                self.shared
+                    .metrics
+                    .checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.last = done;
+            }
+            Ok(Err(e)) => {
+                tracing::error!("checkpoint failed (the logs are kept; retrying later): {e:#}");
+                // Not again at once: after as much growth again.
+                self.last.0 = journal_len;
+                self.last.1 = received_len;
+            }
+            Err(e) => tracing::error!("checkpoint panicked: {e}"),
+        }
+    }
+}
+
+/// Seals both logs, makes the view files durable, writes the checkpoint, and deletes what
+/// it covers: all of `received.data` before it, and the journal segments before it that
+/// the sync service has read. Returns the checkpoint's offsets and size.
+fn take_checkpoint(
+    shared: &Shared,
+    disk: &Mutex<Disk>,
+    inbound: &Mutex<super::inbound::Inbound>,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let mut inbound = lock(inbound);
+    let mut disk = lock(disk);
+    let (state, clock) = {
+        let model = lock(&shared.model);
+        (model.checkpoint(), shared.clock.now())
+    };
+    let journal = disk.journal.rotate().context("sealing the journal")?;
+    let received = inbound.seal().context("sealing received.data")?;
+    crate::views::make_durable(&shared.dir).context("making the view files durable")?;
+    let cp = Checkpoint {
+        journal,
+        received,
+        clock,
+        state,
+    };
+    let size = checkpoint::save(&shared.dir, &cp)?;
+    inbound.delete_through(received)?;
+    let read = shared.journal_feed.consumed();
+    let deleted = disk
+        .journal
+        .delete_through(read.unwrap_or(0).min(journal))?;
+    let kept = disk.journal.len() - disk.journal.start();
+    shared
+        .metrics
+        .journal_bytes
+        .set(disk.journal.bytes_on_disk() as i64);
+    if kept
+        > shared
+            .checkpoint_bytes
+            .saturating_mul(UNREAD_WARN_INTERVALS)
+    {
+        tracing::warn!(
+            kept_bytes = kept,
+            read_by_sync = ?read,
+            "journal segments pile up: the sync service has not read them (it is down or far behind); they are kept until it has"
+        );
+    }
+    tracing::debug!(
+        journal,
+        received,
+        bytes = size,
+        deleted_journal_bytes = deleted,
+        "checkpoint written"
+    );
+    Ok((journal, received, size))
 }
 
 /// Completes requests with one outcome.
@@ -361,11 +537,19 @@ mod tests {
     ) {
         let tmp = tempfile::tempdir().unwrap();
         let shared = Arc::new(Shared::for_test(tmp.path(), ack));
-        let (journal, _) = AppendLog::open(&shared.dir.journal()).unwrap();
+        let (journal, _) = SegmentedLog::open(&shared.dir.journal(), 0).unwrap();
         let (mirror_tx, mirror_rx) = mpsc::channel(16);
         let (gate_tx, gate_rx) = std::sync::mpsc::sync_channel::<()>(0);
-        let (len, _) = crate::feed::FeedSource::new(shared.dir.journal(), 1, 0);
-        let store = spawn_with(shared, journal, mirror_tx, len, move || {
+        let (len, _) = crate::feed::FeedSource::new(journal.segments(), 1, 0);
+        let parts = Parts {
+            shared,
+            journal,
+            inbound: None,
+            mirror_tx,
+            len,
+            last: Checkpoint::default(),
+        };
+        let store = spawn_with(parts, move || {
             gate_rx.recv().map_err(|_| DatastoreError::Io {
                 path: "gate".into(),
                 source: std::io::Error::other("gate closed"),
@@ -393,10 +577,18 @@ mod tests {
     async fn stop_returns_once_every_queued_write_is_in_the_view_files() {
         let tmp = tempfile::tempdir().unwrap();
         let shared = Arc::new(Shared::for_test(tmp.path(), AckMode::Replicated));
-        let (journal, _) = AppendLog::open(&shared.dir.journal()).unwrap();
+        let (journal, _) = SegmentedLog::open(&shared.dir.journal(), 0).unwrap();
         let (mirror_tx, _mirror_rx) = mpsc::channel(1024);
-        let (len, _) = crate::feed::FeedSource::new(shared.dir.journal(), 1, 0);
-        let store = spawn(shared.clone(), journal, mirror_tx, len).unwrap();
+        let (len, _) = crate::feed::FeedSource::new(journal.segments(), 1, 0);
+        let store = spawn(
+            shared.clone(),
+            journal,
+            None,
+            mirror_tx,
+            len,
+            Checkpoint::default(),
+        )
+        .unwrap();
         let mut pending = Vec::new();
         for followee in 2..502 {
             let follow = Change::Follow {

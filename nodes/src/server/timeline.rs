@@ -8,7 +8,8 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tsn_protocol::client::{ClientReply, CommandError, TimelineDown, TimelinePos, TimelineUp};
 use tsn_protocol::{
-    Change, FrameReader, Post, PostId, UserId, MAX_POST_BYTES, TIMELINE_RESUME_SLACK_US,
+    Change, FrameReader, Post, PostId, UserId, MAX_POST_BYTES, TIMELINE_BACKLOG,
+    TIMELINE_RESUME_SLACK_US,
 };
 
 use super::store::{Store, StoreError};
@@ -187,6 +188,50 @@ struct Waiting {
     done: oneshot::Receiver<Result<(), StoreError>>,
 }
 
+/// The last `n` entries of `user`'s timeline file (by number, oldest first), reading only
+/// as much of its end as they need.
+fn last_entries(
+    path: &std::path::Path,
+    user: UserId,
+    n: usize,
+) -> std::io::Result<Vec<(u64, Post)>> {
+    use std::os::unix::fs::FileExt;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let mut window: u64 = 16 * 1024;
+    loop {
+        let n_read = window.min(len);
+        let mut buf = vec![0u8; usize::try_from(n_read).unwrap_or(0)];
+        file.read_exact_at(&mut buf, len - n_read)?;
+        let mut lines: Vec<&[u8]> = buf.split(|&b| b == b'\n').collect();
+        lines.pop(); // after the last newline: empty, or a line being written
+        if n_read < len && !lines.is_empty() {
+            lines.remove(0); // may begin mid-line
+        }
+        let mut entries: Vec<(u64, Post)> = lines
+            .iter()
+            .filter_map(|l| match tsn_datastore::Record::decode_bytes(l) {
+                Ok(tsn_datastore::Record::Deliver { to, seq, post }) if to == user => {
+                    Some((seq, post))
+                }
+                _ => None,
+            })
+            .collect();
+        if entries.len() >= n || n_read == len {
+            entries.sort_by_key(|(s, _)| *s);
+            entries.dedup_by_key(|(s, _)| *s);
+            let skip = entries.len().saturating_sub(n);
+            entries.drain(..skip);
+            return Ok(entries);
+        }
+        window *= 4;
+    }
+}
+
 /// What a session starts with: the position its entries follow, and the entries.
 #[derive(Debug)]
 struct Opening {
@@ -202,12 +247,23 @@ struct Opening {
 /// (the client skips what it has shown).
 fn opening(shared: &Shared, user: UserId, since: Option<TimelinePos>) -> Opening {
     let log = shared.sync_log.load(Ordering::Relaxed);
-    let model = shared.model.lock().unwrap_or_else(|e| e.into_inner());
+    let mut model = shared.model.lock().unwrap_or_else(|e| e.into_inner());
     let at = TimelinePos {
         log,
         seq: 0,
         ts_us: 0,
     };
+    if since.is_none() && !model.has_backlog(user) {
+        // Not written since this server started: its last entries are in its file.
+        drop(model);
+        let last =
+            last_entries(&shared.dir.timeline(user), user, TIMELINE_BACKLOG).unwrap_or_else(|e| {
+                tracing::warn!(user, "reading the end of a timeline file: {e}");
+                Vec::new()
+            });
+        model = shared.model.lock().unwrap_or_else(|e| e.into_inner());
+        model.fill_backlog(user, last);
+    }
     let Some(since) = since else {
         let entries = model.backlog(user);
         let seq = entries

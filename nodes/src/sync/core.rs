@@ -52,7 +52,8 @@ impl ServedLog {
     fn open(path: &std::path::Path) -> Result<(ServedLog, Vec<Record>), DatastoreError> {
         let (log, records) = AppendLog::open(path)?;
         let id = tsn_datastore::log_id(path)?;
-        let (len, source) = FeedSource::new(path.to_path_buf(), id, log.len());
+        let segments = tsn_datastore::Segments::single(path);
+        let (len, source) = FeedSource::new(segments, id, log.len());
         Ok((ServedLog { log, len, source }, records))
     }
 

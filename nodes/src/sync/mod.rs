@@ -391,7 +391,7 @@ async fn serve_peer(
                         .clone();
                     feed::serve(
                         outbox,
-                        sub.from,
+                        &sub,
                         move |r| match r {
                             tsn_datastore::Record::Change(c) => SyncCore::wanted(c, dest, clusters),
                             tsn_datastore::Record::Deliver { .. } => false,
@@ -401,12 +401,13 @@ async fn serve_peer(
                             backlog.set(left as i64);
                         },
                         &mut send,
+                        recv,
                     )
                     .await
                     .map_err(|e| format!("{e:#}"))
                 }
                 FeedLog::SyncJournal if sub.reader == cluster => {
-                    feed::serve(journal, sub.from, |_| true, pace, |_| {}, &mut send)
+                    feed::serve(journal, &sub, |_| true, pace, |_| {}, &mut send, recv)
                         .await
                         .map_err(|e| format!("{e:#}"))
                 }
