@@ -161,6 +161,21 @@ pub struct Config {
     pub server_args: Vec<String>,
 }
 
+/// A checkpoint interval small enough that checkpoints, sealed segments and deleted
+/// segments happen within a test's few hundred posts.
+pub const SMALL_CHECKPOINT_BYTES: u64 = 8 * 1024;
+
+impl Config {
+    /// The same, with servers taking a checkpoint every [`SMALL_CHECKPOINT_BYTES`].
+    pub fn small_checkpoints(mut self) -> Config {
+        self.server_args.extend([
+            "--checkpoint-bytes".into(),
+            SMALL_CHECKPOINT_BYTES.to_string(),
+        ]);
+        self
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -291,6 +306,16 @@ impl System {
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Whether a server has taken a checkpoint and deleted journal segments it covered
+    /// (the segment that began the journal is gone).
+    pub fn journal_was_compacted(&self, cluster: u32, role: Role) -> bool {
+        let dir = self.role_dir(cluster, role);
+        dir.join("checkpoint.data").exists()
+            && std::fs::read_to_string(dir.join("journal.data.base"))
+                .is_ok_and(|b| b.trim() != "0")
+            && !dir.join("journal.00000000000000000000.data").exists()
     }
 
     /// Starts (or restarts) one node.
