@@ -313,8 +313,7 @@ impl System {
     pub fn journal_was_compacted(&self, cluster: u32, role: Role) -> bool {
         let dir = self.role_dir(cluster, role);
         dir.join("checkpoint.data").exists()
-            && std::fs::read_to_string(dir.join("journal.data.base"))
-                .is_ok_and(|b| b.trim() != "0")
+            && std::fs::read_to_string(dir.join("journal.data.base")).is_ok_and(|b| b.trim() != "0")
             && !dir.join("journal.00000000000000000000.data").exists()
     }
 
@@ -958,4 +957,49 @@ pub async fn login(conn: &quinn::Connection, user: u32, keys: &Path) -> Result<(
         bail!("login of user {user} refused: {reply:?}");
     }
     Ok(())
+}
+
+/// Enters timeline mode.
+pub fn enter_timeline(c: &mut Client) -> anyhow::Result<()> {
+    assert_eq!(
+        c.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
+    Ok(())
+}
+
+/// Endings of the lines `<author> (<time>) >> <text>` a follower expects, one per post.
+pub fn shown(texts: &[String]) -> Vec<String> {
+    texts.iter().map(|t| format!(") >> {t}")).collect()
+}
+
+/// Waits for every expected line, lets late duplicates arrive, and checks each line was
+/// shown exactly once.
+pub fn shown_once(c: &mut Client, endings: &[String], timeout: Duration) -> anyhow::Result<()> {
+    c.expect_all(endings, timeout)?;
+    std::thread::sleep(Duration::from_secs(1));
+    c.drain();
+    for e in endings {
+        let n = c.seen.iter().filter(|l| l.ends_with(e.as_str())).count();
+        assert_eq!(n, 1, "user {}: {e:?} shown {n} times", c.user);
+    }
+    Ok(())
+}
+
+/// Waits until the active server of `cluster` mirrors to a standby again (its log says so
+/// more than `before` times).
+pub fn wait_mirroring(
+    sys: &System,
+    cluster: u32,
+    active: Role,
+    before: usize,
+) -> anyhow::Result<()> {
+    eventually(
+        "the active server mirrors to the returned standby",
+        Duration::from_secs(30),
+        || Ok(sys.log_count(cluster, active, "mirroring to the standby") > before),
+    )
 }

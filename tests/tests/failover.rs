@@ -80,10 +80,14 @@ fn kill9_during_posting(config: Config) -> anyhow::Result<()> {
     // Every post once in the author's own timeline file (the journal keeps only what the
     // last checkpoint does not cover).
     let own = "local_clients/3/timeline.data";
-    eventually("the secondary holds every post once", Duration::from_secs(20), || {
-        let t = sys.read(1, Role::Secondary, own);
-        Ok((0..N).all(|k| count_text(&t, &format!("failover post {k}")) == 1))
-    })?;
+    eventually(
+        "the secondary holds every post once",
+        Duration::from_secs(20),
+        || {
+            let t = sys.read(1, Role::Secondary, own);
+            Ok((0..N).all(|k| count_text(&t, &format!("failover post {k}")) == 1))
+        },
+    )?;
     let t = sys.read(1, Role::Secondary, own);
     for k in 0..N {
         let n = count_text(&t, &format!("failover post {k}"));

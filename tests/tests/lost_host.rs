@@ -8,46 +8,9 @@ use tsn_tests::*;
 
 const LIVE: Duration = Duration::from_secs(20);
 
-fn enter_timeline(c: &mut Client) -> anyhow::Result<()> {
-    assert_eq!(
-        c.run("TIMELINE", 2)?,
-        [
-            "Command completed successfully",
-            "Now you are in the timeline"
-        ]
-    );
-    Ok(())
-}
-
-/// Endings of the lines `<author> (<time>) >> <text>` a follower expects, one per post.
-fn shown(texts: &[String]) -> Vec<String> {
-    texts.iter().map(|t| format!(") >> {t}")).collect()
-}
-
-/// Waits for every expected line, lets late duplicates arrive, and checks each line was
-/// shown exactly once.
-fn exactly_once(c: &mut Client, endings: &[String], timeout: Duration) -> anyhow::Result<()> {
-    c.expect_all(endings, timeout)?;
-    std::thread::sleep(Duration::from_secs(1));
-    c.drain();
-    for e in endings {
-        let n = c.seen.iter().filter(|l| l.ends_with(e.as_str())).count();
-        assert_eq!(n, 1, "user {}: {e:?} shown {n} times", c.user);
-    }
-    Ok(())
-}
-
-fn wait_mirroring(sys: &System, active: Role, before: usize) -> anyhow::Result<()> {
-    eventually(
-        "the active server mirrors to the returned standby",
-        Duration::from_secs(30),
-        || Ok(sys.log_count(1, active, "mirroring to the standby") > before),
-    )
-}
-
 #[test]
 fn losing_each_server_host_in_turn_loses_no_post() -> anyhow::Result<()> {
-    let mut sys = System::start(Config::default())?;
+    let mut sys = System::start(Config::default().small_checkpoints())?;
     let mut author = sys.client(3)?; // cluster 1
     let mut near = sys.client(6)?; // cluster 1
     let mut far = sys.client(4)?; // cluster 2
@@ -71,7 +34,7 @@ fn losing_each_server_host_in_turn_loses_no_post() -> anyhow::Result<()> {
             30 => {
                 let before = sys.log_count(1, Role::Secondary, "mirroring to the standby");
                 sys.start_node(1, Role::Primary)?;
-                wait_mirroring(&sys, Role::Secondary, before)?;
+                wait_mirroring(&sys, 1, Role::Secondary, before)?;
             }
             // Then the other server's host is lost: the returned one serves.
             45 => sys.lose_host(1, Role::Secondary)?,
@@ -84,7 +47,7 @@ fn losing_each_server_host_in_turn_loses_no_post() -> anyhow::Result<()> {
 
     // Every follower's open timeline shows every post once.
     for c in [&mut near, &mut far] {
-        exactly_once(c, &shown(&texts), LIVE)?;
+        shown_once(c, &shown(&texts), LIVE)?;
     }
 
     // The author's timeline is complete on the server that serves now, and on the one
@@ -121,7 +84,7 @@ fn losing_each_server_host_in_turn_loses_no_post() -> anyhow::Result<()> {
 
 #[test]
 fn losing_the_sync_service_host_loses_and_repeats_no_delivery() -> anyhow::Result<()> {
-    let mut sys = System::start(Config::default())?;
+    let mut sys = System::start(Config::default().small_checkpoints())?;
     let mut local_author = sys.client(3)?; // cluster 1
     let mut far_author = sys.client(4)?; // cluster 2
     let mut near = sys.client(6)?; // cluster 1
@@ -153,8 +116,8 @@ fn losing_the_sync_service_host_loses_and_repeats_no_delivery() -> anyhow::Resul
 
     let mut want_near = shown(&local);
     want_near.extend(shown(&remote));
-    exactly_once(&mut near, &want_near, Duration::from_secs(30))?;
-    exactly_once(&mut far, &shown(&local), Duration::from_secs(30))?;
+    shown_once(&mut near, &want_near, Duration::from_secs(30))?;
+    shown_once(&mut far, &shown(&local), Duration::from_secs(30))?;
     // The rebuilt sync service holds each delivery once.
     let t = sys.read(1, Role::Sync, "local_clients/6/timeline.data");
     for text in local.iter().chain(&remote) {
