@@ -11,6 +11,8 @@
 //! - [`link`]: a node's link to the coordinator (registration, heartbeats, where its
 //!   peers are), the same for servers and sync services.
 //! - [`metrics`]: every metric, and the `/metrics`, `/health`, `/ready` listener.
+//! - [`checkpoint`]: the state a server or sync service writes down so that start-up and
+//!   readers need only the logs after it.
 //! - [`feed`]: serving a log to a reader from its cursor, and following another node's
 //!   log: how servers and sync services pass changes to each other.
 //! - [`server`]: a cluster's primary or secondary: client commands, the timeline stream,
@@ -31,6 +33,7 @@
 //! timeline streams.
 
 pub mod admin;
+pub mod checkpoint;
 pub mod client;
 pub mod common;
 pub mod coordinator;

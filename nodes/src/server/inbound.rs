@@ -104,11 +104,11 @@ impl Inbound {
             .unwrap_or_else(|e| e.into_inner())
             .reset_received();
         // A checkpoint of what was received from the old journal no longer holds.
-        if let Some(mut cp) = super::checkpoint::load(&self.dir)? {
-            cp.received = gone;
+        if let Some(mut cp) = crate::checkpoint::load(&self.dir)? {
+            cp.other = gone;
             cp.state.received.clear();
             cp.state.seqs.clear();
-            super::checkpoint::save(&self.dir, &cp)?;
+            crate::checkpoint::save(&self.dir, &cp)?;
         }
         let own = shared.own_records()?;
         crate::views::rebuild_clean(&self.dir, &[(Side::Server, own.as_slice())])?;

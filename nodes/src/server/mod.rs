@@ -17,7 +17,6 @@
 //! The server reads and writes only its own role directory; its sync service reads its
 //! journal as a feed (a node stream opened with [`MirrorMsg::Subscribe`]).
 
-pub mod checkpoint;
 pub mod commands;
 pub mod inbound;
 pub mod mirror;
@@ -38,6 +37,7 @@ use tsn_protocol::coord::NodeKind;
 use tsn_protocol::{ClusterId, Post, UserId};
 
 use crate::common::{CommonOpts, NodeOpts};
+use crate::checkpoint;
 use crate::feed::FeedSource;
 use model::Model;
 pub use role::RoleState;
@@ -320,7 +320,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         .with_context(|| format!("loading journal {}", dir.journal().display()))?;
     let journal_id = tsn_datastore::log_id(&dir.journal())
         .with_context(|| format!("reading the id of {}", dir.journal().display()))?;
-    let (inbound, received) = inbound::Inbound::open(&dir, cp.received)
+    let (inbound, received) = inbound::Inbound::open(&dir, cp.other)
         .with_context(|| format!("loading {}", dir.received().display()))?;
     let clean = dir.clean_marker().exists();
     if clean {
@@ -353,7 +353,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     }
     tracing::info!(
         checkpoint_journal = cp.journal,
-        checkpoint_received = cp.received,
+        checkpoint_received = cp.other,
         journal = records.len(),
         received = received.len(),
         took_ms = started.elapsed().as_millis() as u64,

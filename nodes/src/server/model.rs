@@ -75,16 +75,7 @@ pub struct Model {
 /// A new entry of a user's timeline: (user, its number, the post).
 pub type TimelineEntry = (UserId, u64, Post);
 
-/// What a checkpoint holds (see [`Model::checkpoint`]).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Checkpointed {
-    /// Changes of this cluster's servers: users created here, follow edges, keys.
-    pub own: Vec<Record>,
-    /// From the sync service: users system-wide, followers of this cluster's users.
-    pub received: Vec<Record>,
-    /// The number of each user's last timeline entry.
-    pub seqs: Vec<(UserId, u64)>,
-}
+pub use crate::checkpoint::Checkpointed;
 
 impl Model {
     /// Whether applying `change` (made by this cluster's servers) would change anything.

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tsn_datastore::{DatastoreError, Record, SegmentedLog};
 use tsn_protocol::{Change, PostId, UserId, MAX_BATCH_CHANGES};
 
-use super::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Checkpoint};
 use super::inbound::InboundHandle;
 use super::{AckMode, Shared};
 use crate::feed::FeedLen;
@@ -211,7 +211,7 @@ fn spawn_with(
         })),
         shared,
         inbound,
-        last: (last.journal, last.received, last_size),
+        last: (last.journal, last.other, last_size),
         len,
         mirror_tx,
         flush_tx,
@@ -475,7 +475,8 @@ fn take_checkpoint(
     crate::views::make_durable(&shared.dir).context("making the view files durable")?;
     let cp = Checkpoint {
         journal,
-        received,
+        other_name: "received".into(),
+        other: received,
         clock,
         state,
     };

@@ -1,21 +1,22 @@
-//! Checkpoints: what a server knows, written down so that neither start-up nor a reader
+//! Checkpoints: what a role knows, written down so that neither start-up nor a reader
 //! needs the whole history.
 //!
-//! `checkpoint.data` in the role directory holds the in-memory state (users, follow
-//! edges, keys, the number of each user's last timeline entry; see
-//! [`Model::checkpoint`](super::model::Model::checkpoint)) and the logical offsets of the
-//! journal and of `received.data` it covers. It is written (atomically, durably) after
-//! both logs were sealed at those offsets and every view file was made durable; segments
-//! before them may then be deleted (the journal's only once the sync service has read
-//! them too). Start-up loads it and replays only the records after it.
+//! `checkpoint.data` in the role directory holds the in-memory state of the role's two
+//! logs (users, follow edges, keys, the number of each user's last timeline entry) and
+//! the logical offsets of both logs it covers: a server's `journal.data` and
+//! `received.data` (see [`Model::checkpoint`](crate::server::model::Model::checkpoint)),
+//! a sync service's `journal.data` and `outbox.data`. It is written (atomically, durably)
+//! after both logs were sealed at those offsets and every view file was made durable;
+//! segments before them may then be deleted once every reader has read them. Start-up
+//! loads it and replays only the records after it.
 //!
 //! Format, one item a line:
 //!
 //! ```text
-//! checkpoint journal <offset> received <offset> clock <us>
-//! <journal records: user, follow, key>
-//! received
-//! <received records: user, follow>
+//! checkpoint journal <offset> <other log> <offset> clock <us>
+//! <the journal's state: records (user, follow, key)>
+//! <other log>
+//! <the other log's state: records (user, follow)>
 //! seq <user> <number>
 //! end
 //! ```
@@ -24,16 +25,30 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use tsn_datastore::{Durability, Record, RoleDir};
+use tsn_protocol::UserId;
 
-use super::model::Checkpointed;
+/// The state a checkpoint holds, as records.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Checkpointed {
+    /// The journal's: a server's users created here, follow edges and keys; a sync
+    /// service's users system-wide and followers of its cluster's users.
+    pub own: Vec<Record>,
+    /// The other log's: a server's users system-wide and followers (from `received.data`);
+    /// a sync service's users and follow edges of its cluster (from `outbox.data`).
+    pub received: Vec<Record>,
+    /// The number of each user's last timeline entry.
+    pub seqs: Vec<(UserId, u64)>,
+}
 
 /// A checkpoint.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Checkpoint {
     /// The journal offset it covers: replay from here.
     pub journal: u64,
-    /// The `received.data` offset it covers.
-    pub received: u64,
+    /// The other log's name (`received` or `outbox`).
+    pub other_name: String,
+    /// The other log's offset it covers.
+    pub other: u64,
     /// The hybrid clock when it was taken.
     pub clock: i64,
     /// The state.
@@ -49,13 +64,13 @@ impl Checkpoint {
     /// The file's text.
     pub fn encode(&self) -> String {
         let mut text = format!(
-            "checkpoint journal {} received {} clock {}\n",
-            self.journal, self.received, self.clock
+            "checkpoint journal {} {} {} clock {}\n",
+            self.journal, self.other_name, self.other, self.clock
         );
         for r in &self.state.own {
             text.push_str(&r.encode_line());
         }
-        text.push_str("received\n");
+        text.push_str(&format!("{}\n", self.other_name));
         for r in &self.state.received {
             text.push_str(&r.encode_line());
         }
@@ -78,14 +93,15 @@ impl Checkpoint {
         if head.len() != 7
             || head[0] != "checkpoint"
             || head[1] != "journal"
-            || head[3] != "received"
+            || !head[3].bytes().all(|b| b.is_ascii_lowercase())
             || head[5] != "clock"
         {
             bail!("not a checkpoint header");
         }
         let mut cp = Checkpoint {
             journal: num(2)?.try_into()?,
-            received: num(4)?.try_into()?,
+            other_name: head[3].to_string(),
+            other: num(4)?.try_into()?,
             clock: num(6)?,
             state: Checkpointed::default(),
         };
@@ -95,7 +111,7 @@ impl Checkpoint {
             if line == "end" {
                 return Ok(cp);
             }
-            if line == "received" {
+            if line == cp.other_name {
                 received = true;
                 continue;
             }
@@ -148,7 +164,8 @@ mod tests {
     fn a_checkpoint_reads_back_as_written_and_a_cut_one_is_refused() {
         let cp = Checkpoint {
             journal: 120,
-            received: 7,
+            other_name: "received".into(),
+            other: 7,
             clock: 1_700_000_000_000_000,
             state: Checkpointed {
                 own: vec![
