@@ -30,6 +30,9 @@ impl FeedLen {
     }
 }
 
+/// A feed's reader: its cluster, and which node of it.
+pub type Reader = (tsn_protocol::ClusterId, tsn_protocol::coord::NodeKind);
+
 /// The state a reader gets instead of the log when its cursor lies before the oldest
 /// segment kept: records that, applied in any order with the log after them, give what
 /// the log gave.
@@ -41,9 +44,8 @@ pub struct FeedSource {
     segments: Segments,
     log_id: u64,
     len: watch::Receiver<u64>,
-    /// How far each reader (by cluster) has made the log durable on its side, as it last
-    /// said.
-    consumed: Arc<Mutex<HashMap<tsn_protocol::ClusterId, u64>>>,
+    /// How far each reader has made the log durable on its side, as it last said.
+    consumed: Arc<Mutex<HashMap<Reader, u64>>>,
     transfer: Option<Transfer>,
 }
 
@@ -84,18 +86,18 @@ impl FeedSource {
         self.segments.clone()
     }
 
-    /// How far every reader that has said so has made the log durable (`None`: no reader
-    /// has said anything since this process started).
-    pub fn consumed(&self) -> Option<u64> {
-        self.consumed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
+    /// How far all of `readers` have made the log durable (`None`: one of them has said
+    /// nothing since this process started).
+    pub fn consumed_by(&self, readers: &[Reader]) -> Option<u64> {
+        let consumed = self.consumed.lock().unwrap_or_else(|e| e.into_inner());
+        readers
+            .iter()
+            .map(|r| consumed.get(r).copied())
             .min()
-            .copied()
+            .flatten()
     }
 
-    fn record_consumed(&self, reader: tsn_protocol::ClusterId, at: Cursor) {
+    fn record_consumed(&self, reader: Reader, at: Cursor) {
         if at.log_id == self.log_id {
             self.consumed
                 .lock()
@@ -177,7 +179,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let reports = {
         let source = source.clone();
-        let reader = sub.reader;
+        let reader = (sub.reader, sub.node);
         let mut recv = FrameReader::new(recv);
         tokio::spawn(async move {
             while let Ok(Some(at)) = recv.next_msg::<Cursor>().await {
@@ -310,7 +312,7 @@ async fn transfer(
 /// (`MirrorMsg::Subscribe` for a server, `SyncRequest::Subscribe` for a sync service).
 pub fn opener<M: serde::Serialize>(
     cluster: tsn_protocol::ClusterId,
-    reader: tsn_protocol::ClusterId,
+    (reader, node): Reader,
     log: tsn_protocol::sync::FeedLog,
     wrap: fn(tsn_protocol::sync::Subscribe) -> M,
 ) -> impl Fn(Cursor) -> Vec<u8> {
@@ -318,6 +320,7 @@ pub fn opener<M: serde::Serialize>(
         tsn_protocol::encode(&wrap(tsn_protocol::sync::Subscribe {
             cluster,
             reader,
+            node,
             log,
             from,
         }))

@@ -52,6 +52,9 @@ pub struct Subscribe {
     pub cluster: ClusterId,
     /// The reader's own cluster (for [`FeedLog::SyncOutbox`], what it is sent).
     pub reader: ClusterId,
+    /// Which node of its cluster the reader is (the writer keeps, per reader, how far it
+    /// has read, and deletes only what every reader has).
+    pub node: crate::coord::NodeKind,
     /// The log.
     pub log: FeedLog,
     /// Where to start.

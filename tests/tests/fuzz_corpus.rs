@@ -230,6 +230,7 @@ fn write_seed_corpus() {
             vec![encode(&SyncRequest::Subscribe(Subscribe {
                 cluster: 1,
                 reader: 2,
+                node: tsn_protocol::coord::NodeKind::Sync,
                 log: FeedLog::SyncOutbox,
                 from: Cursor {
                     log_id: 7,

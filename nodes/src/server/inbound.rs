@@ -152,7 +152,7 @@ pub async fn run(
     let from = inbound.lock().unwrap_or_else(|e| e.into_inner()).cursor();
     let open = feed::opener(
         cluster,
-        cluster,
+        (cluster, shared.kind),
         FeedLog::SyncJournal,
         SyncRequest::Subscribe,
     );

@@ -482,7 +482,9 @@ fn take_checkpoint(
     };
     let size = checkpoint::save(&shared.dir, &cp)?;
     inbound.delete_through(received)?;
-    let read = shared.journal_feed.consumed();
+    let read = shared
+        .journal_feed
+        .consumed_by(&[(shared.cluster, tsn_protocol::coord::NodeKind::Sync)]);
     let deleted = disk
         .journal
         .delete_through(read.unwrap_or(0).min(journal))?;

@@ -262,7 +262,7 @@ async fn follow_server(
     let key = core::server_key(kind);
     let open = feed::opener(
         cluster,
-        cluster,
+        (cluster, NodeKind::Sync),
         FeedLog::ServerJournal,
         MirrorMsg::Subscribe,
     );
@@ -297,7 +297,7 @@ async fn follow_outbox(
     let key = core::outbox_key(from_cluster);
     let open = feed::opener(
         from_cluster,
-        cluster,
+        (cluster, NodeKind::Sync),
         FeedLog::SyncOutbox,
         SyncRequest::Subscribe,
     );
