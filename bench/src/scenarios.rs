@@ -141,6 +141,7 @@ fn system_with(
         heartbeat_ms,
         period_ms,
         server_args,
+        sync_args: Vec::new(),
     })?;
     for c in 1..=clusters {
         sys.start_node(c, Role::Primary)?;

@@ -19,6 +19,8 @@
 //!   the journal writer, mirroring to the standby, and the sync service's feed.
 //! - [`sync`]: the follower synchroniser: reads its servers' journals and every cluster's
 //!   outbox, and writes what its cluster's servers need into its own role directory.
+//! - [`window`]: the last so many ids, to recognise a change stored before without
+//!   keeping every id.
 //! - [`client`]: the interactive command-line client.
 //! - [`status`]: prints the coordinator's routing tables for people.
 //! - [`admin`]: operator commands (resetting a user's key binding).
@@ -46,6 +48,7 @@ pub mod server;
 pub mod status;
 pub mod sync;
 pub mod views;
+pub mod window;
 
 /// Microseconds since the Unix epoch, from the system clock.
 pub fn now_us() -> i64 {

@@ -242,10 +242,12 @@ fn subscribe() -> impl Strategy<Value = Subscribe> {
         ],
         any::<u64>(),
         any::<u64>(),
+        node_kind(),
     )
-        .prop_map(|(cluster, reader, log, log_id, offset)| Subscribe {
+        .prop_map(|(cluster, reader, log, log_id, offset, node)| Subscribe {
             cluster,
             reader,
+            node,
             log,
             from: Cursor { log_id, offset },
         })

@@ -159,6 +159,8 @@ pub struct Config {
     pub period_ms: u64,
     /// Extra flags for every `tsn_server` (e.g. `--ack durable`).
     pub server_args: Vec<String>,
+    /// Extra flags for every `tsn_sync_service`.
+    pub sync_args: Vec<String>,
 }
 
 /// A checkpoint interval small enough that checkpoints, sealed segments and deleted
@@ -166,12 +168,15 @@ pub struct Config {
 pub const SMALL_CHECKPOINT_BYTES: u64 = 8 * 1024;
 
 impl Config {
-    /// The same, with servers taking a checkpoint every [`SMALL_CHECKPOINT_BYTES`].
+    /// The same, with servers and sync services taking a checkpoint every
+    /// [`SMALL_CHECKPOINT_BYTES`].
     pub fn small_checkpoints(mut self) -> Config {
-        self.server_args.extend([
+        let flag = [
             "--checkpoint-bytes".into(),
             SMALL_CHECKPOINT_BYTES.to_string(),
-        ]);
+        ];
+        self.server_args.extend(flag.clone());
+        self.sync_args.extend(flag);
         self
     }
 }
@@ -183,6 +188,7 @@ impl Default for Config {
             heartbeat_ms: 200,
             period_ms: 50,
             server_args: Vec::new(),
+            sync_args: Vec::new(),
         }
     }
 }
@@ -369,7 +375,9 @@ impl System {
             }
         }
         args.extend(common);
-        if role != Role::Sync {
+        if role == Role::Sync {
+            args.extend(self.config.sync_args.iter().cloned());
+        } else {
             args.extend(self.config.server_args.iter().cloned());
         }
         args.extend(extra.iter().cloned());

@@ -17,6 +17,7 @@ fn post_while_standby_is_stopped(ack: &str) -> anyhow::Result<()> {
         heartbeat_ms: 1000,
         period_ms: 50,
         server_args: vec!["--ack".into(), ack.into()],
+        sync_args: Vec::new(),
     })?;
     sys.wait_log(
         1,

@@ -36,8 +36,8 @@ use tsn_datastore::{Datastore, RoleDir, SegmentedLog};
 use tsn_protocol::coord::NodeKind;
 use tsn_protocol::{ClusterId, Post, UserId};
 
-use crate::common::{CommonOpts, NodeOpts};
 use crate::checkpoint;
+use crate::common::{CommonOpts, NodeOpts};
 use crate::feed::FeedSource;
 use model::Model;
 pub use role::RoleState;

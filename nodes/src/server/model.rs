@@ -7,13 +7,15 @@
 //! the last [`TIMELINE_BACKLOG`] entries of each timeline that was written or read since
 //! the server started; older entries are in each user's `timeline.data`.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use tsn_datastore::Record as DsRecord;
 
 use tsn_protocol::types::{follow_supersedes, key_supersedes, KeyBinding};
 use tsn_protocol::{Change, Post, PostId, UserId, TIMELINE_BACKLOG};
 use DsRecord as Record;
+
+use crate::window::Window;
 
 /// Latest state of one follow relation: (timestamp, following?).
 type Edge = (i64, bool);
@@ -24,32 +26,8 @@ type Edge = (i64, bool);
 /// passes each post on once.
 pub const POST_WINDOW: usize = 65_536;
 
-/// The ids of the last [`POST_WINDOW`] posts, oldest first.
-#[derive(Debug, Default)]
-struct RecentPosts {
-    ids: HashSet<PostId>,
-    order: VecDeque<PostId>,
-}
-
-impl RecentPosts {
-    fn contains(&self, id: &PostId) -> bool {
-        self.ids.contains(id)
-    }
-
-    fn insert(&mut self, id: PostId) {
-        if self.ids.insert(id) {
-            self.order.push_back(id);
-            while self.order.len() > POST_WINDOW {
-                if let Some(old) = self.order.pop_front() {
-                    self.ids.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 /// What the server knows.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Model {
     /// Users created by logging in to this cluster.
     local_users: BTreeSet<UserId>,
@@ -61,7 +39,7 @@ pub struct Model {
     followers: HashMap<UserId, HashMap<UserId, Edge>>,
     /// Ids of the last posts stored by this cluster's servers (resends are recognised by
     /// these).
-    own_posts: RecentPosts,
+    own_posts: Window<PostId>,
     /// The last [`TIMELINE_BACKLOG`] entries of each user's timeline with their numbers
     /// (see [`tsn_protocol::client::TimelinePos`]), oldest first, for the timelines
     /// written or read since the server started.
@@ -70,6 +48,21 @@ pub struct Model {
     last_seq: HashMap<UserId, u64>,
     /// The key each of this cluster's users is bound to.
     keys: HashMap<UserId, KeyBinding>,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model {
+            local_users: BTreeSet::new(),
+            global_users: BTreeSet::new(),
+            following: HashMap::new(),
+            followers: HashMap::new(),
+            own_posts: Window::new(POST_WINDOW, 0),
+            recent: HashMap::new(),
+            last_seq: HashMap::new(),
+            keys: HashMap::new(),
+        }
+    }
 }
 
 /// A new entry of a user's timeline: (user, its number, the post).
@@ -127,7 +120,7 @@ impl Model {
                     .insert(*followee, (*ts_us, *active));
             }
             Change::Post(p) => {
-                self.own_posts.insert(p.id);
+                self.own_posts.insert(p.id, p.ts_us);
             }
             Change::Key {
                 user,
@@ -447,7 +440,7 @@ mod tests {
             author: 1,
             nonce: 10
         }));
-        assert_eq!(m.own_posts.order.len(), POST_WINDOW);
+        assert_eq!(m.own_posts.len(), POST_WINDOW);
     }
 
     #[test]

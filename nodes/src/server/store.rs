@@ -25,9 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use tsn_datastore::{DatastoreError, Record, SegmentedLog};
 use tsn_protocol::{Change, PostId, UserId, MAX_BATCH_CHANGES};
 
-use crate::checkpoint::{self, Checkpoint};
 use super::inbound::InboundHandle;
 use super::{AckMode, Shared};
+use crate::checkpoint::{self, Checkpoint};
 use crate::feed::FeedLen;
 use crate::views::{Side, Views};
 

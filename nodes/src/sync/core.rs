@@ -15,17 +15,42 @@
 //!
 //! Each batch is appended and flushed (fdatasync) before the cursor of the feed it came
 //! from is saved, so a crash re-reads a batch and never skips one; a record read twice
-//! is recognised and written once.
+//! is recognised and written once: by the last [`ID_WINDOW`] post ids and deliveries in
+//! memory, and, for an older one, by the user's timeline file on disk.
+//!
+//! Both logs are segmented. Each time they have grown by `--checkpoint-bytes`, a
+//! checkpoint ([`crate::checkpoint`]) records the state (users, follow edges, the number
+//! of each user's last delivery); segments before it are deleted once every reader has
+//! read them (the outbox's: every cluster's sync service; the journal's: both servers).
+//! A reader behind the oldest segment kept gets a state transfer: the checkpointed
+//! state and, from the timeline files, the posts (the outbox: this cluster's users' own
+//! posts; the journal: every delivery).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use tsn_datastore::{AppendLog, Cursors, DatastoreError, Record, RoleDir};
+use tsn_datastore::{Cursors, DatastoreError, Record, RoleDir, SegmentedLog};
+use tsn_protocol::coord::NodeKind;
 use tsn_protocol::sync::{Cursor, Entry};
 use tsn_protocol::types::{cluster_of, follow_supersedes};
 use tsn_protocol::{Change, ClusterId, PostId, UserId};
 
-use crate::feed::{FeedLen, FeedSource};
+use crate::checkpoint::{self, Checkpoint, Checkpointed};
+use crate::feed::{FeedLen, FeedSource, Reader, Transfer};
 use crate::views::{Side, Views};
+use crate::window::Window;
+
+/// How many post ids (of the outbox) and deliveries (of the journal) are remembered to
+/// recognise one read again: a re-read batch, or the same post from both servers'
+/// journals, comes within far fewer.
+pub const ID_WINDOW: usize = 65_536;
+
+/// Timeline files whose post ids are held at once for the check of old ids.
+const ON_DISK_USERS: usize = 256;
+
+/// A log that holds this many checkpoint intervals some reader has not read is reported
+/// at each checkpoint.
+pub const UNREAD_WARN_INTERVALS: u64 = 16;
 
 /// Latest state of one follow relation: (timestamp, following?).
 type Edge = (i64, bool);
@@ -43,18 +68,51 @@ pub fn outbox_key(cluster: ClusterId) -> String {
 /// A log this process writes and serves.
 #[derive(Debug)]
 struct ServedLog {
-    log: AppendLog,
+    log: SegmentedLog,
     len: FeedLen,
     source: FeedSource,
+    /// Who reads it: what they have read may be deleted.
+    readers: Vec<Reader>,
 }
 
 impl ServedLog {
-    fn open(path: &std::path::Path) -> Result<(ServedLog, Vec<Record>), DatastoreError> {
-        let (log, records) = AppendLog::open(path)?;
+    /// Opens the log at `path`, returning its records from `from` on.
+    fn open(
+        path: &std::path::Path,
+        from: u64,
+        readers: Vec<Reader>,
+        transfer: Transfer,
+    ) -> Result<(ServedLog, Vec<Record>), DatastoreError> {
+        let (log, records) = SegmentedLog::open(path, from)?;
         let id = tsn_datastore::log_id(path)?;
-        let segments = tsn_datastore::Segments::single(path);
-        let (len, source) = FeedSource::new(segments, id, log.len());
-        Ok((ServedLog { log, len, source }, records))
+        let (len, source) = FeedSource::new(log.segments(), id, log.len());
+        let source = source.with_transfer(transfer);
+        Ok((
+            ServedLog {
+                log,
+                len,
+                source,
+                readers,
+            },
+            records,
+        ))
+    }
+
+    /// Deletes the segments before `covered` that every reader has read; warns when what
+    /// some reader has not read piles up.
+    fn delete_read(&mut self, covered: u64, warn_over: u64) -> Result<(), DatastoreError> {
+        let read = self.source.consumed_by(&self.readers);
+        self.log.delete_through(read.unwrap_or(0).min(covered))?;
+        let kept = self.log.len() - self.log.start();
+        if kept > warn_over {
+            tracing::warn!(
+                log = %self.log.path().display(),
+                kept_bytes = kept,
+                read_by_all = ?read,
+                "log segments pile up: a reader has not read them (it is down or far behind); they are kept until it has"
+            );
+        }
+        Ok(())
     }
 
     fn append_durably(&mut self, records: &[Record]) -> Result<(), DatastoreError> {
@@ -75,30 +133,100 @@ pub struct SyncCore {
     journal: ServedLog,
     views: Views,
     cursors: Cursors,
+    /// `--checkpoint-bytes`.
+    checkpoint_bytes: u64,
+    /// The last checkpoint: journal offset, outbox offset, size in bytes.
+    last: (u64, u64, u64),
+    /// The newest timestamp seen (a checkpoint's clock).
+    max_ts: i64,
     // What the outbox holds.
     out_users: HashSet<UserId>,
-    out_posts: HashSet<PostId>,
+    out_posts: Window<PostId>,
     /// This cluster's follow relations: followee -> follower -> edge.
     following: HashMap<UserId, HashMap<UserId, Edge>>,
     // What the journal holds.
     users: HashSet<UserId>,
     followers: HashMap<(UserId, UserId), Edge>,
-    delivered: HashSet<(UserId, PostId)>,
+    delivered: Window<(UserId, PostId)>,
     /// The number of the last post delivered to each user.
     last_seq: HashMap<UserId, u64>,
+    /// The post ids of users' timeline files, read for the check of old ids.
+    on_disk: HashMap<UserId, HashSet<PostId>>,
+}
+
+/// Every delivery in the timeline files of `dir` (to the file's user), and with
+/// `own_only`, only each user's own posts.
+fn timeline_files(dir: &RoleDir, own_only: bool) -> anyhow::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.path().join("local_clients")) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        for r in tsn_datastore::read_records(&e.path().join("timeline.data"))? {
+            match r {
+                Record::Deliver { to, post, .. } if own_only && post.id.author == to => {
+                    out.push(Record::Change(Change::Post(post)));
+                }
+                Record::Deliver { .. } if !own_only => out.push(r),
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a sync service behind the outbox's oldest segment gets: the checkpoint's users
+/// and follow edges of this cluster, and this cluster's users' own posts.
+fn outbox_transfer(dir: &RoleDir) -> anyhow::Result<Vec<Record>> {
+    let mut records = checkpoint::load(dir)?
+        .map(|cp| cp.state.received)
+        .unwrap_or_default();
+    records.extend(timeline_files(dir, true)?);
+    Ok(records)
+}
+
+/// What a server behind the journal's oldest segment gets: the checkpoint's users and
+/// followers, and every delivery, with its number.
+fn journal_transfer(dir: &RoleDir) -> anyhow::Result<Vec<Record>> {
+    let mut records = checkpoint::load(dir)?
+        .map(|cp| cp.state.own)
+        .unwrap_or_default();
+    records.extend(timeline_files(dir, false)?);
+    Ok(records)
 }
 
 impl SyncCore {
-    /// Opens the role directory `dir`, loading both logs (and rebuilding the view files
-    /// when the last exit was not clean).
+    /// Opens the role directory `dir`: the last checkpoint and both logs after it
+    /// (completing the view files when the last exit was not clean).
     pub fn open(
         dir: RoleDir,
         cluster: ClusterId,
         clusters: u32,
-    ) -> Result<SyncCore, DatastoreError> {
+        checkpoint_bytes: u64,
+    ) -> anyhow::Result<SyncCore> {
         dir.create()?;
-        let (outbox, out_records) = ServedLog::open(&dir.outbox())?;
-        let (journal, records) = ServedLog::open(&dir.journal())?;
+        let cp = checkpoint::load(&dir)?.unwrap_or_default();
+        let last_size = std::fs::metadata(checkpoint::path(&dir)).map_or(0, |m| m.len());
+        let syncs: Vec<Reader> = (1..=clusters).map(|c| (c, NodeKind::Sync)).collect();
+        let servers = vec![(cluster, NodeKind::Primary), (cluster, NodeKind::Secondary)];
+        let (outbox, out_records) = {
+            let d = dir.clone();
+            ServedLog::open(
+                &dir.outbox(),
+                cp.other,
+                syncs,
+                Arc::new(move || outbox_transfer(&d)),
+            )?
+        };
+        let (journal, records) = {
+            let d = dir.clone();
+            ServedLog::open(
+                &dir.journal(),
+                cp.journal,
+                servers,
+                Arc::new(move || journal_transfer(&d)),
+            )?
+        };
         let cursors = Cursors::load(&dir.cursors())?;
         let clean = dir.clean_marker().exists();
         if clean {
@@ -107,9 +235,9 @@ impl SyncCore {
                 source,
             })?;
         } else if !records.is_empty() {
-            match crate::views::rebuild(&dir, &[(Side::Sync, &records)]) {
-                Ok(n) => tracing::info!(files = n, "previous exit was not clean: rebuilt view files from the journal"),
-                Err(e) => tracing::error!("previous exit was not clean and rebuilding the view files failed; continuing from the journal: {e}"),
+            match crate::views::reconcile(&dir, &[(Side::Sync, &records)]) {
+                Ok(n) => tracing::info!(files = n, "previous exit was not clean: completed the view files from the journal after the last checkpoint"),
+                Err(e) => tracing::error!("previous exit was not clean and completing the view files failed; continuing from the journal: {e}"),
             }
         }
         let mut core = SyncCore {
@@ -120,14 +248,29 @@ impl SyncCore {
             outbox,
             journal,
             cursors,
+            checkpoint_bytes,
+            last: (cp.journal, cp.other, last_size),
+            max_ts: cp.clock,
             out_users: HashSet::new(),
-            out_posts: HashSet::new(),
+            out_posts: Window::new(ID_WINDOW, cp.clock),
             following: HashMap::new(),
             users: HashSet::new(),
             followers: HashMap::new(),
-            delivered: HashSet::new(),
+            delivered: Window::new(ID_WINDOW, cp.clock),
             last_seq: HashMap::new(),
+            on_disk: HashMap::new(),
         };
+        for r in &cp.state.received {
+            if let Record::Change(c) = r {
+                core.note_local(c);
+            }
+        }
+        for r in &cp.state.own {
+            core.note_delivered(r);
+        }
+        for (user, seq) in &cp.state.seqs {
+            core.last_seq.insert(*user, *seq);
+        }
         for r in &out_records {
             if let Record::Change(c) = r {
                 core.note_local(c);
@@ -137,11 +280,110 @@ impl SyncCore {
             core.note_delivered(r);
         }
         tracing::info!(
+            checkpoint_journal = cp.journal,
+            checkpoint_outbox = cp.other,
             outbox = out_records.len(),
             journal = records.len(),
-            "sync service state loaded"
+            "sync service state loaded: the last checkpoint and the records after it"
         );
         Ok(core)
+    }
+
+    /// Whether `user`'s timeline file holds post `id` (read once, then kept for a while:
+    /// old ids come in bursts, after a long partition or when an outbox is read again).
+    fn on_disk(&mut self, user: UserId, id: &PostId) -> bool {
+        if !self.on_disk.contains_key(&user) {
+            if self.on_disk.len() >= ON_DISK_USERS {
+                self.on_disk.clear();
+            }
+            let ids = match tsn_datastore::read_records(&self.dir.timeline(user)) {
+                Ok(records) => records
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Record::Deliver { post, .. } => Some(post.id),
+                        Record::Change(_) => None,
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(
+                        user,
+                        "reading a timeline file to recognise an old post: {e}"
+                    );
+                    HashSet::new()
+                }
+            };
+            self.on_disk.insert(user, ids);
+        }
+        self.on_disk.get(&user).is_some_and(|ids| ids.contains(id))
+    }
+
+    /// The state a checkpoint keeps.
+    fn checkpointed(&self) -> Checkpointed {
+        let user = |u: &UserId| Record::Change(Change::User { user: *u });
+        let follow = |followee: UserId, follower: UserId, (ts_us, active): Edge| {
+            Record::Change(Change::Follow {
+                follower,
+                followee,
+                ts_us,
+                active,
+            })
+        };
+        let mut own: Vec<Record> = self.users.iter().map(user).collect();
+        own.extend(
+            self.followers
+                .iter()
+                .map(|((followee, follower), e)| follow(*followee, *follower, *e)),
+        );
+        let mut received: Vec<Record> = self.out_users.iter().map(user).collect();
+        received.extend(self.following.iter().flat_map(|(followee, m)| {
+            m.iter()
+                .map(move |(follower, e)| follow(*followee, *follower, *e))
+        }));
+        let mut seqs: Vec<(UserId, u64)> = self.last_seq.iter().map(|(u, s)| (*u, *s)).collect();
+        seqs.sort_unstable();
+        Checkpointed {
+            own,
+            received,
+            seqs,
+        }
+    }
+
+    /// Takes a checkpoint if both logs together have grown by `--checkpoint-bytes` (and by
+    /// the last checkpoint's size) since the last one.
+    fn maybe_checkpoint(&mut self) {
+        let grown = self.journal.log.len().saturating_sub(self.last.0)
+            + self.outbox.log.len().saturating_sub(self.last.1);
+        if grown < self.checkpoint_bytes.max(self.last.2) {
+            return;
+        }
+        let journal_len = self.journal.log.len();
+        let outbox_len = self.outbox.log.len();
+        if let Err(e) = self.checkpoint() {
+            tracing::error!("checkpoint failed (the logs are kept; retrying later): {e:#}");
+            self.last.0 = journal_len;
+            self.last.1 = outbox_len;
+        }
+    }
+
+    fn checkpoint(&mut self) -> anyhow::Result<()> {
+        let state = self.checkpointed();
+        let journal = self.journal.log.rotate()?;
+        let outbox = self.outbox.log.rotate()?;
+        crate::views::make_durable(&self.dir)?;
+        let cp = Checkpoint {
+            journal,
+            other_name: "outbox".into(),
+            other: outbox,
+            clock: self.max_ts,
+            state,
+        };
+        let size = checkpoint::save(&self.dir, &cp)?;
+        let warn_over = self.checkpoint_bytes.saturating_mul(UNREAD_WARN_INTERVALS);
+        self.journal.delete_read(journal, warn_over)?;
+        self.outbox.delete_read(outbox, warn_over)?;
+        tracing::debug!(journal, outbox, bytes = size, "checkpoint written");
+        self.last = (journal, outbox, size);
+        Ok(())
     }
 
     /// The outbox, for other sync services.
@@ -180,13 +422,25 @@ impl SyncCore {
         match c {
             Change::Key { .. } => false,
             Change::User { user } => self.out_users.insert(*user),
-            Change::Post(p) => self.out_posts.insert(p.id),
+            Change::Post(p) => {
+                self.max_ts = self.max_ts.max(p.ts_us);
+                if self.out_posts.contains(&p.id) {
+                    return false;
+                }
+                // An id older than the window's memory: this cluster's posts reach their
+                // authors' own timelines, so the author's file says whether it was seen.
+                if self.out_posts.may_have_forgotten(p.ts_us) && self.on_disk(p.id.author, &p.id) {
+                    return false;
+                }
+                self.out_posts.insert(p.id, p.ts_us)
+            }
             Change::Follow {
                 follower,
                 followee,
                 ts_us,
                 active,
             } => {
+                self.max_ts = self.max_ts.max(*ts_us);
                 let m = self.following.entry(*followee).or_default();
                 if follow_supersedes(m.get(follower).copied(), *ts_us, *active) {
                     m.insert(*follower, (*ts_us, *active));
@@ -220,7 +474,7 @@ impl SyncCore {
             Record::Deliver { to, seq, post } => {
                 let last = self.last_seq.entry(*to).or_default();
                 *last = (*last).max(*seq);
-                self.delivered.insert((*to, post.id))
+                self.delivered.insert((*to, post.id), post.ts_us)
             }
         }
     }
@@ -263,6 +517,9 @@ impl SyncCore {
             self.outbox.append_durably(&fresh)?;
         }
         self.save_cursor(key, next)?;
+        self.maybe_checkpoint();
+        // Timeline files read for old ids go stale as deliveries are appended.
+        self.on_disk.clear();
         Ok(fresh.len())
     }
 
@@ -303,6 +560,9 @@ impl SyncCore {
                         if self.delivered.contains(&(to, p.id)) {
                             continue;
                         }
+                        if self.delivered.may_have_forgotten(p.ts_us) && self.on_disk(to, &p.id) {
+                            continue;
+                        }
                         let seq = self.last_seq.get(&to).copied().unwrap_or(0) + 1;
                         let r = Record::Deliver {
                             to,
@@ -319,11 +579,14 @@ impl SyncCore {
             self.journal.append_durably(&fresh)?;
             if let Err(e) = self.views.append(&fresh) {
                 tracing::warn!(
-                    "view file append failed (rebuilt from the journal at next start): {e}"
+                    "view file append failed (completed from the journal at next start): {e}"
                 );
             }
         }
         self.save_cursor(key, next)?;
+        self.maybe_checkpoint();
+        // Timeline files read for old ids go stale as deliveries are appended.
+        self.on_disk.clear();
         Ok(fresh.len())
     }
 

@@ -70,6 +70,13 @@ pub struct SyncOpts {
     #[arg(long, value_name = "HOST:PORT", env = "TSN_ADVERTISE")]
     pub advertise: Option<String>,
 
+    /// Take a checkpoint each time the outbox and the journal together grew by this many
+    /// bytes (and by at least the size of the last checkpoint): start-up then replays at
+    /// most about this much, and older segments are deleted once every reader has read
+    /// them.
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..), env = "TSN_CHECKPOINT_BYTES")]
+    pub checkpoint_bytes: u64,
+
     #[command(flatten)]
     pub node: NodeOpts,
 
@@ -149,10 +156,13 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
 
     let dir2 = dir.clone();
     let cluster = opts.cluster;
-    let core = tokio::task::spawn_blocking(move || SyncCore::open(dir2, cluster, clusters))
-        .await
-        .context("loading panicked")?
-        .with_context(|| format!("loading {}", dir.path().display()))?;
+    let checkpoint_bytes = opts.checkpoint_bytes;
+    let core = tokio::task::spawn_blocking(move || {
+        SyncCore::open(dir2, cluster, clusters, checkpoint_bytes)
+    })
+    .await
+    .context("loading panicked")?
+    .with_context(|| format!("loading {}", dir.path().display()))?;
     let core: Core = Arc::new(Mutex::new(core));
 
     // Feeds this sync service reads. Outboxes are read only once this cluster's servers
