@@ -157,7 +157,7 @@ fn system(clusters: u32, heartbeat_ms: u64, period_ms: u64) -> Result<System> {
 
 /// Waits until cluster 1's active server mirrors to its standby (until then it serves
 /// alone), `seen` such lines having been logged before.
-fn mirrored(sys: &System, role: Role, seen: usize) -> Result<()> {
+pub(crate) fn mirrored(sys: &System, role: Role, seen: usize) -> Result<()> {
     tsn_tests::eventually(
         "cluster 1 mirroring to its standby",
         Duration::from_secs(30),
@@ -165,7 +165,7 @@ fn mirrored(sys: &System, role: Role, seen: usize) -> Result<()> {
     )
 }
 
-const MIRRORING: &str = "mirroring to the standby after exchanging state";
+pub(crate) const MIRRORING: &str = "mirroring to the standby after exchanging state";
 
 /// Users served by cluster 1 of 3: multiples of 3.
 fn cluster1_user(k: u32) -> UserId {
@@ -173,7 +173,7 @@ fn cluster1_user(k: u32) -> UserId {
 }
 
 /// Retries FOLLOW until the followee is known in the follower's cluster.
-async fn follow(conn: &quinn::Connection, user: UserId, target: UserId) -> Result<()> {
+pub(crate) async fn follow(conn: &quinn::Connection, user: UserId, target: UserId) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match session::call::<_, ClientReply>(conn, &ClientRequest::Follow { user, target }).await?
