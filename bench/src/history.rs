@@ -25,7 +25,7 @@ use tsn_protocol::UserId;
 use tsn_tests::{Config, Role, System};
 
 use crate::progress;
-use crate::scenarios::{follow, mirrored, MIRRORING};
+use crate::scenarios::{follow, MIRRORING};
 use crate::session;
 
 /// Users of the cluster; each posts its share of the history.
@@ -420,7 +420,13 @@ fn one(rt: &Runtime, s: &Settings, total: u64) -> Result<HistoryPoint> {
     let label = format!("history, {total} posts");
     progress::stage(format!("{label}: starting"));
     let mut sys = start(s)?;
-    mirrored(&sys, Role::Primary, 0)?;
+    // The primary learns of its standby on a heartbeat: within one.
+    mirroring_line(
+        &sys,
+        Role::Primary,
+        0,
+        Duration::from_millis(2 * s.heartbeat_ms) + Duration::from_secs(30),
+    )?;
     let act = active(&sys)?;
     let standby = other(act);
     let (certs, coord) = (sys.certs(), sys.coord.clone());

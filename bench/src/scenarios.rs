@@ -157,7 +157,7 @@ fn system(clusters: u32, heartbeat_ms: u64, period_ms: u64) -> Result<System> {
 
 /// Waits until cluster 1's active server mirrors to its standby (until then it serves
 /// alone), `seen` such lines having been logged before.
-pub(crate) fn mirrored(sys: &System, role: Role, seen: usize) -> Result<()> {
+fn mirrored(sys: &System, role: Role, seen: usize) -> Result<()> {
     tsn_tests::eventually(
         "cluster 1 mirroring to its standby",
         Duration::from_secs(30),
