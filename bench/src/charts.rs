@@ -3,8 +3,10 @@
 use std::path::Path;
 
 use anyhow::Result;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use crate::history::HistoryPoint;
 use crate::scenarios::{Curve, Delivery};
 
 /// A line of a chart: label, colour, dashed, points.
@@ -36,8 +38,36 @@ struct Frame<'a> {
     legend: SeriesLabelPosition,
 }
 
-/// Draws `lines` on log-log axes (or log y with a linear x when `log_x` is false).
+fn plotted(lines: &[Line]) -> Vec<(f64, f64)> {
+    lines
+        .iter()
+        .flat_map(|l| l.points.iter().copied())
+        .filter(|(x, y)| x.is_finite() && y.is_finite() && *y > 0.0)
+        .collect()
+}
+
+/// Draws `lines` on log-log axes (or log y with a linear x when `log_x` is false), in a
+/// file of their own.
 fn draw(path: &Path, frame: Frame<'_>, lines: &[Line]) -> Result<()> {
+    if plotted(lines).is_empty() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    draw_on(&root, frame, lines)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Draws `lines` on `area` (see [`draw`]).
+fn draw_on(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    frame: Frame<'_>,
+    lines: &[Line],
+) -> Result<()> {
     let Frame {
         caption,
         x_desc,
@@ -46,11 +76,7 @@ fn draw(path: &Path, frame: Frame<'_>, lines: &[Line]) -> Result<()> {
         x_label,
         legend,
     } = frame;
-    let all: Vec<(f64, f64)> = lines
-        .iter()
-        .flat_map(|l| l.points.iter().copied())
-        .filter(|(x, y)| x.is_finite() && y.is_finite() && *y > 0.0)
-        .collect();
+    let all = plotted(lines);
     if all.is_empty() {
         return Ok(());
     }
@@ -62,12 +88,7 @@ fn draw(path: &Path, frame: Frame<'_>, lines: &[Line]) -> Result<()> {
         y1 = y1.max(*y);
     }
     let (y0, y1) = (y0 / 1.5, y1 * 1.5);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut builder = ChartBuilder::on(&root);
+    let mut builder = ChartBuilder::on(area);
     builder
         .caption(caption, ("sans-serif", 20))
         .margin(15)
@@ -135,7 +156,6 @@ fn draw(path: &Path, frame: Frame<'_>, lines: &[Line]) -> Result<()> {
             .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
             .map_err(err)?);
     }
-    root.present().map_err(err)?;
     Ok(())
 }
 
@@ -266,4 +286,80 @@ pub fn delivery_distribution(path: &Path, d: &[Delivery], period_ms: u64) -> Res
         },
         &lines,
     )
+}
+
+/// Section 9: restart times (above) and memory and disk (below) of the active server
+/// against the number of posts in its history.
+pub fn history(path: &Path, points: &[HistoryPoint]) -> Result<()> {
+    let series = |label: &str,
+                  color: RGBColor,
+                  dashed: bool,
+                  f: &dyn Fn(&HistoryPoint) -> Option<f64>| Line {
+        label: label.to_string(),
+        color,
+        dashed,
+        points: points
+            .iter()
+            .filter_map(|p| Some((p.posts as f64, f(p)?)))
+            .collect(),
+    };
+    let ms = |v: Option<f64>| v.map(|s| s * 1e3);
+    let times = [
+        series("spawn -> /ready 200", BLUE, false, &|p| {
+            ms(p.restart_to_ready_s)
+        }),
+        series("spawn -> LIST answered", GREEN, true, &|p| {
+            ms(p.restart_to_list_s)
+        }),
+        series(
+            "standby away for the last 10%: spawn -> mirrored again",
+            ORANGE,
+            false,
+            &|p| ms(p.standby_catch_up_s),
+        ),
+    ];
+    let sizes = [
+        series("resident memory once ready", BLUE, false, &|p| p.rss_mib),
+        series("peak resident memory", BLUE, true, &|p| p.peak_rss_mib),
+        series("journal bytes (logs + checkpoint)", RED, false, &|p| {
+            Some(p.journal_mib)
+        }),
+        series("checkpoint", GREEN, true, &|p| Some(p.checkpoint_mib)),
+    ];
+    if plotted(&times).is_empty() && plotted(&sizes).is_empty() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let root = SVGBackend::new(path, (960, 1000)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let panels = root.split_evenly((2, 1));
+    let posts = |x: &f64| rate_label(x);
+    draw_on(
+        &panels[0],
+        Frame {
+            caption: "Active server restart (kill -9, same command line) vs history",
+            x_desc: "posts in the history (log)",
+            y_desc: "ms from its spawn (log)",
+            log_x: true,
+            x_label: &posts,
+            legend: SeriesLabelPosition::UpperLeft,
+        },
+        &times,
+    )?;
+    draw_on(
+        &panels[1],
+        Frame {
+            caption: "Its memory once ready and its history on disk",
+            x_desc: "posts in the history (log)",
+            y_desc: "MiB (log)",
+            log_x: true,
+            x_label: &posts,
+            legend: SeriesLabelPosition::UpperLeft,
+        },
+        &sizes,
+    )?;
+    root.present().map_err(err)?;
+    Ok(())
 }

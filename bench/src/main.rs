@@ -5,6 +5,7 @@
 
 mod charts;
 mod floor;
+mod history;
 mod load;
 mod progress;
 mod scenarios;
@@ -21,10 +22,10 @@ use stats::{median, row, verdict, Row};
 #[derive(Debug, Parser)]
 #[command(name = "tsn_bench", version, about)]
 struct Opts {
-    /// Sections to run (1-8, comma-separated); all by default. 1 floor, 2 and 3 the
+    /// Sections to run (1-9, comma-separated); all by default. 1 floor, 2 and 3 the
     /// load curves with --ack replicated and --ack durable (they run the floor too, for
     /// the ratios), 4 delivery event vs period, 5 fan-out, 6 connections held, 7
-    /// failover, 8 cost at rest.
+    /// failover, 8 cost at rest, 9 restart and catch-up as history grows.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
 
@@ -62,6 +63,20 @@ struct Opts {
     /// Where to write the JSON figures.
     #[arg(long, default_value = "bench-results.json")]
     json: std::path::PathBuf,
+
+    /// History sizes of section 9 (posts, comma-separated): a fresh cluster each.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    history_posts: Vec<u64>,
+
+    /// Section 9: TSN_CHECKPOINT_BYTES for the servers (a checkpoint each time their
+    /// logs grew by this many bytes); the servers' default when not given.
+    #[arg(long)]
+    checkpoint_bytes: Option<u64>,
+
+    /// Section 9: heartbeat interval (ms). A restart that takes longer than 2.5 beats is
+    /// failed over, and the restarted server, now the standby, answers no LIST.
+    #[arg(long, default_value_t = 1000)]
+    history_heartbeat_ms: u64,
 
     /// Directory for the SVG charts.
     #[arg(long, default_value = "bench/charts")]
@@ -102,6 +117,7 @@ fn main() -> anyhow::Result<()> {
     if want(5) || want(6) || want(8) {
         steps += 1 + s.runs as u64 * u64::from(want(5));
     }
+    steps += 4 * opts.history_posts.len() as u64 * u64::from(want(9));
     progress::start(steps);
 
     let mut rows: Vec<Row> = Vec::new();
@@ -169,6 +185,17 @@ fn main() -> anyhow::Result<()> {
             }),
         );
     }
+    let mut history = Vec::new();
+    if want(9) {
+        let h = history::Settings {
+            posts: opts.history_posts.clone(),
+            checkpoint_bytes: opts.checkpoint_bytes,
+            heartbeat_ms: opts.history_heartbeat_ms,
+        };
+        let (points, failed) = history::run(&rt, &h);
+        history = points;
+        errors.extend(failed.into_iter().map(|e| format!("section 9: {e}")));
+    }
     progress::finish();
 
     let mut head = Vec::new();
@@ -203,6 +230,9 @@ fn main() -> anyhow::Result<()> {
     if !failovers.is_empty() {
         println!("{}", failover_table(&failovers));
     }
+    if !history.is_empty() {
+        println!("{}", history::table(&history));
+    }
     for e in &errors {
         println!("failed: {e}\n");
     }
@@ -227,6 +257,11 @@ fn main() -> anyhow::Result<()> {
             charts::delivery_distribution(&p, &delivery, q)?;
             drawn.push(p);
         }
+    }
+    if !history.is_empty() {
+        let p = opts.charts.join("restart-vs-history.svg");
+        charts::history(&p, &history)?;
+        drawn.push(p);
     }
     for p in &drawn {
         eprintln!("chart written to {}", p.display());
@@ -261,6 +296,7 @@ fn main() -> anyhow::Result<()> {
         "delivery_curve": dcurve,
         "delivery": delivery,
         "failovers": failovers,
+        "history": history,
         "errors": errors,
     });
     std::fs::write(&opts.json, serde_json::to_string_pretty(&json)?)?;

@@ -166,7 +166,7 @@ fn mirrored(sys: &System, role: Role, seen: usize) -> Result<()> {
     )
 }
 
-const MIRRORING: &str = "mirroring to the standby after exchanging state";
+pub(crate) const MIRRORING: &str = "mirroring to the standby after exchanging state";
 
 /// Users served by cluster 1 of 3: multiples of 3.
 fn cluster1_user(k: u32) -> UserId {
@@ -174,7 +174,7 @@ fn cluster1_user(k: u32) -> UserId {
 }
 
 /// Retries FOLLOW until the followee is known in the follower's cluster.
-async fn follow(conn: &quinn::Connection, user: UserId, target: UserId) -> Result<()> {
+pub(crate) async fn follow(conn: &quinn::Connection, user: UserId, target: UserId) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match session::call::<_, ClientReply>(conn, &ClientRequest::Follow { user, target }).await?

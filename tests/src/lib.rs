@@ -1011,3 +1011,235 @@ pub fn wait_mirroring(
         || Ok(sys.log_count(cluster, active, "mirroring to the standby") > before),
     )
 }
+
+// Restarts and the cost of history: shared by tests/tests/history.rs and tsn_bench's
+// history section.
+
+impl System {
+    /// Restarts a node that was killed on the address it had, as the same command line
+    /// run again on its host would: the flags of [`System::start_node_in`], with `-p` the
+    /// port of its last ready file instead of 0. (A restart on a new port is another
+    /// process to the coordinator, refused until the old one has missed its heartbeats,
+    /// by which time the cluster has failed over.) Waits up to `timeout` for the new
+    /// ready file.
+    pub fn restart_node_in_place(
+        &mut self,
+        cluster: u32,
+        role: Role,
+        prefix: &[String],
+        extra: &[String],
+        timeout: Duration,
+    ) -> Result<()> {
+        let name = node_name(cluster, role);
+        let ready = self.dir.path().join(format!("{name}.addr"));
+        let port = self
+            .addr(cluster, role)?
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .with_context(|| format!("no port in {}", ready.display()))?;
+        self.kill(cluster, role);
+        let _ = std::fs::remove_file(&ready);
+        let (bin, id_flag, mut args) = match role {
+            Role::Primary | Role::Secondary => (
+                "tsn_server",
+                "-i",
+                vec!["-t".to_string(), role.name().to_string()],
+            ),
+            Role::Sync => (
+                "tsn_sync_service",
+                "-s",
+                vec!["-q".to_string(), self.config.period_ms.to_string()],
+            ),
+        };
+        args.extend([
+            "-c".into(),
+            self.coord.clone(),
+            "-p".into(),
+            port.to_string(),
+            id_flag.into(),
+            cluster.to_string(),
+        ]);
+        args.extend(self.common(&self.datastore(cluster, role)));
+        if role != Role::Sync {
+            args.extend(self.config.server_args.iter().cloned());
+        }
+        args.extend(extra.iter().cloned());
+        args.extend(["--ready-file".into(), ready.display().to_string()]);
+        let p = Proc::spawn_in(prefix, bin, &args, &self.log(&name))?;
+        self.nodes.insert((cluster, role), p);
+        wait_file(&ready, timeout)
+            .with_context(|| format!("{name} did not start; see {}", self.log(&name).display()))?;
+        Ok(())
+    }
+
+    /// The `/metrics` address a node logged last (it must run with `--metrics-addr` and
+    /// log `tsn_nodes::metrics` at info), and how many such lines its log holds, so that
+    /// a caller can wait for the line of a restarted process.
+    pub fn metrics_addr(&self, cluster: u32, role: Role) -> (Option<String>, usize) {
+        let log = self.read_log(cluster, role);
+        let addrs: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("metrics listening"))
+            .filter_map(|l| l.split("addr=").nth(1))
+            .map(str::trim)
+            .collect();
+        (addrs.last().map(|a| a.to_string()), addrs.len())
+    }
+}
+
+/// The status code of `GET path` on `addr` (a node's metrics listener), within 2 s.
+pub fn http_status(addr: &str, path: &str) -> Result<u16> {
+    use std::io::Read;
+    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: tsn\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status line from {addr}{path}: {out:?}"))
+}
+
+/// A size field of `/proc/<pid>/status` in KiB: `VmRSS` (resident memory now), `VmHWM`
+/// (its peak).
+pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// What a server keeps of its history on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalBytes {
+    /// Every log segment (`journal*.data`, `received*.data`: the active segments and
+    /// the sealed ones) plus `checkpoint.data`.
+    pub total: u64,
+    /// `checkpoint.data` alone (0 while there is none).
+    pub checkpoint: u64,
+}
+
+/// The journal bytes of a server's role directory (see [`JournalBytes`]).
+pub fn journal_bytes(role_dir: &Path) -> Result<JournalBytes> {
+    let mut out = JournalBytes::default();
+    for entry in
+        std::fs::read_dir(role_dir).with_context(|| format!("listing {}", role_dir.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let log = (name.starts_with("journal") || name.starts_with("received"))
+            && name.ends_with(".data");
+        let checkpoint = name == "checkpoint.data";
+        if log || checkpoint {
+            let len = entry.metadata()?.len();
+            out.total += len;
+            if checkpoint {
+                out.checkpoint = len;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Posts one post for each nonce of `nonces` as `user`, on a timeline stream of `conn`
+/// (logged in as `user`), at most `window` of them unacknowledged at a time (the server
+/// takes up to 256 per stream), as fast as the server acknowledges them; `acked` counts
+/// the acknowledgements as they come. A session the server closes (it fell behind on the
+/// entries it pushes down) is reopened and what was not acknowledged is sent again (a
+/// post's id is stored once); a post refused for the user's rate is sent again. Gives up
+/// at `deadline`.
+pub async fn post_pipelined(
+    conn: &quinn::Connection,
+    user: u32,
+    nonces: std::ops::Range<u64>,
+    window: usize,
+    acked: &std::sync::atomic::AtomicU64,
+    deadline: Instant,
+) -> Result<()> {
+    use std::collections::VecDeque;
+    use tsn_protocol::client::{
+        ClientReply, ClientRequest, CommandError, TimelineDown, TimelineUp,
+    };
+
+    let first = nonces.start;
+    let mut done = vec![false; (nonces.end - nonces.start) as usize];
+    let mut todo: VecDeque<u64> = nonces.collect();
+    let deadline = tokio::time::Instant::from_std(deadline);
+    while !todo.is_empty() {
+        let session = async {
+            let (mut send, recv) = conn.open_bi().await?;
+            tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user, since: None })
+                .await?;
+            let mut recv = tsn_protocol::FrameReader::new(recv);
+            match recv.next_msg::<ClientReply>().await? {
+                Some(ClientReply::Ok) => {}
+                other => bail!("timeline of user {user} refused: {other:?}"),
+            }
+            let mut in_flight = 0usize;
+            loop {
+                // Write what the window allows, then read one message.
+                while in_flight < window {
+                    let Some(nonce) = todo.pop_front() else { break };
+                    let post = TimelineUp::Post {
+                        nonce,
+                        text: format!("history {nonce}"),
+                    };
+                    tsn_protocol::write_msg(&mut send, &post).await?;
+                    in_flight += 1;
+                }
+                if in_flight == 0 {
+                    let _ = send.finish();
+                    return Ok(());
+                }
+                let slot = |n: u64| n.checked_sub(first).map(|i| i as usize);
+                match recv.next_msg::<TimelineDown>().await? {
+                    Some(TimelineDown::Ack { nonce }) => {
+                        if let Some(d) = slot(nonce).and_then(|i| done.get_mut(i)) {
+                            if !*d {
+                                *d = true;
+                                in_flight -= 1;
+                                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Some(TimelineDown::Refused {
+                        nonce,
+                        reason: CommandError::RateLimited { .. },
+                    }) => {
+                        if slot(nonce).and_then(|i| done.get(i)).is_some() {
+                            in_flight -= 1;
+                            todo.push_back(nonce);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    Some(TimelineDown::Refused { nonce, reason }) => {
+                        bail!("post {nonce} of user {user} refused: {reason}")
+                    }
+                    Some(TimelineDown::NotActive) => bail!("the server is no longer active"),
+                    // The session was closed: reopen it and resend what is not acknowledged.
+                    Some(TimelineDown::Reopen) | None => return Ok(()),
+                    Some(TimelineDown::Entry { .. } | TimelineDown::Position(_)) => {}
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, session)
+            .await
+            .map_err(|_| anyhow!("user {user}: posts not all acknowledged in time"))??;
+        todo = done
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !**d)
+            .map(|(i, _)| first + i as u64)
+            .collect();
+    }
+    Ok(())
+}
