@@ -148,6 +148,7 @@ fn start(s: &Settings) -> Result<System> {
         heartbeat_ms: s.heartbeat_ms,
         period_ms: 500,
         server_args: vec!["--metrics-addr".into(), "127.0.0.1:0".into()],
+        sync_args: Vec::new(),
     })?;
     let servers = prefix(s.checkpoint_bytes);
     sys.start_node_in(1, Role::Primary, &servers, &[])?;

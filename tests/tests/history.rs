@@ -318,9 +318,13 @@ fn restart_cost_does_not_grow_with_the_history() -> anyhow::Result<()> {
         rss <= 1.25,
         "resident memory after a restart grew x{rss:.2} with ten times the history: {small:?} -> {large:?}"
     );
+    // Where each restart falls in the checkpoint cycle decides how much of the interval
+    // its logs hold: within 2x of the smaller history, or (when the smaller one happened
+    // to be measured just after a checkpoint) within what two intervals hold.
+    let cycle = 2 * CHECKPOINT_BYTES + large.bytes.checkpoint;
     assert!(
-        bytes <= 2.0,
-        "journal bytes grew x{bytes:.2} with ten times the history: {small:?} -> {large:?}"
+        bytes <= 2.0 || large.bytes.total <= cycle,
+        "journal bytes grew x{bytes:.2} with ten times the history, past two checkpoint intervals: {small:?} -> {large:?}"
     );
     Ok(())
 }

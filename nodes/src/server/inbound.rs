@@ -211,9 +211,18 @@ fn take(shared: &Shared, inbound: &Mutex<Inbound>, batch: Batch) -> anyhow::Resu
         }
         shared.publish(entries);
         inb.log.sync()?;
+        let len = inb.log.len();
         shared
             .received_len
-            .store(inb.log.len(), std::sync::atomic::Ordering::Relaxed);
+            .store(len, std::sync::atomic::Ordering::Relaxed);
+        let since = len.saturating_sub(
+            shared
+                .received_checkpointed
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if since >= shared.checkpoint_bytes {
+            shared.checkpoint_due.notify_one();
+        }
     }
     let path = inb.dir.cursors();
     inb.cursors.set_feed(KEY, batch.next);

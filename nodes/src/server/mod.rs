@@ -164,6 +164,11 @@ pub struct Shared {
     pub checkpoint_bytes: u64,
     /// The logical length of `received.data` (for the checkpoint's trigger).
     pub received_len: AtomicU64,
+    /// The `received.data` offset the last checkpoint covers.
+    pub received_checkpointed: AtomicU64,
+    /// Told by the received feed's writer when it has written `--checkpoint-bytes` since
+    /// the last checkpoint.
+    pub checkpoint_due: tokio::sync::Notify,
     subs: Mutex<HashMap<UserId, Vec<Subscriber>>>,
     next_sub: AtomicU64,
 }
@@ -289,6 +294,8 @@ impl Shared {
             ack,
             checkpoint_bytes: u64::MAX,
             received_len: AtomicU64::new(0),
+            received_checkpointed: AtomicU64::new(0),
+            checkpoint_due: tokio::sync::Notify::new(),
             subs: Mutex::new(HashMap::new()),
             next_sub: AtomicU64::new(0),
         }
@@ -403,6 +410,8 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         ack: opts.ack,
         checkpoint_bytes: opts.checkpoint_bytes,
         received_len: AtomicU64::new(received_len),
+        received_checkpointed: AtomicU64::new(cp.other),
+        checkpoint_due: tokio::sync::Notify::new(),
         subs: Mutex::new(HashMap::new()),
         next_sub: AtomicU64::new(0),
     });

@@ -280,6 +280,10 @@ impl Writer {
                     self.maybe_checkpoint().await;
                     continue;
                 }
+                _ = self.shared.checkpoint_due.notified() => {
+                    self.maybe_checkpoint().await;
+                    continue;
+                }
             };
             let first = match first {
                 Msg::Write(req) => req,
@@ -439,6 +443,9 @@ impl Writer {
             tokio::task::spawn_blocking(move || take_checkpoint(&shared, &disk, &inbound)).await;
         match taken {
             Ok(Ok(done)) => {
+                self.shared
+                    .received_checkpointed
+                    .store(done.1, Ordering::Relaxed);
                 self.shared
                     .metrics
                     .checkpoint_seconds
