@@ -4,11 +4,14 @@
 //!
 //! ```text
 //! <root>/<cluster>/<role>/            role = primary | secondary | sync
-//!     journal.data                    every record this role wrote, in order
+//!     journal.data                    the records this role wrote since its last checkpoint
+//!     journal.<offset>.data           older segments some reader has not read yet
+//!     journal.data.base               the logical offset journal.data begins at
 //!     global_clients.data             users (a server: created here; sync: system-wide)
 //!     journal.data.id                 the journal's log id (readers' cursors carry it)
 //!     outbox.data (+ .id)             sync only: this cluster's changes, from its servers
-//!     received.data                   server only: what the sync service's feed delivered
+//!     received.data (+ .base)         server only: what the sync service's feed delivered
+//!     checkpoint.data                 the role's state at its last checkpoint
 //!     cursors.data                    read cursors into other processes' logs
 //!     clean-shutdown                  present after a clean exit
 //!     local_clients/<cid>/
@@ -34,8 +37,11 @@
 //!   acknowledges once the change is written on both servers of its cluster (see the
 //!   server's `--ack`).
 //! - The per-user view files and `global_clients.data` are appended after the journal,
-//!   without a flush. A writer removes `clean-shutdown` when it starts and writes it on a
-//!   clean exit; when it finds the marker missing, it rebuilds the views from the journal.
+//!   without a flush, and made durable at each checkpoint. A writer removes
+//!   `clean-shutdown` when it starts and writes it on a clean exit; when it finds the
+//!   marker missing, it completes the views from the records after the last checkpoint.
+//! - Logs are segmented ([`segments`]): offsets are logical and never change; sealed
+//!   segments are deleted once a checkpoint covers them and every reader has read them.
 //! - Rewrites (`cursors.data`, rebuilt views) go through [`write_atomic`]: temporary file
 //!   in the same directory, fsync, rename, fsync of the directory.
 //!

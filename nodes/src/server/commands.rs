@@ -92,7 +92,7 @@ async fn handle(shared: &Shared, store: &Store, conn: &Conn, req: ClientRequest)
         if let Err(e) = check_login(conn, user) {
             return failed(e);
         }
-        if !lock(shared).is_local(user) {
+        if !shared.state.is_local(user) {
             return failed(CommandError::InvalidUser);
         }
     }
@@ -110,11 +110,11 @@ async fn handle(shared: &Shared, store: &Store, conn: &Conn, req: ClientRequest)
             return login(shared, store, conn, user, proof).await
         }
         ClientRequest::Follow { user, target } => {
-            let m = lock(shared);
-            if target == user || m.follows(user, target) {
+            let state = &shared.state;
+            if target == user || state.follows(user, target) {
                 return failed(CommandError::AlreadyExists);
             }
-            if !m.is_known(target) {
+            if !state.is_known(target) {
                 return failed(CommandError::NoSuchUser);
             }
             Change::Follow {
@@ -125,11 +125,11 @@ async fn handle(shared: &Shared, store: &Store, conn: &Conn, req: ClientRequest)
             }
         }
         ClientRequest::Unfollow { user, target } => {
-            let m = lock(shared);
-            if !m.is_known(target) {
+            let state = &shared.state;
+            if !state.is_known(target) {
                 return failed(CommandError::NoSuchUser);
             }
-            if target == user || !m.follows(user, target) {
+            if target == user || !state.follows(user, target) {
                 return failed(CommandError::InvalidUser);
             }
             Change::Follow {
@@ -140,10 +140,10 @@ async fn handle(shared: &Shared, store: &Store, conn: &Conn, req: ClientRequest)
             }
         }
         ClientRequest::List { user } => {
-            let m = lock(shared);
+            let (all_users, followers) = shared.state.list(user);
             return ClientReply::List {
-                all_users: m.all_users(),
-                followers: m.followers_of(user),
+                all_users,
+                followers,
             };
         }
         ClientRequest::Timeline { .. } => return failed(CommandError::InvalidCommand),
@@ -192,12 +192,14 @@ async fn login(
         return failed(CommandError::BadProof);
     }
     let (bound, generation, new_user) = {
-        let m = lock(shared);
-        let binding = m.key_of(user);
+        let binding = shared.state.key_of(user);
         (
-            binding.map(|b| b.2.clone()).filter(|k| !k.is_empty()),
-            binding.map_or(0, |b| b.0),
-            !m.is_local(user),
+            binding
+                .as_ref()
+                .map(|b| b.2.clone())
+                .filter(|k| !k.is_empty()),
+            binding.as_ref().map_or(0, |b| b.0),
+            !shared.state.is_local(user),
         )
     };
     match bound {
@@ -222,20 +224,16 @@ async fn login(
             }
             // Two first logins with different keys at once: the binding that won is
             // the one to check against.
-            let won = lock(shared).key_of(user).map(|b| b.2.clone());
+            let won = shared.state.key_of(user).map(|b| b.2);
             if won.as_deref() != Some(proof.key.as_slice()) {
                 return failed(CommandError::KeyMismatch { user });
             }
             tracing::info!(user, generation, "user bound to its key");
         }
     }
-    if new_user && lock(shared).is_local(user) {
+    if new_user && shared.state.is_local(user) {
         shared.metrics.acked("user", std::time::Instant::now());
     }
     conn.lock().unwrap_or_else(|e| e.into_inner()).user = Some(user);
     ClientReply::Ok
-}
-
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, super::model::Model> {
-    shared.model.lock().unwrap_or_else(|e| e.into_inner())
 }

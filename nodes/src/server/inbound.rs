@@ -98,11 +98,7 @@ impl Inbound {
         self.log.delete_through(gone)?;
         self.views = Views::new(self.dir.clone(), Side::Received);
         self.shown_before.extend(shown(&self.dir)?);
-        shared
-            .model
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reset_received();
+        shared.state.reset_received();
         // A checkpoint of what was received from the old journal no longer holds.
         if let Some(mut cp) = crate::checkpoint::load(&self.dir)? {
             cp.other = gone;
@@ -184,20 +180,9 @@ fn take(shared: &Shared, inbound: &Mutex<Inbound>, batch: Batch) -> anyhow::Resu
         inb.start_over(shared)?;
     }
     let records: Vec<Record> = batch.entries.into_iter().map(feed::record).collect();
-    let (fresh, mut entries): (Vec<Record>, Vec<super::model::TimelineEntry>) = {
-        let mut model = shared.model.lock().unwrap_or_else(|e| e.into_inner());
-        let mut fresh = Vec::new();
-        let mut entries = Vec::new();
-        for r in records {
-            super::observe_record(&shared.clock, &r);
-            let (new, entry) = model.apply_sync(&r);
-            if new {
-                fresh.push(r);
-            }
-            entries.extend(entry);
-        }
-        (fresh, entries)
-    };
+    let (fresh, mut entries) = shared
+        .state
+        .apply_received(records, |r| super::observe_record(&shared.clock, r));
     if !fresh.is_empty() {
         inb.log
             .append(&fresh)

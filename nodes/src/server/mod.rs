@@ -39,7 +39,7 @@ use tsn_protocol::{ClusterId, Post, UserId};
 use crate::checkpoint;
 use crate::common::{CommonOpts, NodeOpts};
 use crate::feed::FeedSource;
-use model::Model;
+use model::{Model, State};
 pub use role::RoleState;
 use tsn_protocol::mirror::MirrorMsg;
 use tsn_protocol::sync::{FeedLog, SyncReply};
@@ -141,8 +141,8 @@ pub struct Shared {
     pub dir: RoleDir,
     /// The journal, as a feed for the sync service.
     pub journal_feed: FeedSource,
-    /// The in-memory model.
-    pub model: Mutex<Model>,
+    /// What this server knows, in memory.
+    pub state: State,
     /// Timestamps of new changes (advanced by every change stored or received).
     pub clock: crate::hlc::Hlc,
     /// The id of the sync-service journal whose numbers timeline positions use.
@@ -282,7 +282,7 @@ impl Shared {
             kind: NodeKind::Primary,
             journal_feed: FeedSource::new(tsn_datastore::Segments::single(dir.journal()), 1, 0).1,
             dir,
-            model: Mutex::new(Model::default()),
+            state: State::default(),
             clock: crate::hlc::Hlc::default(),
             sync_log: AtomicU64::new(0),
             beat_now: Arc::new(tokio::sync::Notify::new()),
@@ -398,7 +398,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         kind,
         dir: dir.clone(),
         journal_feed,
-        model: Mutex::new(model),
+        state: State::new(model),
         clock,
         sync_log: AtomicU64::new(inbound.log_id()),
         beat_now: Arc::new(tokio::sync::Notify::new()),
@@ -509,13 +509,10 @@ async fn admin(
             if let Err(e) = commands::check_user(shared, user) {
                 return AdminReply::Refused(format!("user {user} cannot be served here: {e}"));
             }
-            let generation = {
-                let m = shared.model.lock().unwrap_or_else(|e| e.into_inner());
-                if !m.is_local(user) {
-                    return AdminReply::Refused(format!("user {user} has never logged in"));
-                }
-                m.key_of(user).map_or(0, |b| b.0) + 1
-            };
+            if !shared.state.is_local(user) {
+                return AdminReply::Refused(format!("user {user} has never logged in"));
+            }
+            let generation = shared.state.key_of(user).map_or(0, |b| b.0) + 1;
             let change = tsn_protocol::Change::Key {
                 user,
                 generation,

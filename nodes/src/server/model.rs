@@ -7,7 +7,8 @@
 //! the last [`TIMELINE_BACKLOG`] entries of each timeline that was written or read since
 //! the server started; older entries are in each user's `timeline.data`.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard};
 
 use tsn_datastore::Record as DsRecord;
 
@@ -62,6 +63,126 @@ impl Default for Model {
             last_seq: HashMap::new(),
             keys: HashMap::new(),
         }
+    }
+}
+
+/// The server's state, owned here: every task asks through these methods, each of which
+/// holds the lock for one step only.
+#[derive(Debug, Default)]
+pub struct State(Mutex<Model>);
+
+impl State {
+    /// The state `model` holds (loaded at start-up).
+    pub fn new(model: Model) -> State {
+        State(Mutex::new(model))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Model> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `user` logged in to this cluster.
+    pub fn is_local(&self, user: UserId) -> bool {
+        self.lock().is_local(user)
+    }
+
+    /// Whether `user` exists anywhere, as far as this server knows.
+    pub fn is_known(&self, user: UserId) -> bool {
+        self.lock().is_known(user)
+    }
+
+    /// Whether `user` currently follows `target`.
+    pub fn follows(&self, user: UserId, target: UserId) -> bool {
+        self.lock().follows(user, target)
+    }
+
+    /// The key binding of `user`, if any.
+    pub fn key_of(&self, user: UserId) -> Option<KeyBinding> {
+        self.lock().key_of(user).cloned()
+    }
+
+    /// What LIST answers: every known user, and `user`'s current followers, ascending.
+    pub fn list(&self, user: UserId) -> (Vec<UserId>, Vec<UserId>) {
+        let m = self.lock();
+        (m.all_users(), m.followers_of(user))
+    }
+
+    /// Of the changes of a batch, those new to this server, each once.
+    pub fn fresh<'a>(&self, changes: impl IntoIterator<Item = &'a Change>) -> Vec<Change> {
+        let m = self.lock();
+        let mut posts: HashSet<PostId> = HashSet::new();
+        let mut users: HashSet<UserId> = HashSet::new();
+        changes
+            .into_iter()
+            .filter(|c| m.is_new(c))
+            .filter(|c| match c {
+                Change::Post(p) => posts.insert(p.id),
+                Change::User { user } => users.insert(*user),
+                Change::Follow { .. } | Change::Key { .. } => true,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Applies changes this cluster's servers stored.
+    pub fn apply_own(&self, changes: &[Change]) {
+        let mut m = self.lock();
+        for c in changes {
+            m.apply_own(c);
+        }
+    }
+
+    /// Applies records of the sync service's journal; returns the new ones, and the
+    /// timeline entries they make. `each` sees every record first.
+    pub fn apply_received(
+        &self,
+        records: Vec<Record>,
+        each: impl Fn(&Record),
+    ) -> (Vec<Record>, Vec<TimelineEntry>) {
+        let mut m = self.lock();
+        let mut fresh = Vec::new();
+        let mut entries = Vec::new();
+        for r in records {
+            each(&r);
+            let (new, entry) = m.apply_sync(&r);
+            if new {
+                fresh.push(r);
+            }
+            entries.extend(entry);
+        }
+        (fresh, entries)
+    }
+
+    /// See [`Model::reset_received`].
+    pub fn reset_received(&self) {
+        self.lock().reset_received();
+    }
+
+    /// See [`Model::checkpoint`].
+    pub fn checkpoint(&self) -> Checkpointed {
+        self.lock().checkpoint()
+    }
+
+    /// What a timeline session opening after number `after` (none: on entry) starts with,
+    /// if memory holds it: the entries, and the number they follow.
+    pub fn opening(&self, user: UserId, after: Option<u64>) -> Option<(Vec<(u64, Post)>, u64)> {
+        let m = self.lock();
+        match after {
+            None if m.has_backlog(user) => {
+                let entries = m.backlog(user);
+                let seq = entries
+                    .first()
+                    .map_or(m.last_seq(user), |(s, _)| s.saturating_sub(1));
+                Some((entries, seq))
+            }
+            None => None,
+            Some(after) => m.entries_after(user, after).map(|e| (e, after)),
+        }
+    }
+
+    /// See [`Model::fill_backlog`].
+    pub fn fill_backlog(&self, user: UserId, entries: Vec<(u64, Post)>) {
+        self.lock().fill_backlog(user, entries);
     }
 }
 

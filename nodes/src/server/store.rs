@@ -15,7 +15,6 @@
 //! batches and with the received feed's writer held still, so that the state written
 //! down is exactly that of the two logs at the offsets recorded.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::{mpsc, oneshot};
 use tsn_datastore::{DatastoreError, Record, SegmentedLog};
-use tsn_protocol::{Change, PostId, UserId, MAX_BATCH_CHANGES};
+use tsn_protocol::{Change, MAX_BATCH_CHANGES};
 
 use super::inbound::InboundHandle;
 use super::{AckMode, Shared};
@@ -338,22 +337,10 @@ impl Writer {
             self.shared.clock.observe_change(c);
         }
         // Keep only what is new to the model, and new within this batch.
-        let fresh: Vec<Change> = {
-            let model = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());
-            let mut posts: HashSet<PostId> = HashSet::new();
-            let mut users: HashSet<UserId> = HashSet::new();
-            batch
-                .iter()
-                .flat_map(|r| r.changes.iter())
-                .filter(|c| model.is_new(c))
-                .filter(|c| match c {
-                    Change::Post(p) => posts.insert(p.id),
-                    Change::User { user } => users.insert(*user),
-                    Change::Follow { .. } | Change::Key { .. } => true,
-                })
-                .cloned()
-                .collect()
-        };
+        let fresh = self
+            .shared
+            .state
+            .fresh(batch.iter().flat_map(|r| r.changes.iter()));
         // The same lines go to the journal now and to the view files after the hand-off.
         let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
         let written = {
@@ -401,12 +388,7 @@ impl Writer {
             AckMode::Replicated => complete(local.collect(), Ok(())),
             AckMode::Durable => on_flush.extend(local),
         }
-        if !fresh.is_empty() {
-            let mut model = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());
-            for c in &fresh {
-                model.apply_own(c);
-            }
-        }
+        self.shared.state.apply_own(&fresh);
         // Let the mirror (and whoever waits for a completion) go first: on a one-thread
         // runtime what follows would otherwise delay every acknowledgement.
         tokio::task::yield_now().await;
@@ -473,10 +455,7 @@ fn take_checkpoint(
 ) -> anyhow::Result<(u64, u64, u64)> {
     let mut inbound = lock(inbound);
     let mut disk = lock(disk);
-    let (state, clock) = {
-        let model = lock(&shared.model);
-        (model.checkpoint(), shared.clock.now())
-    };
+    let (state, clock) = (shared.state.checkpoint(), shared.clock.now());
     let journal = disk.journal.rotate().context("sealing the journal")?;
     let received = inbound.seal().context("sealing received.data")?;
     crate::views::make_durable(&shared.dir).context("making the view files durable")?;

@@ -33,15 +33,7 @@ pub async fn run(
         .and_then(|()| super::commands::check_login(&conn, user))
     {
         Err(e) => Some(e),
-        Ok(())
-            if !shared
-                .model
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_local(user) =>
-        {
-            Some(CommandError::InvalidUser)
-        }
+        Ok(()) if !shared.state.is_local(user) => Some(CommandError::InvalidUser),
         Ok(()) => None,
     };
     if let Some(e) = refuse {
@@ -247,28 +239,25 @@ struct Opening {
 /// (the client skips what it has shown).
 fn opening(shared: &Shared, user: UserId, since: Option<TimelinePos>) -> Opening {
     let log = shared.sync_log.load(Ordering::Relaxed);
-    let mut model = shared.model.lock().unwrap_or_else(|e| e.into_inner());
     let at = TimelinePos {
         log,
         seq: 0,
         ts_us: 0,
     };
-    if since.is_none() && !model.has_backlog(user) {
-        // Not written since this server started: its last entries are in its file.
-        drop(model);
-        let last =
-            last_entries(&shared.dir.timeline(user), user, TIMELINE_BACKLOG).unwrap_or_else(|e| {
-                tracing::warn!(user, "reading the end of a timeline file: {e}");
-                Vec::new()
-            });
-        model = shared.model.lock().unwrap_or_else(|e| e.into_inner());
-        model.fill_backlog(user, last);
-    }
     let Some(since) = since else {
-        let entries = model.backlog(user);
-        let seq = entries
-            .first()
-            .map_or(model.last_seq(user), |(s, _)| s.saturating_sub(1));
+        let (entries, seq) = shared.state.opening(user, None).unwrap_or_else(|| {
+            // Not written since this server started: its last entries are in its file.
+            let last = last_entries(&shared.dir.timeline(user), user, TIMELINE_BACKLOG)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(user, "reading the end of a timeline file: {e}");
+                    Vec::new()
+                });
+            shared.state.fill_backlog(user, last.clone());
+            shared.state.opening(user, None).unwrap_or_else(|| {
+                let seq = last.first().map_or(0, |(s, _)| s.saturating_sub(1));
+                (last, seq)
+            })
+        });
         return Opening {
             entries,
             pos: TimelinePos { seq, ..at },
@@ -278,17 +267,13 @@ fn opening(shared: &Shared, user: UserId, since: Option<TimelinePos>) -> Opening
     // its sync service): the numbers it gave out are those of the journal it then read.
     let same_log = since.log == log || since.log == 0 || log == 0;
     if same_log {
-        if let Some(entries) = model.entries_after(user, since.seq) {
+        if let Some((entries, seq)) = shared.state.opening(user, Some(since.seq)) {
             return Opening {
                 entries,
-                pos: TimelinePos {
-                    seq: since.seq,
-                    ..at
-                },
+                pos: TimelinePos { seq, ..at },
             };
         }
     }
-    drop(model);
     let path = shared.dir.timeline(user);
     let on_disk: Vec<(u64, Post)> = match tsn_datastore::read_records(&path) {
         Ok(records) => records
