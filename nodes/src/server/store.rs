@@ -276,6 +276,7 @@ impl Writer {
                     None => break,
                 },
                 _ = check.tick() => {
+                    self.delete_read();
                     self.maybe_checkpoint().await;
                     continue;
                 }
@@ -402,6 +403,25 @@ impl Writer {
                     "view file append failed (completed from the journal at next start): {e}"
                 );
             }
+        }
+    }
+
+    /// Deletes the journal segments the last checkpoint covers that the sync service has
+    /// read since (it may have been behind when the checkpoint was taken).
+    fn delete_read(&mut self) {
+        let read = self
+            .shared
+            .journal_feed
+            .consumed_by(&[(self.shared.cluster, tsn_protocol::coord::NodeKind::Sync)]);
+        let Some(read) = read else { return };
+        let mut disk = lock(&self.disk);
+        match disk.journal.delete_through(read.min(self.last.0)) {
+            Ok(0) => {}
+            Ok(_) => {
+                let on_disk = disk.journal.bytes_on_disk();
+                self.shared.metrics.journal_bytes.set(on_disk as i64);
+            }
+            Err(e) => tracing::warn!("deleting journal segments read since the checkpoint: {e}"),
         }
     }
 

@@ -354,6 +354,15 @@ impl SyncCore {
         let grown = self.journal.log.len().saturating_sub(self.last.0)
             + self.outbox.log.len().saturating_sub(self.last.1);
         if grown < self.checkpoint_bytes.max(self.last.2) {
+            // Segments the last checkpoint covers that a slow reader has read since.
+            let warn_over = u64::MAX;
+            let deleted = self
+                .journal
+                .delete_read(self.last.0, warn_over)
+                .and_then(|()| self.outbox.delete_read(self.last.1, warn_over));
+            if let Err(e) = deleted {
+                tracing::warn!("deleting segments read since the checkpoint: {e}");
+            }
             return;
         }
         let journal_len = self.journal.log.len();
