@@ -81,6 +81,11 @@ impl FeedSource {
         self
     }
 
+    /// The log's id.
+    pub fn log_id(&self) -> u64 {
+        self.log_id
+    }
+
     /// The log's segments.
     pub fn segments(&self) -> Segments {
         self.segments.clone()

@@ -4,19 +4,25 @@
 //! with an exchange so that neither side lacks what the other has (this is how a
 //! returning server catches up, and how both sides of a split brain merge):
 //!
-//! 1. active: [`MirrorMsg::Hello`];
-//! 2. standby: its whole state as [`MirrorReply::Changes`] chunks, then
-//!    [`MirrorReply::EndOfState`];
-//! 3. active: its whole state as [`MirrorMsg::Changes`] chunks, then live changes, each
-//!    chunk numbered; the standby answers every chunk with [`MirrorReply::Ack`] after it
-//!    has made it durable.
+//! 1. active: [`MirrorMsg::Hello`], with how far it has the standby's journal;
+//! 2. standby: what its journal holds after that as [`MirrorReply::Changes`] chunks (its
+//!    checkpointed state and kept segments when the active server's cursor is for another
+//!    journal or before its oldest segment: a state transfer), then
+//!    [`MirrorReply::EndOfState`], with how far it has the active server's journal;
+//! 3. active: what its journal holds after that, the same way, as [`MirrorMsg::Changes`]
+//!    chunks, then live changes, each chunk numbered; the standby answers every chunk
+//!    with [`MirrorReply::Ack`] after it has stored it.
+//!
+//! Each side keeps the cursor into the other's journal that these messages carry, so a
+//! returning standby, or the two sides of a split brain, send each other only what the
+//! other lacks.
 //!
 //! A node stream to a server may instead open a feed of the server's journal
 //! ([`MirrorMsg::Subscribe`], see [`crate::sync`]): that is how the sync service reads it.
 
 use serde::{Deserialize, Serialize};
 
-use crate::sync::Subscribe;
+use crate::sync::{Cursor, Subscribe};
 use crate::types::{Change, ClusterId};
 
 /// Active -> standby.
@@ -28,6 +34,12 @@ pub enum MirrorMsg {
         cluster: ClusterId,
         /// The active server's failover epoch.
         epoch: u64,
+        /// The id of the active server's journal.
+        journal: u64,
+        /// How far the active server has the standby's journal: the standby sends what
+        /// lies after it (or, when its journal is another or no longer reaches back
+        /// there, its checkpointed state and the segments it kept).
+        have: Cursor,
     },
     /// Opens a feed of the server's journal instead of a mirror stream; answered with
     /// [`crate::sync::SyncReply`] frames.
@@ -47,6 +59,9 @@ pub enum MirrorMsg {
         seq: u64,
         /// The changes.
         changes: Vec<Change>,
+        /// How far into the active server's journal the standby has it once these are
+        /// stored (0: no further than before).
+        upto: u64,
     },
 }
 
@@ -55,12 +70,21 @@ pub enum MirrorMsg {
 pub enum MirrorReply {
     /// Part of the standby's state, during the exchange.
     Changes(Vec<Change>),
-    /// The standby has sent all of its state.
-    EndOfState,
+    /// The standby has sent what the active server lacked.
+    EndOfState {
+        /// Where in the standby's journal what it sent reaches.
+        journal: Cursor,
+        /// How far the standby has the active server's journal: the active server sends
+        /// what lies after it.
+        have: Cursor,
+    },
     /// The chunk `seq` is durable on the standby.
     Ack {
         /// Sequence number of the chunk.
         seq: u64,
+        /// The standby's journal length once it stored it (everything in it up to there
+        /// the active server has).
+        end: u64,
     },
     /// The standby refuses the stream (wrong cluster, storage failure).
     Refused(String),

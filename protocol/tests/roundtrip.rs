@@ -212,21 +212,35 @@ fn coord_reply() -> impl Strategy<Value = CoordReply> {
     ]
 }
 
+fn cursor() -> impl Strategy<Value = Cursor> {
+    (any::<u64>(), any::<u64>()).prop_map(|(log_id, offset)| Cursor { log_id, offset })
+}
+
 fn mirror_msg() -> impl Strategy<Value = MirrorMsg> {
     prop_oneof![
-        (any::<u32>(), any::<u64>())
-            .prop_map(|(cluster, epoch)| MirrorMsg::Hello { cluster, epoch }),
+        (any::<u32>(), any::<u64>(), any::<u64>(), cursor()).prop_map(
+            |(cluster, epoch, journal, have)| MirrorMsg::Hello {
+                cluster,
+                epoch,
+                journal,
+                have
+            }
+        ),
         subscribe().prop_map(MirrorMsg::Subscribe),
-        (any::<u64>(), proptest::collection::vec(change(), 0..8))
-            .prop_map(|(seq, changes)| MirrorMsg::Changes { seq, changes }),
+        (
+            any::<u64>(),
+            proptest::collection::vec(change(), 0..8),
+            any::<u64>()
+        )
+            .prop_map(|(seq, changes, upto)| MirrorMsg::Changes { seq, changes, upto }),
     ]
 }
 
 fn mirror_reply() -> impl Strategy<Value = MirrorReply> {
     prop_oneof![
         proptest::collection::vec(change(), 0..8).prop_map(MirrorReply::Changes),
-        Just(MirrorReply::EndOfState),
-        any::<u64>().prop_map(|seq| MirrorReply::Ack { seq }),
+        (cursor(), cursor()).prop_map(|(journal, have)| MirrorReply::EndOfState { journal, have }),
+        (any::<u64>(), any::<u64>()).prop_map(|(seq, end)| MirrorReply::Ack { seq, end }),
         ".{0,24}".prop_map(MirrorReply::Refused),
     ]
 }
@@ -334,7 +348,11 @@ proptest! {
             text: "x".repeat(MAX_POST_BYTES),
         };
         let changes = vec![Change::Post(post.clone()); n];
-        let msg = MirrorMsg::Changes { seq: u64::MAX, changes };
+        let msg = MirrorMsg::Changes {
+            seq: u64::MAX,
+            changes,
+            upto: u64::MAX,
+        };
         prop_assert!(encode(&msg).unwrap().len() <= MAX_FRAME_LEN);
         let entries = vec![Entry::Deliver { to: u32::MAX, seq: u64::MAX, post }; n];
         let msg = SyncReply::Records { log_id: u64::MAX, next: u64::MAX, len: u64::MAX, entries };

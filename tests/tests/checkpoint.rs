@@ -123,6 +123,31 @@ fn a_standby_behind_the_deleted_segments_comes_back_through_a_state_transfer() -
         "{loaded}"
     );
 
+    // Back as the standby, it catches up from its cursor; restarted again with nothing
+    // new meanwhile, it is sent nothing: each side sends only what the other lacks.
+    let exchanged = |sys: &System| -> String {
+        sys.read_log(1, Role::Secondary)
+            .lines()
+            .rfind(|l| l.contains("mirroring to the standby after exchanging state"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_mirroring(&sys, 1, Role::Secondary, 0)?;
+    eventually("the standby caught up", LIVE, || {
+        let t = sys.read(1, Role::Primary, own);
+        Ok(texts.iter().all(|p| count_text(&t, p) == 1))
+    })?;
+    std::thread::sleep(Duration::from_millis(1500)); // both cursors saved
+    sys.kill(1, Role::Primary);
+    let before = sys.log_count(1, Role::Secondary, "mirroring to the standby");
+    sys.start_node(1, Role::Primary)?;
+    wait_mirroring(&sys, 1, Role::Secondary, before)?;
+    let line = exchanged(&sys);
+    assert!(
+        line.contains(" sent=0 ") && line.contains("state_transfer=false"),
+        "{line}"
+    );
+
     // The sync service's host is lost after the servers deleted the segments it had
     // read: it rebuilds from their transfers, and every post stays delivered once.
     sys.lose_host(1, Role::Sync)?;

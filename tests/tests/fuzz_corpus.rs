@@ -207,11 +207,17 @@ fn write_seed_corpus() {
                 encode(&MirrorMsg::Hello {
                     cluster: 1,
                     epoch: 2,
+                    journal: 5,
+                    have: Cursor {
+                        log_id: 6,
+                        offset: 70,
+                    },
                 })
                 .unwrap(),
                 encode(&MirrorMsg::Changes {
                     seq: 1,
                     changes: changes.clone(),
+                    upto: 300,
                 })
                 .unwrap(),
             ],
@@ -220,8 +226,18 @@ fn write_seed_corpus() {
             "mirror_reply",
             vec![
                 encode(&MirrorReply::Changes(changes.clone())).unwrap(),
-                encode(&MirrorReply::EndOfState).unwrap(),
-                encode(&MirrorReply::Ack { seq: 4 }).unwrap(),
+                encode(&MirrorReply::EndOfState {
+                    journal: Cursor {
+                        log_id: 3,
+                        offset: 900,
+                    },
+                    have: Cursor {
+                        log_id: 4,
+                        offset: 120,
+                    },
+                })
+                .unwrap(),
+                encode(&MirrorReply::Ack { seq: 4, end: 77 }).unwrap(),
                 encode(&MirrorReply::Refused("no".into())).unwrap(),
             ],
         ),

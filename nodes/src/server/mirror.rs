@@ -1,11 +1,15 @@
 //! Mirroring between the two servers of a cluster.
 //!
 //! The active server dials the standby the coordinator names and opens one stream. Both
-//! first send their whole journal, so that each gets what it lacks: this is how a
-//! returning server catches up before it can serve again, and how the two sides of a
-//! split brain merge (every change is idempotent: users only grow, posts are keyed by
-//! id, a follow and an unfollow resolve by timestamp). Then the active server streams
-//! each committed batch; clients are acknowledged when the standby has made it durable.
+//! first send what their journal holds after the other's cursor (kept in
+//! `mirror.cursor`: how far this server has the other's journal), so that each gets what
+//! it lacks: this is how a returning server catches up before it can serve again, and how
+//! the two sides of a split brain merge (every change is idempotent: users only grow,
+//! posts are keyed by id, a follow and an unfollow resolve by timestamp). A cursor for
+//! another journal (a host that lost its disk), or before the oldest segment kept, gets
+//! the checkpointed state and the segments kept instead: a state transfer. Then the
+//! active server streams each committed batch; clients are acknowledged when the standby
+//! has stored it.
 //! A standby that does not acknowledge within [`ACK_TIMEOUT`] is dropped and the active
 //! server serves alone (and says so) until the standby is back and caught up.
 
@@ -16,8 +20,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tsn_datastore::Record;
+use tsn_datastore::{Record, Tail};
 use tsn_protocol::mirror::{MirrorMsg, MirrorReply};
+use tsn_protocol::sync::Cursor;
 use tsn_protocol::{Change, FrameReader, MAX_BATCH_CHANGES};
 
 use super::store::{MirrorJob, Store};
@@ -27,6 +32,9 @@ use super::Shared;
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one step of the catch-up exchange may take.
 const EXCHANGE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the cursor into the other server's journal is saved while mirroring (and
+/// when mirroring stops): a cursor saved late only makes the next exchange send more.
+const CURSOR_SAVE: Duration = Duration::from_secs(1);
 /// Mirroring that lasted this long was a success: the next failure starts the backoff
 /// again from its shortest pause.
 const HEALTHY: Duration = Duration::from_secs(10);
@@ -111,21 +119,114 @@ pub async fn run_active(
     }
 }
 
-/// What this server has of its cluster's changes: the last checkpoint's state and the
-/// journal segments kept (so a server that was away longer than the segments are kept
-/// gets the checkpointed state: a state transfer).
-async fn read_journal(shared: &Arc<Shared>) -> anyhow::Result<Vec<Change>> {
-    let s = shared.clone();
-    let records = tokio::task::spawn_blocking(move || s.own_records())
-        .await
-        .context("journal reader panicked")??;
-    Ok(records
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Change(c) => Some(c),
-            Record::Deliver { .. } => None,
+/// How far this server has the other server's journal (`mirror.cursor`; none yet: log
+/// 0).
+fn peer_cursor(shared: &Shared) -> Cursor {
+    let text = std::fs::read_to_string(shared.dir.path().join("mirror.cursor")).unwrap_or_default();
+    let mut parts = text.split_whitespace().map(str::parse::<u64>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(log_id)), Some(Ok(offset))) => Cursor { log_id, offset },
+        _ => Cursor::default(),
+    }
+}
+
+fn save_peer_cursor(shared: &Shared, at: Cursor) {
+    let path = shared.dir.path().join("mirror.cursor");
+    let text = format!("{} {}\n", at.log_id, at.offset);
+    if let Err(e) =
+        tsn_datastore::write_atomic(&path, text.as_bytes(), tsn_datastore::Durability::NoSync)
+    {
+        tracing::warn!("saving {}: {e}", path.display());
+    }
+}
+
+/// Reads what this server's journal holds after the other server's cursor, a chunk at a
+/// time (so an exchange holds one chunk in memory, however far behind the other is).
+struct Outgoing {
+    /// The checkpointed state still to send (a state transfer), in chunks.
+    state: Vec<Change>,
+    tail: Tail,
+    /// Where the journal ended when the exchange began: what is sent reaches there.
+    end: Cursor,
+    /// Whether this is a state transfer.
+    transfer: bool,
+}
+
+impl Outgoing {
+    async fn new(shared: &Arc<Shared>, have: Cursor) -> anyhow::Result<Outgoing> {
+        let feed = &shared.journal_feed;
+        let segments = feed.segments();
+        let end = Cursor {
+            log_id: feed.log_id(),
+            offset: feed.len(),
+        };
+        let from_cursor = have.log_id == end.log_id
+            && have.offset >= segments.start()
+            && have.offset <= end.offset;
+        if from_cursor {
+            return Ok(Outgoing {
+                state: Vec::new(),
+                tail: Tail::over(segments, have.offset),
+                end,
+                transfer: false,
+            });
+        }
+        let dir = shared.dir.clone();
+        let state = tokio::task::spawn_blocking(move || crate::checkpoint::load(&dir))
+            .await
+            .context("checkpoint reader panicked")??
+            .map(|cp| cp.state.own)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Change(c) => Some(c),
+                Record::Deliver { .. } => None,
+            })
+            .collect();
+        let start = segments.start();
+        Ok(Outgoing {
+            state,
+            tail: Tail::over(segments, start),
+            end,
+            transfer: true,
         })
-        .collect())
+    }
+
+    /// The next chunk, or `None` once the journal as it was at the start is sent.
+    async fn next(&mut self) -> anyhow::Result<Option<Vec<Change>>> {
+        if !self.state.is_empty() {
+            let n = self.state.len().min(MAX_BATCH_CHANGES);
+            return Ok(Some(self.state.drain(..n).collect()));
+        }
+        if self.tail.offset() >= self.end.offset {
+            return Ok(None);
+        }
+        let mut tail = std::mem::replace(&mut self.tail, Tail::new("", 0));
+        let (tail, read) = tokio::task::spawn_blocking(move || {
+            let r = tail.read_new(MAX_BATCH_CHANGES);
+            (tail, r)
+        })
+        .await
+        .context("journal reader panicked")?;
+        self.tail = tail;
+        let records = read?;
+        if records.is_empty() {
+            bail!(
+                "the journal ended at {} before its length {}",
+                self.tail.offset(),
+                self.end.offset
+            );
+        }
+        Ok(Some(
+            records
+                .into_iter()
+                .filter_map(|r| match r {
+                    Record::Change(c) => Some(c),
+                    Record::Deliver { .. } => None,
+                })
+                .collect(),
+        ))
+    }
 }
 
 async fn step<T>(
@@ -153,12 +254,14 @@ async fn mirror_to(
     let hello = MirrorMsg::Hello {
         cluster: shared.cluster,
         epoch,
+        journal: shared.journal_feed.log_id(),
+        have: peer_cursor(shared),
     };
     tsn_protocol::write_msg(&mut send, &hello).await?;
 
-    // 1. What the standby has that we may lack.
+    // 1. What the standby has that we lack.
     let mut received = 0usize;
-    loop {
+    let (mut peer_at, their_have) = loop {
         match step(
             "receiving the standby's state",
             recv.next_msg::<MirrorReply>(),
@@ -169,33 +272,43 @@ async fn mirror_to(
                 received += changes.len();
                 store.write(changes, false).await?;
             }
-            Some(MirrorReply::EndOfState) => break,
+            Some(MirrorReply::EndOfState { journal, have }) => break (journal, have),
             Some(MirrorReply::Refused(why)) => bail!("standby refused: {why}"),
             Some(MirrorReply::Ack { .. }) => {
                 bail!("standby acknowledged before the exchange ended")
             }
             None => bail!("standby closed the stream during the exchange"),
         }
-    }
+    };
+    save_peer_cursor(shared, peer_at);
 
-    // 2. What we have that it may lack. Everything committed before this read is in it;
+    // 2. What we have that it lacks. Everything committed before this read is in it;
     //    everything committed after it is in `jobs`. Overlap is harmless.
-    let ours = read_journal(shared).await?;
+    let mut ours = Outgoing::new(shared, their_have).await?;
     let mut seq = 0u64;
+    let mut sent = 0usize;
     let mut inflight: VecDeque<(u64, Option<MirrorJob>, Instant)> = VecDeque::new();
-    for chunk in ours.chunks(MAX_BATCH_CHANGES) {
+    while let Some(changes) = ours.next().await? {
         seq += 1;
-        tsn_protocol::write_msg(
-            &mut send,
-            &MirrorMsg::Changes {
-                seq,
-                changes: chunk.to_vec(),
-            },
-        )
-        .await?;
+        sent += changes.len();
+        let msg = MirrorMsg::Changes {
+            seq,
+            changes,
+            upto: 0,
+        };
+        tsn_protocol::write_msg(&mut send, &msg).await?;
         inflight.push_back((seq, None, Instant::now()));
     }
-    tracing::info!(standby = %addr, received, sent = ours.len(), "mirroring to the standby after exchanging state");
+    // Where what was sent reaches, for the standby's cursor.
+    seq += 1;
+    let msg = MirrorMsg::Changes {
+        seq,
+        changes: Vec::new(),
+        upto: ours.end.offset,
+    };
+    tsn_protocol::write_msg(&mut send, &msg).await?;
+    inflight.push_back((seq, None, Instant::now()));
+    tracing::info!(standby = %addr, received, sent, state_transfer = ours.transfer, "mirroring to the standby after exchanging state");
     drop(ours);
 
     // 3. Live.
@@ -208,8 +321,10 @@ async fn mirror_to(
         role_rx,
         &mut inflight,
         seq,
+        &mut peer_at,
     )
     .await;
+    save_peer_cursor(shared, peer_at);
     let waiting = inflight.iter().filter(|f| f.1.is_some()).count();
     if waiting > 0 {
         // Said before the waiting requests complete on the local flush alone.
@@ -238,10 +353,19 @@ async fn live(
     role_rx: &mut tokio::sync::watch::Receiver<super::RoleState>,
     inflight: &mut VecDeque<(u64, Option<MirrorJob>, Instant)>,
     mut seq: u64,
+    peer_at: &mut Cursor,
 ) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(CURSOR_SAVE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dirty = false;
     loop {
         let deadline = inflight.front().map(|f| f.2 + ACK_TIMEOUT);
         tokio::select! {
+            _ = tick.tick() => {
+                if std::mem::take(&mut dirty) {
+                    save_peer_cursor(shared, *peer_at);
+                }
+            }
             job = jobs.recv() => {
                 let Some(mut job) = job else { return Ok(()) };
                 if job.changes.is_empty() && inflight.is_empty() {
@@ -250,13 +374,19 @@ async fn live(
                 }
                 seq += 1;
                 let changes = std::mem::take(&mut job.changes);
-                tsn_protocol::write_msg(send, &MirrorMsg::Changes { seq, changes }).await?;
+                let msg = MirrorMsg::Changes { seq, changes, upto: job.upto };
+                tsn_protocol::write_msg(send, &msg).await?;
                 inflight.push_back((seq, Some(job), Instant::now()));
                 shared.metrics.mirror_lag.set(inflight.len() as i64);
             }
             reply = recv.next_msg::<MirrorReply>() => {
                 let acked = match reply? {
-                    Some(MirrorReply::Ack { seq }) => seq,
+                    Some(MirrorReply::Ack { seq, end }) => {
+                        // The standby's journal grows only with what we send it now.
+                        peer_at.offset = peer_at.offset.max(end);
+                        dirty = true;
+                        seq
+                    }
                     Some(MirrorReply::Refused(why)) => bail!("standby refused the changes: {why}"),
                     Some(_) => bail!("standby sent state after the exchange ended"),
                     None => bail!("standby closed the mirror stream"),
@@ -296,24 +426,41 @@ async fn live(
 pub async fn serve_standby(
     shared: Arc<Shared>,
     store: Store,
-    cluster: tsn_protocol::ClusterId,
-    epoch: u64,
+    hello: Hello,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    if let Err(e) = standby(&shared, &store, cluster, epoch, &mut send, &mut recv).await {
+    if let Err(e) = standby(&shared, &store, hello, &mut send, &mut recv).await {
         tracing::warn!("mirror stream from the active server ended: {e:#}");
     }
+}
+
+/// What an active server's [`MirrorMsg::Hello`] says.
+#[derive(Debug, Clone, Copy)]
+pub struct Hello {
+    /// Its cluster.
+    pub cluster: tsn_protocol::ClusterId,
+    /// Its epoch.
+    pub epoch: u64,
+    /// The id of its journal.
+    pub journal: u64,
+    /// How far it has this server's journal.
+    pub have: Cursor,
 }
 
 async fn standby(
     shared: &Arc<Shared>,
     store: &Store,
-    cluster: tsn_protocol::ClusterId,
-    epoch: u64,
+    hello: Hello,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> anyhow::Result<()> {
+    let Hello {
+        cluster,
+        epoch,
+        journal: active_journal,
+        have,
+    } = hello;
     let role = shared.role();
     let refusal = if cluster != shared.cluster {
         Some(format!(
@@ -333,26 +480,37 @@ async fn standby(
         let _ = send.finish();
         bail!("refused a mirror stream: {why}");
     }
-    let ours = read_journal(shared).await?;
-    for chunk in ours.chunks(MAX_BATCH_CHANGES) {
-        tsn_protocol::write_msg(send, &MirrorReply::Changes(chunk.to_vec())).await?;
+    let mut ours = Outgoing::new(shared, have).await?;
+    let mut sent = 0usize;
+    while let Some(changes) = ours.next().await? {
+        sent += changes.len();
+        tsn_protocol::write_msg(send, &MirrorReply::Changes(changes)).await?;
     }
-    tsn_protocol::write_msg(send, &MirrorReply::EndOfState).await?;
+    let mine = Some(peer_cursor(shared))
+        .filter(|c| c.log_id == active_journal)
+        .unwrap_or_default();
+    let end = MirrorReply::EndOfState {
+        journal: ours.end,
+        have: mine,
+    };
+    tsn_protocol::write_msg(send, &end).await?;
     tracing::info!(
-        sent = ours.len(),
+        sent,
+        state_transfer = ours.transfer,
         epoch,
         "active server connected for mirroring; state exchanged"
     );
     drop(ours);
+    let mut at = mine;
     // Group commit: every chunk already received joins one write and one flush, and the
     // highest sequence number is acknowledged (acks are cumulative).
-    let (tx, mut rx) = mpsc::channel::<(u64, Vec<Change>)>(256);
+    let (tx, mut rx) = mpsc::channel::<(u64, Vec<Change>, u64)>(256);
     let mut stream = recv;
     let reader = async move {
         loop {
             match tsn_protocol::read_msg::<MirrorMsg, _>(&mut stream).await? {
-                Some(MirrorMsg::Changes { seq, changes }) => {
-                    if tx.send((seq, changes)).await.is_err() {
+                Some(MirrorMsg::Changes { seq, changes, upto }) => {
+                    if tx.send((seq, changes, upto)).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -372,18 +530,47 @@ async fn standby(
         }
     };
     let writer = async {
-        while let Some((mut last, mut changes)) = rx.recv().await {
+        let mut tick = tokio::time::interval(CURSOR_SAVE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut dirty = false;
+        loop {
+            let (mut last, mut changes, mut upto) = tokio::select! {
+                next = rx.recv() => match next {
+                    Some(n) => n,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if std::mem::take(&mut dirty) {
+                        save_peer_cursor(shared, at);
+                    }
+                    continue;
+                }
+            };
             while changes.len() < MAX_BATCH_CHANGES {
                 match rx.try_recv() {
-                    Ok((seq, more)) => {
+                    Ok((seq, more, more_upto)) => {
                         last = seq;
+                        upto = upto.max(more_upto);
                         changes.extend(more);
                     }
                     Err(_) => break,
                 }
             }
             match store.write(changes, false).await {
-                Ok(()) => tsn_protocol::write_msg(send, &MirrorReply::Ack { seq: last }).await?,
+                Ok(()) => {
+                    if upto > 0 {
+                        at = Cursor {
+                            log_id: active_journal,
+                            offset: upto.max(at.offset),
+                        };
+                        dirty = true;
+                    }
+                    let ack = MirrorReply::Ack {
+                        seq: last,
+                        end: shared.journal_feed.len(),
+                    };
+                    tsn_protocol::write_msg(send, &ack).await?
+                }
                 Err(e) => {
                     tsn_protocol::write_msg(send, &MirrorReply::Refused(e.to_string())).await?;
                     bail!("could not store mirrored changes: {e}");
@@ -393,5 +580,6 @@ async fn standby(
         anyhow::Ok(())
     };
     let (r, w) = tokio::join!(reader, writer);
+    save_peer_cursor(shared, at);
     r.and(w)
 }

@@ -674,8 +674,19 @@ async fn serve_node_stream(
         }
     };
     match first {
-        MirrorMsg::Hello { cluster, epoch } => {
-            mirror::serve_standby(shared, store, cluster, epoch, send, recv).await
+        MirrorMsg::Hello {
+            cluster,
+            epoch,
+            journal,
+            have,
+        } => {
+            let hello = mirror::Hello {
+                cluster,
+                epoch,
+                journal,
+                have,
+            };
+            mirror::serve_standby(shared, store, hello, send, recv).await
         }
         MirrorMsg::Subscribe(sub) => {
             let refusal = if sub.cluster != shared.cluster || sub.reader != shared.cluster {

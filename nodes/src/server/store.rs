@@ -61,6 +61,8 @@ struct WriteReq {
 pub struct MirrorJob {
     /// The new changes, in journal order (already written to this server's journal).
     pub changes: Vec<Change>,
+    /// The journal's length once they were written.
+    pub upto: u64,
     /// Requests to complete.
     pub dones: Vec<Done>,
     /// Completes when the changes are flushed here too: the journal is flushed while the
@@ -377,6 +379,7 @@ impl Writer {
             on_flush.push(flushed_tx);
             let job = MirrorJob {
                 changes: fresh.clone(),
+                upto: len,
                 dones: mirrored.into_iter().map(|r| r.done).collect(),
                 flushed,
             };
