@@ -212,7 +212,9 @@ fn spawn_with(
         })),
         shared,
         inbound,
+        sealed: (last.journal, last.other),
         last: (last.journal, last.other, last_size),
+        finishing: None,
         len,
         mirror_tx,
         flush_tx,
@@ -255,8 +257,12 @@ struct Writer {
     /// writer waits for it).
     disk: Arc<Mutex<Disk>>,
     inbound: Option<InboundHandle>,
-    /// The last checkpoint: journal offset, received offset, size in bytes.
+    /// Where the logs were last sealed for a checkpoint: journal, received.
+    sealed: (u64, u64),
+    /// The last checkpoint written: journal offset, received offset, size in bytes.
     last: (u64, u64, u64),
+    /// The second half of a checkpoint, running off the writer's path.
+    finishing: Option<tokio::task::JoinHandle<anyhow::Result<(u64, u64, u64)>>>,
     len: FeedLen,
     mirror_tx: mpsc::Sender<MirrorJob>,
     flush_tx: std::sync::mpsc::Sender<FlushReq>,
@@ -327,6 +333,8 @@ impl Writer {
                 }
             }
         }
+        // A checkpoint being finished completes before the writer says it has stopped.
+        self.finish_checkpoint(true).await;
         drop(self);
         if let Some(done) = stopped {
             let _ = done.send(());
@@ -429,71 +437,119 @@ impl Writer {
     }
 
     /// Takes a checkpoint if the logs have grown by `--checkpoint-bytes` (and by the last
-    /// checkpoint's size) since the last one.
+    /// checkpoint's size) since the last one. The writer waits only while both logs are
+    /// sealed and the state copied; the rest (flushing the view files, writing the
+    /// checkpoint, deleting what it covers) runs beside it, one checkpoint at a time.
     async fn maybe_checkpoint(&mut self) {
+        if !self.checkpoint_finished().await {
+            return;
+        }
         let Some(inbound) = self.inbound.clone() else {
             return;
         };
         let journal_len = lock(&self.disk).journal.len();
         let received_len = self.shared.received_len.load(Ordering::Relaxed);
         let grown =
-            journal_len.saturating_sub(self.last.0) + received_len.saturating_sub(self.last.1);
+            journal_len.saturating_sub(self.sealed.0) + received_len.saturating_sub(self.sealed.1);
         if grown < self.shared.checkpoint_bytes.max(self.last.2) {
             return;
         }
-        let shared = self.shared.clone();
-        let disk = self.disk.clone();
         let started = std::time::Instant::now();
-        let taken =
-            tokio::task::spawn_blocking(move || take_checkpoint(&shared, &disk, &inbound)).await;
-        match taken {
-            Ok(Ok(done)) => {
-                self.shared
-                    .received_checkpointed
-                    .store(done.1, Ordering::Relaxed);
-                self.shared
-                    .metrics
-                    .checkpoint_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.last = done;
-            }
+        let (shared, disk) = (self.shared.clone(), self.disk.clone());
+        let inb = inbound.clone();
+        let sealed = tokio::task::spawn_blocking(move || seal(&shared, &disk, &inb)).await;
+        let cp = match sealed {
+            Ok(Ok(cp)) => cp,
             Ok(Err(e)) => {
                 tracing::error!("checkpoint failed (the logs are kept; retrying later): {e:#}");
                 // Not again at once: after as much growth again.
-                self.last.0 = journal_len;
-                self.last.1 = received_len;
+                self.sealed = (journal_len, received_len);
+                return;
+            }
+            Err(e) => {
+                tracing::error!("checkpoint panicked: {e}");
+                return;
+            }
+        };
+        self.sealed = (cp.journal, cp.other);
+        self.shared
+            .received_checkpointed
+            .store(cp.other, Ordering::Relaxed);
+        let (shared, disk) = (self.shared.clone(), self.disk.clone());
+        self.finishing = Some(tokio::task::spawn_blocking(move || {
+            let done = finish(&shared, &disk, &inbound, cp);
+            shared
+                .metrics
+                .checkpoint_seconds
+                .observe(started.elapsed().as_secs_f64());
+            done
+        }));
+    }
+
+    /// Waits for the checkpoint being finished, if it is done (or `wait`); returns
+    /// whether none is running any more.
+    async fn finish_checkpoint(&mut self, wait: bool) -> bool {
+        let Some(handle) = self.finishing.take() else {
+            return true;
+        };
+        if !wait && !handle.is_finished() {
+            self.finishing = Some(handle);
+            return false;
+        }
+        match handle.await {
+            Ok(Ok(done)) => self.last = done,
+            Ok(Err(e)) => {
+                tracing::error!("checkpoint failed (the logs are kept; retrying later): {e:#}")
             }
             Err(e) => tracing::error!("checkpoint panicked: {e}"),
         }
+        true
+    }
+
+    async fn checkpoint_finished(&mut self) -> bool {
+        self.finish_checkpoint(false).await
     }
 }
 
-/// Seals both logs, makes the view files durable, writes the checkpoint, and deletes what
-/// it covers: all of `received.data` before it, and the journal segments before it that
-/// the sync service has read. Returns the checkpoint's offsets and size.
-fn take_checkpoint(
+/// The first half of a checkpoint, with both logs' writers held still: seals both logs
+/// and copies the state they hold.
+fn seal(
     shared: &Shared,
     disk: &Mutex<Disk>,
     inbound: &Mutex<super::inbound::Inbound>,
-) -> anyhow::Result<(u64, u64, u64)> {
+) -> anyhow::Result<Checkpoint> {
     let mut inbound = lock(inbound);
     let mut disk = lock(disk);
     let (state, clock) = (shared.state.checkpoint(), shared.clock.now());
     let journal = disk.journal.rotate().context("sealing the journal")?;
     let received = inbound.seal().context("sealing received.data")?;
-    crate::views::make_durable(&shared.dir).context("making the view files durable")?;
-    let cp = Checkpoint {
+    Ok(Checkpoint {
         journal,
         other_name: "received".into(),
         other: received,
         clock,
         state,
-    };
+    })
+}
+
+/// The second half, while the writers go on: makes the view files durable (everything
+/// written before the seal with them), writes the checkpoint, and deletes what it covers:
+/// all of `received.data` before it, and the journal segments before it that the sync
+/// service has read. Returns the checkpoint's offsets and size.
+fn finish(
+    shared: &Shared,
+    disk: &Mutex<Disk>,
+    inbound: &Mutex<super::inbound::Inbound>,
+    cp: Checkpoint,
+) -> anyhow::Result<(u64, u64, u64)> {
+    crate::views::make_durable(&shared.dir).context("making the view files durable")?;
     let size = checkpoint::save(&shared.dir, &cp)?;
-    inbound.delete_through(received)?;
+    let (journal, received) = (cp.journal, cp.other);
+    lock(inbound).delete_through(received)?;
     let read = shared
         .journal_feed
         .consumed_by(&[(shared.cluster, tsn_protocol::coord::NodeKind::Sync)]);
+    let mut disk = lock(disk);
     let deleted = disk
         .journal
         .delete_through(read.unwrap_or(0).min(journal))?;
@@ -502,6 +558,7 @@ fn take_checkpoint(
         .metrics
         .journal_bytes
         .set(disk.journal.bytes_on_disk() as i64);
+    drop(disk);
     if kept
         > shared
             .checkpoint_bytes
