@@ -205,6 +205,23 @@ fn read_file_from(path: &Path, from: u64) -> Result<Vec<Record>, DatastoreError>
     Ok(records)
 }
 
+/// Every record of the sealed segments (oldest first; the active one begins at
+/// `active_base`) from logical offset `from` on.
+fn read_sealed_from(
+    sealed: &[(u64, PathBuf)],
+    active_base: u64,
+    from: u64,
+) -> Result<Vec<Record>, DatastoreError> {
+    let mut records = Vec::new();
+    for (i, (base, file)) in sealed.iter().enumerate() {
+        let end = sealed.get(i + 1).map_or(active_base, |s| s.0);
+        if end > from {
+            records.extend(read_file_from(file, from.saturating_sub(*base))?);
+        }
+    }
+    Ok(records)
+}
+
 /// Flushes a [`SegmentedLog`]'s active segment from another thread; follows rotations.
 #[derive(Debug, Clone)]
 pub struct SegmentFlusher {
@@ -258,14 +275,7 @@ impl SegmentedLog {
             }
         }
         let (active, active_records) = AppendLog::open(path)?;
-        let mut records = Vec::new();
-        for (i, (b, file)) in sealed.iter().enumerate() {
-            let end = sealed.get(i + 1).map_or(base, |s| s.0);
-            if end <= from {
-                continue;
-            }
-            records.extend(read_file_from(file, from.saturating_sub(*b))?);
-        }
+        let mut records = read_sealed_from(&sealed, base, from)?;
         if from <= base {
             records.extend(active_records);
         } else {
@@ -385,14 +395,7 @@ impl SegmentedLog {
             let t = segments.read();
             (t.sealed.clone(), t.active.clone(), t.active_base)
         };
-        let mut records = Vec::new();
-        for (i, (b, file)) in sealed.iter().enumerate() {
-            let end = sealed.get(i + 1).map_or(base, |s| s.0);
-            if end <= from {
-                continue;
-            }
-            records.extend(read_file_from(file, from.saturating_sub(*b))?);
-        }
+        let mut records = read_sealed_from(&sealed, base, from)?;
         records.extend(read_file_from(&active, from.saturating_sub(base))?);
         Ok(records)
     }

@@ -40,6 +40,23 @@ pub struct Checkpointed {
     pub seqs: Vec<(UserId, u64)>,
 }
 
+impl Checkpointed {
+    /// The state of both logs, and each user's last timeline number (in user order).
+    pub fn new(
+        own: Vec<Record>,
+        received: Vec<Record>,
+        last_seq: &std::collections::HashMap<UserId, u64>,
+    ) -> Checkpointed {
+        let mut seqs: Vec<(UserId, u64)> = last_seq.iter().map(|(u, s)| (*u, *s)).collect();
+        seqs.sort_unstable();
+        Checkpointed {
+            own,
+            received,
+            seqs,
+        }
+    }
+}
+
 /// A checkpoint.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Checkpoint {

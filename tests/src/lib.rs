@@ -1243,3 +1243,38 @@ pub async fn post_pipelined(
     }
     Ok(())
 }
+
+/// User 3 (cluster 1) in timeline mode, followed by user 6 (cluster 1) and user 4
+/// (cluster 2), both in timeline mode too: (author, near, far).
+pub fn author_and_followers(sys: &System) -> Result<(Client, Client, Client)> {
+    let mut author = sys.client(3)?;
+    let mut near = sys.client(6)?;
+    let mut far = sys.client(4)?;
+    wait_users(&mut near, &[3, 4, 6])?;
+    wait_users(&mut far, &[3, 4, 6])?;
+    for c in [&mut near, &mut far] {
+        assert_eq!(c.run("FOLLOW 3", 1)?, ["Command completed successfully"]);
+        enter_timeline(c)?;
+    }
+    enter_timeline(&mut author)?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok((author, near, far))
+}
+
+/// Every journal segment in a server's role directory `dir`, oldest first: what of its
+/// journal it still has.
+pub fn journal_segments(dir: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("journal.") && n.ends_with(".data"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.join(n)).unwrap_or_default())
+        .collect()
+}

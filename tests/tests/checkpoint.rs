@@ -14,34 +14,14 @@ const LIVE: Duration = Duration::from_secs(30);
 
 /// Every journal segment a server of cluster 1 still has, oldest first.
 fn journal_text(sys: &System, role: Role) -> String {
-    let dir = sys.role_dir(1, role);
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with("journal.") && n.ends_with(".data"))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names.iter().map(|n| sys.read(1, role, n)).collect()
+    journal_segments(&sys.role_dir(1, role))
 }
 
 #[test]
 fn a_standby_behind_the_deleted_segments_comes_back_through_a_state_transfer() -> anyhow::Result<()>
 {
     let mut sys = System::start(Config::default().small_checkpoints())?;
-    let mut author = sys.client(3)?; // cluster 1
-    let mut near = sys.client(6)?; // cluster 1
-    let mut far = sys.client(4)?; // cluster 2
-    wait_users(&mut near, &[3, 4, 6])?;
-    wait_users(&mut far, &[3, 4, 6])?;
-    for c in [&mut near, &mut far] {
-        assert_eq!(c.run("FOLLOW 3", 1)?, ["Command completed successfully"]);
-        enter_timeline(c)?;
-    }
-    enter_timeline(&mut author)?;
-    std::thread::sleep(Duration::from_millis(500));
+    let (mut author, mut near, mut far) = author_and_followers(&sys)?;
     assert_eq!(sys.serving(1)?, sys.addr(1, Role::Primary)?);
 
     // The standby goes away, keeping its disk; the active server goes on.

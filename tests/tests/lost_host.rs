@@ -11,17 +11,7 @@ const LIVE: Duration = Duration::from_secs(20);
 #[test]
 fn losing_each_server_host_in_turn_loses_no_post() -> anyhow::Result<()> {
     let mut sys = System::start(Config::default().small_checkpoints())?;
-    let mut author = sys.client(3)?; // cluster 1
-    let mut near = sys.client(6)?; // cluster 1
-    let mut far = sys.client(4)?; // cluster 2
-    wait_users(&mut near, &[3, 4, 6])?;
-    wait_users(&mut far, &[3, 4, 6])?;
-    for c in [&mut near, &mut far] {
-        assert_eq!(c.run("FOLLOW 3", 1)?, ["Command completed successfully"]);
-        enter_timeline(c)?;
-    }
-    enter_timeline(&mut author)?;
-    std::thread::sleep(Duration::from_millis(500));
+    let (mut author, mut near, mut far) = author_and_followers(&sys)?;
 
     let texts: Vec<String> = (0..80).map(|k| format!("lost host post {k}")).collect();
     for (k, t) in texts.iter().enumerate() {

@@ -326,22 +326,11 @@ impl Sys {
         } else {
             "secondary"
         };
-        let dir = self
-            .datastore(host(cluster, role))
-            .join(format!("{cluster}/{name}"));
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| n.starts_with("journal.") && n.ends_with(".data"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-            .iter()
-            .map(|n| self.server_file(cluster, role, n))
-            .collect()
+        journal_segments(
+            &self
+                .datastore(host(cluster, role))
+                .join(format!("{cluster}/{name}")),
+        )
     }
 
     /// Cuts (or with `heal`, restores) every link between two clusters' hosts.

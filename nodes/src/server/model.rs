@@ -362,13 +362,7 @@ impl Model {
             .map(|u| Record::Change(Change::User { user: *u }))
             .collect();
         received.extend(edges(&self.followers, false));
-        let mut seqs: Vec<(UserId, u64)> = self.last_seq.iter().map(|(u, s)| (*u, *s)).collect();
-        seqs.sort_unstable();
-        Checkpointed {
-            own,
-            received,
-            seqs,
-        }
+        Checkpointed::new(own, received, &self.last_seq)
     }
 
     /// Loads a checkpoint (into an empty model).

@@ -339,13 +339,7 @@ impl SyncCore {
             m.iter()
                 .map(move |(follower, e)| follow(*followee, *follower, *e))
         }));
-        let mut seqs: Vec<(UserId, u64)> = self.last_seq.iter().map(|(u, s)| (*u, *s)).collect();
-        seqs.sort_unstable();
-        Checkpointed {
-            own,
-            received,
-            seqs,
-        }
+        Checkpointed::new(own, received, &self.last_seq)
     }
 
     /// Takes a checkpoint if both logs together have grown by `--checkpoint-bytes` (and by
