@@ -45,8 +45,14 @@ impl Cursors {
 
     /// Saves atomically and durably.
     pub fn save(&self, path: &Path) -> Result<(), DatastoreError> {
+        self.save_with(path, Durability::Sync)
+    }
+
+    /// Saves atomically, flushed or not: a cursor into a log that is read again from an
+    /// older position (its records recognised as read) need not wait for the disk.
+    pub fn save_with(&self, path: &Path, durability: Durability) -> Result<(), DatastoreError> {
         let text: String = self.map.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
-        write_atomic(path, text.as_bytes(), Durability::Sync)
+        write_atomic(path, text.as_bytes(), durability)
     }
 
     /// The offset named `key`, 0 when absent.

@@ -497,7 +497,10 @@ impl SyncCore {
 
     fn save_cursor(&mut self, key: &str, at: Cursor) -> Result<(), DatastoreError> {
         self.cursors.set_feed(key, at);
-        self.cursors.save(&self.dir.cursors())
+        // Not flushed: after a power loss a feed is read again from an older position, and
+        // what was taken already is recognised (ids, numbers, timeline files).
+        self.cursors
+            .save_with(&self.dir.cursors(), tsn_datastore::Durability::NoSync)
     }
 
     /// Takes a batch of a server's journal feed into the outbox. Returns how many
