@@ -42,8 +42,10 @@
 //!   marker missing, it completes the views from the records after the last checkpoint.
 //! - Logs are segmented ([`segments`]): offsets are logical and never change; sealed
 //!   segments are deleted once a checkpoint covers them and every reader has read them.
-//! - Rewrites (`cursors.data`, rebuilt views) go through [`write_atomic`]: temporary file
-//!   in the same directory, fsync, rename, fsync of the directory.
+//! - Rewrites go through [`write_atomic`]: temporary file in the same directory, then
+//!   rename; for `checkpoint.data` and rebuilt views with an fsync of the file before and
+//!   of the directory after. Feed cursors (`cursors.data`) are not flushed: one lost with
+//!   power makes its feed be read again from an older position, which is safe.
 //!
 //! # Torn lines
 //! A crash can leave the last line of a file incomplete. A line without its newline, or a
