@@ -31,7 +31,7 @@
 //! # fsync policy
 //! - `journal.data` is the truth. Writers group many changes into one append, and make
 //!   appends durable with [`AppendLog::sync`] or, from another thread while the log goes
-//!   on appending, with a [`Flusher`] (fdatasync). When an acknowledgement may go out
+//!   on appending, with a [`SegmentFlusher`] (fdatasync). When an acknowledgement may go out
 //!   relative to that flush is the writer's policy: a sync service flushes before it
 //!   acknowledges a batch; a server flushes right behind every write and, by default,
 //!   acknowledges once the change is written on both servers of its cluster (see the
@@ -68,7 +68,7 @@ pub use atomic::{write_atomic, Durability};
 pub use cursors::Cursors;
 pub use error::DatastoreError;
 pub use layout::{Datastore, RoleDir};
-pub use log::{read_records, AppendLog, Flusher};
+pub use log::{read_records, AppendLog};
 pub use logid::log_id;
 pub use record::{Record, RecordError};
 pub use segments::{SegmentFlusher, SegmentedLog, Segments};

@@ -180,15 +180,6 @@ impl AppendLog {
         self.file.sync_data().map_err(io(&self.path))
     }
 
-    /// A second handle on the file that only flushes it, for a thread that makes
-    /// appends durable while this handle goes on appending.
-    pub fn flusher(&self) -> Result<Flusher, DatastoreError> {
-        Ok(Flusher {
-            file: self.file.try_clone().map_err(io(&self.path))?,
-            path: self.path.clone(),
-        })
-    }
-
     /// A second handle on the file, for [`crate::segments::SegmentFlusher`].
     pub(crate) fn flusher_file(&self) -> std::io::Result<File> {
         self.file.try_clone()
@@ -207,20 +198,6 @@ impl AppendLog {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-/// Flushes an [`AppendLog`]'s file from another thread (see [`AppendLog::flusher`]).
-#[derive(Debug)]
-pub struct Flusher {
-    file: File,
-    path: PathBuf,
-}
-
-impl Flusher {
-    /// Makes everything appended through the log so far durable (fdatasync).
-    pub fn sync(&self) -> Result<(), DatastoreError> {
-        self.file.sync_data().map_err(io(&self.path))
     }
 }
 

@@ -370,6 +370,15 @@ impl SegmentedLog {
     /// Deletes the sealed segments that end at or before `offset`; returns how many bytes
     /// that freed.
     pub fn delete_through(&mut self, offset: u64) -> Result<u64, DatastoreError> {
+        {
+            // Called after every batch: most of the time there is nothing to delete, and
+            // readers need not wait for the write lock to learn that.
+            let t = self.segments.read();
+            let first_end = t.sealed.get(1).map_or(t.active_base, |s| s.0);
+            if t.sealed.is_empty() || first_end > offset {
+                return Ok(0);
+            }
+        }
         let mut table = self.segments.0.write().unwrap_or_else(|e| e.into_inner());
         let mut freed = 0;
         while let Some((base, file)) = table.sealed.first().cloned() {
