@@ -347,6 +347,74 @@ pub struct Batch {
 /// node that is down).
 pub type Settled = watch::Sender<bool>;
 
+/// Batches read off a feed's stream ahead of the one being applied.
+const QUEUED_BATCHES: usize = 64;
+
+/// Records a merged batch may hold: several batches of the writer's, at most.
+const MERGED_CHANGES: usize = 8 * MAX_BATCH_CHANGES;
+
+/// One batch as received, with the writer's log length when it was sent.
+struct Received {
+    batch: Batch,
+    len: u64,
+}
+
+/// Reads a feed's batches into `queue` until the stream ends (an error) or the queue's
+/// reader is gone.
+async fn receive_batches(
+    mut recv: FrameReader<quinn::RecvStream>,
+    queue: tokio::sync::mpsc::Sender<Received>,
+) -> anyhow::Result<()> {
+    loop {
+        match recv.next_msg::<SyncReply>().await? {
+            Some(SyncReply::Records {
+                log_id,
+                next,
+                len,
+                entries,
+            }) => {
+                if entries.len() > MAX_BATCH_CHANGES {
+                    bail!("batch of {} records exceeds {MAX_BATCH_CHANGES}", entries.len());
+                }
+                let batch = Batch {
+                    entries,
+                    next: Cursor {
+                        log_id,
+                        offset: next,
+                    },
+                };
+                if queue.send(Received { batch, len }).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Some(SyncReply::Refused(why)) => bail!("refused: {why}"),
+            None => bail!("the feed was closed"),
+        }
+    }
+}
+
+/// `first` and the batches queued behind it of the same log, up to [`MERGED_CHANGES`]
+/// records: one batch whose cursor is the last one's. A batch taken off the queue that
+/// does not fit is left in `held`, to come next.
+fn merge(
+    mut first: Received,
+    queued: &mut tokio::sync::mpsc::Receiver<Received>,
+    held: &mut Option<Received>,
+) -> Received {
+    while let Ok(more) = queued.try_recv() {
+        if more.batch.next.log_id != first.batch.next.log_id
+            || first.batch.entries.len() + more.batch.entries.len() > MERGED_CHANGES
+        {
+            *held = Some(more);
+            break;
+        }
+        first.batch.entries.extend(more.batch.entries);
+        first.batch.next = more.batch.next;
+        first.len = more.len;
+    }
+    first
+}
+
 /// Follows a remote log for ever: dials whatever address `addr` holds, sends the opener
 /// that `open` builds from the current cursor, and hands every batch to `apply`, which
 /// must make it durable (with its cursor) before it returns. Reconnects after any
@@ -383,45 +451,42 @@ pub async fn follow<O, A, Fut>(
             let conn = crate::net::connect(&endpoint, &target).await?;
             let (mut send, recv) = conn.open_bi().await?;
             tsn_protocol::write_frame(&mut send, &open(cursor)).await?;
-            let mut recv = FrameReader::new(recv);
-            loop {
-                let msg = recv.next_msg::<SyncReply>().await?;
-                match msg {
-                    Some(SyncReply::Records {
-                        log_id,
-                        next,
-                        len,
-                        entries,
-                    }) => {
-                        if entries.len() > MAX_BATCH_CHANGES {
-                            bail!(
-                                "batch of {} records exceeds {MAX_BATCH_CHANGES}",
-                                entries.len()
-                            );
-                        }
-                        if failing || !ever {
-                            tracing::info!(feed = %what, from = %target, "feed connected");
-                            failing = false;
-                            ever = true;
-                        }
-                        let next = Cursor {
-                            log_id,
-                            offset: next,
-                        };
-                        apply(Batch { entries, next }).await?;
-                        cursor = next;
-                        // The writer may delete what every reader has made durable.
-                        tsn_protocol::write_msg(&mut send, &next).await?;
-                        pauses = crate::net::backoff();
-                        if next.offset >= len {
-                            settled.send_if_modified(|s| !std::mem::replace(s, true));
-                        }
+            // Batches are read off the stream as they come and handed on to `apply`
+            // merged: whatever arrived while the previous merged batch was being made
+            // durable goes in one, so a reader slower than the writer catches up in
+            // fewer, larger writes instead of falling further behind one small batch at
+            // a time.
+            let (queue, mut queued) = tokio::sync::mpsc::channel::<Received>(QUEUED_BATCHES);
+            let receive = receive_batches(FrameReader::new(recv), queue);
+            let take = async {
+                let mut held = None;
+                loop {
+                    let first = match held.take() {
+                        Some(b) => b,
+                        None => match queued.recv().await {
+                            Some(b) => b,
+                            None => break,
+                        },
+                    };
+                    let merged = merge(first, &mut queued, &mut held);
+                    if failing || !ever {
+                        tracing::info!(feed = %what, from = %target, "feed connected");
+                        failing = false;
+                        ever = true;
                     }
-                    Some(SyncReply::Refused(why)) => bail!("refused: {why}"),
-                    None => bail!("the feed was closed"),
+                    let next = merged.batch.next;
+                    apply(merged.batch).await?;
+                    cursor = next;
+                    // The writer may delete what every reader has made durable.
+                    tsn_protocol::write_msg(&mut send, &next).await?;
+                    pauses = crate::net::backoff();
+                    if next.offset >= merged.len {
+                        settled.send_if_modified(|s| !std::mem::replace(s, true));
+                    }
                 }
-            }
-            #[allow(unreachable_code)]
+                anyhow::Ok(())
+            };
+            tokio::try_join!(receive, take)?;
             anyhow::Ok(())
         };
         let result = tokio::select! {
