@@ -48,6 +48,9 @@ pub const ID_WINDOW: usize = 65_536;
 /// Timeline files whose post ids are held at once for the check of old ids.
 const ON_DISK_USERS: usize = 256;
 
+/// Post ids of timeline files held at once for the check of old ids.
+const ON_DISK_IDS: usize = 1 << 20;
+
 /// A log that holds this many checkpoint intervals some reader has not read is reported
 /// at each checkpoint.
 pub const UNREAD_WARN_INTERVALS: u64 = 16;
@@ -150,8 +153,11 @@ pub struct SyncCore {
     delivered: Window<(UserId, PostId)>,
     /// The number of the last post delivered to each user.
     last_seq: HashMap<UserId, u64>,
-    /// The post ids of users' timeline files, read for the check of old ids.
+    /// The post ids of users' timeline files, read for the check of old ids and kept up
+    /// to date as deliveries are appended.
     on_disk: HashMap<UserId, HashSet<PostId>>,
+    /// How many ids `on_disk` holds.
+    on_disk_ids: usize,
 }
 
 /// Every delivery in the timeline files of `dir` (to the file's user), and with
@@ -259,6 +265,7 @@ impl SyncCore {
             delivered: Window::new(ID_WINDOW, cp.clock),
             last_seq: HashMap::new(),
             on_disk: HashMap::new(),
+            on_disk_ids: 0,
         };
         for r in &cp.state.received {
             if let Record::Change(c) = r {
@@ -289,12 +296,14 @@ impl SyncCore {
         Ok(core)
     }
 
-    /// Whether `user`'s timeline file holds post `id` (read once, then kept for a while:
-    /// old ids come in bursts, after a long partition or when an outbox is read again).
+    /// Whether `user`'s timeline file holds post `id` (read once, then kept and added to
+    /// as deliveries are appended: old ids come in bursts, after a long partition, when
+    /// an outbox is read again or when one server's journal feed lags the other's).
     fn on_disk(&mut self, user: UserId, id: &PostId) -> bool {
         if !self.on_disk.contains_key(&user) {
-            if self.on_disk.len() >= ON_DISK_USERS {
+            if self.on_disk.len() >= ON_DISK_USERS || self.on_disk_ids >= ON_DISK_IDS {
                 self.on_disk.clear();
+                self.on_disk_ids = 0;
             }
             let ids = match tsn_datastore::read_records(&self.dir.timeline(user)) {
                 Ok(records) => records
@@ -312,6 +321,7 @@ impl SyncCore {
                     HashSet::new()
                 }
             };
+            self.on_disk_ids += ids.len();
             self.on_disk.insert(user, ids);
         }
         self.on_disk.get(&user).is_some_and(|ids| ids.contains(id))
@@ -524,8 +534,6 @@ impl SyncCore {
         }
         self.save_cursor(key, next)?;
         self.maybe_checkpoint();
-        // Timeline files read for old ids go stale as deliveries are appended.
-        self.on_disk.clear();
         Ok(fresh.len())
     }
 
@@ -588,11 +596,20 @@ impl SyncCore {
                     "view file append failed (completed from the journal at next start): {e}"
                 );
             }
+            // The timeline files' ids held for the check of old ids stay current (what
+            // the journal holds counts as seen even if a view append failed).
+            for r in &fresh {
+                if let Record::Deliver { to, post, .. } = r {
+                    if let Some(ids) = self.on_disk.get_mut(to) {
+                        if ids.insert(post.id) {
+                            self.on_disk_ids += 1;
+                        }
+                    }
+                }
+            }
         }
         self.save_cursor(key, next)?;
         self.maybe_checkpoint();
-        // Timeline files read for old ids go stale as deliveries are appended.
-        self.on_disk.clear();
         Ok(fresh.len())
     }
 
