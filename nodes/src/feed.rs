@@ -351,9 +351,11 @@ pub type Settled = watch::Sender<bool>;
 /// Batches read off a feed's stream ahead of the one being applied.
 const QUEUED_BATCHES: usize = 64;
 
-/// Records a merged batch may hold: two of the writer's batches (one durable write for
-/// 2,048 records costs little more than one for 1,024).
-pub const MERGED_CHANGES: usize = 2 * MAX_BATCH_CHANGES;
+/// Records a merged batch may hold: eight of the writer's batches. A durable write of
+/// 8,192 records costs little more than one of 1,024, and a reader catching up (a sync
+/// service taking a server's journal feed after the other server's) does an eighth of
+/// the writes.
+pub const MERGED_CHANGES: usize = 8 * MAX_BATCH_CHANGES;
 
 /// One batch as received, with the writer's log length when it was sent.
 struct Received {

@@ -1012,6 +1012,44 @@ pub fn wait_mirroring(
     )
 }
 
+// Clients speaking the protocol directly (for load a `tsn_client` process cannot make).
+
+impl System {
+    /// A QUIC client endpoint on loopback that trusts this system's CA.
+    pub fn endpoint(&self) -> quinn::Endpoint {
+        let root = tsn_certs::TrustRoot::load(&self.certs()).expect("the system's CA");
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(Duration::from_secs(1)));
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address"))
+            .expect("a client endpoint on loopback");
+        ep.set_default_client_config(
+            root.client_config(std::sync::Arc::new(t))
+                .expect("a client config"),
+        );
+        ep
+    }
+
+    /// A connection to the server the coordinator assigns to `user`, logged in as `user`
+    /// (its key in the certificate directory), within 5 s for each step.
+    pub async fn connect(&self, ep: &quinn::Endpoint, user: u32) -> Result<quinn::Connection> {
+        use tsn_protocol::coord::{CoordReply, CoordRequest};
+        let dial = |addr: &str| -> Result<_> {
+            let sock: std::net::SocketAddr = addr.parse()?;
+            Ok(ep.connect(sock, tsn_certs::SERVER_NAME)?)
+        };
+        let timeout = Duration::from_secs(5);
+        let coord = tokio::time::timeout(timeout, dial(&self.coord)?).await??;
+        let reply = call(&coord, &CoordRequest::AssignClient { client: user }).await;
+        coord.close(0u32.into(), b"");
+        let CoordReply::Assigned { addr, .. } = reply? else {
+            bail!("no server assigned to user {user}")
+        };
+        let conn = tokio::time::timeout(timeout, dial(&addr)?).await??;
+        login(&conn, user, &self.certs()).await?;
+        Ok(conn)
+    }
+}
+
 // Restarts and the cost of history: shared by tests/tests/history.rs and tsn_bench's
 // history section.
 

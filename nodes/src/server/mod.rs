@@ -127,10 +127,10 @@ struct Subscriber {
 }
 
 /// Entries buffered for one timeline session; a session that falls this far behind is
-/// closed (its client reconnects and gets the backlog again). Several of the sync
-/// service's largest batches fit, all for one user: a burst is absorbed, a client that
-/// keeps reading slower than its timeline grows is not.
-pub const SESSION_QUEUE: usize = 8 * crate::feed::MERGED_CHANGES;
+/// closed (its client reconnects and gets the backlog again). Two of the sync service's
+/// largest batches fit, all for one user: a burst is absorbed, a client that keeps
+/// reading slower than its timeline grows is not.
+pub const SESSION_QUEUE: usize = 2 * crate::feed::MERGED_CHANGES;
 
 /// State shared by the server's tasks.
 #[derive(Debug)]
