@@ -2,9 +2,10 @@
 //! finish every batch it has taken (journal, standby, view files) and joins it, and only
 //! then writes the clean-shutdown marker: the marker by which its next start knows that
 //! the view files need no completing from the journal. Tried under a stream of FOLLOW
-//! and UNFOLLOW commands, stopping the active server of a mirrored pair each round: at
-//! exit the marker is there and every follow change in the journal is in the follower's
-//! `following.data`, and nothing else is.
+//! and UNFOLLOW commands, stopping one server of a mirrored pair each round (the standby,
+//! whose writer takes the active's batches to the last moment, then the active, which
+//! hands over first): at exit the marker is there and every follow change in the
+//! journal is in the follower's `following.data`, and nothing else is.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -20,8 +21,8 @@ use tsn_tests::*;
 const USERS: u32 = 16;
 /// Commands in flight per user.
 const IN_FLIGHT: u32 = 4;
-/// Rounds: each stops the active server under load and brings it back as the standby.
-const ROUNDS: usize = 3;
+/// Rounds: each stops a server under load and brings it back as the standby.
+const ROUNDS: usize = 4;
 
 /// Sends FOLLOW and UNFOLLOW commands as `user` on `conn`, one at a time (the `lane`th
 /// of [`IN_FLIGHT`] such loops of the user), until `stop` is set, a command fails (the
@@ -95,11 +96,13 @@ fn sigterm_under_load_writes_the_clean_marker_after_the_view_files() -> anyhow::
         anyhow::Ok(())
     })?;
     let (mut active, mut standby) = (Role::Primary, Role::Secondary);
+    let mut mirrored_before = 0;
     for round in 0..ROUNDS {
-        wait_mirroring(&sys, 1, active, 0)?;
+        wait_mirroring(&sys, 1, active, mirrored_before)?;
+        let victim = if round % 2 == 0 { standby } else { active };
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
-        let pid = sys.pid(1, active).expect("the active server runs");
+        let pid = sys.pid(1, victim).expect("the server runs");
         let before = rt.block_on(async {
             let mut load = tokio::task::JoinSet::new();
             for user in 1..=USERS {
@@ -115,7 +118,7 @@ fn sigterm_under_load_writes_the_clean_marker_after_the_view_files() -> anyhow::
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let before = answered.load(Ordering::Relaxed);
-            sys.signal(1, active, "TERM")?;
+            sys.signal(1, victim, "TERM")?;
             let until = Instant::now() + Duration::from_secs(10);
             while !exited(pid) && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -124,9 +127,9 @@ fn sigterm_under_load_writes_the_clean_marker_after_the_view_files() -> anyhow::
             while load.join_next().await.is_some() {}
             anyhow::Ok(before)
         })?;
-        let exited = sys.stop(1, active);
-        assert!(exited, "round {round}: the {active:?} did not exit on SIGTERM");
-        let dir = sys.role_dir(1, active);
+        let exited = sys.stop(1, victim);
+        assert!(exited, "round {round}: the {victim:?} did not exit on SIGTERM");
+        let dir = sys.role_dir(1, victim);
         assert!(
             dir.join("clean-shutdown").exists(),
             "round {round}: no clean-shutdown marker after SIGTERM"
@@ -134,7 +137,7 @@ fn sigterm_under_load_writes_the_clean_marker_after_the_view_files() -> anyhow::
         let journal = journal_follows(&dir);
         let views = following_files(&dir);
         eprintln!(
-            "round {round}: {before} commands answered before SIGTERM; {} follow changes in the journal",
+            "round {round}: {before} commands answered before SIGTERM to the {victim:?}; {} follow changes in its journal",
             journal.len()
         );
         assert!(journal.len() >= 1_000, "round {round}: too little load: {}", journal.len());
@@ -144,9 +147,12 @@ fn sigterm_under_load_writes_the_clean_marker_after_the_view_files() -> anyhow::
             missing.is_empty() && extra.is_empty(),
             "round {round}: view files differ from the journal at a clean exit: missing {missing:?}, not journaled {extra:?}"
         );
-        // Back as the standby of the server that took over.
-        sys.start_node(1, active)?;
-        std::mem::swap(&mut active, &mut standby);
+        // Back as the standby.
+        if victim == active {
+            std::mem::swap(&mut active, &mut standby);
+        }
+        mirrored_before = sys.log_count(1, active, "mirroring to the standby");
+        sys.start_node(1, victim)?;
     }
     Ok(())
 }
