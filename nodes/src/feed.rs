@@ -378,7 +378,10 @@ async fn receive_batches(
                 entries,
             }) => {
                 if entries.len() > MAX_BATCH_CHANGES {
-                    bail!("batch of {} records exceeds {MAX_BATCH_CHANGES}", entries.len());
+                    bail!(
+                        "batch of {} records exceeds {MAX_BATCH_CHANGES}",
+                        entries.len()
+                    );
                 }
                 let batch = Batch {
                     entries,

@@ -38,7 +38,7 @@ async fn churn(
     let mut k = lane;
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let target = 1 + (user + k % (USERS - 1)) % USERS;
-        let req = if (k / (USERS - 1)) % 2 == 0 {
+        let req = if (k / (USERS - 1)).is_multiple_of(2) {
             ClientRequest::Follow { user, target }
         } else {
             ClientRequest::Unfollow { user, target }
@@ -54,7 +54,11 @@ async fn churn(
 /// Whether process `pid` has exited (gone, or a zombie not yet waited for).
 fn exited(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -99,7 +103,11 @@ fn sigterm_under_load_writes_the_clean_marker_after_the_view_files() -> anyhow::
     let mut mirrored_before = 0;
     for round in 0..ROUNDS {
         wait_mirroring(&sys, 1, active, mirrored_before)?;
-        let victim = if round % 2 == 0 { standby } else { active };
+        let victim = if round.is_multiple_of(2) {
+            standby
+        } else {
+            active
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
         let pid = sys.pid(1, victim).expect("the server runs");
@@ -108,7 +116,13 @@ fn sigterm_under_load_writes_the_clean_marker_after_the_view_files() -> anyhow::
             for user in 1..=USERS {
                 let conn = sys.connect(&ep, user).await?;
                 for lane in 0..IN_FLIGHT {
-                    load.spawn(churn(conn.clone(), user, lane, stop.clone(), answered.clone()));
+                    load.spawn(churn(
+                        conn.clone(),
+                        user,
+                        lane,
+                        stop.clone(),
+                        answered.clone(),
+                    ));
                 }
             }
             // SIGTERM once the load is well under way, and keep it up until the server
@@ -128,7 +142,10 @@ fn sigterm_under_load_writes_the_clean_marker_after_the_view_files() -> anyhow::
             anyhow::Ok(before)
         })?;
         let exited = sys.stop(1, victim);
-        assert!(exited, "round {round}: the {victim:?} did not exit on SIGTERM");
+        assert!(
+            exited,
+            "round {round}: the {victim:?} did not exit on SIGTERM"
+        );
         let dir = sys.role_dir(1, victim);
         assert!(
             dir.join("clean-shutdown").exists(),
@@ -140,7 +157,11 @@ fn sigterm_under_load_writes_the_clean_marker_after_the_view_files() -> anyhow::
             "round {round}: {before} commands answered before SIGTERM to the {victim:?}; {} follow changes in its journal",
             journal.len()
         );
-        assert!(journal.len() >= 1_000, "round {round}: too little load: {}", journal.len());
+        assert!(
+            journal.len() >= 1_000,
+            "round {round}: too little load: {}",
+            journal.len()
+        );
         let missing: Vec<_> = journal.difference(&views).take(5).collect();
         let extra: Vec<_> = views.difference(&journal).take(5).collect();
         assert!(
