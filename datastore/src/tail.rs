@@ -21,6 +21,8 @@ pub struct Tail {
     /// The segment being read, and where it lies.
     file: Option<(File, Located)>,
     buf: Vec<u8>,
+    /// No record ending past this logical offset is read (see [`Tail::read_upto`]).
+    upto: u64,
 }
 
 impl Tail {
@@ -36,6 +38,7 @@ impl Tail {
             offset,
             file: None,
             buf: Vec::new(),
+            upto: u64::MAX,
         }
     }
 
@@ -53,6 +56,14 @@ impl Tail {
     /// A line still being written (no newline yet) is left for a later call. An offset
     /// in a segment that was deleted is [`DatastoreError::Compacted`].
     pub fn read_new(&mut self, max: usize) -> Result<Vec<Record>, DatastoreError> {
+        self.read_upto(max, u64::MAX)
+    }
+
+    /// [`Tail::read_new`], reading nothing past logical offset `upto`: what the writer
+    /// has said is committed (durable, for a log flushed before it is published), when
+    /// more may already be in the file.
+    pub fn read_upto(&mut self, max: usize, upto: u64) -> Result<Vec<Record>, DatastoreError> {
+        self.upto = upto;
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -79,14 +90,15 @@ impl Tail {
         let Some((file, at)) = self.file.as_ref() else {
             return Ok(Vec::new());
         };
-        let len = file.metadata().map_err(io(&at.path))?.len();
+        let file_len = file.metadata().map_err(io(&at.path))?.len();
         let at_byte = self.offset - at.base;
-        if len < at_byte {
-            tracing::warn!(path = %at.path.display(), offset = self.offset, len, "file shrank below the cursor; continuing from its end");
-            self.offset = at.base + len;
+        if file_len < at_byte {
+            tracing::warn!(path = %at.path.display(), offset = self.offset, len = file_len, "file shrank below the cursor; continuing from its end");
+            self.offset = at.base + file_len;
             return Ok(Vec::new());
         }
-        if len == at_byte {
+        let len = file_len.min(self.upto.saturating_sub(at.base));
+        if len <= at_byte {
             return Ok(Vec::new());
         }
         let want = usize::try_from(len - at_byte)
@@ -132,6 +144,24 @@ mod tests {
 
     fn user(u: u32) -> Record {
         Record::Change(Change::User { user: u })
+    }
+
+    #[test]
+    fn read_upto_stops_at_the_committed_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("journal.data");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let (one, two) = (user(1).encode_line(), user(2).encode_line());
+        f.write_all(one.as_bytes()).unwrap();
+        f.write_all(two.as_bytes()).unwrap();
+        let mut t = Tail::new(&p, 0);
+        assert!(t.read_upto(10, 0).unwrap().is_empty());
+        // Half of the second line committed: only the first is read.
+        let first_end = one.len() as u64;
+        assert_eq!(t.read_upto(10, first_end + 2).unwrap(), vec![user(1)]);
+        assert_eq!(t.offset(), first_end);
+        assert!(t.read_upto(10, first_end + 2).unwrap().is_empty());
+        assert_eq!(t.read_upto(10, u64::MAX).unwrap(), vec![user(2)]);
     }
 
     #[test]

@@ -245,8 +245,9 @@ async fn serve_from(
         };
         // Read on the runtime's thread: what a feed reads was just written and is in the
         // page cache, a read of it takes microseconds, less than a hand-off to a
-        // blocking thread and back.
-        let read = t.read_new(MAX_BATCH_CHANGES);
+        // blocking thread and back. Only up to the length the writer has published:
+        // a record appended but not yet flushed is not sent.
+        let read = t.read_upto(MAX_BATCH_CHANGES, source.len());
         let offset = t.offset();
         tail = Some(t);
         let records = read?;
