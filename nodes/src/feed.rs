@@ -2,7 +2,7 @@
 //! cursor, and following another node's log.
 //!
 //! The writer of a log publishes its committed length through a [`FeedLen`]; each feed
-//! session waits on it, so a record travels as soon as it is written and an idle feed
+//! session waits on it, so a record travels as soon as it is published and an idle feed
 //! costs nothing. Reads go through a [`Tail`], on the runtime's thread (what a feed
 //! reads was just written and is in the page cache). A follower merges the batches that
 //! queue up while it makes one durable, so a reader that falls behind catches up in
@@ -424,7 +424,8 @@ fn merge(
 }
 
 /// Follows a remote log for ever: dials whatever address `addr` holds, sends the opener
-/// that `open` builds from the current cursor, and hands every batch to `apply`, which
+/// that `open` builds from the current cursor, and hands every batch to `apply` (the
+/// batches that arrived while it was busy merged into one, see [`MERGED_CHANGES`]), which
 /// must make it durable (with its cursor) before it returns. Reconnects after any
 /// failure and whenever `addr` changes, from the last cursor `apply` accepted.
 pub async fn follow<O, A, Fut>(
@@ -517,5 +518,74 @@ pub async fn follow<O, A, Fut>(
                 _ = addr.changed() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tsn_protocol::Change;
+
+    fn received(log_id: u64, users: std::ops::Range<u32>, next: u64) -> Received {
+        Received {
+            batch: Batch {
+                entries: users
+                    .map(|user| Entry::Change(Change::User { user }))
+                    .collect(),
+                next: Cursor {
+                    log_id,
+                    offset: next,
+                },
+            },
+            len: next + 100,
+        }
+    }
+
+    #[test]
+    fn merge_takes_what_queued_up_of_the_same_log_and_holds_the_rest() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        tx.try_send(received(7, 2..4, 20)).unwrap();
+        tx.try_send(received(7, 4..5, 30)).unwrap();
+        // Another log (the writer began anew): applied on its own, next.
+        tx.try_send(received(8, 0..1, 5)).unwrap();
+        let mut held = None;
+        let m = merge(received(7, 0..2, 10), &mut rx, &mut held);
+        assert_eq!(m.batch.entries.len(), 5);
+        assert_eq!(
+            m.batch.next,
+            Cursor {
+                log_id: 7,
+                offset: 30
+            }
+        );
+        assert_eq!(m.len, 130);
+        let h = held.take().unwrap();
+        assert_eq!(
+            h.batch.next,
+            Cursor {
+                log_id: 8,
+                offset: 5
+            }
+        );
+        // Nothing queued: the batch alone.
+        let m = merge(h, &mut rx, &mut held);
+        assert_eq!(m.batch.entries.len(), 1);
+        assert!(held.is_none());
+    }
+
+    #[test]
+    fn merge_stops_at_the_size_limit() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let per = MAX_BATCH_CHANGES as u32;
+        for k in 1..10u32 {
+            tx.try_send(received(1, k * per..(k + 1) * per, u64::from(k + 1)))
+                .unwrap();
+        }
+        let mut held = None;
+        let m = merge(received(1, 0..per, 1), &mut rx, &mut held);
+        assert_eq!(m.batch.entries.len(), MERGED_CHANGES);
+        assert_eq!(m.batch.next.offset, 8);
+        assert_eq!(held.as_ref().map(|h| h.batch.next.offset), Some(9));
     }
 }
