@@ -21,8 +21,6 @@ pub struct Tail {
     /// The segment being read, and where it lies.
     file: Option<(File, Located)>,
     buf: Vec<u8>,
-    /// No record ending past this logical offset is read (see [`Tail::read_upto`]).
-    upto: u64,
 }
 
 impl Tail {
@@ -38,7 +36,6 @@ impl Tail {
             offset,
             file: None,
             buf: Vec::new(),
-            upto: u64::MAX,
         }
     }
 
@@ -63,7 +60,6 @@ impl Tail {
     /// has said is committed (durable, for a log flushed before it is published), when
     /// more may already be in the file.
     pub fn read_upto(&mut self, max: usize, upto: u64) -> Result<Vec<Record>, DatastoreError> {
-        self.upto = upto;
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -72,7 +68,7 @@ impl Tail {
             if self.file.is_none() {
                 self.file = self.segments.open_at(self.offset)?;
             }
-            let records = self.read_segment(max)?;
+            let records = self.read_segment(max, upto)?;
             if !records.is_empty() {
                 return Ok(records);
             }
@@ -86,7 +82,7 @@ impl Tail {
         Ok(Vec::new())
     }
 
-    fn read_segment(&mut self, max: usize) -> Result<Vec<Record>, DatastoreError> {
+    fn read_segment(&mut self, max: usize, upto: u64) -> Result<Vec<Record>, DatastoreError> {
         let Some((file, at)) = self.file.as_ref() else {
             return Ok(Vec::new());
         };
@@ -97,7 +93,7 @@ impl Tail {
             self.offset = at.base + file_len;
             return Ok(Vec::new());
         }
-        let len = file_len.min(self.upto.saturating_sub(at.base));
+        let len = file_len.min(upto.saturating_sub(at.base));
         if len <= at_byte {
             return Ok(Vec::new());
         }
