@@ -32,7 +32,10 @@ fn random_kill9_for_a_minute_every_post_shown_once() -> anyhow::Result<()> {
     for u in USERS {
         clients.push(sys.client(u)?);
     }
-    wait_users(&mut clients[0], &USERS)?;
+    // Every client follows every other user: each cluster must know them all first.
+    for c in &mut clients {
+        wait_users(c, &USERS)?;
+    }
     for (i, c) in clients.iter_mut().enumerate() {
         for other in USERS {
             if other != USERS[i] {

@@ -38,7 +38,10 @@ fn restart_of_every_process_keeps_the_state() -> anyhow::Result<()> {
     let mut c1 = sys.client(1)?;
     let mut c2 = sys.client(2)?;
     let mut c3 = sys.client(3)?;
-    wait_users(&mut c1, &[1, 2, 3])?;
+    // Each follower's own cluster must know the user it follows.
+    for c in [&mut c1, &mut c2, &mut c3] {
+        wait_users(c, &[1, 2, 3])?;
+    }
     assert_eq!(c1.run("FOLLOW 2", 1)?, ["Command completed successfully"]);
     assert_eq!(c3.run("FOLLOW 2", 1)?, ["Command completed successfully"]);
     assert_eq!(c2.run("FOLLOW 1", 1)?, ["Command completed successfully"]);
