@@ -22,6 +22,10 @@ use super::Shared;
 use crate::feed::{self, Batch};
 use crate::views::{Side, Views};
 
+/// Batches of at most this many records are written on the runtime's thread (see
+/// [`run`]).
+const INLINE_RECORDS: usize = 64;
+
 /// The cursor key of the sync service's journal feed.
 const KEY: &str = "from-sync";
 
@@ -156,9 +160,34 @@ pub async fn run(
         let shared = shared.clone();
         let inbound = inbound.clone();
         async move {
-            tokio::task::spawn_blocking(move || take(&shared, &inbound, batch))
-                .await
-                .context("received-feed writer panicked")?
+            // A small batch is written and pushed to open timelines on this thread:
+            // appends to files in the page cache take microseconds, less than a hand-off
+            // to a blocking thread and back before the post is shown. The flush and the
+            // cursor, off it. Large batches (this server catching up, a busy cluster)
+            // are written off the runtime whole, so that open timelines drain meanwhile;
+            // so is a batch from a journal begun anew, or one that finds the checkpoint
+            // sealing `received.data`.
+            let next = batch.next;
+            let small = batch.entries.len() <= INLINE_RECORDS;
+            let mut waiting = Some(batch);
+            if let Some(Ok(mut inb)) = small.then(|| inbound.try_lock()) {
+                if !inb.begun_anew(next) {
+                    let batch = waiting.take().expect("set above");
+                    inb.write(&shared, batch)?;
+                }
+            }
+            tokio::task::spawn_blocking(move || {
+                let mut inb = inbound.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(batch) = waiting {
+                    if inb.begun_anew(next) {
+                        inb.start_over(&shared)?;
+                    }
+                    inb.write(&shared, batch)?;
+                }
+                inb.settle(&shared, next)
+            })
+            .await
+            .context("received-feed writer panicked")?
         }
     };
     feed::follow(
@@ -173,50 +202,63 @@ pub async fn run(
     .await;
 }
 
-fn take(shared: &Shared, inbound: &Mutex<Inbound>, batch: Batch) -> anyhow::Result<()> {
-    let mut inb = inbound.lock().unwrap_or_else(|e| e.into_inner());
-    let current = inb.log_id();
-    if current != 0 && batch.next.log_id != current {
-        inb.start_over(shared)?;
+impl Inbound {
+    /// Whether a batch at `next` comes from a sync-service journal other than the one
+    /// read so far (begun anew: [`Inbound::start_over`] first).
+    fn begun_anew(&self, next: Cursor) -> bool {
+        let current = self.log_id();
+        current != 0 && next.log_id != current
     }
-    let records: Vec<Record> = batch.entries.into_iter().map(feed::record).collect();
-    let (fresh, mut entries) = shared
-        .state
-        .apply_received(records, |r| super::observe_record(&shared.clock, r));
-    if !fresh.is_empty() {
-        inb.log
+
+    /// Appends what is new in `batch` to `received.data` and the view files, applies it
+    /// to the model and pushes it to open timelines. Not flushed: [`Inbound::settle`].
+    fn write(&mut self, shared: &Shared, batch: Batch) -> anyhow::Result<()> {
+        let records: Vec<Record> = batch.entries.into_iter().map(feed::record).collect();
+        let (fresh, mut entries) = shared
+            .state
+            .apply_received(records, |r| super::observe_record(&shared.clock, r));
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        self.log
             .append(&fresh)
-            .with_context(|| format!("writing {}", inb.log.path().display()))?;
+            .with_context(|| format!("writing {}", self.log.path().display()))?;
         // Views before open timelines: a session that opens after this reads the views.
-        if let Err(e) = inb.views.append(&fresh) {
+        if let Err(e) = self.views.append(&fresh) {
             tracing::warn!("view file append failed (rebuilt at next start): {e}");
         }
-        if !inb.shown_before.is_empty() {
-            entries.retain(|(to, _, p)| !inb.shown_before.contains(&(*to, p.id)));
+        if !self.shown_before.is_empty() {
+            entries.retain(|(to, _, p)| !self.shown_before.contains(&(*to, p.id)));
         }
         shared.publish(entries);
-        inb.log.sync()?;
-        let len = inb.log.len();
-        shared
-            .received_len
-            .store(len, std::sync::atomic::Ordering::Relaxed);
-        let since = len.saturating_sub(
-            shared
-                .received_checkpointed
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        if since >= shared.checkpoint_bytes {
-            shared.checkpoint_due.notify_one();
-        }
+        Ok(())
     }
-    let path = inb.dir.cursors();
-    inb.cursors.set_feed(KEY, batch.next);
-    // Not flushed: after a power loss the feed is read again from an older position, and
-    // what was received already is recognised by its numbers.
-    inb.cursors
-        .save_with(&path, tsn_datastore::Durability::NoSync)?;
-    shared
-        .sync_log
-        .store(batch.next.log_id, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
+
+    /// Flushes `received.data`, then saves the cursor `next`: a crash re-reads, never
+    /// skips.
+    fn settle(&mut self, shared: &Shared, next: Cursor) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let len = self.log.len();
+        if len != shared.received_len.load(Relaxed) {
+            self.log.sync()?;
+            shared.received_len.store(len, Relaxed);
+            let since = len.saturating_sub(shared.received_checkpointed.load(Relaxed));
+            if since >= shared.checkpoint_bytes {
+                shared.checkpoint_due.notify_one();
+            }
+        }
+        let path = self.dir.cursors();
+        self.cursors.set_feed(KEY, next);
+        // Not flushed: after a power loss the feed is read again from an older position,
+        // and what was received already is recognised by its numbers.
+        self.cursors
+            .save_with(&path, tsn_datastore::Durability::NoSync)?;
+        shared.sync_log.store(next.log_id, Relaxed);
+        Ok(())
+    }
+
+    /// Flushes `received.data` (at shutdown: a batch written but not yet settled).
+    pub fn flush(&mut self) -> Result<(), DatastoreError> {
+        self.log.sync()
+    }
 }

@@ -487,8 +487,12 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     // Everything queued reaches the journal and the view files before "clean" is said.
     store.stop().await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
-    // A write of the received feed may still be running on a blocking thread: wait for it.
-    let inbound = inbound.lock().unwrap_or_else(|e| e.into_inner());
+    // A write of the received feed may still be running on a blocking thread: wait for
+    // it, and flush what was written but not yet flushed.
+    let mut inbound = inbound.lock().unwrap_or_else(|e| e.into_inner());
+    inbound
+        .flush()
+        .with_context(|| format!("flushing {}", dir.received().display()))?;
     // The flusher may not have flushed the last writes yet: flush before saying "clean".
     std::fs::File::open(dir.journal())
         .and_then(|f| f.sync_data())

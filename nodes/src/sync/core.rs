@@ -352,12 +352,19 @@ impl SyncCore {
         Checkpointed::new(own, received, &self.last_seq)
     }
 
-    /// Takes a checkpoint if both logs together have grown by `--checkpoint-bytes` (and by
-    /// the last checkpoint's size) since the last one.
-    fn maybe_checkpoint(&mut self) {
+    /// Whether both logs together have grown by `--checkpoint-bytes` (and by the last
+    /// checkpoint's size) since the last checkpoint.
+    fn checkpoint_due(&self) -> bool {
         let grown = self.journal.log.len().saturating_sub(self.last.0)
             + self.outbox.log.len().saturating_sub(self.last.1);
-        if grown < self.checkpoint_bytes.max(self.last.2) {
+        grown >= self.checkpoint_bytes.max(self.last.2)
+    }
+
+    /// Takes a checkpoint if one is due ([`SyncCore::checkpoint_due`]); otherwise deletes
+    /// the segments the last one covers that slow readers have read since. Called after
+    /// each batch taken.
+    pub fn maybe_checkpoint(&mut self) {
+        if !self.checkpoint_due() {
             // Segments the last checkpoint covers that a slow reader has read since.
             let warn_over = u64::MAX;
             let deleted = self
@@ -505,7 +512,8 @@ impl SyncCore {
             .unwrap_or_default()
     }
 
-    fn save_cursor(&mut self, key: &str, at: Cursor) -> Result<(), DatastoreError> {
+    /// Saves the cursor `key` of a feed once what it read before `at` is taken.
+    pub fn save_cursor(&mut self, key: &str, at: Cursor) -> Result<(), DatastoreError> {
         self.cursors.set_feed(key, at);
         // Not flushed: after a power loss a feed is read again from an older position, and
         // what was taken already is recognised (ids, numbers, timeline files).
@@ -515,12 +523,7 @@ impl SyncCore {
 
     /// Takes a batch of a server's journal feed into the outbox. Returns how many
     /// changes were new.
-    pub fn absorb(
-        &mut self,
-        key: &str,
-        entries: Vec<Entry>,
-        next: Cursor,
-    ) -> Result<usize, DatastoreError> {
+    pub fn absorb(&mut self, entries: Vec<Entry>) -> Result<usize, DatastoreError> {
         let mut fresh = Vec::new();
         for e in entries {
             if let Entry::Change(c) = e {
@@ -532,19 +535,12 @@ impl SyncCore {
         if !fresh.is_empty() {
             self.outbox.append_durably(&fresh)?;
         }
-        self.save_cursor(key, next)?;
-        self.maybe_checkpoint();
         Ok(fresh.len())
     }
 
     /// Takes a batch of a cluster's outbox feed into the journal and the view files.
     /// Returns how many records were new.
-    pub fn deliver(
-        &mut self,
-        key: &str,
-        entries: Vec<Entry>,
-        next: Cursor,
-    ) -> Result<usize, DatastoreError> {
+    pub fn deliver(&mut self, entries: Vec<Entry>) -> Result<usize, DatastoreError> {
         let mut fresh = Vec::new();
         for e in entries {
             let Entry::Change(c) = e else { continue };
@@ -608,8 +604,6 @@ impl SyncCore {
                 }
             }
         }
-        self.save_cursor(key, next)?;
-        self.maybe_checkpoint();
         Ok(fresh.len())
     }
 

@@ -326,11 +326,15 @@ async fn follow_outbox(
     .await;
 }
 
-/// What a sync service does with a batch of one of the feeds it reads.
-type Step = fn(&mut SyncCore, &str, Vec<Entry>, Cursor) -> Result<usize, DatastoreError>;
+/// Batches of at most this many records may be taken on the runtime's thread (see
+/// [`follow_into`]); at low load a batch holds a change or two.
+const INLINE_RECORDS: usize = 4;
 
-/// Follows one feed for ever, handing each batch to `step` on the core (off the runtime)
-/// with the feed's cursor key.
+/// What a sync service does with a batch of one of the feeds it reads.
+type Step = fn(&mut SyncCore, Vec<Entry>) -> Result<usize, DatastoreError>;
+
+/// Follows one feed for ever, handing each batch to `step` on the core, then saving the
+/// feed's cursor (`key`).
 #[allow(clippy::too_many_arguments)]
 async fn follow_into(
     core: Core,
@@ -348,7 +352,33 @@ async fn follow_into(
         let key = key.clone();
         let what = what.clone();
         async move {
-            let n = with_core(&core, move |c| step(c, &key, batch.entries, batch.next)).await??;
+            // A small batch, with the core free, is taken on this thread, its flush
+            // included: at low load a hand-off to a blocking thread and the wake back
+            // cost about as much as the flush, and nothing else is waiting. The cursor
+            // and any checkpoint follow on a blocking thread, once the feeds of what was
+            // just published have had their turn. Larger batches (a busy cluster, a
+            // reader catching up) go to a blocking thread whole, so that the feeds keep
+            // being read meanwhile.
+            let Batch { entries, next } = batch;
+            let mut waiting = Some(entries);
+            let mut n = 0;
+            if waiting.as_ref().is_some_and(|e| e.len() <= INLINE_RECORDS) {
+                if let Ok(mut c) = core.try_lock() {
+                    let entries = waiting.take().expect("checked above");
+                    n = step(&mut c, entries)?;
+                }
+                tokio::task::yield_now().await;
+            }
+            n += with_core(&core, move |c| {
+                let mut n = 0;
+                if let Some(entries) = waiting {
+                    n = step(c, entries)?;
+                }
+                c.save_cursor(&key, next)?;
+                c.maybe_checkpoint();
+                Ok::<_, DatastoreError>(n)
+            })
+            .await??;
             if n > 0 {
                 tracing::debug!(feed = %what, new = n, "records taken");
             }
