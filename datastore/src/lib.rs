@@ -69,7 +69,7 @@ pub use cursors::Cursors;
 pub use error::DatastoreError;
 pub use layout::{Datastore, RoleDir};
 pub use log::{read_records, AppendLog};
-pub use logid::{log_id, log_ids, renew_log_id, LogIds};
+pub use logid::log_id;
 pub use record::{Record, RecordError};
 pub use segments::{SegmentFlusher, SegmentedLog, Segments};
 pub use tail::Tail;

@@ -50,8 +50,6 @@ pub struct FeedSource {
     /// How far each reader has made the log durable on its side, as it last said.
     consumed: Arc<Mutex<HashMap<Reader, u64>>>,
     transfer: Option<Transfer>,
-    /// The id the log had before it was renewed, and the length it covers.
-    prev: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for FeedSource {
@@ -76,7 +74,6 @@ impl FeedSource {
                 len: rx,
                 consumed: Arc::default(),
                 transfer: None,
-                prev: None,
             },
         )
     }
@@ -85,22 +82,6 @@ impl FeedSource {
     pub fn with_transfer(mut self, transfer: Transfer) -> FeedSource {
         self.transfer = Some(transfer);
         self
-    }
-
-    /// The same, also serving readers whose cursor names the log's previous id, up to the
-    /// length that id covers ([`tsn_datastore::renew_log_id`]).
-    pub fn with_predecessor(mut self, prev: Option<(u64, u64)>) -> FeedSource {
-        self.prev = prev;
-        self
-    }
-
-    /// Whether a cursor at `from` points into this log as it is: its id, or its
-    /// predecessor's up to the length that covers.
-    fn holds(&self, from: Cursor) -> bool {
-        from.log_id == self.log_id
-            || self
-                .prev
-                .is_some_and(|(id, upto)| from.log_id == id && from.offset <= upto)
     }
 
     /// The log's id.
@@ -144,11 +125,10 @@ impl FeedSource {
     }
 
     /// Where a reader asking for `from` starts: there if it is a record boundary of this
-    /// log, else at the start (the log was begun anew, the reader read records a renewed
-    /// log no longer holds, or the reader's cursor is damaged: records are idempotent, so
-    /// reading again is safe and skipping is not).
+    /// log, else at the start (the log was begun anew, or the reader's cursor is damaged:
+    /// records are idempotent, so reading again is safe and skipping is not).
     fn start(&self, from: Cursor) -> u64 {
-        if !self.holds(from) || from.offset == 0 || from.offset > self.len() {
+        if from.log_id != self.log_id || from.offset == 0 || from.offset > self.len() {
             return 0;
         }
         let at_boundary = (|| -> std::io::Result<bool> {
@@ -239,7 +219,7 @@ async fn serve_from(
             .await
             .context("feed reader panicked")?
     };
-    if start != from.offset || !source.holds(from) {
+    if start != from.offset || from.log_id != source.log_id {
         tracing::info!(
             log = %source.segments.path().display(),
             asked = from.offset,
@@ -607,31 +587,5 @@ mod tests {
         assert_eq!(m.batch.entries.len(), MERGED_CHANGES);
         assert_eq!(m.batch.next.offset, 8);
         assert_eq!(held.as_ref().map(|h| h.batch.next.offset), Some(9));
-    }
-
-    #[test]
-    fn a_renewed_log_serves_cursors_of_its_predecessor_up_to_what_survived() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("outbox.data");
-        let (mut log, _) = tsn_datastore::SegmentedLog::open(&path, 0).unwrap();
-        let users = |r: std::ops::Range<u32>| -> Vec<Record> {
-            r.map(|user| Record::Change(Change::User { user }))
-                .collect()
-        };
-        log.append(&users(0..3)).unwrap();
-        let survived = log.len();
-        log.append(&users(3..6)).unwrap();
-        let (_len, source) = FeedSource::new(log.segments(), 9, log.len());
-        let source = source.with_predecessor(Some((7, survived)));
-        let at = |log_id, offset| Cursor { log_id, offset };
-        // The previous id, within what it covers: on from there.
-        assert_eq!(source.start(at(7, survived)), survived);
-        // The previous id beyond it: records that may be gone were read; from the start.
-        assert_eq!(source.start(at(7, log.len())), 0);
-        // The current id anywhere; another id nowhere.
-        assert_eq!(source.start(at(9, log.len())), log.len());
-        assert_eq!(source.start(at(8, survived)), 0);
-        // Not a record boundary.
-        assert_eq!(source.start(at(7, survived - 1)), 0);
     }
 }

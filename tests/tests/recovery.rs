@@ -132,11 +132,6 @@ fn sync_service_kill9_mid_traffic_loses_and_duplicates_nothing() -> anyhow::Resu
             "post {k}:\n{t}"
         );
     }
-    // The author's sync service exited uncleanly: its outbox, whose records travel
-    // while they are flushed, went on under a new id, the old one kept with the length
-    // that survived.
-    let ids = sys.read(3, Role::Sync, "outbox.data.id");
-    assert_eq!(ids.lines().count(), 2, "{ids}");
     c1.finish(Duration::from_secs(10))?;
     Ok(())
 }

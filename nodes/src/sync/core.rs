@@ -14,10 +14,7 @@
 //!   both servers of the cluster.
 //!
 //! Each batch is appended and flushed (fdatasync) before the cursor of the feed it came
-//! from is saved, so a crash re-reads a batch and never skips one. The journal's readers
-//! get a batch once it is flushed (a delivery number is never given to two posts); the
-//! outbox's while it is being flushed, and after an unclean exit the outbox goes on under
-//! a new id ([`tsn_datastore::renew_log_id`]). A record read twice
+//! from is saved, so a crash re-reads a batch and never skips one; a record read twice
 //! is recognised and written once: by the last [`ID_WINDOW`] post ids and deliveries in
 //! memory, and, for an older one, by the user's timeline file on disk.
 //!
@@ -71,19 +68,6 @@ pub fn outbox_key(cluster: ClusterId) -> String {
     format!("from-cluster-{cluster}")
 }
 
-/// When a log's readers may have what is appended to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Publish {
-    /// Once it is flushed: the journal, whose delivery numbers must never be given to
-    /// another post.
-    Flushed,
-    /// As soon as it is written, while it is flushed: the outbox, whose records are the
-    /// servers' changes under their own ids. After an unclean exit its id is renewed, so
-    /// that a reader which got records a power loss then took reads it again (and
-    /// recognises what it has), while every other reader goes on.
-    Written,
-}
-
 /// A log this process writes and serves.
 #[derive(Debug)]
 struct ServedLog {
@@ -92,43 +76,26 @@ struct ServedLog {
     source: FeedSource,
     /// Who reads it: what they have read may be deleted.
     readers: Vec<Reader>,
-    publish: Publish,
-    /// Appended and published, not yet flushed ([`Publish::Written`]).
-    unflushed: bool,
 }
 
 impl ServedLog {
-    /// Opens the log at `path`, returning its records from `from` on. `clean`: whether
-    /// the last exit was clean.
+    /// Opens the log at `path`, returning its records from `from` on.
     fn open(
         path: &std::path::Path,
         from: u64,
-        (readers, publish): (Vec<Reader>, Publish),
+        readers: Vec<Reader>,
         transfer: Transfer,
-        clean: bool,
     ) -> Result<(ServedLog, Vec<Record>), DatastoreError> {
         let (log, records) = SegmentedLog::open(path, from)?;
-        let ids = if publish == Publish::Written && !clean && !log.is_empty() {
-            let ids = tsn_datastore::renew_log_id(path, log.len())?;
-            tracing::info!(
-                log = %path.display(),
-                len = log.len(),
-                "previous exit was not clean: the log goes on under a new id (a reader past its end reads it again)"
-            );
-            ids
-        } else {
-            tsn_datastore::log_ids(path)?
-        };
-        let (len, source) = FeedSource::new(log.segments(), ids.id, log.len());
-        let source = source.with_transfer(transfer).with_predecessor(ids.prev);
+        let id = tsn_datastore::log_id(path)?;
+        let (len, source) = FeedSource::new(log.segments(), id, log.len());
+        let source = source.with_transfer(transfer);
         Ok((
             ServedLog {
                 log,
                 len,
                 source,
                 readers,
-                publish,
-                unflushed: false,
             },
             records,
         ))
@@ -151,25 +118,10 @@ impl ServedLog {
         Ok(())
     }
 
-    /// Appends `records` and publishes them to readers: flushed first
-    /// ([`Publish::Flushed`]), or at once and flushed by [`ServedLog::flush`].
-    fn append(&mut self, records: &[Record]) -> Result<(), DatastoreError> {
+    fn append_durably(&mut self, records: &[Record]) -> Result<(), DatastoreError> {
         self.log.append(records)?;
-        if self.publish == Publish::Flushed {
-            self.log.sync()?;
-        } else {
-            self.unflushed = true;
-        }
+        self.log.sync()?;
         self.len.set(self.log.len());
-        Ok(())
-    }
-
-    /// Flushes what was appended and published but not yet flushed.
-    fn flush(&mut self) -> Result<(), DatastoreError> {
-        if self.unflushed {
-            self.log.sync()?;
-            self.unflushed = false;
-        }
         Ok(())
     }
 }
@@ -263,15 +215,13 @@ impl SyncCore {
         let last_size = std::fs::metadata(checkpoint::path(&dir)).map_or(0, |m| m.len());
         let syncs: Vec<Reader> = (1..=clusters).map(|c| (c, NodeKind::Sync)).collect();
         let servers = vec![(cluster, NodeKind::Primary), (cluster, NodeKind::Secondary)];
-        let clean = dir.clean_marker().exists();
         let (outbox, out_records) = {
             let d = dir.clone();
             ServedLog::open(
                 &dir.outbox(),
                 cp.other,
-                (syncs, Publish::Written),
+                syncs,
                 Arc::new(move || outbox_transfer(&d)),
-                clean,
             )?
         };
         let (journal, records) = {
@@ -279,12 +229,12 @@ impl SyncCore {
             ServedLog::open(
                 &dir.journal(),
                 cp.journal,
-                (servers, Publish::Flushed),
+                servers,
                 Arc::new(move || journal_transfer(&d)),
-                clean,
             )?
         };
         let cursors = Cursors::load(&dir.cursors())?;
+        let clean = dir.clean_marker().exists();
         if clean {
             std::fs::remove_file(dir.clean_marker()).map_err(|source| DatastoreError::Io {
                 path: dir.clean_marker(),
@@ -562,10 +512,8 @@ impl SyncCore {
             .unwrap_or_default()
     }
 
-    /// Saves the cursor `key` of a feed once what it read before `at` is taken: what
-    /// that wrote is flushed first.
+    /// Saves the cursor `key` of a feed once what it read before `at` is taken.
     pub fn save_cursor(&mut self, key: &str, at: Cursor) -> Result<(), DatastoreError> {
-        self.outbox.flush()?;
         self.cursors.set_feed(key, at);
         // Not flushed: after a power loss a feed is read again from an older position, and
         // what was taken already is recognised (ids, numbers, timeline files).
@@ -573,8 +521,8 @@ impl SyncCore {
             .save_with(&self.dir.cursors(), tsn_datastore::Durability::NoSync)
     }
 
-    /// Takes a batch of a server's journal feed into the outbox (published at once,
-    /// flushed before the feed's cursor is saved). Returns how many changes were new.
+    /// Takes a batch of a server's journal feed into the outbox. Returns how many
+    /// changes were new.
     pub fn absorb(&mut self, entries: Vec<Entry>) -> Result<usize, DatastoreError> {
         let mut fresh = Vec::new();
         for e in entries {
@@ -585,7 +533,7 @@ impl SyncCore {
             }
         }
         if !fresh.is_empty() {
-            self.outbox.append(&fresh)?;
+            self.outbox.append_durably(&fresh)?;
         }
         Ok(fresh.len())
     }
@@ -638,7 +586,7 @@ impl SyncCore {
             }
         }
         if !fresh.is_empty() {
-            self.journal.append(&fresh)?;
+            self.journal.append_durably(&fresh)?;
             if let Err(e) = self.views.append(&fresh) {
                 tracing::warn!(
                     "view file append failed (completed from the journal at next start): {e}"
@@ -659,9 +607,8 @@ impl SyncCore {
         Ok(fresh.len())
     }
 
-    /// Flushes the outbox and writes the clean-shutdown marker (the views are complete).
-    pub fn close_cleanly(&mut self) -> Result<(), DatastoreError> {
-        self.outbox.flush()?;
+    /// Writes the clean-shutdown marker (the views are complete).
+    pub fn close_cleanly(&self) -> Result<(), DatastoreError> {
         tsn_datastore::write_atomic(
             &self.dir.clean_marker(),
             b"",

@@ -222,7 +222,7 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     endpoint.close(0u32.into(), b"sync service shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     // Every writer of the core has stopped with the tasks: the views are complete.
-    let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
+    let core = core.lock().unwrap_or_else(|e| e.into_inner());
     core.close_cleanly()
         .context("writing clean-shutdown marker")?;
     Ok(())
@@ -352,13 +352,13 @@ async fn follow_into(
         let key = key.clone();
         let what = what.clone();
         async move {
-            // A small batch, with the core free, is taken on this thread (the journal's
-            // flush included: at low load a hand-off to a blocking thread and the wake
-            // back cost about as much as the flush, and nothing else is waiting). The
-            // outbox's flush, the cursor and any checkpoint follow on a blocking thread,
-            // once the feeds of what was just published have had their turn. Larger
-            // batches (a busy cluster, a reader catching up) go to a blocking thread
-            // whole, so that the feeds keep being read meanwhile.
+            // A small batch, with the core free, is taken on this thread, its flush
+            // included: at low load a hand-off to a blocking thread and the wake back
+            // cost about as much as the flush, and nothing else is waiting. The cursor
+            // and any checkpoint follow on a blocking thread, once the feeds of what was
+            // just published have had their turn. Larger batches (a busy cluster, a
+            // reader catching up) go to a blocking thread whole, so that the feeds keep
+            // being read meanwhile.
             let Batch { entries, next } = batch;
             let mut waiting = Some(entries);
             let mut n = 0;
