@@ -12,7 +12,7 @@
 //! stopped making progress (a hang) is still failed over, the node's runtime ticks a
 //! watchdog, and the link stops beating when the ticks stop for [`stalled_after`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,10 +103,8 @@ pub fn start(
         .context("starting the coordinator link's runtime")?;
     let endpoint = {
         let _guard = rt.enter();
-        let mut ep = quinn::Endpoint::client(SocketAddr::new(bind, 0))
-            .context("binding the coordinator link's UDP socket")?;
-        ep.set_default_client_config(client_config);
-        ep
+        crate::net::dialling_endpoint(bind, client_config)
+            .context("binding the coordinator link's UDP socket")?
     };
     let alive = move || {
         let last = Duration::from_millis(ticks.load(Ordering::Relaxed));

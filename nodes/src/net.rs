@@ -255,6 +255,22 @@ pub fn node_endpoint(
     Ok(endpoint)
 }
 
+/// An endpoint that only dials, bound to an ephemeral port of `bind`, with the node's
+/// identity `config`: a node's connections to its peers go out from a UDP socket other
+/// than the one its clients send to (each socket has a receive buffer of its own, which
+/// the kernel drops from when it is full).
+pub fn dialling_endpoint(
+    bind: IpAddr,
+    config: quinn::ClientConfig,
+) -> anyhow::Result<quinn::Endpoint> {
+    use anyhow::Context;
+    let bind = SocketAddr::new(bind, 0);
+    let mut endpoint =
+        quinn::Endpoint::client(bind).with_context(|| format!("binding UDP {bind}"))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
 /// Idle timeout of a node's connections for a given heartbeat interval: long enough to
 /// ride out a slow beat or a busy moment of the machine (at least 2 s: a client's
 /// connection to a busy server must not be dropped for it), short enough that a dead

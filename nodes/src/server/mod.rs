@@ -429,19 +429,25 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
             interval: opts.node.heartbeat(),
         },
         opts.node.bind,
-        client_config,
+        client_config.clone(),
         members_tx,
         shared.beat_now.clone(),
         metrics.heartbeats_missed.clone(),
     )?;
     tasks.spawn(role::run(shared.clone(), members.clone()));
+    // The sync service's feed and the mirror to the standby are dialled from a socket of
+    // their own: on the listening one their datagrams would share a receive buffer with
+    // every client's, and when a busy server's buffer overflows the kernel drops what
+    // comes next, so that QUIC slows the feed and the mirror as if the network were
+    // congested (the sync service's feed then ran at half the rate it is written).
+    let peers = crate::net::dialling_endpoint(opts.node.bind, client_config)?;
     let inbound = Arc::new(Mutex::new(inbound));
     let cluster = opts.cluster;
     let (settled_tx, settled) = tokio_watch::channel(false);
     tasks.spawn(inbound::run(
         shared.clone(),
         inbound.clone(),
-        endpoint.clone(),
+        peers.clone(),
         crate::link::peer_addr(&members, move |m| m.addr_of(cluster, NodeKind::Sync)),
         settled_tx,
     ));
@@ -459,7 +465,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     .context("starting the journal writer")?;
     tasks.spawn(mirror::run_active(
         shared.clone(),
-        endpoint.clone(),
+        peers.clone(),
         store.clone(),
         mirror_rx,
     ));
@@ -483,10 +489,15 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     }
     accept.abort();
     endpoint.close(0u32.into(), b"server shutting down");
+    peers.close(0u32.into(), b"server shutting down");
     tasks.shutdown().await;
     // Everything queued reaches the journal and the view files before "clean" is said.
     store.stop().await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        endpoint.wait_idle().await;
+        peers.wait_idle().await;
+    })
+    .await;
     // A write of the received feed may still be running on a blocking thread: wait for
     // it, and flush what was written but not yet flushed.
     let mut inbound = inbound.lock().unwrap_or_else(|e| e.into_inner());
