@@ -74,6 +74,16 @@ impl<R: AsyncRead + Unpin> frame::FrameReader<R> {
     }
 }
 
+/// Appends `msg` to `out` as a whole frame (header and body), for a writer that sends
+/// several messages in one write.
+pub fn push_msg<T: Serialize>(out: &mut Vec<u8>, msg: &T) -> Result<(), CodecError> {
+    let body = encode(msg)?;
+    frame::check_len(body.len())?;
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
 /// Encodes and writes one message as a frame.
 pub async fn write_msg<T: Serialize, W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -88,6 +98,20 @@ pub async fn write_msg<T: Serialize, W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use crate::client::ClientRequest;
+
+    #[tokio::test]
+    async fn pushed_messages_read_back_one_by_one() {
+        let mut out = Vec::new();
+        push_msg(&mut out, &ClientRequest::List { user: 1 }).unwrap();
+        push_msg(&mut out, &ClientRequest::List { user: 2 }).unwrap();
+        let mut r = out.as_slice();
+        let a: Option<ClientRequest> = read_msg(&mut r).await.unwrap();
+        let b: Option<ClientRequest> = read_msg(&mut r).await.unwrap();
+        let end: Option<ClientRequest> = read_msg(&mut r).await.unwrap();
+        assert_eq!(a, Some(ClientRequest::List { user: 1 }));
+        assert_eq!(b, Some(ClientRequest::List { user: 2 }));
+        assert_eq!(end, None);
+    }
 
     #[test]
     fn version_mismatch_is_reported() {

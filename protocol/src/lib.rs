@@ -28,7 +28,7 @@ pub mod mirror;
 pub mod sync;
 pub mod types;
 
-pub use codec::{decode, encode, read_msg, write_msg, CodecError};
+pub use codec::{decode, encode, push_msg, read_msg, write_msg, CodecError};
 pub use frame::{read_frame, write_frame, FrameError, FrameReader, MAX_FRAME_LEN};
 pub use types::{Change, ClusterId, Post, PostId, UserId};
 

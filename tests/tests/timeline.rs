@@ -164,3 +164,49 @@ fn timeline_entry_shows_the_last_twenty_posts() -> anyhow::Result<()> {
     })?;
     Ok(())
 }
+
+/// Posts that reach a server's open timelines faster than one at a time (the server then
+/// writes the entries queued for a session in one go) arrive whole, in order, each once,
+/// within the author's cluster and in another.
+#[test]
+fn a_burst_reaches_open_timelines_whole_in_order_once() -> anyhow::Result<()> {
+    const POSTS: usize = 600;
+    let sys = System::start(Config::default())?;
+    let mut other = sys.client(1)?; // cluster 2
+    let mut author = sys.client(2)?; // cluster 3
+    let mut same = sys.client(5)?; // cluster 3
+    wait_users(&mut other, &[1, 2, 5])?;
+    wait_users(&mut same, &[1, 2, 5])?;
+    for c in [&mut other, &mut same] {
+        assert_eq!(c.run("FOLLOW 2", 1)?, ["Command completed successfully"]);
+    }
+    for c in [&mut other, &mut same, &mut author] {
+        assert_eq!(
+            c.run("TIMELINE", 2)?,
+            [
+                "Command completed successfully",
+                "Now you are in the timeline"
+            ]
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let want: Vec<String> = (0..POSTS).map(|k| format!("burst {k:04}")).collect();
+    for line in &want {
+        author.send(line)?;
+    }
+    for c in [&mut other, &mut same] {
+        c.expect_all(&want, Duration::from_secs(30))?;
+        std::thread::sleep(Duration::from_millis(300));
+        c.drain();
+        let shown: Vec<&String> = c.seen.iter().filter(|l| l.contains(">> burst ")).collect();
+        let texts: Vec<String> = shown
+            .iter()
+            .map(|l| l.rsplit(">> ").next().unwrap().to_string())
+            .collect();
+        assert_eq!(texts, want, "every post once, in the order it was made");
+    }
+    for c in [other, same, author] {
+        assert_eq!(c.finish(Duration::from_secs(10))?, 0);
+    }
+    Ok(())
+}

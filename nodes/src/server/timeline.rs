@@ -18,6 +18,9 @@ use super::Shared;
 /// Posts of one session whose acknowledgement is outstanding; more make the session wait.
 const IN_FLIGHT: usize = 256;
 
+/// Entries of one session written to its stream at once, at most.
+const ENTRY_BURST: usize = 256;
+
 /// Runs a timeline session on the stream until the client leaves, the connection drops
 /// or this server stops being active.
 pub async fn run(
@@ -111,21 +114,33 @@ async fn session(
             },
             done = async { (&mut pending.front_mut().expect("guarded by the branch condition").done).await }, if !pending.is_empty() => {
                 let w = pending.pop_front().expect("guarded by the branch condition");
-                ack(shared, send, &w, done).await?;
-                // Acks that completed meanwhile go out together.
+                let mut out = Vec::new();
+                ack(shared, &mut out, &w, done)?;
+                // Acks that completed meanwhile go out in the same write.
                 while let Some(done) = pending.front_mut().and_then(|p| p.done.try_recv().ok()) {
                     let w = pending.pop_front().expect("front exists");
-                    ack(shared, send, &w, Ok(done)).await?;
+                    ack(shared, &mut out, &w, Ok(done))?;
                 }
+                send.write_all(&out).await?;
             }
             entry = inbox.recv() => match entry {
-                Some((seq, post)) => {
-                    // Entries published while the opening was read come twice.
-                    if seq <= last {
-                        continue;
+                Some(first) => {
+                    // Entries queued behind it go out in the same write (up to a
+                    // burst): a timeline that grows by tens of thousands of entries a
+                    // second costs one stream write per burst, not one per entry.
+                    let mut out = Vec::new();
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    while let Some((seq, post)) = next {
+                        // Entries published while the opening was read come twice.
+                        if seq > last {
+                            last = seq;
+                            tsn_protocol::push_msg(&mut out, &TimelineDown::Entry { post, seq })?;
+                        }
+                        taken += 1;
+                        next = if taken < ENTRY_BURST { inbox.try_recv().ok() } else { None };
                     }
-                    last = seq;
-                    tsn_protocol::write_msg(send, &TimelineDown::Entry { post, seq }).await?;
+                    send.write_all(&out).await?;
                 }
                 None => {
                     // Fell behind (or the numbering was begun anew): the client reopens
@@ -147,11 +162,11 @@ async fn session(
     }
 }
 
-/// Tells the client how its post ended: stored, or refused with the store's reason. A
-/// store that stopped sends nothing (the server is going away; the client resends).
-async fn ack(
+/// Adds to `out` how the client's post ended: stored, or refused with the store's reason.
+/// A store that stopped says nothing (the server is going away; the client resends).
+fn ack(
     shared: &Shared,
-    send: &mut quinn::SendStream,
+    out: &mut Vec<u8>,
     w: &Waiting,
     done: Result<Result<(), StoreError>, oneshot::error::RecvError>,
 ) -> anyhow::Result<()> {
@@ -167,7 +182,7 @@ async fn ack(
         },
         Err(_) => return Ok(()),
     };
-    tsn_protocol::write_msg(send, &msg).await?;
+    tsn_protocol::push_msg(out, &msg)?;
     Ok(())
 }
 
