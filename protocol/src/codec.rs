@@ -77,10 +77,7 @@ impl<R: AsyncRead + Unpin> frame::FrameReader<R> {
 /// Appends `msg` to `out` as a whole frame (header and body), for a writer that sends
 /// several messages in one write.
 pub fn push_msg<T: Serialize>(out: &mut Vec<u8>, msg: &T) -> Result<(), CodecError> {
-    let body = encode(msg)?;
-    frame::check_len(body.len())?;
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
+    frame::push_frame(out, &encode(msg)?)?;
     Ok(())
 }
 

@@ -84,11 +84,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Bytes>
 
 /// Writes one frame (header and body) and does not flush beyond what the stream does.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> Result<(), FrameError> {
-    check_len(body.len())?;
     let mut buf = Vec::with_capacity(HEADER_LEN + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(body);
+    push_frame(&mut buf, body)?;
     w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Appends one frame (header and body) to `out`, for a writer that sends several frames
+/// in one write.
+pub fn push_frame(out: &mut Vec<u8>, body: &[u8]) -> Result<(), FrameError> {
+    check_len(body.len())?;
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
     Ok(())
 }
 
