@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use scenarios::{Curve, Delivery, Failover, Point};
-use stats::{median, row, verdict, Row};
+use stats::{median, row, verdict, Lat, Row};
 
 /// Measures TSN on loopback against a plain-quinn floor, with open-loop load.
 #[derive(Debug, Parser)]
@@ -483,36 +483,10 @@ fn delivery_load_rows(c: &Curve, p: &Point, at: &str) -> Vec<Row> {
             l.p50_us / 1e3,
             "ms",
         ));
-        let mut r = row(
-            "4",
-            format!(
-                "{}: to the other cluster at {:.0}/s ({at}), p99",
-                c.label, p.offered
-            ),
-            l.p99_us / 1e3,
-            "ms",
-        );
-        r.target = Some(format!(
-            "<= 520 ms: {}",
-            verdict(l.p99_us <= DELIVERY_BOUND_US)
-        ));
-        rows.push(r);
+        rows.push(bounded_p99_row(c, p, at, "the other cluster", l));
     }
     if let Some(l) = p.same {
-        let mut r = row(
-            "4",
-            format!(
-                "{}: to the author's own cluster at {:.0}/s ({at}), p99",
-                c.label, p.offered
-            ),
-            l.p99_us / 1e3,
-            "ms",
-        );
-        r.target = Some(format!(
-            "<= 520 ms: {}",
-            verdict(l.p99_us <= DELIVERY_BOUND_US)
-        ));
-        rows.push(r);
+        rows.push(bounded_p99_row(c, p, at, "the author's own cluster", l));
     }
     if let Some(l) = p.cross_after_ack {
         rows.push(row(
@@ -523,6 +497,22 @@ fn delivery_load_rows(c: &Curve, p: &Point, at: &str) -> Vec<Row> {
         ));
     }
     rows
+}
+
+/// Delivery's p99 at point `p` to the follower in `whom`, judged against
+/// [`DELIVERY_BOUND_US`].
+fn bounded_p99_row(c: &Curve, p: &Point, at: &str, whom: &str, l: Lat) -> Row {
+    let mut r = row(
+        "4",
+        format!("{}: to {whom} at {:.0}/s ({at}), p99", c.label, p.offered),
+        l.p99_us / 1e3,
+        "ms",
+    );
+    r.target = Some(format!(
+        "<= 520 ms: {}",
+        verdict(l.p99_us <= DELIVERY_BOUND_US)
+    ));
+    r
 }
 
 fn delivery_rows(d: &[Delivery]) -> Vec<Row> {
