@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tsn_protocol::client::{TimelineDown, TimelineUp};
 use tsn_protocol::FrameReader;
 
+use crate::session::Follower;
 use crate::stats::{hist, record, Hist};
 
 /// Bytes of one floor frame: about a post with a short text, as encoded.
@@ -39,6 +40,8 @@ pub enum Rx {
     Tsn(FrameReader<quinn::RecvStream>),
     /// A raw stream of the floor.
     Raw(FrameReader<quinn::RecvStream>),
+    /// A follower's timeline, reopened whenever the server closes it.
+    Follower(Box<Follower>),
 }
 
 /// What arrived.
@@ -76,27 +79,39 @@ impl Tx {
 impl Rx {
     /// The next message; `Err` once the stream has ended or failed.
     async fn next(&mut self) -> Result<Got> {
+        let down = match self {
+            Rx::Tsn(r) => r.next_msg::<TimelineDown>().await?,
+            Rx::Follower(f) => f.next().await?,
+            Rx::Raw(r) => {
+                return match r.next().await? {
+                    Some(f) if f.len() >= 8 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&f[..8]);
+                        Ok(Got::Answer(u64::from_le_bytes(b)))
+                    }
+                    Some(_) => Ok(Got::Other),
+                    None => bail!("stream ended"),
+                }
+            }
+        };
+        match down {
+            Some(TimelineDown::Ack { nonce }) => Ok(Got::Answer(nonce)),
+            Some(TimelineDown::Entry { post: p, .. }) => Ok(Got::Entry(p.id.nonce)),
+            Some(TimelineDown::Refused { nonce, .. }) => Ok(Got::Refused(nonce)),
+            Some(TimelineDown::NotActive) => bail!("server no longer active"),
+            Some(TimelineDown::Reopen) => {
+                bail!("the server closed a timeline that fell behind")
+            }
+            Some(TimelineDown::Position(_)) => Ok(Got::Other),
+            None => bail!("timeline stream ended"),
+        }
+    }
+
+    /// How often the server closed this follower's timeline and it was reopened.
+    fn reopened(&self) -> u64 {
         match self {
-            Rx::Tsn(r) => match r.next_msg::<TimelineDown>().await? {
-                Some(TimelineDown::Ack { nonce }) => Ok(Got::Answer(nonce)),
-                Some(TimelineDown::Entry { post: p, .. }) => Ok(Got::Entry(p.id.nonce)),
-                Some(TimelineDown::Refused { nonce, .. }) => Ok(Got::Refused(nonce)),
-                Some(TimelineDown::NotActive) => bail!("server no longer active"),
-                Some(TimelineDown::Reopen) => {
-                    bail!("the server closed a timeline that fell behind")
-                }
-                Some(TimelineDown::Position(_)) => Ok(Got::Other),
-                None => bail!("timeline stream ended"),
-            },
-            Rx::Raw(r) => match r.next().await? {
-                Some(f) if f.len() >= 8 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&f[..8]);
-                    Ok(Got::Answer(u64::from_le_bytes(b)))
-                }
-                Some(_) => Ok(Got::Other),
-                None => bail!("stream ended"),
-            },
+            Rx::Follower(f) => f.reopened,
+            Rx::Tsn(_) | Rx::Raw(_) => 0,
         }
     }
 }
@@ -149,6 +164,9 @@ pub struct Outcome {
     /// Per observer: recorded posts that never arrived (counted in `delivered` at the
     /// deadline).
     pub undelivered: Vec<u64>,
+    /// Per observer: how often the server closed its timeline for falling behind (it
+    /// was reopened from its last entry each time).
+    pub reopened: Vec<u64>,
     /// Sessions or observers whose stream failed, with why.
     pub failures: Vec<String>,
 }
@@ -309,6 +327,7 @@ pub async fn run(rig: &mut Rig, plan: &Plan) -> Result<Outcome> {
         let at_o = at.clone();
         let acked = acked_at.clone();
         let deadline = last + plan.deliver_drain;
+        let reopened_before = rx.reopened();
         watchers.push(tokio::spawn(async move {
             let mut h = hist();
             let mut h_ack = hist();
@@ -353,7 +372,8 @@ pub async fn run(rig: &mut Rig, plan: &Plan) -> Result<Outcome> {
                     );
                 }
             }
-            (rx, h, h_ack, missing, err)
+            let reopened = rx.reopened() - reopened_before;
+            (rx, h, h_ack, missing, reopened, err)
         }));
     }
 
@@ -381,6 +401,7 @@ pub async fn run(rig: &mut Rig, plan: &Plan) -> Result<Outcome> {
         delivered: Vec::new(),
         after_ack: Vec::new(),
         undelivered: Vec::new(),
+        reopened: Vec::new(),
         failures: Vec::new(),
     };
     let mut txs = Vec::with_capacity(c);
@@ -407,10 +428,11 @@ pub async fn run(rig: &mut Rig, plan: &Plan) -> Result<Outcome> {
     }
     out.achieved = in_window as f64 / plan.measure.as_secs_f64();
     for w in watchers {
-        let (rx, h, h_ack, missing, err) = w.await?;
+        let (rx, h, h_ack, missing, reopened, err) = w.await?;
         out.delivered.push(h);
         out.after_ack.push(h_ack);
         out.undelivered.push(missing);
+        out.reopened.push(reopened);
         if let Some(e) = err {
             out.failures.push(format!("observer: {e}"));
         }

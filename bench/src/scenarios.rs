@@ -15,7 +15,7 @@ use tsn_tests::{Config, Role, System};
 
 use crate::load::{self, Arrivals, Plan, Rig, Rx, Tx};
 use crate::progress;
-use crate::session::{self, Timeline};
+use crate::session::{self, Follower, Timeline};
 use crate::stats::{hist, median, row, verdict, Hist, Lat, Row};
 
 /// What every scenario needs to know.
@@ -59,10 +59,15 @@ pub struct Point {
     pub same: Option<Lat>,
     /// Delivery to the other cluster's follower, from the intended send time.
     pub cross: Option<Lat>,
+    /// Delivery to the same-cluster follower, from the acknowledgement.
+    pub same_after_ack: Option<Lat>,
     /// Delivery to the other cluster's follower, from the acknowledgement.
     pub cross_after_ack: Option<Lat>,
     /// Posts that never reached a follower (same, cross).
     pub undelivered: Vec<u64>,
+    /// How often the server closed a follower's timeline for falling behind (same,
+    /// cross); each was reopened from its last entry, as `tsn_client` does.
+    pub reopened: Vec<u64>,
     /// Failed streams.
     pub failures: Vec<String>,
     /// CPU used during the point (warm-up to the end of the drain), % of a core: per
@@ -259,6 +264,7 @@ async fn curve(
         let mut delivered: Vec<Hist> = Vec::new();
         let mut after_ack: Vec<Hist> = Vec::new();
         let mut undelivered: Vec<u64> = Vec::new();
+        let mut reopened: Vec<u64> = Vec::new();
         let mut failures = Vec::new();
         for _ in 0..s.runs.max(1) {
             let o = load::run(rig, &plan(s, rate)).await?;
@@ -278,6 +284,10 @@ async fn curve(
             }
             for (i, m) in o.undelivered.iter().enumerate() {
                 undelivered[i] += m;
+            }
+            reopened.resize(o.reopened.len(), 0);
+            for (i, r) in o.reopened.iter().enumerate() {
+                reopened[i] += r;
             }
             failures.extend(o.failures);
         }
@@ -299,8 +309,10 @@ async fn curve(
             refused,
             same: delivered.first().map(Lat::of),
             cross: delivered.get(1).map(Lat::of),
+            same_after_ack: after_ack.first().map(Lat::of),
             cross_after_ack: after_ack.get(1).map(Lat::of),
             undelivered,
+            reopened,
             failures: failures.clone(),
             cpu: cpu.clone(),
             saturated,
@@ -387,7 +399,6 @@ pub fn delivery_curve(rt: &Runtime, s: &Settings) -> Result<Curve> {
     let curve = rt.block_on(async {
         let ep = session::endpoint(&certs)?;
         let mut rig = Rig::new();
-        let mut keep = Vec::new();
         let authors: Vec<UserId> = (0..s.sessions as u32).map(cluster1_user).collect();
         for &u in &authors {
             let conn = session::login(&ep, &coord, u).await?;
@@ -400,15 +411,12 @@ pub fn delivery_curve(rt: &Runtime, s: &Settings) -> Result<Curve> {
             for &a in &authors {
                 follow(&conn, follower, a).await?;
             }
-            let (send, recv) = Timeline::open(&conn, follower).await?.into_parts();
-            rig.observers.push(Rx::Tsn(recv));
-            keep.push(send);
+            let f = Follower::open(&conn, follower).await?;
+            rig.observers.push(Rx::Follower(Box::new(f)));
             rig.conns.push(conn);
         }
         tokio::time::sleep(Duration::from_millis(2 * q + 200)).await;
-        let c = curve(&mut rig, s, "4", "delivery, -q 500, --delivery event", &w).await;
-        drop(keep);
-        c
+        curve(&mut rig, s, "4", "delivery, -q 500, --delivery event", &w).await
     })?;
     drop(sys);
     Ok(curve)
@@ -427,7 +435,6 @@ pub fn delivery(rt: &Runtime, s: &Settings) -> Result<Vec<Delivery>> {
             let (same, cross, missing) = rt.block_on(async {
                 let ep = session::endpoint(&certs)?;
                 let mut rig = Rig::new();
-                let mut keep = Vec::new();
                 let ca = session::login(&ep, &coord, 1).await?;
                 let (send, recv) = Timeline::open(&ca, 1).await?.into_parts();
                 rig.sessions.push((Tx::Tsn(send), Rx::Tsn(recv)));
@@ -435,9 +442,8 @@ pub fn delivery(rt: &Runtime, s: &Settings) -> Result<Vec<Delivery>> {
                 for follower in [4, 3] {
                     let conn = session::login(&ep, &coord, follower).await?;
                     follow(&conn, follower, 1).await?;
-                    let (send, recv) = Timeline::open(&conn, follower).await?.into_parts();
-                    rig.observers.push(Rx::Tsn(recv));
-                    keep.push(send);
+                    let f = Follower::open(&conn, follower).await?;
+                    rig.observers.push(Rx::Follower(Box::new(f)));
                     rig.conns.push(conn);
                 }
                 tokio::time::sleep(Duration::from_millis(2 * q + 200)).await;
@@ -464,7 +470,6 @@ pub fn delivery(rt: &Runtime, s: &Settings) -> Result<Vec<Delivery>> {
                     missing[0] += o.undelivered[0];
                     missing[1] += o.undelivered[1];
                 }
-                drop(keep);
                 anyhow::Ok((same, cross, missing))
             })?;
             progress::step();

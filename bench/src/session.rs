@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tsn_protocol::client::{ClientReply, ClientRequest, TimelineDown, TimelineUp};
+use tsn_protocol::client::{ClientReply, ClientRequest, TimelineDown, TimelinePos, TimelineUp};
 use tsn_protocol::coord::{CoordReply, CoordRequest};
 use tsn_protocol::{FrameReader, UserId};
 
@@ -76,8 +76,18 @@ pub struct Timeline {
 impl Timeline {
     /// Opens `user`'s timeline on `conn` (the user must have logged in).
     pub async fn open(conn: &quinn::Connection, user: UserId) -> Result<Timeline> {
+        Timeline::open_since(conn, user, None).await
+    }
+
+    /// Opens `user`'s timeline on `conn` after position `since` (`None`: the last
+    /// entries, as on first entry).
+    pub async fn open_since(
+        conn: &quinn::Connection,
+        user: UserId,
+        since: Option<TimelinePos>,
+    ) -> Result<Timeline> {
         let (mut send, recv) = conn.open_bi().await?;
-        tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user, since: None }).await?;
+        tsn_protocol::write_msg(&mut send, &ClientRequest::Timeline { user, since }).await?;
         let mut recv = FrameReader::new(recv);
         match recv.next_msg::<ClientReply>().await? {
             Some(ClientReply::Ok) => {}
@@ -121,6 +131,65 @@ impl Timeline {
         tokio::time::timeout(within, wait)
             .await
             .map_err(|_| anyhow!("no ack within {within:?}"))?
+    }
+}
+
+/// A follower's open timeline that, like `tsn_client`, reopens itself from the last entry
+/// it has when the server closes it for falling behind, so that a follower who cannot
+/// keep up gets every entry late rather than some never.
+#[derive(Debug)]
+pub struct Follower {
+    conn: quinn::Connection,
+    user: UserId,
+    timeline: Timeline,
+    /// The last entry seen.
+    at: Option<TimelinePos>,
+    /// The server closed the timeline; it is yet to be reopened.
+    closed: bool,
+    /// How often the server closed the timeline and it was reopened.
+    pub reopened: u64,
+}
+
+impl Follower {
+    /// Opens `user`'s timeline on `conn` (the user must have logged in).
+    pub async fn open(conn: &quinn::Connection, user: UserId) -> Result<Follower> {
+        Ok(Follower {
+            conn: conn.clone(),
+            user,
+            timeline: Timeline::open(conn, user).await?,
+            at: None,
+            closed: false,
+            reopened: 0,
+        })
+    }
+
+    /// The next message, reopening the timeline on [`TimelineDown::Reopen`] (which is
+    /// never returned); `None` once the stream has ended. Cancel-safe: a reopening
+    /// cut short is begun again by the next call.
+    pub async fn next(&mut self) -> Result<Option<TimelineDown>> {
+        loop {
+            if self.closed {
+                self.timeline = Timeline::open_since(&self.conn, self.user, self.at).await?;
+                self.closed = false;
+                self.reopened += 1;
+            }
+            let m = self.timeline.recv.next_msg::<TimelineDown>().await?;
+            match &m {
+                Some(TimelineDown::Position(p)) => self.at = Some(*p),
+                Some(TimelineDown::Entry { post, seq }) => {
+                    if let Some(at) = self.at.as_mut() {
+                        at.seq = *seq;
+                        at.ts_us = post.ts_us;
+                    }
+                }
+                Some(TimelineDown::Reopen) => {
+                    self.closed = true;
+                    continue;
+                }
+                _ => {}
+            }
+            return Ok(m);
+        }
     }
 }
 
