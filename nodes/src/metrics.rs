@@ -50,6 +50,12 @@ pub struct Metrics {
     pub sync_backlog: Family<ClusterLabel, Gauge>,
     /// Time from a post being stored to its reaching an open timeline on this server.
     pub delivery_latency: Histogram,
+    /// Age of this cluster's own posts when they last came back from its sync service
+    /// (a server's; new posts wait while it is over `--admit-lag-ms`).
+    pub delivery_lag: Gauge<f64, AtomicU64>,
+    /// Times a timeline session held new posts back for a moment because delivery was
+    /// behind (`--admit-lag-ms`).
+    pub admission_pauses: Counter,
     /// Open timeline streams.
     pub timeline_streams: Gauge,
     /// Open QUIC connections.
@@ -118,6 +124,18 @@ impl Metrics {
             "Time from a post being stored to its reaching an open timeline here",
             delivery_latency.clone(),
         );
+        let delivery_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "delivery_lag_seconds",
+            "Age of this cluster's own posts when they last came back from its sync service",
+            delivery_lag.clone(),
+        );
+        let admission_pauses = Counter::default();
+        registry.register(
+            "admission_pauses",
+            "Times a timeline session held new posts back for a moment because delivery was behind",
+            admission_pauses.clone(),
+        );
         let timeline_streams = Gauge::default();
         registry.register(
             "timeline_streams",
@@ -155,6 +173,8 @@ impl Metrics {
             mirror_lag,
             sync_backlog,
             delivery_latency,
+            delivery_lag,
+            admission_pauses,
             timeline_streams,
             connections,
             heartbeats_missed,

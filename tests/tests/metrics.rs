@@ -128,3 +128,81 @@ fn ready_follows_registration_and_metrics_follow_the_posts() -> anyhow::Result<(
     assert_eq!(get(&addr, "/nope")?.0, 404);
     Ok(())
 }
+
+/// Admission under overload, forced: the sync services pass changes on every 100 ms
+/// (`--delivery period`), so posts come back to their server up to 100 ms late, over a
+/// limit of 1 ms (`--admit-lag-ms 1`). Posts sent every 20 ms are held back by the
+/// author's server while earlier ones are out (its log and `/metrics` say so), and every
+/// post is still acknowledged and delivered once, in order, within the author's cluster
+/// and in another.
+#[test]
+fn posts_wait_while_delivery_is_behind_and_none_is_lost() -> anyhow::Result<()> {
+    const POSTS: usize = 40;
+    let sys = System::start(Config {
+        period_ms: 100,
+        server_args: vec![
+            "--admit-lag-ms".into(),
+            "1".into(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+        ],
+        sync_args: vec!["--delivery".into(), "period".into()],
+        ..Config::default()
+    })?;
+    let mut other = sys.client(1)?; // cluster 2
+    let mut author = sys.client(2)?; // cluster 3
+    let mut same = sys.client(5)?; // cluster 3
+    for c in [&mut other, &mut same] {
+        eventually("the author known", Duration::from_secs(20), || {
+            Ok(c.run("FOLLOW 2", 1)? == ["Command completed successfully"])
+        })?;
+    }
+    for c in [&mut other, &mut same, &mut author] {
+        assert_eq!(
+            c.run("TIMELINE", 2)?,
+            [
+                "Command completed successfully",
+                "Now you are in the timeline"
+            ]
+        );
+    }
+    let want: Vec<String> = (0..POSTS).map(|k| format!("held {k:02}")).collect();
+    for line in &want {
+        author.send(line)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for c in [&mut other, &mut same] {
+        c.expect_all(&want, Duration::from_secs(60))?;
+        std::thread::sleep(Duration::from_millis(300));
+        c.drain();
+        let texts: Vec<String> = c
+            .seen
+            .iter()
+            .filter(|l| l.contains(">> held "))
+            .map(|l| l.rsplit(">> ").next().unwrap().to_string())
+            .collect();
+        assert_eq!(texts, want, "every post once, in the order it was made");
+    }
+    // Every post acknowledged: the client leaves with nothing unsent.
+    assert_eq!(author.finish(Duration::from_secs(30))?, 0);
+
+    let role = if sys.serving(3)? == sys.addr(3, Role::Primary)? {
+        Role::Primary
+    } else {
+        Role::Secondary
+    };
+    let (_, text) = get(&metrics_addr(&sys, 3, role)?, "/metrics")?;
+    assert!(
+        sample(&text, "tsn_admission_pauses_total") > 0.0,
+        "no post was held back:\n{text}"
+    );
+    assert!(sample(&text, "tsn_delivery_lag_seconds") > 0.0, "{text}");
+    assert!(
+        sys.read_log(3, role).contains("delivery is behind"),
+        "the server's log says why posts wait"
+    );
+    for c in [other, same] {
+        assert_eq!(c.finish(Duration::from_secs(10))?, 0);
+    }
+    Ok(())
+}

@@ -17,6 +17,7 @@
 //! The server reads and writes only its own role directory; its sync service reads its
 //! journal as a feed (a node stream opened with [`MirrorMsg::Subscribe`]).
 
+pub mod admission;
 pub mod commands;
 pub mod inbound;
 pub mod mirror;
@@ -112,6 +113,18 @@ pub struct ServerOpts {
     #[arg(long, default_value_t = 4 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..), env = "TSN_CHECKPOINT_BYTES")]
     pub checkpoint_bytes: u64,
 
+    /// Admission under overload: while this cluster's own posts take longer than this
+    /// many milliseconds to come back from its sync service, new posts wait (their
+    /// acknowledgements come later) so that posts already acknowledged are still
+    /// delivered within the sync period. 0: never wait.
+    #[arg(
+        long,
+        default_value_t = 200,
+        value_name = "MS",
+        env = "TSN_ADMIT_LAG_MS"
+    )]
+    pub admit_lag_ms: u64,
+
     #[command(flatten)]
     pub node: NodeOpts,
 
@@ -171,6 +184,8 @@ pub struct Shared {
     /// Told by the received feed's writer when it has written `--checkpoint-bytes` since
     /// the last checkpoint.
     pub checkpoint_due: tokio::sync::Notify,
+    /// Whether new posts wait for delivery to catch up (`--admit-lag-ms`).
+    pub admission: admission::Admission,
     subs: Mutex<HashMap<UserId, Vec<Subscriber>>>,
     next_sub: AtomicU64,
 }
@@ -250,8 +265,14 @@ impl Shared {
         if entries.is_empty() {
             return;
         }
-        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
         let now = crate::now_us();
+        if let Some(lag) = self
+            .admission
+            .observe(entries.iter().map(|(to, _, p)| (*to, p)), now)
+        {
+            self.metrics.delivery_lag.set(lag.as_secs_f64());
+        }
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
         for (user, seq, post) in entries {
             if let Some(v) = subs.get_mut(&user) {
                 let age = now.saturating_sub(post.ts_us).max(0) as f64 / 1e6;
@@ -298,6 +319,7 @@ impl Shared {
             received_len: AtomicU64::new(0),
             received_checkpointed: AtomicU64::new(0),
             checkpoint_due: tokio::sync::Notify::new(),
+            admission: admission::Admission::new(std::time::Duration::ZERO),
             subs: Mutex::new(HashMap::new()),
             next_sub: AtomicU64::new(0),
         }
@@ -414,6 +436,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         received_len: AtomicU64::new(received_len),
         received_checkpointed: AtomicU64::new(cp.other),
         checkpoint_due: tokio::sync::Notify::new(),
+        admission: admission::Admission::new(std::time::Duration::from_millis(opts.admit_lag_ms)),
         subs: Mutex::new(HashMap::new()),
         next_sub: AtomicU64::new(0),
     });

@@ -86,8 +86,14 @@ async fn session(
     let mut role = shared.role.subscribe();
     let mut client_done = false;
     loop {
+        // Delivery behind: posts wait in the stream (its flow control holds the client)
+        // and are looked at again shortly.
+        let hold = !client_done && shared.admission.behind(crate::now_us());
         tokio::select! {
-            up = recv.next_msg::<TimelineUp>(), if !client_done && pending.len() < IN_FLIGHT => match up? {
+            () = tokio::time::sleep(super::admission::PAUSE), if hold => {
+                shared.metrics.admission_pauses.inc();
+            }
+            up = recv.next_msg::<TimelineUp>(), if !client_done && !hold && pending.len() < IN_FLIGHT => match up? {
                 Some(TimelineUp::Post { nonce, text }) => {
                     let id = PostId { author: user, nonce };
                     if text.len() > MAX_POST_BYTES {
@@ -106,6 +112,7 @@ async fn session(
                     // A resend of a stored post goes through the store too: it is then
                     // acknowledged only once the batch that stored it is.
                     let post = Post { id, ts_us: shared.clock.now(), text };
+                    shared.admission.stored(post.ts_us);
                     let since = Instant::now();
                     let done = store.submit(vec![Change::Post(post)], true).await;
                     pending.push_back(Waiting { nonce, since, done });
