@@ -85,17 +85,24 @@ async fn session(
     let mut pending: VecDeque<Waiting> = VecDeque::new();
     let mut role = shared.role.subscribe();
     let mut client_done = false;
+    // A post read while delivery was behind, waiting to be stored (see `admission`):
+    // meanwhile no more are read, and their stream's flow control holds the client.
+    let mut held: Option<(u64, String)> = None;
+    // When to look at it again (kept across the loop: entries coming in must not put it
+    // off).
+    let mut recheck = tokio::time::Instant::now();
     loop {
-        // Delivery behind: posts wait in the stream (its flow control holds the client)
-        // and are looked at again shortly.
-        let hold = !client_done && shared.admission.behind(crate::now_us());
         tokio::select! {
-            () = tokio::time::sleep(super::admission::PAUSE), if hold => {
-                shared.metrics.admission_pauses.inc();
+            () = tokio::time::sleep_until(recheck), if held.is_some() => {
+                if shared.admission.behind(crate::now_us()) {
+                    shared.metrics.admission_pauses.inc();
+                    recheck = tokio::time::Instant::now() + super::admission::PAUSE;
+                } else if let Some((nonce, text)) = held.take() {
+                    pending.push_back(submit(shared, store, user, nonce, text).await);
+                }
             }
-            up = recv.next_msg::<TimelineUp>(), if !client_done && !hold && pending.len() < IN_FLIGHT => match up? {
+            up = recv.next_msg::<TimelineUp>(), if !client_done && held.is_none() && pending.len() < IN_FLIGHT => match up? {
                 Some(TimelineUp::Post { nonce, text }) => {
-                    let id = PostId { author: user, nonce };
                     if text.len() > MAX_POST_BYTES {
                         let reason = CommandError::PostTooLong { len: text.len(), max: MAX_POST_BYTES };
                         tsn_protocol::write_msg(send, &TimelineDown::Refused { nonce, reason }).await?;
@@ -109,13 +116,13 @@ async fn session(
                         tsn_protocol::write_msg(send, &TimelineDown::Refused { nonce, reason }).await?;
                         continue;
                     }
-                    // A resend of a stored post goes through the store too: it is then
-                    // acknowledged only once the batch that stored it is.
-                    let post = Post { id, ts_us: shared.clock.now(), text };
-                    shared.admission.stored(post.ts_us);
-                    let since = Instant::now();
-                    let done = store.submit(vec![Change::Post(post)], true).await;
-                    pending.push_back(Waiting { nonce, since, done });
+                    if shared.admission.behind(crate::now_us()) {
+                        shared.metrics.admission_pauses.inc();
+                        held = Some((nonce, text));
+                        recheck = tokio::time::Instant::now() + super::admission::PAUSE;
+                    } else {
+                        pending.push_back(submit(shared, store, user, nonce, text).await);
+                    }
                 }
                 None => client_done = true,
             },
@@ -163,10 +170,27 @@ async fn session(
                 }
             }
         }
-        if client_done && pending.is_empty() {
+        if client_done && pending.is_empty() && held.is_none() {
             return Ok(());
         }
     }
+}
+
+/// Queues `user`'s post for storing. A resend of a stored post goes through the store
+/// too: it is then acknowledged only once the batch that stored it is.
+async fn submit(shared: &Shared, store: &Store, user: UserId, nonce: u64, text: String) -> Waiting {
+    let post = Post {
+        id: PostId {
+            author: user,
+            nonce,
+        },
+        ts_us: shared.clock.now(),
+        text,
+    };
+    shared.admission.stored(post.ts_us);
+    let since = Instant::now();
+    let done = store.submit(vec![Change::Post(post)], true).await;
+    Waiting { nonce, since, done }
 }
 
 /// Adds to `out` how the client's post ended: stored, or refused with the store's reason.
