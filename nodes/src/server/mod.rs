@@ -113,10 +113,12 @@ pub struct ServerOpts {
     #[arg(long, default_value_t = 4 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..), env = "TSN_CHECKPOINT_BYTES")]
     pub checkpoint_bytes: u64,
 
-    /// Admission under overload: while this cluster's own posts take longer than this
-    /// many milliseconds to come back from its sync service, new posts wait (their
+    /// Admission under overload: while the oldest of this server's posts not yet back
+    /// from its sync service (every post comes back into its author's timeline) was
+    /// stamped more than this many milliseconds ago, new posts wait (their
     /// acknowledgements come later) so that posts already acknowledged are still
-    /// delivered within the sync period. 0: never wait.
+    /// delivered within the sync period. 0: never wait; keep it above -q when the sync
+    /// services run with --delivery period.
     #[arg(
         long,
         default_value_t = 200,
