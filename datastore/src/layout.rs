@@ -31,6 +31,11 @@ impl Datastore {
         }
     }
 
+    /// The coordinator's directory, `<root>/coordinator`.
+    pub fn coordinator(&self) -> CoordinatorDir {
+        CoordinatorDir::new(&self.root.join("coordinator"))
+    }
+
     /// Removes the role directories TSN created under the root
     /// (`<cluster>/{primary,secondary,sync}`), and a cluster directory left empty by that.
     /// Anything else under the root is left alone. A missing root is created.
@@ -62,6 +67,49 @@ impl Datastore {
             let _ = std::fs::remove_dir(&path);
         }
         Ok(())
+    }
+}
+
+/// A coordinator's directory: its Raft log and its latest snapshot.
+#[derive(Debug, Clone)]
+pub struct CoordinatorDir {
+    path: PathBuf,
+}
+
+impl CoordinatorDir {
+    /// The coordinator directory at `path`.
+    pub fn new(path: &Path) -> Self {
+        CoordinatorDir {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates the directory, private to its owner (0700).
+    pub fn create(&self) -> Result<(), DatastoreError> {
+        crate::private::create_dirs(&self.path)
+    }
+
+    /// `raft.log`: votes, entries, truncations and purges, one JSON object a line.
+    pub fn raft_log(&self) -> PathBuf {
+        self.path.join("raft.log")
+    }
+
+    /// `snapshot.json`: the decided state up to a log entry, and the group's members.
+    pub fn snapshot(&self) -> PathBuf {
+        self.path.join("snapshot.json")
+    }
+
+    /// Removes the directory and everything in it.
+    pub fn clear(&self) -> Result<(), DatastoreError> {
+        match std::fs::remove_dir_all(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&self.path)(e)),
+            _ => Ok(()),
+        }
     }
 }
 

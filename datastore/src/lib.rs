@@ -18,6 +18,9 @@
 //!         timeline.data               server: cid's posts; sync: posts delivered to cid
 //!         following.data              server: whom cid follows
 //!         followers.data              sync: who follows cid
+//! <root>/coordinator/                 a coordinator (one member of its group)
+//!     raft.log                        its Raft vote, entries, truncations, purges
+//!     snapshot.json                   the decided routing state up to a log entry
 //! ```
 //!
 //! Each role directory is written and read by exactly one process: others learn its
@@ -67,7 +70,7 @@ pub mod tail;
 pub use atomic::{write_atomic, Durability};
 pub use cursors::Cursors;
 pub use error::DatastoreError;
-pub use layout::{Datastore, RoleDir};
+pub use layout::{CoordinatorDir, Datastore, RoleDir};
 pub use log::{read_records, AppendLog};
 pub use logid::log_id;
 pub use record::{Record, RecordError};

@@ -69,6 +69,16 @@ pub struct Metrics {
     pub epoch: Family<ClusterLabel, Gauge>,
     /// 1 while this server is its cluster's active server.
     pub active: Gauge,
+    /// The coordinator's Raft term.
+    pub raft_term: Gauge,
+    /// 1 while this coordinator leads its group.
+    pub raft_leader: Gauge,
+    /// Index of the last entry the coordinator knows to be committed.
+    pub raft_commit_index: Gauge,
+    /// Index of the last entry the coordinator applied.
+    pub raft_applied_index: Gauge,
+    /// Elections this coordinator started.
+    pub raft_elections: Counter,
     /// Why the node is not ready yet (`None`: ready).
     not_ready: Mutex<Option<String>>,
     /// Scrapes served, for the log's first-scrape line.
@@ -164,6 +174,36 @@ impl Metrics {
             "1 while this server is its cluster's active server",
             active.clone(),
         );
+        let raft_term = Gauge::default();
+        registry.register(
+            "raft_term",
+            "The coordinator's Raft term",
+            raft_term.clone(),
+        );
+        let raft_leader = Gauge::default();
+        registry.register(
+            "raft_leader",
+            "1 while this coordinator leads its group",
+            raft_leader.clone(),
+        );
+        let raft_commit_index = Gauge::default();
+        registry.register(
+            "raft_commit_index",
+            "Index of the last Raft entry known committed",
+            raft_commit_index.clone(),
+        );
+        let raft_applied_index = Gauge::default();
+        registry.register(
+            "raft_applied_index",
+            "Index of the last Raft entry applied",
+            raft_applied_index.clone(),
+        );
+        let raft_elections = Counter::default();
+        registry.register(
+            "raft_elections",
+            "Elections this coordinator started",
+            raft_elections.clone(),
+        );
         Arc::new(Metrics {
             registry,
             acknowledged,
@@ -181,6 +221,11 @@ impl Metrics {
             failovers,
             epoch,
             active,
+            raft_term,
+            raft_leader,
+            raft_commit_index,
+            raft_applied_index,
+            raft_elections,
             not_ready: Mutex::new(Some("starting".into())),
             scrapes: AtomicU64::new(0),
         })

@@ -1,8 +1,14 @@
-//! Nodes and clients <-> coordinator.
+//! Nodes and clients <-> coordinator, and coordinator <-> coordinator.
 //!
-//! One request and one reply per bidirectional stream. Heartbeats and sync-peer lookups
-//! are for nodes only and need a certificate from the cluster CA (mutual TLS); client
-//! assignment and the routing-table view are open to clients.
+//! One request and one reply per bidirectional stream, except [`CoordRequest::Watch`],
+//! whose reply stream stays open and carries the routing tables each time they change.
+//! Heartbeats, hand-overs and sync-peer lookups are for nodes only and need a
+//! certificate from the cluster CA (mutual TLS); so are the Raft messages between the
+//! members of a coordinator group and membership changes. Client assignment, the
+//! routing-table view, the watch and the group view are open to clients.
+//!
+//! Any member of a coordinator group answers every request: reads from its committed
+//! state, writes (heartbeats, hand-overs) by passing them to the group's leader.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +58,98 @@ pub enum CoordRequest {
         /// The server that stops.
         kind: NodeKind,
     },
+    /// Keep this stream open and send the routing tables now and after every committed
+    /// change ([`CoordReply::Status`] frames, each with a higher
+    /// [`RoutingTables::revision`]). Open to clients.
+    Watch,
+    /// The answering member's view of the coordinator group. Open to clients.
+    Group,
+    /// A Raft message from another member of the group. Nodes only.
+    Raft(RaftRpc),
+    /// Add or remove a member of the coordinator group (an operator's `tsn_admin
+    /// members`). Nodes only.
+    ChangeMembers(MemberChange),
+}
+
+/// A Raft message between coordinators. The payload is the Raft implementation's own
+/// request (openraft, at the version the workspace pins), postcard-encoded; the reply is
+/// [`CoordReply::Raft`] with its postcard-encoded result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpc {
+    /// A vote request.
+    Vote(Vec<u8>),
+    /// Log entries (or a heartbeat) from the leader.
+    Append(Vec<u8>),
+    /// A chunk of a snapshot from the leader.
+    Snapshot(Vec<u8>),
+}
+
+/// A member of the coordinator group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id (`--id`), from 1.
+    pub id: u64,
+    /// Its address, `host:port`.
+    pub addr: String,
+}
+
+/// A change of the coordinator group's membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Add a member (it first catches up as a learner, then votes).
+    Add(Member),
+    /// Remove the member with this id.
+    Remove {
+        /// Its id.
+        id: u64,
+    },
+}
+
+/// What a member is doing in the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    /// It leads: decisions are made here.
+    Leader,
+    /// It follows a leader.
+    Follower,
+    /// It is asking for votes.
+    Candidate,
+    /// It receives the log but does not vote (being added, or not yet part of a group).
+    Learner,
+    /// It is stopping.
+    Shutdown,
+}
+
+impl MemberState {
+    /// Lower-case name, as `tsn_status` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Leader => "leader",
+            MemberState::Follower => "follower",
+            MemberState::Candidate => "candidate",
+            MemberState::Learner => "learner",
+            MemberState::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One member's view of itself and of the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    /// The answering member's id.
+    pub id: u64,
+    /// Its state.
+    pub state: MemberState,
+    /// Its current Raft term.
+    pub term: u64,
+    /// The index of the last entry in its log, if any.
+    pub last_log_index: Option<u64>,
+    /// The index of the last entry it applied, if any.
+    pub applied_index: Option<u64>,
+    /// The leader it knows, if any.
+    pub leader: Option<u64>,
+    /// The group's members as this member knows them (voters and learners).
+    pub members: Vec<Member>,
 }
 
 /// What a node says in each heartbeat.
@@ -98,6 +196,12 @@ pub enum CoordReply {
         /// The server now active.
         to: String,
     },
+    /// Answer to [`CoordRequest::Group`].
+    Group(GroupView),
+    /// Answer to [`CoordRequest::Raft`]: the postcard-encoded result.
+    Raft(Vec<u8>),
+    /// Answer to [`CoordRequest::ChangeMembers`]: the group's members now.
+    MembersChanged(Vec<Member>),
     /// The request failed.
     Failed(CoordError),
 }
@@ -130,6 +234,13 @@ pub struct SyncPeer {
 /// The coordinator's routing tables.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutingTables {
+    /// Which committed state of the group these tables show (grows with every change;
+    /// 0 before the first).
+    pub revision: u64,
+    /// Whether `alive` and `ms_since_beat` come from the member that receives the
+    /// heartbeats (the leader); a member that cannot reach it shows every registered
+    /// node as alive.
+    pub liveness: bool,
     /// Number of clusters.
     pub clusters: u32,
     /// Heartbeat interval in milliseconds.
@@ -187,6 +298,13 @@ pub enum CoordError {
         /// The cluster.
         cluster: ClusterId,
     },
+    /// The coordinator group has no leader (no majority of its members reach each
+    /// other), so nothing can be decided now.
+    #[error("the coordinator group has no leader now (a majority of its members must reach each other); try again")]
+    NoLeader,
+    /// The coordinator group could not decide (a Raft error, in words).
+    #[error("the coordinator group could not decide: {0}")]
+    Group(String),
     /// Another live process holds this role of this cluster.
     #[error("the {} of cluster {cluster} is held by a live process at {holder} (last heartbeat {ms_since_beat} ms ago); this one is accepted only once that one stops beating", kind.as_str())]
     RoleTaken {

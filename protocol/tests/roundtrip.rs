@@ -196,6 +196,8 @@ fn coord_reply() -> impl Strategy<Value = CoordReply> {
         )
             .prop_map(|(clusters, heartbeat_ms, entries)| CoordReply::Status(
                 RoutingTables {
+                    revision: heartbeat_ms / 2,
+                    liveness: clusters % 2 == 0,
                     clusters,
                     heartbeat_ms,
                     entries

@@ -183,6 +183,8 @@ fn write_seed_corpus() {
                     }],
                 },
                 CoordReply::Status(RoutingTables {
+                    revision: 7,
+                    liveness: true,
                     clusters: 3,
                     heartbeat_ms: 100,
                     entries: vec![RouteEntry {

@@ -1,18 +1,20 @@
-//! The coordinator's QUIC service.
+//! The coordinator's QUIC service: every request a member answers, and the watch
+//! streams.
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Parser;
-use tsn_protocol::coord::{CoordError, CoordReply, CoordRequest};
+use tsn_protocol::coord::{CoordError, CoordReply, CoordRequest, Member};
 
-use super::tables::{Event, Tables};
+use super::group::{Group, Refusal};
 use crate::common::{CommonOpts, NodeOpts};
 
 /// The TSN coordinator: keeps every cluster's routing table from its nodes' heartbeats,
 /// assigns clients to clusters, and fails a cluster over when its active server stops
-/// beating.
+/// beating. Runs alone, or as one member of a group of 3 or 5 (--id, --members) that
+/// decide together through Raft, so that losing one coordinator host changes nothing.
 #[derive(Debug, Parser)]
 #[command(name = "tsn_coordinator", version, long_about = None)]
 pub struct CoordinatorOpts {
@@ -20,9 +22,20 @@ pub struct CoordinatorOpts {
     #[arg(short = 'p', long = "port", env = "TSN_PORT")]
     pub port: u16,
 
-    /// Clear the datastore (every cluster's files) before starting.
+    /// Clear the datastore (every cluster's files) before starting; a coordinator that
+    /// runs alone also forgets what it decided (its coordinator/ directory).
     #[arg(short = 'c', long = "clear")]
     pub clear: bool,
+
+    /// This member's id in the group: member n is the n-th address of --members.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9), env = "TSN_ID")]
+    pub id: u64,
+
+    /// The addresses (host:port, the ones the other members and the nodes dial) of every
+    /// member of the coordinator group, in id order, comma-separated. Without it the
+    /// coordinator is a group of one.
+    #[arg(long, value_delimiter = ',', value_parser = crate::common::parse_host_port, value_name = "ADDR,ADDR,...", env = "TSN_MEMBERS")]
+    pub members: Vec<String>,
 
     /// Number of clusters; client N is served by cluster (N % clusters) + 1.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000), env = "TSN_CLUSTERS")]
@@ -35,97 +48,26 @@ pub struct CoordinatorOpts {
     pub common: CommonOpts,
 }
 
-/// The coordinator's state: its tables, and what it tells an operator.
-#[derive(Debug)]
-struct Coord {
-    tables: Mutex<Tables>,
-    metrics: Arc<crate::metrics::Metrics>,
-}
-
-type Shared = Arc<Coord>;
-
-impl Coord {
-    fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, Tables>> {
-        self.tables.lock()
-    }
-
-    /// Logs what changed, and counts it.
-    fn record(&self, events: Vec<Event>) {
-        for e in &events {
-            if let Event::Failover { cluster, epoch, .. } | Event::HandOver { cluster, epoch, .. } =
-                e
-            {
-                self.metrics.failovers.inc();
-                self.metrics
-                    .epoch
-                    .get_or_create(&crate::metrics::ClusterLabel { cluster: *cluster })
-                    .set(*epoch as i64);
-            }
-        }
-        log_events(events);
-    }
-}
-
-fn log_events(events: Vec<Event>) {
-    for e in events {
-        match e {
-            Event::Registered {
-                cluster,
-                kind,
-                addr,
-            } => {
-                tracing::info!(cluster, kind = kind.as_str(), %addr, "registered")
-            }
-            Event::HandOver {
-                cluster,
-                from,
-                to,
-                epoch,
-            } => tracing::info!(
-                cluster,
-                from = from.as_str(),
-                to = to.as_str(),
-                epoch,
-                "planned hand-over: the {} stops, the {} is active",
-                from.as_str(),
-                to.as_str()
-            ),
-            Event::Failover {
-                cluster,
-                active: Some(kind),
-                epoch,
-                reason,
-            } => tracing::info!(
-                cluster,
-                active = kind.as_str(),
-                epoch,
-                %reason,
-                "active server is now the {}",
-                kind.as_str()
-            ),
-            Event::Failover {
-                cluster,
-                active: None,
-                epoch,
-                reason,
-            } => tracing::error!(cluster, epoch, %reason, "no live server in cluster"),
-        }
-    }
-}
-
-fn log_stall(gap: std::time::Duration) {
-    tracing::warn!(
-        stalled_ms = gap.as_millis() as u64,
-        "the coordinator itself did not run for a while: every node gets that time back before it can be failed over"
-    );
-}
-
 /// Runs the coordinator until Ctrl-C / SIGTERM.
 pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
+    let alone = opts.members.is_empty();
+    if !alone && (opts.id == 0 || opts.id as usize > opts.members.len()) {
+        bail!(
+            "--id {} names no member: --members lists {} (ids 1..={})",
+            opts.id,
+            opts.members.len(),
+            opts.members.len()
+        );
+    }
+    let ds = tsn_datastore::Datastore::new(&opts.node.datastore);
     if opts.clear {
-        let ds = tsn_datastore::Datastore::new(&opts.node.datastore);
         ds.clear()
             .with_context(|| format!("clearing datastore {}", opts.node.datastore.display()))?;
+        if alone {
+            ds.coordinator()
+                .clear()
+                .context("clearing the coordinator's directory")?;
+        }
         tracing::info!(path = %opts.node.datastore.display(), "datastore cleared");
     }
     let crate::net::NodeListener {
@@ -137,61 +79,100 @@ pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
         tsn_certs::ClientAuth::Optional,
     )?;
     let hb = opts.node.heartbeat();
-    tracing::info!(%local, clusters = opts.clusters, heartbeat_ms = opts.node.heartbeat_ms, "coordinator listening");
-    opts.node.announce(local)?;
+    let members: Vec<Member> = if alone {
+        vec![Member {
+            id: opts.id,
+            addr: local.to_string(),
+        }]
+    } else {
+        opts.members
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| Member {
+                id: i as u64 + 1,
+                addr: addr.clone(),
+            })
+            .collect()
+    };
+    tracing::info!(%local, clusters = opts.clusters, heartbeat_ms = opts.node.heartbeat_ms, id = opts.id, members = members.len(), "coordinator listening");
 
     let metrics = crate::metrics::Metrics::new();
     opts.node.serve_metrics(&metrics).await?;
-    metrics.set_ready(None);
-    let tables: Shared = Arc::new(Coord {
-        tables: Mutex::new(Tables::new(opts.clusters, hb)),
-        metrics: metrics.clone(),
-    });
+    metrics.set_ready(Some("the coordinator group has no leader yet".into()));
+    // Requests are answered from the start: the other members' first questions (is there
+    // a group?) come while this one forms it.
+    let (consensus_tx, consensus_rx) = tokio::sync::watch::channel(None::<Arc<Group>>);
+    let accept = {
+        let metrics = metrics.clone();
+        tokio::spawn(crate::net::accept_loop(
+            endpoint.clone(),
+            metrics.connections.clone(),
+            move |conn| serve_connection(conn, consensus_rx.clone()),
+        ))
+    };
+    let consensus = super::raft::start(opts.id, &members, ds.coordinator(), endpoint.clone())
+        .await
+        .context("starting the coordinator group's consensus")?;
+    let group = Arc::new(Group::new(
+        consensus,
+        hb,
+        opts.clusters,
+        endpoint.clone(),
+        metrics.clone(),
+    ));
+    let _ = consensus_tx.send(Some(group.clone()));
+    opts.node.announce(local)?;
+    let state = tokio::spawn(group.clone().watch_state());
     let ticker = {
-        let tables = tables.clone();
+        let group = group.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(hb / 2);
             loop {
                 tick.tick().await;
-                let mut events = Vec::new();
-                let mut stalled = None;
-                if let Ok(mut t) = tables.lock() {
-                    let now = Instant::now();
-                    stalled = t.catch_up(now);
-                    t.refresh_all(now, &mut events);
-                }
-                if let Some(gap) = stalled {
+                let stalled = group
+                    .decide(|t, now, events| {
+                        let stalled = t.catch_up(now);
+                        t.refresh_all(now, events);
+                        stalled
+                    })
+                    .await;
+                if let Ok(Some(gap)) = stalled {
                     log_stall(gap);
                 }
-                tables.record(events);
             }
         })
     };
-    let accept = {
-        let tables = tables.clone();
-        tokio::spawn(crate::net::accept_loop(
-            endpoint.clone(),
-            metrics.connections.clone(),
-            move |conn| serve_connection(conn, tables.clone()),
-        ))
-    };
     crate::common::shutdown_signal().await;
     tracing::info!("shutting down");
-    endpoint.close(0u32.into(), b"coordinator shutting down");
     ticker.abort();
+    endpoint.close(0u32.into(), b"coordinator shutting down");
     accept.abort();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    if let Err(e) = group.consensus().raft.shutdown().await {
+        tracing::info!("the Raft node stopped with: {e}");
+    }
+    state.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
 }
 
-async fn serve_connection(conn: quinn::Connection, tables: Shared) {
+fn log_stall(gap: std::time::Duration) {
+    tracing::warn!(
+        stalled_ms = gap.as_millis() as u64,
+        "the coordinator itself did not run for a while: every node gets that time back before it can be failed over"
+    );
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    group: tokio::sync::watch::Receiver<Option<Arc<Group>>>,
+) {
     let is_node = tsn_certs::peer_is_node(&conn);
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(_) => return,
         };
-        let tables = tables.clone();
+        let group = group.clone();
         tokio::spawn(async move {
             let req = match tsn_protocol::read_msg::<CoordRequest, _>(&mut recv).await {
                 Ok(Some(r)) => r,
@@ -202,7 +183,23 @@ async fn serve_connection(conn: quinn::Connection, tables: Shared) {
                     return;
                 }
             };
-            let reply = answer(&tables, req, is_node);
+            let current = group.borrow().clone();
+            let Some(group) = current else {
+                let reply = match req {
+                    // Not part of a group yet: no log.
+                    CoordRequest::Group => CoordReply::Failed(CoordError::NoLeader),
+                    _ => CoordReply::Failed(CoordError::NoLeader),
+                };
+                if tsn_protocol::write_msg(&mut send, &reply).await.is_ok() {
+                    let _ = send.finish();
+                }
+                return;
+            };
+            if matches!(req, CoordRequest::Watch) {
+                watch(&group, send).await;
+                return;
+            }
+            let reply = answer(&group, req, is_node).await;
             if tsn_protocol::write_msg(&mut send, &reply).await.is_ok() {
                 let _ = send.finish();
             }
@@ -210,49 +207,92 @@ async fn serve_connection(conn: quinn::Connection, tables: Shared) {
     }
 }
 
-fn answer(tables: &Shared, req: CoordRequest, is_node: bool) -> CoordReply {
-    let now = Instant::now();
-    let mut events = Vec::new();
-    let Ok(mut t) = tables.lock() else {
-        return CoordReply::Failed(CoordError::NoLiveServer { cluster: 0 });
-    };
-    if let Some(gap) = t.catch_up(now) {
-        log_stall(gap);
+/// Sends the committed tables now and after every change, until the watcher goes away.
+async fn watch(group: &Group, mut send: quinn::SendStream) {
+    let mut changes = group.consensus().machine.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let tables = group.committed_status();
+        if tsn_protocol::write_msg(&mut send, &CoordReply::Status(tables))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = send.stopped() => return,
+        }
     }
-    let reply = match req {
-        CoordRequest::Heartbeat(hb) if is_node => match t.beat(&hb, now, &mut events) {
-            Ok(r) => CoordReply::Beat(r),
-            Err(e @ CoordError::RoleTaken { .. }) => {
-                tracing::error!(
-                    cluster = hb.cluster,
-                    kind = hb.kind.as_str(),
-                    from = %hb.addr,
-                    "refused a second process for a live role: {e}"
-                );
-                CoordReply::Failed(e)
-            }
-            Err(e) => CoordReply::Failed(e),
-        },
-        CoordRequest::HandOver { cluster, kind } if is_node => {
-            match t.hand_over(cluster, kind, now, &mut events) {
-                Ok((epoch, to)) => CoordReply::HandedOver { epoch, to },
-                Err(e) => CoordReply::Failed(e),
+}
+
+async fn answer(group: &Group, req: CoordRequest, is_node: bool) -> CoordReply {
+    let for_nodes = matches!(
+        req,
+        CoordRequest::Heartbeat(_)
+            | CoordRequest::HandOver { .. }
+            | CoordRequest::SyncPeers
+            | CoordRequest::Raft(_)
+            | CoordRequest::ChangeMembers(_)
+    );
+    if for_nodes && !is_node {
+        return CoordReply::Failed(CoordError::NotANode);
+    }
+    let decided = match &req {
+        CoordRequest::Heartbeat(hb) => {
+            let beat = hb.clone();
+            group
+                .decide(move |t, now, events| {
+                    t.catch_up(now);
+                    t.beat(&beat, now, events)
+                })
+                .await
+                .map(|r| match r {
+                    Ok(b) => CoordReply::Beat(b),
+                    Err(e) => refused_beat(&hb, e),
+                })
+        }
+        CoordRequest::HandOver { cluster, kind } => {
+            let (cluster, kind) = (*cluster, *kind);
+            group
+                .decide(move |t, now, events| t.hand_over(cluster, kind, now, events))
+                .await
+                .map(|r| match r {
+                    Ok((epoch, to)) => CoordReply::HandedOver { epoch, to },
+                    Err(e) => CoordReply::Failed(e),
+                })
+        }
+        CoordRequest::ChangeMembers(change) => group
+            .change_members(change.clone())
+            .await
+            .map(CoordReply::MembersChanged),
+        CoordRequest::Raft(rpc) => {
+            return match super::raft::network::answer(&group.consensus().raft, rpc.clone()).await {
+                Ok(bytes) => CoordReply::Raft(bytes),
+                Err(e) => CoordReply::Failed(CoordError::Group(format!("bad Raft message: {e}"))),
             }
         }
-        CoordRequest::SyncPeers if is_node => CoordReply::SyncPeers {
-            clusters: t.clusters(),
-            peers: t.sync_peers(now),
-        },
-        CoordRequest::Heartbeat(_) | CoordRequest::SyncPeers | CoordRequest::HandOver { .. } => {
-            CoordReply::Failed(CoordError::NotANode)
-        }
-        CoordRequest::AssignClient { client } => match t.assign(client, now, &mut events) {
-            Ok((cluster, addr)) => CoordReply::Assigned { cluster, addr },
-            Err(e) => CoordReply::Failed(e),
-        },
-        CoordRequest::Status => CoordReply::Status(t.status(now)),
+        CoordRequest::AssignClient { .. }
+        | CoordRequest::SyncPeers
+        | CoordRequest::Status
+        | CoordRequest::Group
+        | CoordRequest::Watch => return group.read(&req).await,
     };
-    drop(t);
-    tables.record(events);
-    reply
+    match decided {
+        Ok(reply) => reply,
+        Err(Refusal::NotLeader(_)) => group.forward(&req).await,
+        Err(Refusal::Failed(e)) => CoordReply::Failed(e),
+    }
+}
+
+fn refused_beat(hb: &tsn_protocol::coord::Heartbeat, e: CoordError) -> CoordReply {
+    if let CoordError::RoleTaken { .. } = e {
+        tracing::error!(
+            cluster = hb.cluster,
+            kind = hb.kind.as_str(),
+            from = %hb.addr,
+            "refused a second process for a live role: {e}"
+        );
+    }
+    CoordReply::Failed(e)
 }

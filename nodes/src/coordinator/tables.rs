@@ -1,7 +1,18 @@
 //! Routing tables and the failover rule, free of I/O and clocks.
+//!
+//! The tables have two parts. What is *decided* ([`Decided`]: each cluster's registered
+//! addresses, its active server and epoch, the number of clusters) must outlive the
+//! coordinator that decided it: a coordinator group replicates it through Raft, as
+//! [`Decision`]s. Heartbeat times are *liveness*: they stay in the memory of the member
+//! that receives the heartbeats (the leader) and are never replicated. A new leader
+//! starts from the decided part with every node's last beat set to the moment it took
+//! over ([`Tables::from_decided`]), so no node is failed over before it has missed two
+//! beats sent to that leader.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use tsn_protocol::coord::{
     BeatReply, CoordError, Heartbeat, NodeKind, RouteEntry, RoutingTables, SyncPeer,
@@ -20,7 +31,7 @@ struct Slot {
     since: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Cluster {
     slots: BTreeMap<NodeKind, Slot>,
     /// Which server is active, if any.
@@ -64,8 +75,90 @@ pub enum Event {
     },
 }
 
+/// What is decided about one cluster: it outlives the coordinator that decided it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterDecided {
+    /// The registered address of each of its nodes.
+    pub addrs: BTreeMap<NodeKind, String>,
+    /// Which server is active, if any.
+    pub active: Option<NodeKind>,
+    /// The failover epoch.
+    pub epoch: u64,
+}
+
+/// Everything decided: the state a coordinator group replicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decided {
+    /// Number of clusters (0 until the first decision sets it).
+    pub clusters: u32,
+    /// Each cluster that has had a node register.
+    pub by_id: BTreeMap<ClusterId, ClusterDecided>,
+}
+
+/// One decision, as replicated: applied only if the state it was made from is still the
+/// state it meets (so a decision made from stale tables changes nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decision {
+    /// The number of clusters, set once by the first leader.
+    Clusters(u32),
+    /// A cluster's new decided state, replacing `was`.
+    Cluster {
+        /// The cluster.
+        id: ClusterId,
+        /// Its state before the decision.
+        was: Option<ClusterDecided>,
+        /// Its state after.
+        now: ClusterDecided,
+    },
+}
+
+impl Decided {
+    /// Whether every one of `decisions` meets the state it was made from.
+    pub fn admits(&self, decisions: &[Decision]) -> bool {
+        decisions.iter().all(|d| match d {
+            Decision::Clusters(_) => self.clusters == 0,
+            Decision::Cluster { id, was, .. } => self.by_id.get(id) == was.as_ref(),
+        })
+    }
+
+    /// Applies `decisions` if [`Decided::admits`] them, all or none; says which.
+    pub fn apply(&mut self, decisions: &[Decision]) -> bool {
+        if !self.admits(decisions) {
+            return false;
+        }
+        for d in decisions {
+            match d {
+                Decision::Clusters(n) => self.clusters = *n,
+                Decision::Cluster { id, now, .. } => {
+                    self.by_id.insert(*id, now.clone());
+                }
+            }
+        }
+        true
+    }
+
+    /// The decisions that turn `self` into `next`.
+    pub fn diff(&self, next: &Decided) -> Vec<Decision> {
+        let mut out = Vec::new();
+        if self.clusters != next.clusters && self.clusters == 0 {
+            out.push(Decision::Clusters(next.clusters));
+        }
+        for (id, c) in &next.by_id {
+            let was = self.by_id.get(id);
+            if was != Some(c) {
+                out.push(Decision::Cluster {
+                    id: *id,
+                    was: was.cloned(),
+                    now: c.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
 /// The coordinator's routing tables.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Tables {
     clusters: u32,
     heartbeat: Duration,
@@ -103,6 +196,67 @@ impl Tables {
             }
         }
         Some(gap)
+    }
+
+    /// Tables holding what `decided` says, every node taken as having just beaten (and
+    /// registered) at `now`. `clusters` is used while `decided` sets no number.
+    pub fn from_decided(
+        decided: &Decided,
+        clusters: u32,
+        heartbeat: Duration,
+        now: Instant,
+    ) -> Self {
+        let mut t = Tables::new(
+            if decided.clusters == 0 {
+                clusters
+            } else {
+                decided.clusters
+            },
+            heartbeat,
+        );
+        for (id, c) in &decided.by_id {
+            let slots = c
+                .addrs
+                .iter()
+                .map(|(kind, addr)| {
+                    let slot = Slot {
+                        addr: addr.clone(),
+                        last_beat: now,
+                        since: now,
+                    };
+                    (*kind, slot)
+                })
+                .collect();
+            t.by_id.insert(
+                *id,
+                Cluster {
+                    slots,
+                    active: c.active,
+                    epoch: c.epoch,
+                },
+            );
+        }
+        t
+    }
+
+    /// What these tables have decided.
+    pub fn decided(&self) -> Decided {
+        Decided {
+            clusters: self.clusters,
+            by_id: self
+                .by_id
+                .iter()
+                .map(|(id, c)| {
+                    let addrs = c.slots.iter().map(|(k, s)| (*k, s.addr.clone())).collect();
+                    let d = ClusterDecided {
+                        addrs,
+                        active: c.active,
+                        epoch: c.epoch,
+                    };
+                    (*id, d)
+                })
+                .collect(),
+        }
     }
 
     /// Number of clusters.
@@ -314,15 +468,10 @@ impl Tables {
         Ok((cluster.epoch, addr))
     }
 
-    /// The cluster and active server address for `client`.
-    pub fn assign(
-        &mut self,
-        client: UserId,
-        now: Instant,
-        events: &mut Vec<Event>,
-    ) -> Result<(ClusterId, String), CoordError> {
+    /// The cluster and active server address for `client`, as decided (a read: it
+    /// decides nothing).
+    pub fn assigned(&self, client: UserId) -> Result<(ClusterId, String), CoordError> {
         let cluster_id = cluster_of(client, self.clusters);
-        self.refresh(cluster_id, now, events);
         self.by_id
             .get(&cluster_id)
             .and_then(|c| c.active.and_then(|k| c.slots.get(&k)))
@@ -348,8 +497,9 @@ impl Tables {
             .collect()
     }
 
-    /// The tables, for people.
-    pub fn status(&self, now: Instant) -> RoutingTables {
+    /// The tables, for people and for the watch: `revision` names the committed state
+    /// they show, `liveness` whether these tables receive the heartbeats.
+    pub fn status(&self, now: Instant, revision: u64, liveness: bool) -> RoutingTables {
         let mut entries = Vec::new();
         for (id, c) in &self.by_id {
             for (kind, slot) in &c.slots {
@@ -368,6 +518,8 @@ impl Tables {
             }
         }
         RoutingTables {
+            revision,
+            liveness,
             clusters: self.clusters,
             heartbeat_ms: u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX),
             entries,
@@ -409,7 +561,7 @@ mod tests {
         );
         let (epoch, to) = t.hand_over(1, NodeKind::Primary, t0, &mut ev).unwrap();
         assert_eq!((epoch, to.as_str()), (2, "127.0.0.1:2"));
-        assert_eq!(t.assign(3, t0, &mut ev).unwrap().1, "127.0.0.1:2");
+        assert_eq!(t.assigned(3).unwrap().1, "127.0.0.1:2");
         let p = t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev).unwrap();
         assert!(!p.active, "the old primary is the standby now");
     }
@@ -486,12 +638,12 @@ mod tests {
         assert!(!s.active);
         assert_eq!(s.peer.as_deref(), Some("127.0.0.1:1"));
         // client 3 -> cluster (3 % 3) + 1 = 1
-        assert_eq!(t.assign(3, t0, &mut ev).unwrap(), (1, "127.0.0.1:1".into()));
+        assert_eq!(t.assigned(3).unwrap(), (1, "127.0.0.1:1".into()));
 
         // One missed beat: still the primary.
         let t1 = t0 + HB * 2;
         t.beat(&hb(1, NodeKind::Secondary, 2), t1, &mut ev).unwrap();
-        assert_eq!(t.assign(3, t1, &mut ev).unwrap().1, "127.0.0.1:1");
+        assert_eq!(t.assigned(3).unwrap().1, "127.0.0.1:1");
 
         // Past two missed beats: the secondary takes over, with a new epoch.
         let t2 = t0 + HB * 3;
@@ -499,7 +651,7 @@ mod tests {
         assert!(s.active);
         assert_eq!(s.epoch, 2);
         assert_eq!(s.peer, None, "the dead primary is no mirror target");
-        assert_eq!(t.assign(3, t2, &mut ev).unwrap().1, "127.0.0.1:2");
+        assert_eq!(t.assigned(3).unwrap().1, "127.0.0.1:2");
 
         // The primary returns: it is the standby and catches up from the secondary.
         let p = t.beat(&hb(1, NodeKind::Primary, 1), t2, &mut ev).unwrap();
@@ -548,10 +700,7 @@ mod tests {
         let mut t = Tables::new(3, HB);
         let mut ev = Vec::new();
         let now = Instant::now();
-        assert_eq!(
-            t.assign(1, now, &mut ev),
-            Err(CoordError::NoLiveServer { cluster: 2 })
-        );
+        assert_eq!(t.assigned(1), Err(CoordError::NoLiveServer { cluster: 2 }));
         assert!(matches!(
             t.beat(&hb(4, NodeKind::Primary, 1), now, &mut ev),
             Err(CoordError::NoSuchCluster {
@@ -593,5 +742,34 @@ mod tests {
         t.beat(&hb(2, NodeKind::Sync, 20), now, &mut ev).unwrap();
         assert_eq!(t.sync_peers(now).len(), 2);
         assert_eq!(t.sync_peers(now + HB * 3).len(), 0);
+    }
+
+    #[test]
+    fn decisions_replay_on_a_copy_and_stale_ones_change_nothing() {
+        let mut t = Tables::new(2, HB);
+        let mut ev = Vec::new();
+        let t0 = Instant::now();
+        let mut follower = Decided::default();
+        let before = follower.clone();
+        t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev).unwrap();
+        t.beat(&hb(1, NodeKind::Secondary, 2), t0, &mut ev).unwrap();
+        let step = before.diff(&t.decided());
+        assert!(follower.apply(&step));
+        assert_eq!(follower, t.decided());
+        // The same step again was made from a state that is gone: nothing changes.
+        assert!(!follower.apply(&step));
+        assert_eq!(follower, t.decided());
+        // A new leader starts from what is decided, and fails no one over at once.
+        let mut lead = Tables::from_decided(&follower, 9, HB, t0 + HB * 10);
+        assert_eq!(lead.clusters(), 2);
+        let mut ev = Vec::new();
+        lead.refresh_all(t0 + HB * 11, &mut ev);
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(lead.assigned(2).unwrap().1, "127.0.0.1:1");
+        lead.refresh_all(t0 + HB * 13, &mut ev);
+        assert!(
+            matches!(ev.as_slice(), [Event::Failover { active: None, .. }]),
+            "{ev:?}"
+        );
     }
 }
