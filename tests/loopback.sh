@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TSN on loopback: a coordinator and N clusters (primary, secondary, sync service each)
+# TSN on loopback: a coordinator group and N clusters (primary, secondary, sync service each)
 # on 127.0.0.1 with free ports, a fresh cert dir and logs under one run dir, and a datastore
 # of its own for every process (hosts/<name>/datastore), as if each ran on its own host.
 #
@@ -10,7 +10,7 @@
 #                            delivery, kill -9 of a primary and failover); exit 0 only if
 #                            everything held
 #
-# Environment: CLUSTERS (3), HEARTBEAT_MS (up: 1000, test: 200), PERIOD_MS (-q, 500 / 50),
+# Environment: COORDINATORS (3: a Raft group; 1 for a lone coordinator), CLUSTERS (3), HEARTBEAT_MS (up: 1000, test: 200), PERIOD_MS (-q, 500 / 50),
 # RUN_DIR (default run/<timestamp>), PROFILE (release), BIN_DIR (binaries to use instead of
 # building; the end-to-end suite sets it to the binaries cargo test just built).
 set -euo pipefail
@@ -86,8 +86,26 @@ start() { # name, binary, args...
   wait_file "$run/$name.addr" 20 >/dev/null
 }
 
-start coordinator tsn_coordinator -p 0 --clusters "$clusters"
-coord=$(cat "$run/coordinator.addr")
+coordinators=${COORDINATORS:-3}
+free_udp_port() { # a UDP port nothing listens on now
+  local p
+  for _ in $(seq 200); do
+    p=$(( 20000 + RANDOM % 30000 ))
+    if [ -z "$(ss -Hunl "sport = :$p" 2>/dev/null)" ]; then echo "$p"; return 0; fi
+  done
+  echo "no free UDP port found" >&2; return 1
+}
+if [ "$coordinators" = 1 ]; then
+  start coordinator tsn_coordinator -p 0 --clusters "$clusters"
+  coord=$(cat "$run/coordinator.addr")
+else
+  ports=()
+  for i in $(seq "$coordinators"); do ports+=("$(free_udp_port)"); done
+  coord=$(printf '127.0.0.1:%s,' "${ports[@]}"); coord=${coord%,}
+  for i in $(seq "$coordinators"); do
+    start "coordinator-$i" tsn_coordinator -p "${ports[$((i-1))]}" --id "$i" --members "$coord" --clusters "$clusters"
+  done
+fi
 for c in $(seq "$clusters"); do
   start "primary-$c" tsn_server -c "$coord" -p 0 -i "$c" -t primary
   start "secondary-$c" tsn_server -c "$coord" -p 0 -i "$c" -t secondary
@@ -106,7 +124,8 @@ if [ "$mode" = up ]; then
   status || true
   cat <<TXT
 
-TSN is running on loopback ($clusters clusters, heartbeat ${hb} ms, sync period ${q} ms).
+TSN is running on loopback ($coordinators coordinators, $clusters clusters, heartbeat ${hb} ms, sync period ${q} ms).
+Coordinator group (-c for every client and tool): $coord
 Run directory: $run  (hosts/<process>/datastore/, certs/, logs/, pids)
 
 Start a client in another terminal (user N is served by cluster (N % $clusters) + 1):

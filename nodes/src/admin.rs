@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use tsn_protocol::coord::{CoordReply, CoordRequest};
+use tsn_protocol::coord::{CoordReply, CoordRequest, Member, MemberChange};
 use tsn_protocol::mirror::{AdminReply, AdminRequest, MirrorMsg};
 
 use crate::common::CommonOpts;
@@ -15,9 +15,10 @@ use crate::common::CommonOpts;
 #[derive(Debug, Parser)]
 #[command(name = "tsn_admin", version, long_about = None)]
 pub struct AdminOpts {
-    /// Coordinator address, <coordIP>:<coordPort>.
-    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port, env = "TSN_COORDINATOR")]
-    pub coordinator: String,
+    /// Coordinator address, <coordIP>:<coordPort>; for a coordinator group, every
+    /// member's, comma-separated (any member answers; one that does not is skipped).
+    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_coordinators, value_name = "HOST:PORT[,...]", env = "TSN_COORDINATOR")]
+    pub coordinator: crate::common::Coordinators,
 
     /// What to do.
     #[command(subcommand)]
@@ -36,6 +37,29 @@ pub enum AdminCommand {
     ResetKey {
         /// The user.
         user: u32,
+    },
+    /// Change the coordinator group's members (one at a time, through Raft): to replace
+    /// a lost coordinator host, add the new member, then remove the old one.
+    #[command(subcommand)]
+    Members(MembersCommand),
+}
+
+/// `tsn_admin members ...`.
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Add a member: start `tsn_coordinator --id ID` on its host first (with --members
+    /// listing it at position ID); it catches up from the leader, then votes.
+    Add {
+        /// Its id.
+        id: u64,
+        /// Its address, host:port.
+        #[arg(value_parser = crate::common::parse_host_port)]
+        addr: String,
+    },
+    /// Remove a member; the group goes on with the others.
+    Remove {
+        /// Its id.
+        id: u64,
     },
 }
 
@@ -58,13 +82,40 @@ pub async fn run(opts: &AdminOpts) -> anyhow::Result<String> {
     endpoint.set_default_client_config(
         identity.client_config(crate::net::transport(Duration::from_secs(5)))?,
     );
-    let AdminCommand::ResetKey { user } = opts.command;
-    let coord = crate::net::connect(&endpoint, &opts.coordinator).await?;
-    let server = match crate::net::call::<_, CoordReply>(
-        &coord,
-        &CoordRequest::AssignClient { client: user },
-    )
-    .await?
+    let group = crate::group_client::GroupClient::new(opts.coordinator.clone());
+    let user = match &opts.command {
+        AdminCommand::ResetKey { user } => *user,
+        AdminCommand::Members(m) => {
+            let change = match m {
+                MembersCommand::Add { id, addr } => MemberChange::Add(Member {
+                    id: *id,
+                    addr: addr.clone(),
+                }),
+                MembersCommand::Remove { id } => MemberChange::Remove { id: *id },
+            };
+            let reply = group
+                .call(&endpoint, &CoordRequest::ChangeMembers(change))
+                .await?
+                .1;
+            endpoint.close(0u32.into(), b"done");
+            return match reply {
+                CoordReply::MembersChanged(members) => Ok(format!(
+                    "the coordinator group's members are now: {}",
+                    members
+                        .iter()
+                        .map(|m| format!("{} {}", m.id, m.addr))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                CoordReply::Failed(e) => bail!("the coordinator group refused: {e}"),
+                other => bail!("unexpected reply {other:?}"),
+            };
+        }
+    };
+    let server = match group
+        .call(&endpoint, &CoordRequest::AssignClient { client: user })
+        .await?
+        .1
     {
         CoordReply::Assigned { addr, .. } => addr,
         CoordReply::Failed(e) => bail!("the coordinator cannot name user {user}'s server: {e}"),
@@ -77,7 +128,6 @@ pub async fn run(opts: &AdminOpts) -> anyhow::Result<String> {
     )
     .await?;
     conn.close(0u32.into(), b"done");
-    coord.close(0u32.into(), b"done");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     match reply {
         AdminReply::Done => Ok(format!(

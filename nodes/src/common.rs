@@ -185,6 +185,53 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The coordinator group, as `-c` names it: one `host:port`, or every member's,
+/// comma-separated. A one-address list is today's single coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coordinators(Vec<String>);
+
+impl Coordinators {
+    /// The members' addresses, in the order given.
+    pub fn addrs(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The first address (to learn which local address reaches the group).
+    pub fn first(&self) -> &str {
+        self.0.first().map_or("", String::as_str)
+    }
+
+    /// How long to wait for one member before trying the next: short when there is a
+    /// next one.
+    pub fn member_timeout(&self) -> Duration {
+        if self.0.len() > 1 {
+            Duration::from_secs(1)
+        } else {
+            crate::net::CONNECT_TIMEOUT
+        }
+    }
+}
+
+impl std::fmt::Display for Coordinators {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+/// Parses `-c`: `host:port[,host:port...]`.
+pub fn parse_coordinators(s: &str) -> Result<Coordinators, String> {
+    let addrs = s
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(parse_host_port)
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err("expected <host>:<port>[,<host>:<port>...]".into());
+    }
+    Ok(Coordinators(addrs))
+}
+
 /// Parses `host:port` as the original's `-c <coordIP>:<coordPort>`.
 pub fn parse_host_port(s: &str) -> Result<String, String> {
     let (host, port) = s

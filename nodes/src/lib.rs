@@ -6,10 +6,13 @@
 //! - [`net`]: QUIC endpoints, dialling with timeouts, one-request-per-stream calls, the
 //!   advertised-address rule, and the transport limits (with what they cost).
 //! - [`coordinator`]: routing tables, heartbeats, failover epochs, client assignment.
+//! - [`group_client`]: asking the coordinator group (any member; the next one when a
+//!   member does not answer).
 //! - [`hlc`]: the hybrid logical clock that timestamps changes, so that order does not
 //!   depend on synchronised wall clocks.
-//! - [`link`]: a node's link to the coordinator (registration, heartbeats, where its
-//!   peers are), the same for servers and sync services.
+//! - [`link`]: a node's link to the coordinator group (registration, heartbeats, and the
+//!   watch stream that pushes every change of the routing tables), the same for servers
+//!   and sync services.
 //! - [`metrics`]: every metric, and the `/metrics`, `/health`, `/ready` listener.
 //! - [`checkpoint`]: the state a server or sync service writes down so that start-up and
 //!   readers need only the logs after it.
@@ -40,6 +43,7 @@ pub mod client;
 pub mod common;
 pub mod coordinator;
 pub mod feed;
+pub mod group_client;
 pub mod hlc;
 pub mod link;
 pub mod metrics;

@@ -1,7 +1,11 @@
-//! A node's link to the coordinator, the same for servers and sync services: it
-//! registers, beats every interval over one connection (re-dialled when it drops), and
-//! after each beat reads the routing tables, so the node learns its role and where its
-//! peers are. What it learned is published on a watch channel ([`Membership`]).
+//! A node's link to the coordinator group, the same for servers and sync services: it
+//! registers, beats every interval over one connection to a member (re-dialled, to the
+//! next member, when it drops), and keeps a watch stream open on a member, which pushes
+//! the routing tables at every committed change. So a node learns a new peer, a moved
+//! address or a failover within milliseconds of its being decided, whatever the
+//! heartbeat interval: each push also makes the node beat at once, and the answer tells
+//! it its role and its peer. Heartbeats are for liveness. What the node learned is
+//! published on a watch channel ([`Membership`]).
 //!
 //! While the coordinator cannot be reached the node keeps what it learned last: clusters
 //! keep serving through a coordinator restart.
@@ -55,8 +59,8 @@ impl Membership {
 /// Who the node is, for its heartbeats.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// The coordinator, `host:port`.
-    pub coordinator: String,
+    /// The coordinator group.
+    pub coordinator: crate::common::Coordinators,
     /// The node's cluster.
     pub cluster: ClusterId,
     /// The node's kind.
@@ -113,9 +117,87 @@ pub fn start(
     let cfg2 = cfg.clone();
     std::thread::Builder::new()
         .name("coordinator-link".into())
-        .spawn(move || rt.block_on(run(endpoint, cfg2, alive, out, beat_now, missed)))
+        .spawn(move || {
+            rt.block_on(async move {
+                let pushed = tokio::spawn(watch(
+                    endpoint.clone(),
+                    cfg2.coordinator.clone(),
+                    out.clone(),
+                    beat_now.clone(),
+                ));
+                run(endpoint, cfg2, alive, out, beat_now, missed).await;
+                pushed.abort();
+            })
+        })
         .context("starting the coordinator link's thread")?;
     Ok(())
+}
+
+/// Keeps a watch stream open on a member of the group: every routing table it pushes
+/// replaces the node's (unless older), and a change makes the node beat at once.
+pub async fn watch(
+    endpoint: quinn::Endpoint,
+    coords: crate::common::Coordinators,
+    out: watch::Sender<Membership>,
+    beat_now: Arc<tokio::sync::Notify>,
+) {
+    let group = crate::group_client::GroupClient::new(coords);
+    let mut backoff = crate::net::backoff();
+    loop {
+        if let Ok((addr, conn)) = group.connection(&endpoint).await {
+            match follow(&conn, &out, &beat_now).await {
+                Ok(()) => {}
+                Err(e) => tracing::debug!(coordinator = %addr, "routing watch ended: {e}"),
+            }
+            group.forget().await;
+        }
+        let pause = backoff.next().unwrap_or(Duration::from_secs(2));
+        tokio::time::sleep(pause).await;
+    }
+}
+
+async fn follow(
+    conn: &quinn::Connection,
+    out: &watch::Sender<Membership>,
+    beat_now: &tokio::sync::Notify,
+) -> anyhow::Result<()> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    tsn_protocol::write_msg(&mut send, &CoordRequest::Watch).await?;
+    send.finish()?;
+    while let Some(reply) = tsn_protocol::read_msg::<CoordReply, _>(&mut recv).await? {
+        let CoordReply::Status(tables) = reply else {
+            anyhow::bail!("unexpected watch reply {reply:?}");
+        };
+        // Tables are replaced only by ones at least as new that route differently (a
+        // change of heartbeat times alone is no news).
+        let changed = out.send_if_modified(|m| {
+            let cur = m.tables.as_ref();
+            if cur.is_some_and(|t| t.revision > tables.revision) {
+                return false;
+            }
+            let differs = cur.is_none_or(|t| routes_differ(t, &tables));
+            if differs {
+                m.tables = Some(tables.clone());
+            }
+            differs
+        });
+        if changed {
+            beat_now.notify_one();
+        }
+    }
+    Ok(())
+}
+
+/// Whether two tables differ in what a node acts on (addresses, roles, epochs), not just
+/// in heartbeat times.
+fn routes_differ(a: &RoutingTables, b: &RoutingTables) -> bool {
+    let key = |t: &RoutingTables| {
+        t.entries
+            .iter()
+            .map(|e| (e.cluster, e.kind, e.addr.clone(), e.active, e.epoch))
+            .collect::<Vec<_>>()
+    };
+    key(a) != key(b)
 }
 
 /// Beats for ever while `alive` says the node makes progress, publishing what it learns
@@ -128,7 +210,12 @@ pub async fn run(
     beat_now: Arc<tokio::sync::Notify>,
     missed: prometheus_client::metrics::counter::Counter,
 ) {
-    let mut conn: Option<quinn::Connection> = None;
+    // A coordinator that is down does not answer at all: give up on a member in time
+    // for the next beat, so that it is found soon after it is back.
+    let limit = cfg
+        .interval
+        .clamp(Duration::from_millis(500), crate::net::CONNECT_TIMEOUT);
+    let group = crate::group_client::GroupClient::new(cfg.coordinator.clone()).with_timeout(limit);
     let mut unreachable = false;
     let mut stalled = false;
     let mut interval = cfg.interval;
@@ -153,7 +240,7 @@ pub async fn run(
             tracing::info!("this node's runtime makes progress again: heartbeats resume");
             stalled = false;
         }
-        match beat(&endpoint, &mut conn, &cfg, &out).await {
+        match beat(&endpoint, &group, &cfg, &out).await {
             Ok(m) => {
                 // The heartbeat interval belongs to the coordinator.
                 let theirs = m
@@ -196,7 +283,7 @@ pub async fn run(
                         tracing::warn!(coordinator = %cfg.coordinator, "heartbeat failed, keeping what was learned last: {e:#}");
                         unreachable = true;
                     }
-                    conn = None;
+                    group.forget().await;
                 }
             }
         }
@@ -205,25 +292,12 @@ pub async fn run(
 
 async fn beat(
     endpoint: &quinn::Endpoint,
-    conn: &mut Option<quinn::Connection>,
+    group: &crate::group_client::GroupClient,
     cfg: &LinkConfig,
     out: &watch::Sender<Membership>,
 ) -> anyhow::Result<Membership> {
-    let c = match conn.as_ref() {
-        Some(c) if c.close_reason().is_none() => c.clone(),
-        _ => {
-            // A coordinator that is down does not answer at all: give up on this attempt
-            // in time for the next beat, so that it is found soon after it is back.
-            let limit = cfg
-                .interval
-                .clamp(Duration::from_millis(500), crate::net::CONNECT_TIMEOUT);
-            let c = crate::net::connect_within(endpoint, &cfg.coordinator, limit).await?;
-            *conn = Some(c.clone());
-            c
-        }
-    };
-    // The node's belief is what the coordinator said last (a restarted coordinator
-    // rebuilds its tables from these beliefs instead of failing over).
+    // The node's belief is what the coordinator said last (a coordinator that lost its
+    // state rebuilds its tables from these beliefs instead of failing over).
     let (active, epoch) = out
         .borrow()
         .beat
@@ -236,15 +310,22 @@ async fn beat(
         active,
         epoch,
     });
-    let beat = match crate::net::call::<_, CoordReply>(&c, &hb).await? {
-        CoordReply::Beat(r) => r,
-        CoordReply::Failed(e) => return Err(e.into()),
-        other => anyhow::bail!("unexpected heartbeat reply {other:?}"),
+    let beat = match group.call(endpoint, &hb).await? {
+        (_, CoordReply::Beat(r)) => r,
+        (_, CoordReply::Failed(e)) => return Err(e.into()),
+        (_, other) => anyhow::bail!("unexpected heartbeat reply {other:?}"),
     };
-    let tables = match crate::net::call::<_, CoordReply>(&c, &CoordRequest::Status).await? {
-        CoordReply::Status(t) => t,
-        CoordReply::Failed(e) => anyhow::bail!("coordinator refused the routing tables: {e}"),
-        other => anyhow::bail!("unexpected routing-table reply {other:?}"),
+    let tables = match group.call(endpoint, &CoordRequest::Status).await? {
+        (_, CoordReply::Status(t)) => t,
+        (_, CoordReply::Failed(e)) => {
+            anyhow::bail!("coordinator refused the routing tables: {e}")
+        }
+        (_, other) => anyhow::bail!("unexpected routing-table reply {other:?}"),
+    };
+    // Tables pushed by the watch since may be newer than these.
+    let tables = match out.borrow().tables.as_ref() {
+        Some(t) if t.revision > tables.revision => t.clone(),
+        _ => tables,
     };
     Ok(Membership {
         beat: Some(beat),

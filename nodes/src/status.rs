@@ -1,11 +1,11 @@
-//! `tsn_status`: prints the coordinator's routing tables.
+//! `tsn_status`: prints the coordinator's routing tables and the coordinator group.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use tsn_protocol::coord::{CoordReply, CoordRequest, NodeKind, RoutingTables};
+use tsn_protocol::coord::{CoordReply, CoordRequest, GroupView, NodeKind, RoutingTables};
 
 use crate::common::CommonOpts;
 
@@ -14,13 +14,19 @@ use crate::common::CommonOpts;
 #[derive(Debug, Parser)]
 #[command(name = "tsn_status", version, long_about = None)]
 pub struct StatusOpts {
-    /// Coordinator address, <coordIP>:<coordPort>.
-    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port, env = "TSN_COORDINATOR")]
-    pub coordinator: String,
+    /// Coordinator address, <coordIP>:<coordPort>; for a coordinator group, every
+    /// member's, comma-separated (any member answers; one that does not is skipped).
+    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_coordinators, value_name = "HOST:PORT[,...]", env = "TSN_COORDINATOR")]
+    pub coordinator: crate::common::Coordinators,
 
     /// Print the tables as JSON (with each cluster's health) instead of text.
     #[arg(long, env = "TSN_JSON")]
     pub json: bool,
+
+    /// Keep a watch stream open and print the tables again at every committed change
+    /// (until Ctrl-C).
+    #[arg(long)]
+    pub watch: bool,
 
     #[command(flatten)]
     pub common: CommonOpts,
@@ -46,9 +52,45 @@ pub fn problems(t: &RoutingTables) -> Vec<String> {
     out
 }
 
-/// The tables and their health as JSON.
-pub fn render_json(t: &RoutingTables) -> String {
-    let problems = problems(t);
+/// One coordinator as `tsn_status` sees it: its address and what it said of itself
+/// (`None`: it did not answer).
+#[derive(Debug, Clone)]
+pub struct CoordinatorSeen {
+    /// Its address.
+    pub addr: String,
+    /// Its answer.
+    pub view: Option<GroupView>,
+}
+
+impl CoordinatorSeen {
+    fn state(&self) -> &'static str {
+        self.view
+            .as_ref()
+            .map_or("unreachable", |v| v.state.as_str())
+    }
+}
+
+/// What is wrong with the coordinator group: no member leads.
+pub fn group_problems(group: &[CoordinatorSeen]) -> Vec<String> {
+    let leads = group.iter().any(|c| {
+        c.view
+            .as_ref()
+            .is_some_and(|v| v.state == tsn_protocol::coord::MemberState::Leader)
+    });
+    if leads {
+        Vec::new()
+    } else {
+        vec![
+            "the coordinator group has no leader (no majority of its members reach each other)"
+                .into(),
+        ]
+    }
+}
+
+/// The tables, the group and their health as JSON.
+pub fn render_json(t: &RoutingTables, group: &[CoordinatorSeen]) -> String {
+    let mut problems = problems(t);
+    problems.extend(group_problems(group));
     let v = serde_json::json!({
         "healthy": problems.is_empty(),
         "problems": problems,
@@ -63,12 +105,19 @@ pub fn render_json(t: &RoutingTables) -> String {
             "epoch": e.epoch,
             "ms_since_beat": e.ms_since_beat,
         })).collect::<Vec<_>>(),
+        "coordinators": group.iter().map(|c| serde_json::json!({
+            "id": c.view.as_ref().map(|v| v.id),
+            "addr": c.addr,
+            "state": c.state(),
+            "term": c.view.as_ref().map(|v| v.term),
+            "last_log_index": c.view.as_ref().and_then(|v| v.last_log_index),
+            "applied_index": c.view.as_ref().and_then(|v| v.applied_index),
+        })).collect::<Vec<_>>(),
     });
     format!("{v:#}\n")
 }
 
-/// Fetches the tables.
-pub async fn fetch(opts: &StatusOpts) -> anyhow::Result<RoutingTables> {
+fn endpoint(opts: &StatusOpts) -> anyhow::Result<quinn::Endpoint> {
     let root = tsn_certs::TrustRoot::load(&opts.common.cert_dir).with_context(|| {
         format!(
             "loading the cluster CA from {}",
@@ -79,14 +128,111 @@ pub async fn fetch(opts: &StatusOpts) -> anyhow::Result<RoutingTables> {
     endpoint.set_default_client_config(
         root.client_config(crate::net::transport(Duration::from_secs(5)))?,
     );
-    let conn = crate::net::connect(&endpoint, &opts.coordinator).await?;
-    let reply = crate::net::call::<_, CoordReply>(&conn, &CoordRequest::Status).await?;
-    conn.close(0u32.into(), b"done");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    match reply {
-        CoordReply::Status(t) => Ok(t),
+    Ok(endpoint)
+}
+
+/// Fetches the tables, and what every member of the group (those given with -c, and
+/// those the group names) says of itself.
+pub async fn fetch(opts: &StatusOpts) -> anyhow::Result<(RoutingTables, Vec<CoordinatorSeen>)> {
+    let endpoint = endpoint(opts)?;
+    let group = crate::group_client::GroupClient::new(opts.coordinator.clone());
+    let tables = match group.call(&endpoint, &CoordRequest::Status).await?.1 {
+        CoordReply::Status(t) => t,
         other => bail!("unexpected reply {other:?}"),
+    };
+    let mut seen: Vec<CoordinatorSeen> = Vec::new();
+    let mut queue: Vec<String> = opts.coordinator.addrs().to_vec();
+    while let Some(addr) = queue.pop() {
+        if seen.iter().any(|c| c.addr == addr) {
+            continue;
+        }
+        let view = ask_group(&endpoint, &addr).await;
+        if let Some(v) = &view {
+            for m in &v.members {
+                if !seen.iter().any(|c| c.addr == m.addr) && !queue.contains(&m.addr) {
+                    queue.push(m.addr.clone());
+                }
+            }
+        }
+        seen.push(CoordinatorSeen { addr, view });
     }
+    seen.sort_by_key(|c| (c.view.as_ref().map_or(u64::MAX, |v| v.id), c.addr.clone()));
+    endpoint.close(0u32.into(), b"done");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    Ok((tables, seen))
+}
+
+async fn ask_group(endpoint: &quinn::Endpoint, addr: &str) -> Option<GroupView> {
+    let conn = crate::net::connect_within(endpoint, addr, Duration::from_secs(1))
+        .await
+        .ok()?;
+    let reply = crate::net::call::<_, CoordReply>(&conn, &CoordRequest::Group).await;
+    conn.close(0u32.into(), b"done");
+    match reply {
+        Ok(CoordReply::Group(v)) => Some(v),
+        _ => None,
+    }
+}
+
+/// Prints the tables at every change pushed by a member's watch stream, until the
+/// stream ends for good (every member gone) or the process is stopped.
+pub async fn watch(opts: &StatusOpts) -> anyhow::Result<()> {
+    let endpoint = endpoint(opts)?;
+    let group = crate::group_client::GroupClient::new(opts.coordinator.clone());
+    loop {
+        let (addr, conn) = group.connection(&endpoint).await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        tsn_protocol::write_msg(&mut send, &CoordRequest::Watch).await?;
+        send.finish()?;
+        eprintln!("tsn_status: watching {addr}");
+        while let Ok(Some(CoordReply::Status(t))) =
+            tsn_protocol::read_msg::<CoordReply, _>(&mut recv).await
+        {
+            if opts.json {
+                println!("{}", serde_json::to_string(&render_json_value(&t))?);
+            } else {
+                print!("\nrevision {}\n{}", t.revision, render(&t));
+            }
+        }
+        group.forget().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn render_json_value(t: &RoutingTables) -> serde_json::Value {
+    serde_json::json!({
+        "revision": t.revision,
+        "clusters": t.clusters,
+        "nodes": t.entries.iter().map(|e| serde_json::json!({
+            "cluster": e.cluster,
+            "kind": e.kind.as_str(),
+            "addr": e.addr,
+            "active": e.active,
+            "epoch": e.epoch,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Renders the coordinator group.
+pub fn render_group(group: &[CoordinatorSeen]) -> String {
+    let mut out = format!(
+        "\nCoordinator group\n{:<4} {:<24} {:<12} {:>6} {:>9} {:>9}\n",
+        "ID", "Address", "State", "Term", "Last log", "Applied"
+    );
+    let num = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
+    for c in group {
+        let v = c.view.as_ref();
+        out.push_str(&format!(
+            "{:<4} {:<24} {:<12} {:>6} {:>9} {:>9}\n",
+            num(v.map(|v| v.id)),
+            c.addr,
+            c.state(),
+            num(v.map(|v| v.term)),
+            num(v.and_then(|v| v.last_log_index)),
+            num(v.and_then(|v| v.applied_index)),
+        ));
+    }
+    out
 }
 
 /// Renders the three tables (master, slave, synchronizer).

@@ -21,27 +21,37 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Attempts at one command before giving up on it.
 const COMMAND_ATTEMPTS: u32 = 3;
 
-/// The client's one connection to the coordinator, dialled again only once it is gone.
+/// The client's one connection to a member of the coordinator group, dialled again only
+/// once it is gone.
 #[derive(Debug, Clone, Default)]
-struct CoordConn(std::sync::Arc<tokio::sync::Mutex<Option<quinn::Connection>>>);
+struct CoordConn(std::sync::Arc<tokio::sync::Mutex<Option<(String, quinn::Connection)>>>);
 
 impl CoordConn {
     async fn get(
         &self,
         endpoint: &quinn::Endpoint,
         coordinator: &str,
+        limit: Duration,
     ) -> Result<quinn::Connection, crate::net::NetError> {
         let mut slot = self.0.lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+        if let Some((_, c)) = slot
+            .as_ref()
+            .filter(|(a, c)| a == coordinator && c.close_reason().is_none())
+        {
             return Ok(c.clone());
         }
-        let c = crate::net::connect(endpoint, coordinator).await?;
-        *slot = Some(c.clone());
+        let c = crate::net::connect_within(endpoint, coordinator, limit).await?;
+        *slot = Some((coordinator.to_string(), c.clone()));
         Ok(c)
     }
 
+    /// The member connected last, if any.
+    async fn member(&self) -> Option<String> {
+        self.0.lock().await.as_ref().map(|(a, _)| a.clone())
+    }
+
     async fn forget(&self) {
-        if let Some(c) = self.0.lock().await.take() {
+        if let Some((_, c)) = self.0.lock().await.take() {
             c.close(0u32.into(), b"failed");
         }
     }
@@ -52,7 +62,7 @@ impl CoordConn {
 pub struct Link {
     endpoint: quinn::Endpoint,
     coord: CoordConn,
-    coordinator: String,
+    coordinator: crate::common::Coordinators,
     user: UserId,
     reconnect_for: Duration,
     server: String,
@@ -205,28 +215,54 @@ impl Link {
     /// Closes the connection and waits briefly for the close to reach the server.
     pub async fn close(&self) {
         self.conn.close(0u32.into(), b"bye");
-        if let Some(c) = self.coord.0.lock().await.take() {
+        if let Some((_, c)) = self.coord.0.lock().await.take() {
             c.close(0u32.into(), b"bye");
         }
         let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
     }
 }
 
-/// Asks the coordinator at `coordinator` which server serves `user`. Errors say in
-/// words what is at that address when it is not a coordinator.
+/// Asks the coordinator group which server serves `user`: the member connected last
+/// first, then the others in turn. Errors say in words what is at an address when it is
+/// not a coordinator (the last member's, when none answers).
 async fn assigned_server(
     endpoint: &quinn::Endpoint,
     coord: &CoordConn,
+    coords: &crate::common::Coordinators,
+    user: UserId,
+) -> anyhow::Result<String> {
+    let mut order: Vec<&String> = coords.addrs().iter().collect();
+    if let Some(last) = coord.member().await {
+        order.sort_by_key(|a| **a != last);
+    }
+    let mut error = None;
+    for addr in order {
+        match assigned_by(endpoint, coord, addr, coords.member_timeout(), user).await {
+            Ok(server) => return Ok(server),
+            Err(e) => {
+                coord.forget().await;
+                error = Some(e);
+            }
+        }
+    }
+    Err(error.unwrap_or_else(|| anyhow!("no coordinator address given")))
+}
+
+/// Asks the member at `coordinator` which server serves `user`.
+async fn assigned_by(
+    endpoint: &quinn::Endpoint,
+    coord: &CoordConn,
     coordinator: &str,
+    limit: Duration,
     user: UserId,
 ) -> anyhow::Result<String> {
     use crate::net::NetError;
-    let conn = match coord.get(endpoint, coordinator).await {
+    let conn = match coord.get(endpoint, coordinator, limit).await {
         Ok(conn) => conn,
         Err(NetError::Timeout { .. }) => bail!(
             "no TSN coordinator answers at {coordinator} (nothing answered QUIC within {} s: \
              is the address right and tsn_coordinator running there?)",
-            crate::net::CONNECT_TIMEOUT.as_secs()
+            limit.as_secs_f64()
         ),
         Err(e) => {
             return Err(e).with_context(|| format!("coordinator {coordinator}"));
@@ -280,7 +316,7 @@ fn refused_question(e: &crate::net::NetError) -> bool {
 async fn connect_and_login(
     endpoint: &quinn::Endpoint,
     coord: &CoordConn,
-    coordinator: &str,
+    coordinator: &crate::common::Coordinators,
     user: UserId,
     key: &UserKey,
 ) -> anyhow::Result<(String, quinn::Connection)> {

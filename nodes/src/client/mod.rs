@@ -32,9 +32,10 @@ use words::Command;
 #[derive(Debug, Parser)]
 #[command(name = "tsn_client", version, long_about = None)]
 pub struct ClientOpts {
-    /// Coordinator address, <coordIP>:<coordPort>.
-    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port, env = "TSN_COORDINATOR")]
-    pub coordinator: String,
+    /// Coordinator address, <coordIP>:<coordPort>; for a coordinator group, every
+    /// member's, comma-separated (any member answers; one that does not is skipped).
+    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_coordinators, value_name = "HOST:PORT[,...]", env = "TSN_COORDINATOR")]
+    pub coordinator: crate::common::Coordinators,
 
     /// Local UDP port of the client's QUIC endpoint (0 picks a free one).
     #[arg(

@@ -74,9 +74,10 @@ pub enum AckMode {
 #[derive(Debug, Parser)]
 #[command(name = "tsn_server", version, long_about = None)]
 pub struct ServerOpts {
-    /// Coordinator address, <coordIP>:<coordPort>.
-    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port, env = "TSN_COORDINATOR")]
-    pub coordinator: String,
+    /// Coordinator address, <coordIP>:<coordPort>; for a coordinator group, every
+    /// member's, comma-separated (any member answers; one that does not is skipped).
+    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_coordinators, value_name = "HOST:PORT[,...]", env = "TSN_COORDINATOR")]
+    pub coordinator: crate::common::Coordinators,
 
     /// UDP port to listen on (0 picks a free one; see --ready-file).
     #[arg(short = 'p', long = "port", env = "TSN_PORT")]
@@ -406,7 +407,8 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         tsn_certs::ClientAuth::Optional,
     )?;
     let advertise =
-        crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
+        crate::net::advertise_addr(opts.advertise.as_deref(), local, opts.coordinator.first())
+            .await?;
 
     let (journal_len, journal_feed) =
         FeedSource::new(journal.segments(), journal_id, journal.len());
@@ -606,15 +608,19 @@ async fn readiness(
 /// this server becomes the standby (its timeline clients are told to ask the coordinator
 /// again), and the mirror tells the standby, which asks the coordinator at once. So a
 /// planned restart costs no failover timeout.
-async fn hand_over(shared: &Shared, endpoint: &quinn::Endpoint, coordinator: &str) {
+async fn hand_over(
+    shared: &Shared,
+    endpoint: &quinn::Endpoint,
+    coordinator: &crate::common::Coordinators,
+) {
     use tsn_protocol::coord::{CoordReply, CoordRequest};
     let asked = async {
-        let conn = crate::net::connect(endpoint, coordinator).await?;
+        let group = crate::group_client::GroupClient::new(coordinator.clone());
         let req = CoordRequest::HandOver {
             cluster: shared.cluster,
             kind: shared.kind,
         };
-        anyhow::Ok(crate::net::call::<_, CoordReply>(&conn, &req).await?)
+        anyhow::Ok(group.call(endpoint, &req).await?.1)
     };
     match asked.await {
         Ok(CoordReply::HandedOver { epoch, to }) => {

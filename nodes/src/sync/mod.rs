@@ -41,9 +41,10 @@ use crate::link::{self, LinkConfig, Membership};
 #[derive(Debug, Parser)]
 #[command(name = "tsn_sync_service", version, long_about = None)]
 pub struct SyncOpts {
-    /// Coordinator address, <coordIP>:<coordPort>.
-    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_host_port, env = "TSN_COORDINATOR")]
-    pub coordinator: String,
+    /// Coordinator address, <coordIP>:<coordPort>; for a coordinator group, every
+    /// member's, comma-separated (any member answers; one that does not is skipped).
+    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_coordinators, value_name = "HOST:PORT[,...]", env = "TSN_COORDINATOR")]
+    pub coordinator: crate::common::Coordinators,
 
     /// Cluster id this sync service serves (1..=clusters).
     #[arg(short = 's', long = "cluster", value_parser = clap::value_parser!(u32).range(1..), env = "TSN_CLUSTER")]
@@ -115,7 +116,8 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
         tsn_certs::ClientAuth::Required,
     )?;
     let advertise =
-        crate::net::advertise_addr(opts.advertise.as_deref(), local, &opts.coordinator).await?;
+        crate::net::advertise_addr(opts.advertise.as_deref(), local, opts.coordinator.first())
+            .await?;
     let metrics = crate::metrics::Metrics::new();
     opts.node.serve_metrics(&metrics).await?;
 
