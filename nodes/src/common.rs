@@ -148,8 +148,16 @@ pub fn init_tracing(default_filter: &str) {
 /// [`init_tracing`] in the given format.
 pub fn init_tracing_as(default_filter: &str, format: LogFormat) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // openraft's own lines (every vote request that does not get through while a group
+    // forms, say) are for debugging it: the coordinator logs what the group decides and
+    // who leads. `--log info,openraft=info` shows them.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        if default_filter.contains("openraft") {
+            tracing_subscriber::EnvFilter::new(default_filter)
+        } else {
+            tracing_subscriber::EnvFilter::new(format!("{default_filter},openraft=off"))
+        }
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -344,9 +344,10 @@ pub struct Batch {
     pub next: Cursor,
 }
 
-/// Whether a follower has read its log to the end at least once since it started, or
-/// found the log's writer unreachable (so that whoever waits for it does not wait for a
-/// node that is down).
+/// Whether a follower has read its log to the end at least once since it learned where
+/// the log's writer is, or found that writer unreachable (so that whoever waits for it
+/// does not wait for a node that is down). A writer at a new address makes it false
+/// again until then.
 pub type Settled = watch::Sender<bool>;
 
 /// Batches read off a feed's stream ahead of the one being applied.
@@ -446,8 +447,13 @@ pub async fn follow<O, A, Fut>(
     // Before the first success a failure is the other node not being up yet: said once,
     // quietly. After it, losing the feed is worth a warning.
     let mut ever = false;
+    let mut known: Option<String> = None;
     loop {
         let target = addr.borrow_and_update().clone();
+        if target.is_some() && target != known {
+            settled.send_if_modified(|s| std::mem::replace(s, false));
+            known = target.clone();
+        }
         let Some(target) = target else {
             // Nobody to read from yet: whoever waits for this feed need not wait.
             settled.send_if_modified(|s| !std::mem::replace(s, true));

@@ -79,7 +79,7 @@ pub async fn run_active(
         alone_logged = false;
         had_standby = true;
         let started = tokio::time::Instant::now();
-        match mirror_to(
+        let mirrored = mirror_to(
             &shared,
             &endpoint,
             &store,
@@ -88,8 +88,9 @@ pub async fn run_active(
             &mut jobs,
             &mut role_rx,
         )
-        .await
-        {
+        .await;
+        shared.mirroring.send_replace(false);
+        match mirrored {
             Ok(()) => {}
             Err(e) => {
                 if started.elapsed() > HEALTHY {
@@ -309,6 +310,7 @@ async fn mirror_to(
     tsn_protocol::write_msg(&mut send, &msg).await?;
     inflight.push_back((seq, None, Instant::now()));
     tracing::info!(standby = %addr, received, sent, state_transfer = ours.transfer, "mirroring to the standby after exchanging state");
+    shared.mirroring.send_replace(true);
     drop(ours);
 
     // 3. Live.
@@ -430,7 +432,9 @@ pub async fn serve_standby(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    if let Err(e) = standby(&shared, &store, hello, &mut send, &mut recv).await {
+    let r = standby(&shared, &store, hello, &mut send, &mut recv).await;
+    shared.mirroring.send_replace(false);
+    if let Err(e) = r {
         tracing::warn!("mirror stream from the active server ended: {e:#}");
     }
 }
@@ -500,6 +504,7 @@ async fn standby(
         epoch,
         "active server connected for mirroring; state exchanged"
     );
+    shared.mirroring.send_replace(true);
     drop(ours);
     let mut at = mine;
     // Group commit: every chunk already received joins one write and one flush, and the

@@ -189,6 +189,8 @@ pub struct Shared {
     pub checkpoint_due: tokio::sync::Notify,
     /// Whether new posts wait for delivery to catch up (`--admit-lag-ms`).
     pub admission: admission::Admission,
+    /// Whether the mirror stream with the other server is up (state exchanged).
+    pub mirroring: tokio_watch::Sender<bool>,
     subs: Mutex<HashMap<UserId, Vec<Subscriber>>>,
     next_sub: AtomicU64,
 }
@@ -323,6 +325,7 @@ impl Shared {
             received_checkpointed: AtomicU64::new(0),
             checkpoint_due: tokio::sync::Notify::new(),
             admission: admission::Admission::new(std::time::Duration::ZERO),
+            mirroring: tokio_watch::channel(false).0,
             subs: Mutex::new(HashMap::new()),
             next_sub: AtomicU64::new(0),
         }
@@ -441,6 +444,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         received_checkpointed: AtomicU64::new(cp.other),
         checkpoint_due: tokio::sync::Notify::new(),
         admission: admission::Admission::new(std::time::Duration::from_millis(opts.admit_lag_ms)),
+        mirroring: tokio_watch::channel(false).0,
         subs: Mutex::new(HashMap::new()),
         next_sub: AtomicU64::new(0),
     });
@@ -578,20 +582,28 @@ async fn admin(
     }
 }
 
-/// Keeps `/ready` true exactly while this server is registered, knows its role and has
-/// read its sync service's journal to the end at least once (or found it down).
+/// Keeps `/ready` true exactly while this server is registered, knows its role, has read
+/// its sync service's journal to the end since it learned where that is (or found it
+/// down), and, when the coordinator names a live peer server, mirrors with it.
 async fn readiness(
     shared: Arc<Shared>,
     mut members: tokio_watch::Receiver<crate::link::Membership>,
     mut settled: tokio_watch::Receiver<bool>,
 ) {
+    let mut role = shared.role.subscribe();
+    let mut mirroring = shared.mirroring.subscribe();
     loop {
         let registered = members.borrow_and_update().beat.is_some();
         let caught_up = *settled.borrow_and_update();
+        let peer = role.borrow_and_update().peer.clone();
+        let mirrored = *mirroring.borrow_and_update();
         let why = match (registered, caught_up) {
             (false, _) => Some("not registered with the coordinator yet".to_string()),
             (true, false) => Some("catching up from the sync service".to_string()),
-            (true, true) => None,
+            (true, true) => match peer {
+                Some(p) if !mirrored => Some(format!("setting up mirroring with {p}")),
+                _ => None,
+            },
         };
         if why.is_none() && shared.metrics.not_ready().is_some() {
             tracing::info!(active = shared.role().active, "ready");
@@ -600,6 +612,8 @@ async fn readiness(
         tokio::select! {
             r = members.changed() => if r.is_err() { return },
             r = settled.changed() => if r.is_err() { return },
+            r = role.changed() => if r.is_err() { return },
+            r = mirroring.changed() => if r.is_err() { return },
         }
     }
 }

@@ -172,6 +172,7 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     // users who follow its author, so the follows must be known first (this matters
     // when the sync service rebuilds from empty).
     let mut settled = Vec::new();
+    let mut outboxes_settled = Vec::new();
     for kind in [NodeKind::Primary, NodeKind::Secondary] {
         let (tx, rx) = watch::channel(false);
         settled.push(rx);
@@ -193,6 +194,8 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
                 m.addr_of(from, NodeKind::Sync)
             }
         });
+        let (tx, rx) = watch::channel(false);
+        outboxes_settled.push(rx);
         tasks.spawn(follow_outbox(
             core.clone(),
             endpoint.clone(),
@@ -200,10 +203,12 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
             cluster,
             from,
             settled.clone(),
+            tx,
         ));
     }
-
-    tasks.spawn(readiness(metrics.clone(), members.clone(), settled.clone()));
+    let mut feeds = settled.clone();
+    feeds.extend(outboxes_settled);
+    tasks.spawn(readiness(metrics.clone(), members.clone(), feeds));
     let pace = (opts.delivery == Delivery::Period).then(|| Duration::from_millis(opts.period_ms));
     let accept = {
         let core = core.clone();
@@ -230,25 +235,53 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes `/ready` true once this sync service is registered and has read its servers'
-/// journals to their end (or found them down): neither goes back.
+/// Keeps `/ready` true exactly while this sync service is registered and has read each
+/// of its feeds (its servers' journals, every cluster's outbox) to the end since it
+/// learned where that feed's writer is, or found it down.
 async fn readiness(
     metrics: Arc<crate::metrics::Metrics>,
     mut members: watch::Receiver<Membership>,
-    settled: Vec<watch::Receiver<bool>>,
+    mut feeds: Vec<watch::Receiver<bool>>,
 ) {
     metrics.set_ready(Some("not registered with the coordinator yet".into()));
     if members.wait_for(|m| m.beat.is_some()).await.is_err() {
         return;
     }
-    metrics.set_ready(Some("reading this cluster's servers' journals".into()));
-    for mut s in settled {
-        if s.wait_for(|v| *v).await.is_err() {
+    let mut was_ready = false;
+    loop {
+        let behind = feeds
+            .iter_mut()
+            .map(|f| *f.borrow_and_update())
+            .filter(|done| !done)
+            .count();
+        let ready = behind == 0;
+        metrics.set_ready((!ready).then(|| format!("{behind} of its feeds not read to the end yet")));
+        if ready && !was_ready {
+            tracing::info!("ready");
+        }
+        was_ready = ready;
+        let changes = feeds.iter_mut().map(|f| Box::pin(f.changed()));
+        if futures_select_all(changes).await.is_err() {
             return;
         }
     }
-    metrics.set_ready(None);
-    tracing::info!("ready");
+}
+
+/// Waits for the first of `futs` to finish.
+async fn futures_select_all<F>(futs: impl Iterator<Item = F>) -> Result<(), watch::error::RecvError>
+where
+    F: std::future::Future<Output = Result<(), watch::error::RecvError>> + Unpin,
+{
+    let mut futs: Vec<F> = futs.collect();
+    std::future::poll_fn(|cx| {
+        for f in futs.iter_mut() {
+            if let std::task::Poll::Ready(r) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(r);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Runs `f` on the core off the runtime.
@@ -300,6 +333,7 @@ async fn follow_outbox(
     cluster: ClusterId,
     from_cluster: ClusterId,
     servers_settled: Vec<watch::Receiver<bool>>,
+    settled: feed::Settled,
 ) {
     for mut s in servers_settled {
         if s.wait_for(|v| *v).await.is_err() {
@@ -314,7 +348,6 @@ async fn follow_outbox(
         SyncRequest::Subscribe,
     );
     let what = format!("cluster {from_cluster} outbox");
-    let settled = watch::channel(false).0;
     follow_into(
         core,
         endpoint,
