@@ -149,6 +149,8 @@ fn start(s: &Settings) -> Result<System> {
         period_ms: 500,
         server_args: vec!["--metrics-addr".into(), "127.0.0.1:0".into()],
         sync_args: Vec::new(),
+        coordinators: 1,
+        coordinator_args: Vec::new(),
     })?;
     let servers = prefix(s.checkpoint_bytes);
     sys.start_node_in(1, Role::Primary, &servers, &[])?;

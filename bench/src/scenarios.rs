@@ -147,6 +147,8 @@ fn system_with(
         period_ms,
         server_args,
         sync_args: Vec::new(),
+        coordinators: 1,
+        coordinator_args: Vec::new(),
     })?;
     for c in 1..=clusters {
         sys.start_node(c, Role::Primary)?;

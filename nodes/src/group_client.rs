@@ -8,6 +8,9 @@ use tsn_protocol::coord::{CoordError, CoordReply, CoordRequest};
 use crate::common::Coordinators;
 use crate::net::NetError;
 
+/// The least time a member gets to answer a request (it may pass it to the leader).
+const MIN_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A request that no member answered.
 #[derive(Debug, thiserror::Error)]
 #[error("coordinator {addr}: {error}")]
@@ -104,7 +107,15 @@ impl GroupClient {
                 Ok(c) => c,
                 Err(e) => return Err(last.unwrap_or(e)),
             };
-            match crate::net::call::<_, CoordReply>(&conn, req).await {
+            // A member that went away mid-request is given up on as soon as one that
+            // does not answer a dial would be.
+            let answer = tokio::time::timeout(
+                self.timeout.max(MIN_REQUEST_TIME),
+                crate::net::call::<_, CoordReply>(&conn, req),
+            )
+            .await
+            .unwrap_or(Err(NetError::Timeout { what: "request" }));
+            match answer {
                 Ok(CoordReply::Failed(CoordError::NoLeader)) if self.coords.addrs().len() > 1 => {
                     self.forget().await;
                     last = None;

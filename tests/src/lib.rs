@@ -99,7 +99,7 @@ impl Proc {
             .stderr(err)
             .env(
                 "RUST_LOG",
-                std::env::var("TSN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                std::env::var("TSN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
             .spawn()
             .with_context(|| format!("starting {name}"))?;
@@ -161,6 +161,10 @@ pub struct Config {
     pub server_args: Vec<String>,
     /// Extra flags for every `tsn_sync_service`.
     pub sync_args: Vec<String>,
+    /// Coordinators: 1 is a lone coordinator (no `--members`), 3 or 5 a group.
+    pub coordinators: usize,
+    /// Extra flags for every `tsn_coordinator`.
+    pub coordinator_args: Vec<String>,
 }
 
 /// A checkpoint interval small enough that checkpoints, sealed segments and deleted
@@ -189,6 +193,8 @@ impl Default for Config {
             period_ms: 50,
             server_args: Vec::new(),
             sync_args: Vec::new(),
+            coordinators: 1,
+            coordinator_args: Vec::new(),
         }
     }
 }
@@ -200,9 +206,12 @@ pub struct System {
     pub dir: tempfile::TempDir,
     /// Settings.
     pub config: Config,
-    /// Coordinator address.
+    /// Coordinator address (every member's, comma-separated, for a group).
     pub coord: String,
     coordinator: Option<Proc>,
+    /// A group's members (index i is member i + 1), `None` while one is stopped.
+    members: Vec<Option<Proc>>,
+    member_addrs: Vec<String>,
     nodes: HashMap<(u32, Role), Proc>,
 }
 
@@ -229,10 +238,160 @@ impl System {
             config,
             coord: String::new(),
             coordinator: None,
+            members: Vec::new(),
+            member_addrs: Vec::new(),
             nodes: HashMap::new(),
         };
-        sys.start_coordinator(None)?;
+        if sys.config.coordinators > 1 {
+            sys.start_group()?;
+        } else {
+            sys.start_coordinator(None)?;
+        }
         Ok(sys)
+    }
+
+    /// Starts every member of a coordinator group (on free loopback ports) at once.
+    fn start_group(&mut self) -> Result<()> {
+        for _ in 0..self.config.coordinators {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            self.member_addrs.push(sock.local_addr()?.to_string());
+        }
+        self.coord = self.member_addrs.join(",");
+        self.members = (0..self.config.coordinators).map(|_| None).collect();
+        for i in 0..self.config.coordinators {
+            self.spawn_member(i)?;
+        }
+        for i in 0..self.config.coordinators {
+            let ready = self.member_ready_file(i);
+            wait_file(&ready, Duration::from_secs(20))
+                .with_context(|| format!("coordinator {} did not start", i + 1))?;
+        }
+        Ok(())
+    }
+
+    fn member_ready_file(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("coordinator-{}.addr", i + 1))
+    }
+
+    /// The datastore root of group member `i` (from 0).
+    pub fn member_datastore(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("host-coordinator-{}", i + 1))
+            .join("datastore")
+    }
+
+    fn spawn_member(&mut self, i: usize) -> Result<()> {
+        let ready = self.member_ready_file(i);
+        let _ = std::fs::remove_file(&ready);
+        let port = self.member_addrs[i]
+            .rsplit_once(':')
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
+        let mut args = vec![
+            "-p".into(),
+            port,
+            "--id".into(),
+            (i + 1).to_string(),
+            "--members".into(),
+            self.coord.clone(),
+            "--clusters".into(),
+            self.config.clusters.to_string(),
+        ];
+        args.extend(self.common(&self.member_datastore(i)));
+        args.extend(self.config.coordinator_args.iter().cloned());
+        args.extend(["--ready-file".into(), ready.display().to_string()]);
+        let log = self.log(&format!("coordinator-{}", i + 1));
+        self.members[i] = Some(Proc::spawn("tsn_coordinator", &args, &log)?);
+        Ok(())
+    }
+
+    /// (Re)starts group member `i` (from 0) and waits until it serves.
+    pub fn start_member(&mut self, i: usize) -> Result<()> {
+        self.spawn_member(i)?;
+        wait_file(&self.member_ready_file(i), Duration::from_secs(20))
+            .with_context(|| format!("coordinator {} did not start", i + 1))?;
+        Ok(())
+    }
+
+    /// Kills group member `i` (SIGKILL).
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut p) = self.members.get_mut(i).and_then(Option::take) {
+            p.kill9();
+        }
+    }
+
+    /// Process id of group member `i`, while it runs.
+    pub fn member_pid(&self, i: usize) -> Option<u32> {
+        self.members.get(i).and_then(Option::as_ref).map(Proc::pid)
+    }
+
+    /// The log of group member `i`.
+    pub fn member_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log(&format!("coordinator-{}", i + 1))).unwrap_or_default()
+    }
+
+    /// The index (from 0) of the group member that leads, asking every member.
+    pub fn leader(&self) -> Option<usize> {
+        let all: Vec<usize> = (0..self.member_addrs.len()).collect();
+        self.leader_among(&all)
+    }
+
+    /// What group member `i` (from 0) says of itself, asked directly (within 300 ms).
+    pub fn member_view(&self, i: usize) -> Option<tsn_protocol::coord::GroupView> {
+        use tsn_protocol::coord::{CoordReply, CoordRequest};
+        let addr: std::net::SocketAddr = self.member_addrs.get(i)?.parse().ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let ep = self.endpoint();
+            let ask = async {
+                let conn = ep.connect(addr, tsn_certs::SERVER_NAME).ok()?.await.ok()?;
+                let reply = call::<_, CoordReply>(&conn, &CoordRequest::Group)
+                    .await
+                    .ok();
+                conn.close(0u32.into(), b"done");
+                match reply? {
+                    CoordReply::Group(v) => Some(v),
+                    _ => None,
+                }
+            };
+            tokio::time::timeout(Duration::from_millis(300), ask)
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    /// The index (from 0) of the member that leads, asking only the members `among`
+    /// directly (so that a stopped member costs no time).
+    pub fn leader_among(&self, among: &[usize]) -> Option<usize> {
+        among.iter().copied().find(|i| {
+            self.member_view(*i)
+                .is_some_and(|v| v.state == tsn_protocol::coord::MemberState::Leader)
+        })
+    }
+
+    /// `tsn_status --json`, parsed.
+    pub fn status_json(&self) -> Result<serde_json::Value> {
+        let out = Command::new(bin("tsn_status"))
+            .args([
+                "-c",
+                &self.coord,
+                "--cert-dir",
+                &self.certs().display().to_string(),
+                "--json",
+            ])
+            .output()?;
+        if !out.status.success() && out.status.code() != Some(2) {
+            bail!(
+                "tsn_status failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// The datastore root of one node: every process has its own, as if each ran on a
@@ -289,6 +448,7 @@ impl System {
             self.config.clusters.to_string(),
         ];
         args.extend(self.common(&self.coordinator_datastore()));
+        args.extend(self.config.coordinator_args.iter().cloned());
         args.extend(["--ready-file".into(), ready.display().to_string()]);
         self.coordinator = Some(Proc::spawn(
             "tsn_coordinator",
@@ -598,6 +758,11 @@ impl System {
         if let Some(mut p) = self.coordinator.take() {
             p.stop();
         }
+        for m in &mut self.members {
+            if let Some(mut p) = m.take() {
+                p.stop();
+            }
+        }
     }
 }
 
@@ -651,7 +816,8 @@ pub fn strip_prompts(mut line: &str) -> &str {
 }
 
 impl Client {
-    fn spawn(coord: &str, user: u32, certs: &Path, log: &Path) -> Result<Client> {
+    /// Starts `tsn_client -c coord -i user` with `certs` as its cert and key directory.
+    pub fn spawn(coord: &str, user: u32, certs: &Path, log: &Path) -> Result<Client> {
         Client::spawn_in(&[], coord, user, certs, log)
     }
 

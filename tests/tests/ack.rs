@@ -18,6 +18,8 @@ fn post_while_standby_is_stopped(ack: &str) -> anyhow::Result<()> {
         period_ms: 50,
         server_args: vec!["--ack".into(), ack.into()],
         sync_args: Vec::new(),
+        coordinators: 1,
+        coordinator_args: Vec::new(),
     })?;
     sys.wait_log(
         1,

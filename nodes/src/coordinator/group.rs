@@ -22,7 +22,11 @@ use super::raft::Consensus;
 use super::tables::{Event, Tables};
 
 /// How long a member waits for the leader when it passes a request on.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
+/// The least time a new leader gives every node to reach it before failing it over (two
+/// missed beats, when that is longer): nodes find the new leader only once their
+/// requests to the old one time out.
+pub const LEADER_GRACE: Duration = Duration::from_secs(3);
 
 /// Why a request was not decided here.
 #[derive(Debug)]
@@ -136,7 +140,8 @@ impl Group {
                     self.clusters,
                     self.heartbeat,
                     Instant::now(),
-                ),
+                )
+                .with_grace(Instant::now(), LEADER_GRACE),
             });
         }
         let Some(l) = lead.as_mut() else {
@@ -253,9 +258,10 @@ impl Group {
             }
         };
         drop(slot);
-        match crate::net::call::<_, CoordReply>(&conn, req).await {
-            Ok(r) => r,
-            Err(_) => {
+        let answer = tokio::time::timeout(FORWARD_TIMEOUT, crate::net::call(&conn, req)).await;
+        match answer {
+            Ok(Ok(r)) => r,
+            _ => {
                 *self.to_leader.lock().await = None;
                 CoordReply::Failed(CoordError::NoLeader)
             }

@@ -37,6 +37,12 @@ pub struct CoordinatorOpts {
     #[arg(long, value_delimiter = ',', value_parser = crate::common::parse_host_port, value_name = "ADDR,ADDR,...", env = "TSN_MEMBERS")]
     pub members: Vec<String>,
 
+    /// Raft entries between snapshots of what the group decided; older entries are then
+    /// dropped from the log (so its size does not grow with history), and a member that
+    /// is further behind is sent the snapshot.
+    #[arg(long, default_value_t = super::raft::SNAPSHOT_EVERY, value_parser = clap::value_parser!(u64).range(1..), value_name = "ENTRIES", env = "TSN_SNAPSHOT_EVERY")]
+    pub snapshot_every: u64,
+
     /// Number of clusters; client N is served by cluster (N % clusters) + 1.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000), env = "TSN_CLUSTERS")]
     pub clusters: u32,
@@ -110,9 +116,15 @@ pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
             move |conn| serve_connection(conn, consensus_rx.clone()),
         ))
     };
-    let consensus = super::raft::start(opts.id, &members, ds.coordinator(), endpoint.clone())
-        .await
-        .context("starting the coordinator group's consensus")?;
+    let consensus = super::raft::start(
+        opts.id,
+        &members,
+        ds.coordinator(),
+        endpoint.clone(),
+        opts.snapshot_every,
+    )
+    .await
+    .context("starting the coordinator group's consensus")?;
     let group = Arc::new(Group::new(
         consensus,
         hb,
@@ -249,7 +261,7 @@ async fn answer(group: &Group, req: CoordRequest, is_node: bool) -> CoordReply {
                 .await
                 .map(|r| match r {
                     Ok(b) => CoordReply::Beat(b),
-                    Err(e) => refused_beat(&hb, e),
+                    Err(e) => refused_beat(hb, e),
                 })
         }
         CoordRequest::HandOver { cluster, kind } => {

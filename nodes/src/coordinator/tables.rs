@@ -239,6 +239,18 @@ impl Tables {
         t
     }
 
+    /// Gives every node at least `grace` from `now` before it can be failed over (a new
+    /// leader's nodes must find it first), however short the heartbeat.
+    pub fn with_grace(mut self, now: Instant, grace: Duration) -> Self {
+        let extra = grace.saturating_sub(self.down_after());
+        for cluster in self.by_id.values_mut() {
+            for slot in cluster.slots.values_mut() {
+                slot.last_beat = slot.last_beat.max(now + extra);
+            }
+        }
+        self
+    }
+
     /// What these tables have decided.
     pub fn decided(&self) -> Decided {
         Decided {

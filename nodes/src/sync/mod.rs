@@ -255,7 +255,8 @@ async fn readiness(
             .filter(|done| !done)
             .count();
         let ready = behind == 0;
-        metrics.set_ready((!ready).then(|| format!("{behind} of its feeds not read to the end yet")));
+        metrics
+            .set_ready((!ready).then(|| format!("{behind} of its feeds not read to the end yet")));
         if ready && !was_ready {
             tracing::info!("ready");
         }

@@ -121,20 +121,20 @@ impl LogStore {
     }
 
     /// Writes `op` as a line (not flushed).
-    fn write(&self, inner: &mut Inner, op: &Op) -> Result<(), StorageError<u64>> {
-        let mut line = serde_json::to_vec(op).map_err(io_err)?;
+    fn write(&self, inner: &mut Inner, op: &Op) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(op)?;
         line.push(b'\n');
         let file = inner
             .file
             .as_mut()
-            .ok_or_else(|| io_err(std::io::Error::other("raft log closed")))?;
-        file.write_all(&line).map_err(io_err)?;
+            .ok_or_else(|| std::io::Error::other("raft log closed"))?;
+        file.write_all(&line)?;
         inner.lines += 1;
         Ok(())
     }
 
     /// Writes the file anew with only what is needed, when it has grown past that.
-    fn compact(&self, inner: &mut Inner) -> Result<(), StorageError<u64>> {
+    fn compact(&self, inner: &mut Inner) -> std::io::Result<()> {
         let needed = inner.entries.len() + 3;
         if inner.lines <= needed + REWRITE_SLACK {
             return Ok(());
@@ -150,25 +150,20 @@ impl LogStore {
         ops.extend(inner.entries.values().cloned().map(Op::Append));
         let mut bytes = Vec::new();
         for op in &ops {
-            serde_json::to_writer(&mut bytes, op).map_err(io_err)?;
+            serde_json::to_writer(&mut bytes, op)?;
             bytes.push(b'\n');
         }
         tsn_datastore::write_atomic(&self.path, &bytes, tsn_datastore::Durability::Sync)
-            .map_err(io_err)?;
-        inner.file = Some(
-            OpenOptions::new()
-                .append(true)
-                .open(&self.path)
-                .map_err(io_err)?,
-        );
+            .map_err(std::io::Error::other)?;
+        inner.file = Some(OpenOptions::new().append(true).open(&self.path)?);
         inner.lines = ops.len();
         Ok(())
     }
 
     /// Flushes what was written so far.
-    fn flush(inner: &Inner) -> Result<(), StorageError<u64>> {
+    fn flush(inner: &Inner) -> std::io::Result<()> {
         match &inner.file {
-            Some(f) => f.sync_data().map_err(io_err),
+            Some(f) => f.sync_data(),
             None => Ok(()),
         }
     }
@@ -236,8 +231,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
         let mut inner = self.lock();
-        self.write(&mut inner, &Op::Vote(*vote))?;
-        Self::flush(&inner)?;
+        self.write(&mut inner, &Op::Vote(*vote)).map_err(io_err)?;
+        Self::flush(&inner).map_err(io_err)?;
         inner.vote = Some(*vote);
         Ok(())
     }
@@ -253,7 +248,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not flushed: a committed index that is lost is learned again from the leader
         // (or, alone, from the entries, which are flushed).
         let mut inner = self.lock();
-        self.write(&mut inner, &Op::Committed(committed))?;
+        self.write(&mut inner, &Op::Committed(committed))
+            .map_err(io_err)?;
         inner.committed = committed;
         Ok(())
     }
@@ -274,7 +270,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let file = {
             let mut inner = self.lock();
             for e in entries {
-                self.write(&mut inner, &Op::Append(e.clone()))?;
+                self.write(&mut inner, &Op::Append(e.clone()))
+                    .map_err(io_err)?;
                 inner.entries.insert(e.log_id.index, e);
             }
             inner
@@ -294,17 +291,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         let mut inner = self.lock();
-        self.write(&mut inner, &Op::Truncate(log_id.index))?;
-        Self::flush(&inner)?;
+        self.write(&mut inner, &Op::Truncate(log_id.index))
+            .map_err(io_err)?;
+        Self::flush(&inner).map_err(io_err)?;
         inner.replay(Op::Truncate(log_id.index));
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         let mut inner = self.lock();
-        self.write(&mut inner, &Op::Purge(log_id))?;
+        self.write(&mut inner, &Op::Purge(log_id)).map_err(io_err)?;
         inner.replay(Op::Purge(log_id));
-        self.compact(&mut inner)
+        self.compact(&mut inner).map_err(io_err)
     }
 }
 

@@ -117,15 +117,15 @@ impl Machine {
         });
     }
 
-    fn save(&self, snap: &StoredSnapshot) -> Result<(), StorageError<u64>> {
-        let bytes = serde_json::to_vec(snap).map_err(write_err)?;
-        self.dir.create().map_err(write_err)?;
+    fn save(&self, snap: &StoredSnapshot) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(snap)?;
+        self.dir.create().map_err(std::io::Error::other)?;
         tsn_datastore::write_atomic(
             &self.dir.snapshot(),
             &bytes,
             tsn_datastore::Durability::Sync,
         )
-        .map_err(write_err)
+        .map_err(std::io::Error::other)
     }
 }
 
@@ -144,7 +144,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Machine {
                 decided: inner.decided.clone(),
             }
         };
-        self.save(&snap)?;
+        self.save(&snap).map_err(write_err)?;
         let data = serde_json::to_vec(&snap.decided).map_err(write_err)?;
         let meta = snap.meta.clone();
         self.lock().snapshot = Some(snap);
@@ -214,7 +214,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
             meta: meta.clone(),
             decided,
         };
-        self.save(&snap)?;
+        self.save(&snap).map_err(write_err)?;
         let mut inner = self.lock();
         inner.applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();

@@ -31,12 +31,12 @@ openraft::declare_raft_types!(
 pub type Entry = openraft::Entry<TypeConfig>;
 
 /// Raft's own heartbeat between members (not the nodes' heartbeat).
-pub const RAFT_HEARTBEAT: Duration = Duration::from_millis(150);
+pub const RAFT_HEARTBEAT: Duration = Duration::from_millis(100);
 /// A follower that hears nothing from its leader for a random time in this range starts
 /// an election: a lost leader is replaced within about a second.
 pub const ELECTION_TIMEOUT: (Duration, Duration) =
-    (Duration::from_millis(600), Duration::from_millis(1200));
-/// Entries between snapshots; older entries are then dropped from the log.
+    (Duration::from_millis(400), Duration::from_millis(800));
+/// Entries between snapshots by default; older entries are then dropped from the log.
 pub const SNAPSHOT_EVERY: u64 = 200;
 
 /// A running member: its Raft node and its state machine.
@@ -58,7 +58,7 @@ impl std::fmt::Debug for Consensus {
     }
 }
 
-fn config() -> anyhow::Result<Arc<openraft::Config>> {
+fn config(snapshot_every: u64) -> anyhow::Result<Arc<openraft::Config>> {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let c = openraft::Config {
         cluster_name: "tsn-coordinators".into(),
@@ -66,8 +66,8 @@ fn config() -> anyhow::Result<Arc<openraft::Config>> {
         election_timeout_min: ms(ELECTION_TIMEOUT.0),
         election_timeout_max: ms(ELECTION_TIMEOUT.1),
         install_snapshot_timeout: 2_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-        max_in_snapshot_log_to_keep: 20,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: snapshot_every.min(20),
         purge_batch_size: 1,
         // Snapshot chunks must fit a frame, with room for the envelope.
         snapshot_max_chunk_size: (tsn_protocol::MAX_FRAME_LEN / 2) as u64,
@@ -87,13 +87,14 @@ pub async fn start(
     members: &[Member],
     dir: tsn_datastore::CoordinatorDir,
     endpoint: quinn::Endpoint,
+    snapshot_every: u64,
 ) -> anyhow::Result<Consensus> {
     let log = log::LogStore::open(dir.path())?;
     let pristine = log.pristine();
     let machine = machine::Machine::open(dir)?;
     let raft = Raft::new(
         id,
-        config()?,
+        config(snapshot_every)?,
         network::Network::new(endpoint.clone()),
         log.clone(),
         machine.clone(),
