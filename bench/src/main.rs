@@ -5,6 +5,7 @@
 
 mod charts;
 mod floor;
+mod group;
 mod history;
 mod load;
 mod progress;
@@ -22,10 +23,11 @@ use stats::{median, row, verdict, Row};
 #[derive(Debug, Parser)]
 #[command(name = "tsn_bench", version, about)]
 struct Opts {
-    /// Sections to run (1-9, comma-separated); all by default. 1 floor, 2 and 3 the
+    /// Sections to run (1-10, comma-separated); all by default. 1 floor, 2 and 3 the
     /// load curves with --ack replicated and --ack durable (they run the floor too, for
     /// the ratios), 4 delivery event vs period, 5 fan-out, 6 connections held, 7
-    /// failover, 8 cost at rest, 9 restart and catch-up as history grows.
+    /// failover, 8 cost at rest, 9 restart and catch-up as history grows, 10 the
+    /// coordinator group.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
 
@@ -184,6 +186,9 @@ fn main() -> anyhow::Result<()> {
                 scale_rows = r;
             }),
         );
+    }
+    if want(10) {
+        keep("10", group::run(&rt, &s).map(|r| rows.extend(r)));
     }
     let mut history = Vec::new();
     if want(9) {

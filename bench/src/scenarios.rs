@@ -135,8 +135,20 @@ fn system_with(
     server_args: Vec<String>,
     sync_args: &[String],
 ) -> Result<System> {
+    system_of(1, clusters, heartbeat_ms, period_ms, server_args, sync_args)
+}
+
+/// [`system_with`] under a group of `coordinators`.
+pub fn system_of(
+    coordinators: usize,
+    clusters: u32,
+    heartbeat_ms: u64,
+    period_ms: u64,
+    server_args: Vec<String>,
+    sync_args: &[String],
+) -> Result<System> {
     progress::note(format!(
-        "starting {clusters} clusters, heartbeat {heartbeat_ms} ms, -q {period_ms} {} {}",
+        "starting {coordinators} coordinator(s), {clusters} clusters, heartbeat {heartbeat_ms} ms, -q {period_ms} {} {}",
         server_args.join(" "),
         sync_args.join(" ")
     ));
@@ -147,7 +159,7 @@ fn system_with(
         period_ms,
         server_args,
         sync_args: Vec::new(),
-        coordinators: 1,
+        coordinators,
         coordinator_args: Vec::new(),
     })?;
     for c in 1..=clusters {
@@ -519,7 +531,7 @@ pub struct Failover {
 }
 
 /// The active server of cluster 1 in the coordinator's tables, if any.
-async fn active_of(conn: &quinn::Connection) -> Result<Option<String>> {
+pub async fn active_of(conn: &quinn::Connection) -> Result<Option<String>> {
     match session::call::<_, CoordReply>(conn, &CoordRequest::Status).await? {
         CoordReply::Status(t) => Ok(t
             .entries
@@ -537,8 +549,15 @@ async fn active_of(conn: &quinn::Connection) -> Result<Option<String>> {
 /// timeline, post; asked again at once when the new server still says it is not
 /// active) has its post acknowledged.
 pub fn failover(rt: &Runtime, s: &Settings) -> Result<Vec<Failover>> {
-    let mut sys = system(3, 100, 500)?;
-    let (certs, coord) = (sys.certs(), sys.coord.clone());
+    failover_under(rt, s, 1)
+}
+
+/// [`failover`] under a group of `coordinators`.
+pub fn failover_under(rt: &Runtime, s: &Settings, coordinators: usize) -> Result<Vec<Failover>> {
+    let mut sys = system_of(coordinators, 3, 100, 500, Vec::new(), &[])?;
+    // One member answers everything (it passes writes to the leader).
+    let coord = sys.coord.split(',').next().unwrap_or_default().to_string();
+    let certs = sys.certs();
     let ep = rt.block_on(async { session::endpoint(&certs) })?;
     let user = cluster1_user(0);
     let mut out = Vec::new();
@@ -642,7 +661,7 @@ pub fn failover(rt: &Runtime, s: &Settings) -> Result<Vec<Failover>> {
 }
 
 /// CPU seconds (user + system) and resident memory (MiB) of a process, from /proc.
-fn proc_usage(pid: u32) -> Result<(f64, f64)> {
+pub fn proc_usage(pid: u32) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat
         .rsplit_once(')')

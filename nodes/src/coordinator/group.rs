@@ -27,6 +27,9 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 /// missed beats, when that is longer): nodes find the new leader only once their
 /// requests to the old one time out.
 pub const LEADER_GRACE: Duration = Duration::from_secs(3);
+/// How long the leader waits for a majority to store a decision: a leader cut off from
+/// the others gives up (and decides nothing) instead of holding every request.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a request was not decided here.
 #[derive(Debug)]
@@ -157,7 +160,13 @@ impl Group {
             self.record(events);
             return Ok(out);
         }
-        match self.consensus.raft.client_write(step).await {
+        let written = tokio::time::timeout(COMMIT_TIMEOUT, self.consensus.raft.client_write(step));
+        let Ok(written) = written.await else {
+            // It may still be committed later: start again from what is committed then.
+            *lead = None;
+            return Err(Refusal::Failed(CoordError::NoLeader));
+        };
+        match written {
             Ok(r) if r.data => {
                 l.tables = trial;
                 self.record(events);
