@@ -138,6 +138,11 @@ fn coord_request() -> impl Strategy<Value = CoordRequest> {
         any::<u32>().prop_map(|client| CoordRequest::AssignClient { client }),
         Just(CoordRequest::SyncPeers),
         Just(CoordRequest::Status),
+        Just(CoordRequest::Watch),
+        Just(CoordRequest::Group),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| CoordRequest::Raft(RaftRpc::Append(b))),
+        (any::<u64>(), ".{0,24}").prop_map(|(id, addr)| CoordRequest::ChangeMembers(MemberChange::Add(Member { id, addr }))),
+        any::<u64>().prop_map(|id| CoordRequest::ChangeMembers(MemberChange::Remove { id })),
     ]
 }
 
@@ -209,8 +214,22 @@ fn coord_reply() -> impl Strategy<Value = CoordReply> {
                 .prop_map(|(cluster, clusters)| CoordError::NoSuchCluster { cluster, clusters }),
             Just(CoordError::NotANode),
             ".{0,24}".prop_map(CoordError::BadAddress),
+            Just(CoordError::NoLeader),
+            ".{0,24}".prop_map(CoordError::Group),
         ]
         .prop_map(CoordReply::Failed),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(CoordReply::Raft),
+        (any::<u64>(), any::<u64>(), proptest::option::of(any::<u64>()), ".{0,24}").prop_map(
+            |(id, term, last, addr)| CoordReply::Group(GroupView {
+                id,
+                state: MemberState::Follower,
+                term,
+                last_log_index: last,
+                applied_index: last,
+                leader: Some(id),
+                members: vec![Member { id, addr }],
+            })
+        ),
     ]
 }
 

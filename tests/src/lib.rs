@@ -309,6 +309,25 @@ impl System {
         Ok(())
     }
 
+    /// Starts one more coordinator process on a free port, with `--id` the next number
+    /// and `--members` every address so far and its own (it is not a member until the
+    /// group adds it: `tsn_admin members add`). Returns its index.
+    pub fn start_extra_member(&mut self) -> Result<usize> {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        self.member_addrs.push(sock.local_addr()?.to_string());
+        drop(sock);
+        self.coord = self.member_addrs.join(",");
+        self.members.push(None);
+        let i = self.members.len() - 1;
+        self.start_member(i)?;
+        Ok(i)
+    }
+
+    /// The address of group member `i` (from 0).
+    pub fn member_addr(&self, i: usize) -> String {
+        self.member_addrs[i].clone()
+    }
+
     /// (Re)starts group member `i` (from 0) and waits until it serves.
     pub fn start_member(&mut self, i: usize) -> Result<()> {
         self.spawn_member(i)?;

@@ -255,3 +255,51 @@ fn a_coordinator_host_lost_rejoins_empty_and_knows_what_was_decided() -> anyhow:
     }
     Ok(())
 }
+
+#[test]
+fn a_member_is_replaced_with_two_admin_commands() -> anyhow::Result<()> {
+    let mut sys = System::start(Config {
+        coordinators: 3,
+        clusters: 1,
+        ..Config::default()
+    })?;
+    let new = sys.start_extra_member()?;
+    let admin = |args: &[&str]| -> anyhow::Result<(bool, String)> {
+        let certs = sys.certs().display().to_string();
+        let out = std::process::Command::new(bin("tsn_admin"))
+            .args(["-c", &sys.coord, "--cert-dir", &certs])
+            .args(args)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    };
+    let addr = sys.member_addr(new);
+    let (ok, text) = admin(&["members", "add", "4", &addr])?;
+    assert!(ok, "{text}");
+    assert!(text.contains(&format!("4 {addr}")), "{text}");
+    eventually("the new member follows", Duration::from_secs(10), || {
+        Ok(sys.member_view(new).is_some_and(|v| {
+            v.state == tsn_protocol::coord::MemberState::Follower && v.applied_index.is_some()
+        }))
+    })?;
+    // The old member 1 goes: removed, then its host lost.
+    let (ok, text) = admin(&["members", "remove", "1"])?;
+    assert!(ok, "{text}");
+    assert!(!text.contains(&format!("1 {}", sys.member_addr(0))), "{text}");
+    sys.kill_member(0);
+    eventually("a leader among 2, 3 and 4", Duration::from_secs(10), || {
+        Ok(sys.leader_among(&[1, 2, new]).is_some())
+    })?;
+    // Failovers are still decided.
+    sys.kill(1, Role::Primary);
+    eventually("the secondary serves", Duration::from_secs(15), || {
+        Ok(sys.serving(1).ok() == Some(sys.addr(1, Role::Secondary)?))
+    })?;
+    let mut c = sys.client(3)?;
+    assert_eq!(c.run("LIST", 3)?[0], "Command completed successfully");
+    Ok(())
+}

@@ -197,11 +197,8 @@ async fn serve_connection(
             };
             let current = group.borrow().clone();
             let Some(group) = current else {
-                let reply = match req {
-                    // Not part of a group yet: no log.
-                    CoordRequest::Group => CoordReply::Failed(CoordError::NoLeader),
-                    _ => CoordReply::Failed(CoordError::NoLeader),
-                };
+                // Still opening its log: it is part of no group yet, and decides nothing.
+                let reply = CoordReply::Failed(CoordError::NoLeader);
                 if tsn_protocol::write_msg(&mut send, &reply).await.is_ok() {
                     let _ = send.finish();
                 }
