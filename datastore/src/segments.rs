@@ -462,6 +462,15 @@ mod tests {
         Record::Change(Change::User { user: u })
     }
 
+    /// `journal.data` in a temporary directory, holding `user 1`.
+    fn journal_with_one_user() -> (tempfile::TempDir, PathBuf, SegmentedLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("journal.data");
+        let (mut log, _) = SegmentedLog::open(&p, 0).unwrap();
+        log.append(&[user(1)]).unwrap();
+        (dir, p, log)
+    }
+
     #[test]
     fn offsets_survive_rotation_deletion_and_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -511,10 +520,7 @@ mod tests {
 
     #[test]
     fn a_rotation_that_fails_leaves_the_log_as_it_was_and_the_next_one_works() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("journal.data");
-        let (mut log, _) = SegmentedLog::open(&p, 0).unwrap();
-        log.append(&[user(1)]).unwrap();
+        let (dir, p, mut log) = journal_with_one_user();
         // The new active segment cannot be created.
         let next = dir.path().join("journal.data.next");
         std::fs::create_dir_all(next.join("x")).unwrap();
@@ -534,10 +540,7 @@ mod tests {
 
     #[test]
     fn a_reader_at_the_end_of_the_active_segment_follows_a_rotation() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("journal.data");
-        let (mut log, _) = SegmentedLog::open(&p, 0).unwrap();
-        log.append(&[user(1)]).unwrap();
+        let (_dir, _, mut log) = journal_with_one_user();
         let mut tail = Tail::over(log.segments(), 0);
         assert_eq!(tail.read_new(10).unwrap(), vec![user(1)]);
         log.rotate().unwrap();

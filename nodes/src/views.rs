@@ -320,6 +320,15 @@ mod tests {
     use super::*;
     use tsn_protocol::{Post, PostId};
 
+    /// A primary's role directory, created, in a temporary directory.
+    fn role_dir() -> (tempfile::TempDir, RoleDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tsn_datastore::Datastore::new(tmp.path())
+            .role(1, tsn_protocol::coord::NodeKind::Primary);
+        dir.create().unwrap();
+        (tmp, dir)
+    }
+
     fn deliver(to: u32, seq: u64) -> Record {
         Record::Deliver {
             to,
@@ -337,10 +346,7 @@ mod tests {
 
     #[test]
     fn a_file_that_could_not_be_written_is_completed_once_it_can() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tsn_datastore::Datastore::new(tmp.path())
-            .role(1, tsn_protocol::coord::NodeKind::Primary);
-        dir.create().unwrap();
+        let (tmp, dir) = role_dir();
         let mut views = Views::new(dir.clone(), Side::Received);
         views.append(&[deliver(1, 1)]).unwrap();
         // The file cannot be opened: held elsewhere as a directory for a moment.
@@ -365,10 +371,7 @@ mod tests {
 
     #[test]
     fn reconcile_appends_what_the_files_lack_and_nothing_twice() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tsn_datastore::Datastore::new(tmp.path())
-            .role(1, tsn_protocol::coord::NodeKind::Primary);
-        dir.create().unwrap();
+        let (_tmp, dir) = role_dir();
         let before: Vec<Record> = (1..=50).map(|s| deliver(1, s)).collect();
         let after: Vec<Record> = (51..=60).map(|s| deliver(1, s)).collect();
         let mut views = Views::new(dir.clone(), Side::Received);

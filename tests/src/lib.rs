@@ -1336,14 +1336,15 @@ pub fn author_on_a_primary_run_with(
     sys.start_node(1, Role::Secondary)?;
     sys.start_node(1, Role::Sync)?;
     sys.wait_ready(Duration::from_secs(30))?;
-    let mut follower = sys.client(2)?;
     let mut author = sys.client(1)?;
+    let mut follower = sys.client(2)?;
     wait_users(&mut follower, &[1, 2])?;
-    assert_eq!(
-        follower.run("FOLLOW 1", 1)?,
-        ["Command completed successfully"]
+    let followed = follower.run("FOLLOW 1", 1)?;
+    anyhow::ensure!(
+        followed == ["Command completed successfully"],
+        "{followed:?}"
     );
-    assert_eq!(follower.finish(Duration::from_secs(10))?, 0);
+    anyhow::ensure!(follower.finish(Duration::from_secs(10))? == 0);
     eventually("1 knows its follower", Duration::from_secs(10), || {
         Ok(list(&mut author)?.1 == "Followers: 2, ")
     })?;

@@ -123,6 +123,24 @@ impl Tty {
     }
 }
 
+/// On the terminal of user 2, follows `author`, waits until the author's LIST shows it,
+/// and enters the timeline.
+fn follow_then_timeline(tty: &mut Tty, author: &mut Client) -> Result<()> {
+    tty.keys(&format!("FOLLOW {}\r", author.user))?;
+    tty.wait_for("the follow", |s| {
+        s.contains("Command completed successfully")
+    })?;
+    eventually(
+        "the author knows its follower",
+        Duration::from_secs(10),
+        || Ok(list(author)?.1 == "Followers: 2, "),
+    )?;
+    tty.keys("TIMELINE\r")?;
+    tty.wait_for("the timeline", |s| {
+        s.contains("Now you are in the timeline") && s.contains("Ctrl-D")
+    })
+}
+
 /// The lines the timeline of `user` shows on entry (its last 20 entries).
 fn backlog(sys: &System, user: u32) -> Result<Vec<String>> {
     let mut c = sys.client(user)?;
@@ -139,17 +157,7 @@ fn a_post_arriving_while_a_line_is_half_typed_leaves_the_line_intact() -> Result
     let mut author = sys.client(5)?;
     let mut tty = Tty::spawn(&sys, 2)?;
     wait_users(&mut author, &[2, 5])?;
-    tty.keys("FOLLOW 5\r")?;
-    tty.wait_for("the follow", |s| {
-        s.contains("Command completed successfully")
-    })?;
-    eventually("5 knows its follower", Duration::from_secs(10), || {
-        Ok(list(&mut author)?.1 == "Followers: 2, ")
-    })?;
-    tty.keys("TIMELINE\r")?;
-    tty.wait_for("the timeline", |s| {
-        s.contains("Now you are in the timeline") && s.contains("Ctrl-D")
-    })?;
+    follow_then_timeline(&mut tty, &mut author)?;
     tty.keys("half typ")?;
     tty.wait_for("the typed text", |s| s.contains("Post> half typ"))?;
 
@@ -312,17 +320,7 @@ fn a_post_cannot_command_the_followers_terminal() -> Result<()> {
     let mut author = sys.client(1)?;
     let mut tty = Tty::spawn(&sys, 2)?;
     wait_users(&mut author, &[1, 2])?;
-    tty.keys("FOLLOW 1\r")?;
-    tty.wait_for("the follow", |s| {
-        s.contains("Command completed successfully")
-    })?;
-    eventually("1 knows its follower", Duration::from_secs(10), || {
-        Ok(list(&mut author)?.1 == "Followers: 2, ")
-    })?;
-    tty.keys("TIMELINE\r")?;
-    tty.wait_for("the timeline", |s| {
-        s.contains("Now you are in the timeline")
-    })?;
+    follow_then_timeline(&mut tty, &mut author)?;
     enter_timeline(&mut author)?;
     author.send("before the attack")?;
     tty.wait_for("the first post", |s| s.contains(") >> before the attack"))?;

@@ -23,19 +23,38 @@ fn marker(sys: &System) -> std::path::PathBuf {
     sys.role_dir(1, Role::Primary).join("clean-shutdown")
 }
 
+/// A primary whose failpoints are in the returned directory (run it again through the
+/// returned prefix), and the author of user 2's timeline, with `posts` posts made and in
+/// the primary's file.
+fn start(posts: usize) -> anyhow::Result<(tempfile::TempDir, Vec<String>, System, Client)> {
+    let fail = tempfile::tempdir()?;
+    let prefix = with_failpoints(fail.path());
+    let (sys, mut author) = author_on_a_primary_run_with(&prefix, &[])?;
+    post(&mut author, 0, posts)?;
+    wait_timeline_complete(&sys, posts as u64, LIVE)?;
+    Ok((fail, prefix, sys, author))
+}
+
+/// Turns the primary's view-append failpoint on (in `fail`) and posts `from..to`; returns
+/// once the primary says an append failed.
+fn views_fail_while_posting(
+    fail: &std::path::Path,
+    sys: &System,
+    author: &mut Client,
+    from: usize,
+    to: usize,
+) -> anyhow::Result<()> {
+    std::fs::write(fail.join("view-append"), b"")?;
+    post(author, from, to)?;
+    sys.wait_log(1, Role::Primary, "view file append failed", LIVE)
+}
+
 #[test]
 fn a_view_file_that_could_not_be_written_is_completed_across_a_restart_and_a_checkpoint(
 ) -> anyhow::Result<()> {
-    let fail = tempfile::tempdir()?;
-    let prefix = with_failpoints(fail.path());
-    let (mut sys, mut author) = author_on_a_primary_run_with(&prefix, &[])?;
-    post(&mut author, 0, 20)?;
-    wait_timeline_complete(&sys, 20, LIVE)?;
-
+    let (fail, prefix, mut sys, mut author) = start(20)?;
     // The view files cannot be written for a moment.
-    std::fs::write(fail.path().join("view-append"), b"")?;
-    post(&mut author, 20, 40)?;
-    sys.wait_log(1, Role::Primary, "view file append failed", LIVE)?;
+    views_fail_while_posting(fail.path(), &sys, &mut author, 20, 40)?;
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         timeline_numbers(&sys, 1, Role::Primary, 2).len() < 40,
@@ -64,17 +83,11 @@ fn a_view_file_that_could_not_be_written_is_completed_across_a_restart_and_a_che
 #[test]
 fn while_a_view_file_is_owed_entries_no_checkpoint_drops_them_and_the_stop_says_unclean(
 ) -> anyhow::Result<()> {
-    let fail = tempfile::tempdir()?;
-    let prefix = with_failpoints(fail.path());
-    let (mut sys, mut author) = author_on_a_primary_run_with(&prefix, &[])?;
-    post(&mut author, 0, 10)?;
-    wait_timeline_complete(&sys, 10, LIVE)?;
-    std::fs::write(fail.path().join("view-append"), b"")?;
+    let (fail, prefix, mut sys, mut author) = start(10)?;
     // Enough for several checkpoints: none may be taken while the file is owed entries.
-    post(&mut author, 10, 310)?;
+    views_fail_while_posting(fail.path(), &sys, &mut author, 10, 310)?;
     let err = author.stderr();
     assert_eq!(author.finish(LIVE)?, 0, "{err}");
-    sys.wait_log(1, Role::Primary, "view file append failed", LIVE)?;
     sys.wait_log(1, Role::Primary, "checkpoint failed", LIVE)?;
     assert!(sys.stop(1, Role::Primary), "the stop completes");
     assert!(
@@ -91,9 +104,7 @@ fn while_a_view_file_is_owed_entries_no_checkpoint_drops_them_and_the_stop_says_
 #[test]
 fn a_checkpoint_that_fails_mid_seal_leaves_the_logs_whole_and_the_next_one_succeeds(
 ) -> anyhow::Result<()> {
-    let fail = tempfile::tempdir()?;
-    let prefix = with_failpoints(fail.path());
-    let (mut sys, mut author) = author_on_a_primary_run_with(&prefix, &[])?;
+    let (fail, prefix, mut sys, mut author) = start(0)?;
     let dir = sys.role_dir(1, Role::Primary);
     // The journal's new active segment cannot be put in place.
     std::fs::write(fail.path().join("seal-journal.data"), b"")?;
