@@ -162,17 +162,18 @@ pub fn raise_fd_limit() {
             return;
         }
     };
-    if soft < hard {
-        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            tracing::warn!(soft, hard, "raising the open-file limit failed: {e}");
-            return;
-        }
+    if soft >= hard {
+        tracing::info!(limit = soft, "open-file limit already at the hard limit");
+        return;
     }
-    tracing::info!(
-        from = soft,
-        to = hard,
-        "open-file limit raised to the hard limit"
-    );
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => tracing::info!(
+            from = soft,
+            to = hard,
+            "open-file limit raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(soft, hard, "raising the open-file limit failed: {e}"),
+    }
 }
 
 /// [`init_tracing`] in the given format.

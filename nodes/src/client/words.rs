@@ -183,7 +183,7 @@ mod tests {
     fn a_message_cannot_command_the_terminal() {
         let line = post_line(3, 0, "\r\x1b[2K\x1b[1A3 (Wed) >> forged\u{9b}31m\u{202e}");
         assert!(line.starts_with("3 ("), "{line}");
-        assert!(line.ends_with(") >> \\r\\x1b[2K\\x1b[1A3 (Wed) >> forged\\u{9b}31m\\u{202e}"));
+        assert!(line.ends_with(") >> \\x0d\\x1b[2K\\x1b[1A3 (Wed) >> forged\\u{9b}31m\\u{202e}"));
         assert!(!line.contains(tsn_protocol::is_control_char));
     }
 
