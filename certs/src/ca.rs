@@ -1,6 +1,7 @@
 //! The cluster CA and leaf issuance.
 
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use rcgen::{
@@ -67,7 +68,12 @@ impl ClusterCa {
             if dir.join(CA_CERT).exists() {
                 return Err(CertError::NoCaKey(dir.to_path_buf()));
             }
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            // Private whatever the umask: it will hold the CA's key.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir))?;
             create(dir, &bundle)?;
         }
         ClusterCa::load(dir)

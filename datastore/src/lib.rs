@@ -59,6 +59,7 @@
 pub mod atomic;
 pub mod cursors;
 pub mod error;
+pub mod failpoint;
 pub mod layout;
 pub mod log;
 pub mod logid;

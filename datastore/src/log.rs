@@ -180,6 +180,14 @@ impl AppendLog {
         self.file.sync_data().map_err(io(&self.path))
     }
 
+    /// The same log, known by the name its file was renamed to.
+    pub(crate) fn renamed(self, path: &Path) -> AppendLog {
+        AppendLog {
+            path: path.to_path_buf(),
+            ..self
+        }
+    }
+
     /// A second handle on the file, for [`crate::segments::SegmentFlusher`].
     pub(crate) fn flusher_file(&self) -> std::io::Result<File> {
         self.file.try_clone()

@@ -9,8 +9,12 @@
 //! key <uid> <generation> <ts_us> <hex public key, or - for none>
 //! ```
 //!
-//! In `<text>`, `\` is written `\\`, a newline `\n` and a carriage return `\r`; nothing
-//! else is escaped, so spaces and tabs stay as typed.
+//! In `<text>`, `\` is written `\\`, a newline `\n`, a carriage return `\r`, and every
+//! other character that is a command to a terminal rather than text
+//! ([`tsn_protocol::is_control_char`]: ESC, BEL, BS, C1 controls, bidi overrides) `\xNN`
+//! or `\u{N}`, so that `cat` or `tail -f` of a file shows them and obeys none. Spaces and
+//! tabs stay as typed. Files written before these escapes hold such characters raw; they
+//! load as they are.
 
 use std::str::FromStr;
 
@@ -70,9 +74,38 @@ fn escape(text: &str, out: &mut String) {
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
-            c => out.push(c),
+            c => tsn_protocol::push_escaped(c, out),
         }
     }
+}
+
+/// The character of an `\xNN` or `\u{N}` escape, `chars` just after the `x` or `u`.
+fn unescape_code(chars: &mut std::str::Chars<'_>, braced: bool) -> Result<char, RecordError> {
+    let mut digits = String::new();
+    if braced {
+        if chars.next() != Some('{') {
+            return Err(RecordError::BadEscape);
+        }
+        loop {
+            match chars.next() {
+                Some('}') => break,
+                Some(c) if digits.len() < 6 => digits.push(c),
+                _ => return Err(RecordError::BadEscape),
+            }
+        }
+    } else {
+        digits.extend(chars.by_ref().take(2));
+        if digits.len() != 2 {
+            return Err(RecordError::BadEscape);
+        }
+    }
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(RecordError::BadEscape);
+    }
+    u32::from_str_radix(&digits, 16)
+        .ok()
+        .and_then(char::from_u32)
+        .ok_or(RecordError::BadEscape)
 }
 
 fn unescape(text: &str) -> Result<String, RecordError> {
@@ -87,6 +120,8 @@ fn unescape(text: &str) -> Result<String, RecordError> {
             Some('\\') => out.push('\\'),
             Some('n') => out.push('\n'),
             Some('r') => out.push('\r'),
+            Some('x') => out.push(unescape_code(&mut chars, false)?),
+            Some('u') => out.push(unescape_code(&mut chars, true)?),
             _ => return Err(RecordError::BadEscape),
         }
     }
@@ -316,11 +351,28 @@ mod tests {
             Record::Deliver {
                 to: 8,
                 seq: 12,
-                post: p
+                post: p.clone()
             }
             .encode_line(),
             "deliver 8 12 3 9 -4 a b\\\\c\\nd\n"
         );
+        let hostile = Post {
+            text: "\x1b[2J\x07\x08 \u{9b}31m \u{202e}\t\\x1b".into(),
+            ..p.clone()
+        };
+        let line = Record::Change(Change::Post(hostile.clone())).encode_line();
+        assert_eq!(
+            line,
+            "post 3 9 -4 \\x1b[2J\\x07\\x08 \\u{9b}31m \\u{202e}\t\\\\x1b\n"
+        );
+        assert!(!line.contains('\x1b'), "no raw escape reaches the file");
+        assert_eq!(
+            Record::decode_line(line.trim_end_matches('\n')).unwrap(),
+            Record::Change(Change::Post(hostile))
+        );
+        // Files written before these escapes hold such characters raw.
+        let raw = Record::decode_line("post 3 9 1 a\x1b[31mb\u{202e}").unwrap();
+        assert!(matches!(raw, Record::Change(Change::Post(p)) if p.text == "a\x1b[31mb\u{202e}"));
         let empty = Record::decode_line("post 3 9 1 ").unwrap();
         assert!(matches!(empty, Record::Change(Change::Post(p)) if p.text.is_empty()));
     }
@@ -337,6 +389,13 @@ mod tests {
             "post 1 2 3",
             "post 1 2 3 bad\\escape",
             "post 1 2 3 trailing\\",
+            "post 1 2 3 \\x1",
+            "post 1 2 3 \\xzz",
+            "post 1 2 3 \\u1b",
+            "post 1 2 3 \\u{}",
+            "post 1 2 3 \\u{d800}",
+            "post 1 2 3 \\u{1234567}",
+            "post 1 2 3 \\u{1b",
             "nope 1",
             "deliver 1 2 3",
             "deliver 1 2 3 4 5",
@@ -397,7 +456,7 @@ mod tests {
                 seq,
                 post
             }),
-            (any::<u32>(), "[ \\t\\\\\\n\\ra-zé😀]{0,40}").prop_map(|(to, text)| Record::Deliver {
+            (any::<u32>(), "[ \\t\\\\\\n\\r\\x00-\\x1f\\x7f-\\u{9f}\\u{202a}-\\u{202e}\\u{2066}-\\u{2069}a-zé😀xu{}]{0,40}").prop_map(|(to, text)| Record::Deliver {
                 to,
                 seq: 1,
                 post: Post {

@@ -136,10 +136,7 @@ fn base_path(path: &Path) -> PathBuf {
 
 /// The sealed segments of the log at `path` found on disk, oldest first.
 fn sealed_on_disk(path: &Path) -> Result<Vec<(u64, PathBuf)>, DatastoreError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = dir_of(path);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("log");
     let (stem, ext) = name.rsplit_once('.').unwrap_or((name, "data"));
     let (prefix, suffix) = (format!("{stem}."), format!(".{ext}"));
@@ -171,12 +168,12 @@ fn file_len(path: &Path) -> Result<u64, DatastoreError> {
     std::fs::metadata(path).map(|m| m.len()).map_err(io(path))
 }
 
-fn sync_dir(path: &Path) -> Result<(), DatastoreError> {
-    let dir = match path.parent() {
+/// The directory holding `path`.
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    }
 }
 
 /// Every complete record of `path` from byte `from` of the file on (a torn last line is
@@ -341,6 +338,12 @@ impl SegmentedLog {
 
     /// Seals the active segment (if it holds anything) and begins a new one at the
     /// current end; returns that offset. Everything appended before is durable after.
+    ///
+    /// Every file the rotation needs is opened before anything is renamed, and the two
+    /// renames are undone if the second fails: a failure (out of descriptors, a full disk)
+    /// leaves the log either as it was or sealed, never without its active segment, so
+    /// appends go on and the next rotation works. A new offset file that could not be
+    /// written after the seal is derived again at the next [`SegmentedLog::open`].
     pub fn rotate(&mut self) -> Result<u64, DatastoreError> {
         let end = self.len();
         if self.active.is_empty() {
@@ -348,22 +351,48 @@ impl SegmentedLog {
         }
         self.active.sync()?;
         let path = self.active.path().to_path_buf();
+        let mut next_name = path.file_name().unwrap_or_default().to_os_string();
+        next_name.push(".next");
+        let next_path = path.with_file_name(next_name);
+        // Left by a crash during an earlier rotation, if at all.
+        let _ = std::fs::remove_file(&next_path);
+        let next = AppendLog::open_append(&next_path)?;
+        let opened = next
+            .flusher_file()
+            .and_then(|flush| Ok((flush, File::open(dir_of(&path))?)));
+        let (flush, dir) = match opened {
+            Ok(files) => files,
+            Err(e) => {
+                let _ = std::fs::remove_file(&next_path);
+                return Err(io(&next_path)(e));
+            }
+        };
         let mut table = self.segments.0.write().unwrap_or_else(|e| e.into_inner());
         let sealed = segment_path(&path, table.active_base);
-        std::fs::rename(&path, &sealed).map_err(io(&path))?;
+        if let Err(e) = std::fs::rename(&path, &sealed) {
+            let _ = std::fs::remove_file(&next_path);
+            return Err(io(&path)(e));
+        }
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let placed = crate::failpoint::check(&format!("seal-{name}"), &path)
+            .and_then(|()| std::fs::rename(&next_path, &path).map_err(io(&path)));
+        if let Err(e) = placed {
+            // Renames need no descriptor: the segment goes back to being the active one.
+            let _ = std::fs::rename(&sealed, &path);
+            let _ = std::fs::remove_file(&next_path);
+            return Err(e);
+        }
+        let base = table.active_base;
+        table.sealed.push((base, sealed));
+        table.active_base = end;
+        *self.flush.lock().unwrap_or_else(|e| e.into_inner()) = flush;
+        self.active = next.renamed(&path);
         write_atomic(
             &base_path(&path),
             format!("{end}\n").as_bytes(),
             Durability::Sync,
         )?;
-        let active = AppendLog::open_append(&path)?;
-        sync_dir(&path)?;
-        *self.flush.lock().unwrap_or_else(|e| e.into_inner()) =
-            active.flusher_file().map_err(io(&path))?;
-        let base = table.active_base;
-        table.sealed.push((base, sealed));
-        table.active_base = end;
-        self.active = active;
+        dir.sync_all().map_err(io(dir_of(&path)))?;
         Ok(end)
     }
 
@@ -433,6 +462,15 @@ mod tests {
         Record::Change(Change::User { user: u })
     }
 
+    /// `journal.data` in a temporary directory, holding `user 1`.
+    fn journal_with_one_user() -> (tempfile::TempDir, PathBuf, SegmentedLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("journal.data");
+        let (mut log, _) = SegmentedLog::open(&p, 0).unwrap();
+        log.append(&[user(1)]).unwrap();
+        (dir, p, log)
+    }
+
     #[test]
     fn offsets_survive_rotation_deletion_and_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -481,11 +519,28 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_that_fails_leaves_the_log_as_it_was_and_the_next_one_works() {
+        let (dir, p, mut log) = journal_with_one_user();
+        // The new active segment cannot be created.
+        let next = dir.path().join("journal.data.next");
+        std::fs::create_dir_all(next.join("x")).unwrap();
+        assert!(log.rotate().is_err());
+        assert!(p.exists() && !segment_path(&p, 0).exists());
+        log.append(&[user(2)]).unwrap();
+        std::fs::remove_dir_all(&next).unwrap();
+        let end = log.rotate().unwrap();
+        assert_eq!(end, 14);
+        log.append(&[user(3)]).unwrap();
+        assert!(!next.exists());
+        drop(log);
+        let (log, recs) = SegmentedLog::open(&p, 0).unwrap();
+        assert_eq!(recs, vec![user(1), user(2), user(3)]);
+        assert_eq!(log.len(), 21);
+    }
+
+    #[test]
     fn a_reader_at_the_end_of_the_active_segment_follows_a_rotation() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("journal.data");
-        let (mut log, _) = SegmentedLog::open(&p, 0).unwrap();
-        log.append(&[user(1)]).unwrap();
+        let (_dir, _, mut log) = journal_with_one_user();
         let mut tail = Tail::over(log.segments(), 0);
         assert_eq!(tail.read_new(10).unwrap(), vec![user(1)]);
         log.rotate().unwrap();

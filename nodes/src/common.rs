@@ -89,8 +89,10 @@ pub struct NodeOpts {
 }
 
 impl NodeOpts {
-    /// The async runtime the node runs on (see `--threads`).
+    /// The async runtime the node runs on (see `--threads`), once the process's
+    /// open-file limit is raised ([`raise_fd_limit`]): every node starts that way.
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        raise_fd_limit();
         let mut builder = match self.threads {
             1 => tokio::runtime::Builder::new_current_thread(),
             n => {
@@ -143,6 +145,35 @@ fn write_ready_file(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
 /// stay greppable). RUST_LOG wins over `--log`.
 pub fn init_tracing(default_filter: &str) {
     init_tracing_as(default_filter, LogFormat::Text);
+}
+
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit, and logs what
+/// the process got. A node holds a descriptor for each peer connection, journal segment,
+/// open view file ([`crate::views`] keeps up to 1,024) and HTTP connection
+/// ([`crate::metrics::MAX_HTTP_CONNECTIONS`]); the usual soft limit of 1,024 is too few
+/// for that under load, and running out makes appends and checkpoints fail. Costs
+/// nothing until the descriptors are used (the kernel allocates them on demand).
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!("reading the open-file limit failed: {e}");
+            return;
+        }
+    };
+    if soft >= hard {
+        tracing::info!(limit = soft, "open-file limit already at the hard limit");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => tracing::info!(
+            from = soft,
+            to = hard,
+            "open-file limit raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(soft, hard, "raising the open-file limit failed: {e}"),
+    }
 }
 
 /// [`init_tracing`] in the given format.

@@ -263,26 +263,49 @@ impl Metrics {
 /// Largest HTTP request head read.
 const MAX_REQUEST: usize = 8 * 1024;
 
-/// Serves `/metrics`, `/health` and `/ready` on `addr` (`--metrics-addr`) for ever.
-/// Returns the bound address once listening.
+/// HTTP connections served at once, at most. More wait in the kernel's accept queue,
+/// holding no descriptor of this process: strangers on `--metrics-addr` (no login is
+/// needed) can never take the descriptors the journal, view files and feeds need. Each
+/// costs one descriptor and a few KiB of buffers; a scraper and a few probes use a
+/// handful.
+pub const MAX_HTTP_CONNECTIONS: usize = 64;
+
+/// How long a connection may take to send its request and read the answer: a slow or
+/// idle one is closed after this, freeing its place for the next.
+pub const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// After a failed accept (out of descriptors), the pause before the next: the error
+/// repeats until a descriptor is free, and must not spin a core meanwhile.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Serves `/metrics`, `/health` and `/ready` on `addr` (`--metrics-addr`) for ever,
+/// [`MAX_HTTP_CONNECTIONS`] at a time, each for at most [`HTTP_TIMEOUT`]. Returns the
+/// bound address once listening.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics listener on {addr}"))?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "metrics listening (/metrics, /health, /ready)");
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            // A place first, then the connection: what waits stays in the kernel's queue.
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!("accepting a metrics connection failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    answer(stream, &metrics),
-                )
-                .await;
+                let _ = tokio::time::timeout(HTTP_TIMEOUT, answer(stream, &metrics)).await;
+                drop(permit);
             });
         }
     });

@@ -3,6 +3,13 @@
 //! They are views of the role's logs: appended after each commit without a flush, made
 //! durable at each checkpoint (a server's), and completed from the records after the last
 //! checkpoint after an unclean shutdown ([`reconcile`]).
+//!
+//! A file that cannot be appended to (out of descriptors, a full disk) is owed its
+//! records: [`Views`] keeps them, with those that come for the file later, in order, and
+//! completes the file as soon as a write works again ([`Views::repair`], at the next
+//! append and every second). Until then the role takes no checkpoint (it would drop the
+//! records from the logs after it) and writes no clean-shutdown marker, so a restart
+//! completes the file from the logs.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
@@ -55,6 +62,9 @@ pub struct Views {
     dir: RoleDir,
     side: Side,
     open: HashMap<PathBuf, AppendLog>,
+    /// Records not yet in their file because a write failed, in order, by file. Holds at
+    /// most what the logs hold since the last checkpoint (none is taken meanwhile).
+    owed: HashMap<PathBuf, Vec<Record>>,
 }
 
 impl Views {
@@ -64,10 +74,12 @@ impl Views {
             dir,
             side,
             open: HashMap::new(),
+            owed: HashMap::new(),
         }
     }
 
-    /// Appends each record to its view file.
+    /// Appends each record to its view file. A file that cannot be written is owed the
+    /// records (see [`Views::repair`]); the error is that of the first file that failed.
     pub fn append(&mut self, records: &[Record]) -> Result<(), DatastoreError> {
         // One write per file: records grouped by file, in order within each.
         let mut files: Vec<(PathBuf, Vec<&Record>)> = Vec::new();
@@ -84,19 +96,90 @@ impl Views {
                 }
             }
         }
+        let mut first_error = None;
         for (path, group) in files {
-            if !self.open.contains_key(&path) {
-                if self.open.len() >= OPEN_VIEWS {
-                    self.open.clear();
-                }
-                let log = AppendLog::open_append(&path)?;
-                self.open.insert(path.clone(), log);
+            if let Some(owed) = self.owed.get_mut(&path) {
+                owed.extend(group.into_iter().cloned());
+                continue;
             }
-            if let Some(log) = self.open.get_mut(&path) {
-                log.append_all(group)?;
+            if let Err(e) = self.append_to(&path, group.iter().copied()) {
+                // The file's length is not known any more: opened afresh when repaired.
+                self.open.remove(&path);
+                self.owed.insert(path, group.into_iter().cloned().collect());
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        if !self.owed.is_empty() && first_error.is_none() {
+            let _ = self.repair();
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn append_to<'a>(
+        &mut self,
+        path: &std::path::Path,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<(), DatastoreError> {
+        tsn_datastore::failpoint::check("view-append", path)?;
+        if !self.open.contains_key(path) {
+            if self.open.len() >= OPEN_VIEWS {
+                self.open.clear();
+            }
+            let log = AppendLog::open_append(path)?;
+            self.open.insert(path.to_path_buf(), log);
+        }
+        match self.open.get_mut(path) {
+            Some(log) => log.append_all(records),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes every file owed records: appends those its end lacks (a failed write
+    /// may have left some of them there). Fails while any file is still owed.
+    pub fn repair(&mut self) -> Result<(), DatastoreError> {
+        let owed: Vec<PathBuf> = self.owed.keys().cloned().collect();
+        let mut first_error = None;
+        for path in owed {
+            let Some(records) = self.owed.get(&path) else {
+                continue;
+            };
+            let lines = records
+                .iter()
+                .map(|r| (r.encode_line(), r))
+                .collect::<Vec<_>>();
+            let done = tsn_datastore::failpoint::check("view-append", &path)
+                .and_then(|()| complete_file(&path, &lines));
+            match done {
+                Ok(_) => {
+                    tracing::info!(path = %path.display(), records = lines.len(), "view file completed after a failed append");
+                    self.owed.remove(&path);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// [`Views::repair`] at shutdown: whether every file is complete (said in the log
+    /// when not: the clean-shutdown marker must then not be written).
+    pub fn complete_for_shutdown(&mut self) -> bool {
+        match self.repair() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(
+                    records = self.owed(),
+                    "view files still owed records at shutdown: {e}"
+                );
+                false
+            }
+        }
+    }
+
+    /// How many records are owed to files that could not be written.
+    pub fn owed(&self) -> usize {
+        self.owed.values().map(Vec::len).sum()
     }
 }
 
@@ -137,38 +220,52 @@ pub fn reconcile(dir: &RoleDir, logs: &[(Side, &[Record])]) -> Result<usize, Dat
     }
     let mut completed = 0;
     for (path, expected) in files {
-        // Opening for append drops a torn last line.
-        let mut log = AppendLog::open_append(&path)?;
-        let want: u64 = expected.iter().map(|(l, _)| l.len() as u64).sum();
-        // One byte more: the end of the line before, if the window starts on a line.
-        let n = (want + 1).min(log.len());
-        let mut tail = vec![0u8; usize::try_from(n).unwrap_or(0)];
-        let f = std::fs::File::open(&path).map_err(|source| DatastoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        f.read_exact_at(&mut tail, log.len() - n)
-            .map_err(|source| DatastoreError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        let text = String::from_utf8_lossy(&tail);
-        let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
-        if n < log.len() && !lines.is_empty() {
-            lines.remove(0); // up to the first line start in the window
-        }
-        let present: HashSet<&str> = lines.into_iter().collect();
-        let missing: Vec<&Record> = expected
-            .iter()
-            .filter(|(l, _)| !present.contains(l.as_str()))
-            .map(|(_, r)| *r)
-            .collect();
-        if !missing.is_empty() {
-            log.append_all(missing)?;
+        if complete_file(&path, &expected)? {
             completed += 1;
         }
     }
     Ok(completed)
+}
+
+/// Appends to the file at `path` each of the `expected` records (with their lines) that
+/// its end does not already hold; returns whether it appended any. The records were
+/// appended, if at all, after the file's other lines: only as much of its end as they
+/// take together is read.
+fn complete_file(
+    path: &std::path::Path,
+    expected: &[(String, &Record)],
+) -> Result<bool, DatastoreError> {
+    if let Some(parent) = path.parent() {
+        tsn_datastore::private::create_dirs(parent)?;
+    }
+    // Opening for append drops a torn last line.
+    let mut log = AppendLog::open_append(path)?;
+    let want: u64 = expected.iter().map(|(l, _)| l.len() as u64).sum();
+    // One byte more: the end of the line before, if the window starts on a line.
+    let n = (want + 1).min(log.len());
+    let mut tail = vec![0u8; usize::try_from(n).unwrap_or(0)];
+    let io = |source| DatastoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    f.read_exact_at(&mut tail, log.len() - n).map_err(io)?;
+    let text = String::from_utf8_lossy(&tail);
+    let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+    if n < log.len() && !lines.is_empty() {
+        lines.remove(0); // up to the first line start in the window
+    }
+    let present: HashSet<&str> = lines.into_iter().collect();
+    let missing: Vec<&Record> = expected
+        .iter()
+        .filter(|(l, _)| !present.contains(l.as_str()))
+        .map(|(_, r)| *r)
+        .collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    log.append_all(missing)?;
+    Ok(true)
 }
 
 /// Rewrites every view file of `dir` from the logs' records (each with the side it comes
@@ -223,6 +320,15 @@ mod tests {
     use super::*;
     use tsn_protocol::{Post, PostId};
 
+    /// A primary's role directory, created, in a temporary directory.
+    fn role_dir() -> (tempfile::TempDir, RoleDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tsn_datastore::Datastore::new(tmp.path())
+            .role(1, tsn_protocol::coord::NodeKind::Primary);
+        dir.create().unwrap();
+        (tmp, dir)
+    }
+
     fn deliver(to: u32, seq: u64) -> Record {
         Record::Deliver {
             to,
@@ -239,11 +345,33 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_could_not_be_written_is_completed_once_it_can() {
+        let (tmp, dir) = role_dir();
+        let mut views = Views::new(dir.clone(), Side::Received);
+        views.append(&[deliver(1, 1)]).unwrap();
+        // The file cannot be opened: held elsewhere as a directory for a moment.
+        let path = dir.timeline(1);
+        std::fs::rename(&path, tmp.path().join("aside")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        views.open.clear();
+        assert!(views.append(&[deliver(1, 2)]).is_err());
+        views.append(&[deliver(1, 3)]).unwrap();
+        assert_eq!(views.owed(), 2, "owed, in order, behind the failed one");
+        assert!(views.repair().is_err(), "still failing");
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::rename(tmp.path().join("aside"), &path).unwrap();
+        views.append(&[deliver(1, 4)]).unwrap();
+        assert_eq!(views.owed(), 0);
+        views.append(&[deliver(1, 5)]).unwrap();
+        assert_eq!(
+            tsn_datastore::read_records(&path).unwrap(),
+            (1..=5).map(|s| deliver(1, s)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn reconcile_appends_what_the_files_lack_and_nothing_twice() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tsn_datastore::Datastore::new(tmp.path())
-            .role(1, tsn_protocol::coord::NodeKind::Primary);
-        dir.create().unwrap();
+        let (_tmp, dir) = role_dir();
         let before: Vec<Record> = (1..=50).map(|s| deliver(1, s)).collect();
         let after: Vec<Record> = (51..=60).map(|s| deliver(1, s)).collect();
         let mut views = Views::new(dir.clone(), Side::Received);

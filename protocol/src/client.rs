@@ -143,6 +143,28 @@ pub enum CommandError {
         /// The limit.
         per_second: u32,
     },
+    /// A post held a character that is a command to a terminal rather than text (see
+    /// [`crate::is_control_char`]); nothing was stored.
+    #[error("post holds the control character U+{code:04X}, which a post may not hold")]
+    ControlChar {
+        /// The first such character, as a code point.
+        code: u32,
+    },
+}
+
+/// Whether a server stores `text` as a post: at most [`crate::MAX_POST_BYTES`] bytes, and
+/// text only (no [`crate::is_control_char`]).
+pub fn check_post(text: &str) -> Result<(), CommandError> {
+    if text.len() > crate::MAX_POST_BYTES {
+        return Err(CommandError::PostTooLong {
+            len: text.len(),
+            max: crate::MAX_POST_BYTES,
+        });
+    }
+    match crate::first_control_char(text) {
+        Some(c) => Err(CommandError::ControlChar { code: u32::from(c) }),
+        None => Ok(()),
+    }
 }
 
 /// Timeline stream, client -> server.

@@ -30,7 +30,10 @@ pub mod types;
 
 pub use codec::{decode, encode, push_msg, read_msg, write_msg, CodecError};
 pub use frame::{read_frame, write_frame, FrameError, FrameReader, MAX_FRAME_LEN};
-pub use types::{Change, ClusterId, Post, PostId, UserId};
+pub use types::{
+    escape_controls, first_control_char, is_control_char, push_escaped, Change, ClusterId, Post,
+    PostId, UserId,
+};
 
 /// ALPN protocol id negotiated by every TSN connection.
 pub const ALPN: &[u8] = b"tsn/1";

@@ -25,6 +25,51 @@ pub struct PostId {
     pub nonce: u64,
 }
 
+/// Whether a post may not hold `c`: it would be a command to a terminal, not text. C0
+/// controls other than tab (ESC starts every escape sequence; CR and BS overwrite what is
+/// shown), DEL, C1 controls (U+009B is a one-character CSI), and the bidirectional
+/// overrides and isolates (U+202A-U+202E, U+2066-U+2069), which make a line read other
+/// than it is stored. One rule for the server that refuses such posts and for every
+/// display that escapes them in data written before the rule.
+pub fn is_control_char(c: char) -> bool {
+    matches!(c, '\0'..='\x08' | '\x0a'..='\x1f' | '\x7f'..='\u{9f}')
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The first character of `text` that a post may not hold (see [`is_control_char`]).
+pub fn first_control_char(text: &str) -> Option<char> {
+    text.chars().find(|&c| is_control_char(c))
+}
+
+/// `text` with every character a post may not hold written visibly as a Rust-style
+/// escape (`\x1b`, `\u{202e}`): what a display shows of another user's text moves no
+/// cursor, sets no title and colours nothing.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if first_control_char(text).is_none() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        push_escaped(c, &mut out);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Appends `c` to `out`, as `\xNN` (ASCII) or `\u{N}` if it is a control character (see
+/// [`is_control_char`]), else as it is.
+pub fn push_escaped(c: char, out: &mut String) {
+    use std::fmt::Write;
+    let code = u32::from(c);
+    let _ = match c {
+        c if !is_control_char(c) => {
+            out.push(c);
+            Ok(())
+        }
+        _ if code < 0x80 => write!(out, "\\x{code:02x}"),
+        _ => write!(out, "\\u{{{code:x}}}"),
+    };
+}
+
 /// A post as stored and shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Post {
@@ -138,6 +183,28 @@ mod tests {
         assert!(
             !key_supersedes(Some(&c), &a),
             "an old generation never comes back"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_found_and_escaped_visibly() {
+        for bad in [
+            '\x1b', '\x07', '\r', '\n', '\x08', '\0', '\x7f', '\u{9b}', '\u{85}', '\u{202e}',
+            '\u{2066}', '\u{2069}',
+        ] {
+            assert!(is_control_char(bad), "{bad:?}");
+        }
+        for good in [
+            '\t', ' ', 'a', '\u{a0}', 'é', '😀', '\u{2029}', '\u{202f}', '\u{2065}', '\u{206a}',
+        ] {
+            assert!(!is_control_char(good), "{good:?}");
+        }
+        assert_eq!(first_control_char("ok\tfine"), None);
+        assert_eq!(first_control_char("a\x1b[2Jb\r"), Some('\x1b'));
+        assert_eq!(escape_controls("plain"), "plain");
+        assert_eq!(
+            escape_controls("\x1b]0;pwned\x07 \u{9b}31m \u{202e}x\ty"),
+            "\\x1b]0;pwned\\x07 \\u{9b}31m \\u{202e}x\ty"
         );
     }
 

@@ -43,6 +43,7 @@ fn command_error() -> impl Strategy<Value = CommandError> {
         (any::<usize>(), any::<usize>())
             .prop_map(|(len, max)| CommandError::PostTooLong { len, max }),
         ".{0,32}".prop_map(CommandError::Storage),
+        any::<u32>().prop_map(|code| CommandError::ControlChar { code }),
     ]
 }
 

@@ -1504,3 +1504,77 @@ pub fn journal_segments(dir: &Path) -> String {
         .map(|n| std::fs::read_to_string(dir.join(n)).unwrap_or_default())
         .collect()
 }
+
+// Hostile hosts: failed writes, exhausted descriptors.
+
+/// A one-cluster system with small checkpoints whose primary runs through `prefix` (see
+/// [`command`]) with `extra` flags, and user 1 (the author returned, in timeline mode)
+/// followed by user 2.
+pub fn author_on_a_primary_run_with(
+    prefix: &[String],
+    extra: &[String],
+) -> Result<(System, Client)> {
+    let config = Config {
+        clusters: 1,
+        ..Config::default()
+    }
+    .small_checkpoints();
+    let mut sys = System::coordinator_only(config)?;
+    sys.start_node_in(1, Role::Primary, prefix, extra)?;
+    sys.start_node(1, Role::Secondary)?;
+    sys.start_node(1, Role::Sync)?;
+    sys.wait_ready(Duration::from_secs(30))?;
+    let mut author = sys.client(1)?;
+    let mut follower = sys.client(2)?;
+    wait_users(&mut follower, &[1, 2])?;
+    let followed = follower.run("FOLLOW 1", 1)?;
+    anyhow::ensure!(
+        followed == ["Command completed successfully"],
+        "{followed:?}"
+    );
+    anyhow::ensure!(follower.finish(Duration::from_secs(10))? == 0);
+    eventually("1 knows its follower", Duration::from_secs(10), || {
+        Ok(list(&mut author)?.1 == "Followers: 2, ")
+    })?;
+    enter_timeline(&mut author)?;
+    Ok((sys, author))
+}
+
+/// A command prefix that runs a debug build with its failpoints in `dir` (see
+/// `tsn_datastore::failpoint`): the failpoint `name` fails while `dir/name` exists.
+pub fn with_failpoints(dir: &Path) -> Vec<String> {
+    vec!["env".into(), format!("TSN_FAILPOINTS={}", dir.display())]
+}
+
+/// The numbers of the entries of `user`'s timeline file in a role directory, in file
+/// order: `1..=n` exactly when none is missing and none is there twice.
+pub fn timeline_numbers(sys: &System, cluster: u32, role: Role, user: u32) -> Vec<u64> {
+    let file = sys.read(
+        cluster,
+        role,
+        &format!("local_clients/{user}/timeline.data"),
+    );
+    file.lines()
+        .filter_map(|l| match tsn_datastore::Record::decode_line(l) {
+            Ok(tsn_datastore::Record::Deliver { to, seq, .. }) if to == user => Some(seq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until user 2's timeline file in the primary of cluster 1 numbers `n` entries
+/// `1..=n`, each once, in order.
+pub fn wait_timeline_complete(sys: &System, n: u64, timeout: Duration) -> Result<()> {
+    let want: Vec<u64> = (1..=n).collect();
+    eventually(
+        &format!("entries 1..={n} in user 2's timeline file, each once"),
+        timeout,
+        || Ok(timeline_numbers(sys, 1, Role::Primary, 2) == want),
+    )
+    .with_context(|| {
+        format!(
+            "numbers in the file: {:?}",
+            timeline_numbers(sys, 1, Role::Primary, 2)
+        )
+    })
+}

@@ -15,6 +15,8 @@ const ROWS: u16 = 30;
 struct Tty {
     session: expectrl::Session<expectrl::session::OsProcess, expectrl::session::OsStream>,
     screen: vt100::Parser,
+    /// Every byte the client wrote to the terminal.
+    raw: Vec<u8>,
 }
 
 impl Tty {
@@ -33,6 +35,7 @@ impl Tty {
                 COLS.try_into().context("columns")?,
                 0,
             ),
+            raw: Vec::new(),
         };
         tty.wait_for("the prompt", |s| s.contains("Cmd>"))?;
         Ok(tty)
@@ -51,7 +54,10 @@ impl Tty {
         loop {
             match self.session.try_read(&mut buf) {
                 Ok(0) | Err(_) => return,
-                Ok(n) => self.screen.process(&buf[..n]),
+                Ok(n) => {
+                    self.screen.process(&buf[..n]);
+                    self.raw.extend_from_slice(&buf[..n]);
+                }
             }
         }
     }
@@ -117,6 +123,24 @@ impl Tty {
     }
 }
 
+/// On the terminal of user 2, follows `author`, waits until the author's LIST shows it,
+/// and enters the timeline.
+fn follow_then_timeline(tty: &mut Tty, author: &mut Client) -> Result<()> {
+    tty.keys(&format!("FOLLOW {}\r", author.user))?;
+    tty.wait_for("the follow", |s| {
+        s.contains("Command completed successfully")
+    })?;
+    eventually(
+        "the author knows its follower",
+        Duration::from_secs(10),
+        || Ok(list(author)?.1 == "Followers: 2, "),
+    )?;
+    tty.keys("TIMELINE\r")?;
+    tty.wait_for("the timeline", |s| {
+        s.contains("Now you are in the timeline") && s.contains("Ctrl-D")
+    })
+}
+
 /// The lines the timeline of `user` shows on entry (its last 20 entries).
 fn backlog(sys: &System, user: u32) -> Result<Vec<String>> {
     let mut c = sys.client(user)?;
@@ -133,17 +157,7 @@ fn a_post_arriving_while_a_line_is_half_typed_leaves_the_line_intact() -> Result
     let mut author = sys.client(5)?;
     let mut tty = Tty::spawn(&sys, 2)?;
     wait_users(&mut author, &[2, 5])?;
-    tty.keys("FOLLOW 5\r")?;
-    tty.wait_for("the follow", |s| {
-        s.contains("Command completed successfully")
-    })?;
-    eventually("5 knows its follower", Duration::from_secs(10), || {
-        Ok(list(&mut author)?.1 == "Followers: 2, ")
-    })?;
-    tty.keys("TIMELINE\r")?;
-    tty.wait_for("the timeline", |s| {
-        s.contains("Now you are in the timeline") && s.contains("Ctrl-D")
-    })?;
+    follow_then_timeline(&mut tty, &mut author)?;
     tty.keys("half typ")?;
     tty.wait_for("the typed text", |s| s.contains("Post> half typ"))?;
 
@@ -249,5 +263,149 @@ fn ctrl_c_in_the_timeline_waits_for_an_unacknowledged_post_stored_once() -> Resu
         1,
         "{shown:?}"
     );
+    Ok(())
+}
+
+/// What user 1 tries to make user 2's terminal do.
+const HOSTILE: [&str; 8] = [
+    "\x1b[2J\x1b[H",
+    "\x1b]0;pwned\x07",
+    "\x1b[?1049h",
+    "\x1b[31m",
+    "AAAA\rBBB",
+    "\u{9b}31m",
+    "\u{202e}",
+    "\r\x1b[2K\x1b[1A\x1b[2K3 (Wed Dec  2 10:00:00 2026) >> the meeting is CANCELLED",
+];
+
+/// The screen shows only text: the title was never set, the alternate screen never
+/// entered, nothing coloured, and every timeline row begins with its real author.
+fn only_text(tty: &mut Tty, authors: &[&str]) -> Result<()> {
+    let rows = tty.rows();
+    let screen = rows.join("\n");
+    assert!(
+        !tty.raw.windows(2).any(|w| w == b"\x1b]"),
+        "no title or other OSC sequence:\n{screen}"
+    );
+    assert!(!tty.screen.screen().alternate_screen(), "{screen}");
+    for r in 0..ROWS {
+        for c in 0..COLS {
+            let cell = tty.screen.screen().cell(r, c).context("a cell")?;
+            assert!(
+                cell.fgcolor() == vt100::Color::Default
+                    && cell.bgcolor() == vt100::Color::Default
+                    && !cell.inverse(),
+                "coloured cell at {r},{c}:\n{screen}"
+            );
+        }
+    }
+    for row in rows.iter().filter(|r| r.contains(" >> ")) {
+        assert!(
+            authors.iter().any(|a| row.starts_with(&format!("{a} ("))),
+            "a row that does not begin with its author: {row:?}\n{screen}"
+        );
+    }
+    Ok(())
+}
+
+/// A post that would command a terminal is refused by the server and stored nowhere; a
+/// cluster whose files already hold such posts (written by an older version, which kept
+/// them raw) shows them escaped, and the follower's screen stays as it was.
+#[test]
+fn a_post_cannot_command_the_followers_terminal() -> Result<()> {
+    let mut sys = System::start(Config {
+        clusters: 1,
+        ..Config::default()
+    })?;
+    let mut author = sys.client(1)?;
+    let mut tty = Tty::spawn(&sys, 2)?;
+    wait_users(&mut author, &[1, 2])?;
+    follow_then_timeline(&mut tty, &mut author)?;
+    enter_timeline(&mut author)?;
+    author.send("before the attack")?;
+    tty.wait_for("the first post", |s| s.contains(") >> before the attack"))?;
+
+    for text in HOSTILE {
+        author.send(text)?;
+        author.expect_contains(
+            "Post not stored: post holds the control character U+",
+            Duration::from_secs(10),
+        )?;
+    }
+    // Placeholders, each as long as an older version's line for one of them: the files
+    // are given those lines below, offsets unchanged.
+    let stored_raw = |t: &str| t.replace('\\', "\\\\").replace('\r', "\\r");
+    let placeholder = |i: usize, t: &str| format!("old {i} {}", "z".repeat(stored_raw(t).len()));
+    for (i, t) in HOSTILE.iter().enumerate() {
+        author.send(&placeholder(i, t))?;
+    }
+    author.send("after the attack")?;
+    tty.wait_for("the last post", |s| s.contains(") >> after the attack"))?;
+    assert!(tty
+        .rows()
+        .iter()
+        .any(|r| r.ends_with(") >> before the attack")));
+    only_text(&mut tty, &["1", "2"])?;
+    assert_eq!(
+        author.finish(Duration::from_secs(10))?,
+        1,
+        "8 posts were refused"
+    );
+    tty.keys("\x04")?;
+    tty.exit_code(Duration::from_secs(10))?;
+
+    sys.shutdown();
+    let mut files = 0;
+    let mut dirs = vec![sys.dir.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|x| x != "data") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)?;
+            for t in ["pwned", "1049h", "CANCELLED", "BBB", "31m"] {
+                assert!(!text.contains(t), "{t} stored in {}", path.display());
+            }
+            let mut old = text.clone();
+            for (i, t) in HOSTILE.iter().enumerate() {
+                old = old.replace(&placeholder(i, t), &format!("old {i} {}", stored_raw(t)));
+            }
+            if old != text {
+                std::fs::write(&path, old)?;
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 3, "journal, received feed, timeline file: {files}");
+    sys.start_all()?;
+
+    let mut tty = Tty::spawn(&sys, 2)?;
+    tty.keys("TIMELINE\r")?;
+    tty.wait_for("the backlog", |s| s.contains(") >> after the attack"))?;
+    let rows = tty.rows();
+    let screen = rows.join("\n");
+    for want in [
+        ") >> before the attack",
+        r") >> old 0 \x1b[2J\x1b[H",
+        r") >> old 1 \x1b]0;pwned\x07",
+        r") >> old 2 \x1b[?1049h",
+        r") >> old 3 \x1b[31m",
+        r") >> old 4 AAAA\x0dBBB",
+        r") >> old 5 \u{9b}31m",
+        r") >> old 6 \u{202e}",
+        r") >> old 7 \x0d\x1b[2K\x1b[1A\x1b[2K3 (Wed Dec  2 10:00:00 2026) >> the meeting is CANCELLED",
+    ] {
+        assert!(
+            rows.iter()
+                .any(|r| r.starts_with("1 (") && r.ends_with(want)),
+            "no row ending {want:?}:\n{screen}"
+        );
+    }
+    only_text(&mut tty, &["1"])?;
     Ok(())
 }

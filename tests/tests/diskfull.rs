@@ -64,7 +64,10 @@ fn full_disk_gives_a_clear_error_and_corrupts_nothing() -> anyhow::Result<()> {
         "the server log says what failed"
     );
     let code = c.finish(Duration::from_secs(60))?;
-    assert_eq!(code, 0, "refused posts are reported, not left pending");
+    assert_eq!(
+        code, 1,
+        "refused posts are reported, not left pending, and the exit status says so"
+    );
 
     // Every record in the journal is whole, and the server restarts on it.
     let journal = dir.join("journal.data");

@@ -152,7 +152,11 @@ fn timeline_entry_shows_the_last_twenty_posts() -> anyhow::Result<()> {
     // Overlong posts are refused by the client with a clear message.
     b.send(&"x".repeat(300))?;
     b.expect_contains("Post is too long (300 bytes, at most 256)", LIVE)?;
-    assert_eq!(b.finish(Duration::from_secs(10))?, 0);
+    assert_eq!(
+        b.finish(Duration::from_secs(10))?,
+        1,
+        "a post that was not stored shows in the exit status"
+    );
 
     eventually("25 posts in the timeline file", LIVE, || {
         let stored = sys.read(3, Role::Primary, "local_clients/5/timeline.data");

@@ -40,7 +40,8 @@ impl UserKey {
     pub fn load_or_create(dir: &Path, user: UserId) -> anyhow::Result<UserKey> {
         let path = UserKey::path(dir, user);
         if !path.exists() {
-            std::fs::create_dir_all(dir)
+            // Private whatever the umask (the datastore's rule): it holds the user's key.
+            tsn_datastore::private::create_dirs(dir)
                 .with_context(|| format!("creating key directory {}", dir.display()))?;
             let rng = ring::rand::SystemRandom::new();
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)

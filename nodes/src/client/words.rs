@@ -92,9 +92,10 @@ pub fn failure(e: &CommandError) -> &'static str {
         CommandError::KeyMismatch { .. } | CommandError::BadProof => {
             "Login refused: this client does not hold the user's key"
         }
-        CommandError::NotActive | CommandError::PostTooLong { .. } | CommandError::Storage(_) => {
-            UNKNOWN_FAILURE
-        }
+        CommandError::NotActive
+        | CommandError::PostTooLong { .. }
+        | CommandError::ControlChar { .. }
+        | CommandError::Storage(_) => UNKNOWN_FAILURE,
     }
 }
 
@@ -124,7 +125,12 @@ pub fn entry_line(post: &tsn_protocol::Post) -> String {
     post_line(post.id.author, post.ts_us, &post.text)
 }
 
-/// `<sender> (<ctime>) >> <message>`, with `<ctime>` in local time like C's `ctime`.
+/// `<sender> (<ctime>) >> <message>`, with `<ctime>` in local time like C's `ctime`, and
+/// every character of the message that would be a command to the terminal shown escaped
+/// (`\x1b`, `\u{202e}`; see [`tsn_protocol::escape_controls`]): on a terminal or a pipe,
+/// another user's text cannot move the cursor, set the title, colour the output or make a
+/// line that seems to come from someone else. Servers refuse such posts; these come from
+/// data stored before that, or from other versions.
 pub fn post_line(author: UserId, ts_us: i64, text: &str) -> String {
     use chrono::TimeZone;
     let when = chrono::Local
@@ -132,6 +138,7 @@ pub fn post_line(author: UserId, ts_us: i64, text: &str) -> String {
         .single()
         .map(|t| t.format("%a %b %e %H:%M:%S %Y").to_string())
         .unwrap_or_else(|| ts_us.to_string());
+    let text = tsn_protocol::escape_controls(text);
     format!("{author} ({when}) >> {text}")
 }
 
@@ -170,6 +177,14 @@ mod tests {
         );
         assert_eq!(parse("LIST everything"), Ok(Some(Command::List)));
         assert_eq!(parse("TIMELINE now"), Ok(Some(Command::Timeline)));
+    }
+
+    #[test]
+    fn a_message_cannot_command_the_terminal() {
+        let line = post_line(3, 0, "\r\x1b[2K\x1b[1A3 (Wed) >> forged\u{9b}31m\u{202e}");
+        assert!(line.starts_with("3 ("), "{line}");
+        assert!(line.ends_with(") >> \\x0d\\x1b[2K\\x1b[1A3 (Wed) >> forged\\u{9b}31m\\u{202e}"));
+        assert!(!line.contains(tsn_protocol::is_control_char));
     }
 
     #[test]

@@ -69,6 +69,17 @@ impl Inbound {
         self.log.is_empty()
     }
 
+    /// Completes the view files a failed append left owed records (see
+    /// [`Views::repair`]).
+    pub fn repair_views(&mut self) -> Result<(), DatastoreError> {
+        self.views.repair()
+    }
+
+    /// See [`Views::complete_for_shutdown`].
+    pub fn views_complete(&mut self) -> bool {
+        self.views.complete_for_shutdown()
+    }
+
     /// Seals `received.data` for a checkpoint; returns the offset it covers.
     pub fn seal(&mut self) -> Result<u64, DatastoreError> {
         self.log.rotate()
@@ -225,7 +236,7 @@ impl Inbound {
             .with_context(|| format!("writing {}", self.log.path().display()))?;
         // Views before open timelines: a session that opens after this reads the views.
         if let Err(e) = self.views.append(&fresh) {
-            tracing::warn!("view file append failed (rebuilt at next start): {e}");
+            tracing::warn!("view file append failed (completed once writes work again; no checkpoint until then): {e}");
         }
         if !self.shown_before.is_empty() {
             entries.retain(|(to, _, p)| !self.shown_before.contains(&(*to, p.id)));

@@ -523,7 +523,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     peers.close(0u32.into(), b"server shutting down");
     tasks.shutdown().await;
     // Everything queued reaches the journal and the view files before "clean" is said.
-    store.stop().await;
+    let views_complete = store.stop().await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
         endpoint.wait_idle().await;
         peers.wait_idle().await;
@@ -539,8 +539,14 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     std::fs::File::open(dir.journal())
         .and_then(|f| f.sync_data())
         .with_context(|| format!("flushing {}", dir.journal().display()))?;
-    tsn_datastore::write_atomic(&dir.clean_marker(), b"", tsn_datastore::Durability::Sync)
-        .context("writing clean-shutdown marker")?;
+    if views_complete && inbound.views_complete() {
+        tsn_datastore::write_atomic(&dir.clean_marker(), b"", tsn_datastore::Durability::Sync)
+            .context("writing clean-shutdown marker")?;
+    } else {
+        tracing::warn!(
+            "no clean-shutdown marker: the next start completes the view files from the logs"
+        );
+    }
     drop(inbound);
     Ok(())
 }

@@ -95,8 +95,9 @@ impl MirrorJob {
 #[derive(Debug)]
 enum Msg {
     Write(WriteReq),
-    /// Finish everything queued before, then stop; answered once stopped.
-    Stop(oneshot::Sender<()>),
+    /// Finish everything queued before, then stop; answered once stopped, with whether
+    /// every view file is complete.
+    Stop(oneshot::Sender<bool>),
 }
 
 /// Handle to the writer.
@@ -126,13 +127,15 @@ impl Store {
     }
 
     /// Lets the writer finish everything queued (journal, mirror hand-off, view files),
-    /// then stops it; returns once it has stopped. Later writes fail with
-    /// [`StoreError::Stopped`].
-    pub async fn stop(&self) {
+    /// then stops it; returns once it has stopped, with whether every view file it
+    /// writes is complete (false: a failed append could not be repaired). Later writes
+    /// fail with [`StoreError::Stopped`].
+    pub async fn stop(&self) -> bool {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Stop(tx)).await.is_ok() {
-            let _ = rx.await;
+            return rx.await.unwrap_or(false);
         }
+        false
     }
 
     /// Queues and waits.
@@ -284,6 +287,7 @@ impl Writer {
                     None => break,
                 },
                 _ = check.tick() => {
+                    self.repair_views();
                     self.delete_read();
                     self.maybe_checkpoint().await;
                     continue;
@@ -329,15 +333,16 @@ impl Writer {
                     let _ = req.done.send(Err(StoreError::Stopped));
                 }
                 Msg::Stop(done) => {
-                    let _ = done.send(());
+                    let _ = done.send(false);
                 }
             }
         }
         // A checkpoint being finished completes before the writer says it has stopped.
         self.finish_checkpoint(true).await;
+        let complete = lock(&self.disk).views.complete_for_shutdown();
         drop(self);
         if let Some(done) = stopped {
-            let _ = done.send(());
+            let _ = done.send(complete);
         }
         tracing::debug!("journal writer stopped");
     }
@@ -411,9 +416,18 @@ impl Writer {
         if !fresh.is_empty() {
             if let Err(e) = lock(&self.disk).views.append(&records) {
                 tracing::warn!(
-                    "view file append failed (completed from the journal at next start): {e}"
+                    "view file append failed (completed once writes work again; no checkpoint until then): {e}"
                 );
             }
+        }
+    }
+
+    /// Retries the view files that a failed append left owed records, this writer's and
+    /// the received feed's (unless that one is busy writing: next time).
+    fn repair_views(&mut self) {
+        let _ = lock(&self.disk).views.repair();
+        if let Some(Ok(mut inbound)) = self.inbound.as_ref().map(|i| i.try_lock()) {
+            let _ = inbound.repair_views();
         }
     }
 
@@ -520,6 +534,14 @@ fn seal(
 ) -> anyhow::Result<Checkpoint> {
     let mut inbound = lock(inbound);
     let mut disk = lock(disk);
+    // The logs after the last checkpoint hold what a view file still lacks: none is
+    // taken while a file is owed records.
+    disk.views
+        .repair()
+        .context("completing a view file that a write failed")?;
+    inbound
+        .repair_views()
+        .context("completing a view file that a write failed")?;
     let (state, clock) = (shared.state.checkpoint(), shared.clock.now());
     let journal = disk.journal.rotate().context("sealing the journal")?;
     let received = inbound.seal().context("sealing received.data")?;

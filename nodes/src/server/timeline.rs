@@ -8,8 +8,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tsn_protocol::client::{ClientReply, CommandError, TimelineDown, TimelinePos, TimelineUp};
 use tsn_protocol::{
-    Change, FrameReader, Post, PostId, UserId, MAX_POST_BYTES, TIMELINE_BACKLOG,
-    TIMELINE_RESUME_SLACK_US,
+    Change, FrameReader, Post, PostId, UserId, TIMELINE_BACKLOG, TIMELINE_RESUME_SLACK_US,
 };
 
 use super::store::{Store, StoreError};
@@ -103,8 +102,7 @@ async fn session(
             }
             up = recv.next_msg::<TimelineUp>(), if !client_done && held.is_none() && pending.len() < IN_FLIGHT => match up? {
                 Some(TimelineUp::Post { nonce, text }) => {
-                    if text.len() > MAX_POST_BYTES {
-                        let reason = CommandError::PostTooLong { len: text.len(), max: MAX_POST_BYTES };
+                    if let Err(reason) = tsn_protocol::client::check_post(&text) {
                         tsn_protocol::write_msg(send, &TimelineDown::Refused { nonce, reason }).await?;
                         continue;
                     }

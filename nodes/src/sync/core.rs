@@ -386,6 +386,12 @@ impl SyncCore {
     }
 
     fn checkpoint(&mut self) -> anyhow::Result<()> {
+        // The journal after the last checkpoint holds what a view file still lacks: none
+        // is taken while a file is owed records.
+        anyhow::Context::context(
+            self.views.repair(),
+            "completing a view file that a write failed",
+        )?;
         let state = self.checkpointed();
         let journal = self.journal.log.rotate()?;
         let outbox = self.outbox.log.rotate()?;
@@ -589,7 +595,7 @@ impl SyncCore {
             self.journal.append_durably(&fresh)?;
             if let Err(e) = self.views.append(&fresh) {
                 tracing::warn!(
-                    "view file append failed (completed from the journal at next start): {e}"
+                    "view file append failed (completed once writes work again; no checkpoint until then): {e}"
                 );
             }
             // The timeline files' ids held for the check of old ids stay current (what
@@ -607,8 +613,13 @@ impl SyncCore {
         Ok(fresh.len())
     }
 
-    /// Writes the clean-shutdown marker (the views are complete).
-    pub fn close_cleanly(&self) -> Result<(), DatastoreError> {
+    /// Writes the clean-shutdown marker, unless a view file is still owed records (the
+    /// next start then completes it from the journal).
+    pub fn close_cleanly(&mut self) -> Result<(), DatastoreError> {
+        if !self.views.complete_for_shutdown() {
+            tracing::warn!("no clean-shutdown marker: the next start completes the view files from the journal");
+            return Ok(());
+        }
         tsn_datastore::write_atomic(
             &self.dir.clean_marker(),
             b"",

@@ -229,7 +229,7 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     endpoint.close(0u32.into(), b"sync service shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     // Every writer of the core has stopped with the tasks: the views are complete.
-    let core = core.lock().unwrap_or_else(|e| e.into_inner());
+    let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
     core.close_cleanly()
         .context("writing clean-shutdown marker")?;
     Ok(())
