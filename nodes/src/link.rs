@@ -221,10 +221,22 @@ pub async fn run(
     let mut interval = cfg.interval;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A beat that failed is tried again soon (backing off up to the interval), not at
+    // the next tick: a node that starts while the group elects its first leader would
+    // otherwise stay unregistered for a whole heartbeat interval.
+    let mut retries = crate::net::backoff();
+    let mut retry: Option<Duration> = None;
     loop {
+        let again = async {
+            match retry {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {}
             _ = beat_now.notified() => {}
+            _ = again => {}
         }
         if !alive() {
             if !stalled {
@@ -264,6 +276,8 @@ pub async fn run(
                     tracing::info!(coordinator = %cfg.coordinator, "coordinator reachable again");
                     unreachable = false;
                 }
+                retries = crate::net::backoff();
+                retry = None;
                 out.send_if_modified(|cur| {
                     let changed = *cur != m;
                     *cur = m;
@@ -272,6 +286,7 @@ pub async fn run(
             }
             Err(e) => {
                 missed.inc();
+                retry = Some(retries.next().unwrap_or(interval).min(interval));
                 let taken = e
                     .downcast_ref::<CoordError>()
                     .is_some_and(|c| matches!(c, CoordError::RoleTaken { .. }));

@@ -141,8 +141,11 @@ fn coord_request() -> impl Strategy<Value = CoordRequest> {
         Just(CoordRequest::Status),
         Just(CoordRequest::Watch),
         Just(CoordRequest::Group),
-        proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| CoordRequest::Raft(RaftRpc::Append(b))),
-        (any::<u64>(), ".{0,24}").prop_map(|(id, addr)| CoordRequest::ChangeMembers(MemberChange::Add(Member { id, addr }))),
+        proptest::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|b| CoordRequest::Raft(RaftRpc::Append(b))),
+        (any::<u64>(), ".{0,24}").prop_map(|(id, addr)| CoordRequest::ChangeMembers(
+            MemberChange::Add(Member { id, addr })
+        )),
         any::<u64>().prop_map(|id| CoordRequest::ChangeMembers(MemberChange::Remove { id })),
     ]
 }
@@ -220,8 +223,13 @@ fn coord_reply() -> impl Strategy<Value = CoordReply> {
         ]
         .prop_map(CoordReply::Failed),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(CoordReply::Raft),
-        (any::<u64>(), any::<u64>(), proptest::option::of(any::<u64>()), ".{0,24}").prop_map(
-            |(id, term, last, addr)| CoordReply::Group(GroupView {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            ".{0,24}"
+        )
+            .prop_map(|(id, term, last, addr)| CoordReply::Group(GroupView {
                 id,
                 state: MemberState::Follower,
                 term,
@@ -229,8 +237,7 @@ fn coord_reply() -> impl Strategy<Value = CoordReply> {
                 applied_index: last,
                 leader: Some(id),
                 members: vec![Member { id, addr }],
-            })
-        ),
+            })),
     ]
 }
 
