@@ -201,8 +201,21 @@ pub fn init_tracing_as(default_filter: &str, format: LogFormat) {
     };
 }
 
-/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process has been asked to stop (its [`shutdown_signal`] resolved).
+pub fn stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM); from then on
+/// [`stopping`] says so.
 pub async fn shutdown_signal() {
+    wait_for_signal().await;
+    STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -511,7 +511,9 @@ pub async fn follow<O, A, Fut>(
         if let Err(e) = result {
             settled.send_if_modified(|s| !std::mem::replace(s, true));
             if !failing {
-                if ever {
+                if ever && crate::net::part_of_a_stop(&e) {
+                    tracing::info!(feed = %what, from = %target, "the feed's node stopped; retrying: {e:#}");
+                } else if ever {
                     tracing::warn!(feed = %what, from = %target, "feed interrupted, retrying: {e:#}");
                 } else {
                     tracing::info!(feed = %what, from = %target, "waiting for the feed's node: {e:#}");

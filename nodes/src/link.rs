@@ -217,6 +217,7 @@ pub async fn run(
         .clamp(Duration::from_millis(500), crate::net::CONNECT_TIMEOUT);
     let group = crate::group_client::GroupClient::new(cfg.coordinator.clone()).with_timeout(limit);
     let mut unreachable = false;
+    let mut registered = false;
     let mut stalled = false;
     let mut interval = cfg.interval;
     let mut tick = tokio::time::interval(interval);
@@ -278,6 +279,7 @@ pub async fn run(
                 }
                 retries = crate::net::backoff();
                 retry = None;
+                registered = true;
                 out.send_if_modified(|cur| {
                     let changed = *cur != m;
                     *cur = m;
@@ -294,7 +296,18 @@ pub async fn run(
                     // Loud every time: two processes claim one role, and this one waits.
                     tracing::error!(coordinator = %cfg.coordinator, "registration refused, not serving: {e}");
                 } else {
-                    if !unreachable {
+                    let electing = !registered
+                        && e.downcast_ref::<CoordError>()
+                            .is_some_and(|c| matches!(c, CoordError::NoLeader));
+                    if !unreachable && electing {
+                        // A group started together elects its first leader within a
+                        // second or so: nodes started beside it wait for that.
+                        tracing::info!(coordinator = %cfg.coordinator, "waiting for the coordinator group to elect its leader");
+                        unreachable = true;
+                    } else if !unreachable && crate::net::part_of_a_stop(&e) {
+                        tracing::info!(coordinator = %cfg.coordinator, "the coordinator stopped, keeping what was learned last: {e:#}");
+                        unreachable = true;
+                    } else if !unreachable {
                         tracing::warn!(coordinator = %cfg.coordinator, "heartbeat failed, keeping what was learned last: {e:#}");
                         unreachable = true;
                     }

@@ -271,6 +271,22 @@ pub fn dialling_endpoint(
     Ok(endpoint)
 }
 
+/// Whether `e` is part of a stop rather than a fault: this process is stopping, or the
+/// peer went away on purpose (it closed the connection as it stopped, "closed by peer"
+/// with the reason it gave, or refused a new one because it is stopping), or this
+/// process closed the connection as it stops. Worth an info line, not a warning: a clean
+/// stop of a whole system is every process seeing the others go. Errors reach here with
+/// their sources as text (a dial's reason is kept as words), so the words are matched.
+pub fn part_of_a_stop(e: &anyhow::Error) -> bool {
+    if crate::common::stopping() {
+        return true;
+    }
+    let text = format!("{e:#}");
+    text.contains("closed by peer")
+        || text.contains("refused to accept a new connection")
+        || text.ends_with("connection lost: closed")
+}
+
 /// Idle timeout of a node's connections for a given heartbeat interval: long enough to
 /// ride out a slow beat or a busy moment of the machine (at least 2 s: a client's
 /// connection to a busy server must not be dropped for it), short enough that a dead

@@ -60,12 +60,33 @@ fn sigterm_to_the_active_server_hands_over_at_once() -> anyhow::Result<()> {
         shown_after < Duration::from_secs(3),
         "the next post took {shown_after:?}: no failover timeout expected"
     );
+    // The new active server tries to mirror to the standby that has just left; posts
+    // must not wait on it (each is shown in milliseconds; waiting on the leaving standby
+    // held some for 2-3 s and one for about 20 s). Spread over a few seconds, as people
+    // post, so that they meet its attempts to reach it.
+    for k in 0..8 {
+        std::thread::sleep(Duration::from_millis(400));
+        let sent = Instant::now();
+        author.send(&format!("later {k}"))?;
+        reader.expect_contains(&format!(">> later {k}"), Duration::from_secs(15))?;
+        let took = sent.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "post {k} after the hand-over took {took:?}: it waited on the standby that left"
+        );
+    }
     let err = author.stderr();
     assert_eq!(author.finish(Duration::from_secs(30))?, 0, "{err}");
     assert_eq!(sys.serving(1)?, secondary);
     std::thread::sleep(Duration::from_millis(300));
     reader.drain();
-    for text in ["before 0", "before 4", "after the hand-over"] {
+    for text in [
+        "before 0",
+        "before 4",
+        "after the hand-over",
+        "later 0",
+        "later 7",
+    ] {
         let n = reader
             .seen
             .iter()

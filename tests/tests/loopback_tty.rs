@@ -1,6 +1,7 @@
 //! `tests/loopback.sh up` in a real terminal: one Ctrl-C (the byte a terminal sends,
 //! turned into SIGINT for the foreground process group by the pseudo-terminal) stops
-//! every process it started and returns the shell.
+//! every process it started and returns the shell, and a clean stop of the whole system
+//! logs no warning in any process's log.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
@@ -80,5 +81,20 @@ fn one_ctrl_c_stops_everything() -> anyhow::Result<()> {
         "left running: {}",
         String::from_utf8_lossy(&left.stdout)
     );
+    // Every process saw the others go: that is a clean stop, not a warning.
+    for entry in std::fs::read_dir(run.path().join("logs"))? {
+        let path = entry?.path();
+        let log = std::fs::read_to_string(&path)?;
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        assert!(
+            warned.is_empty(),
+            "{} logged warnings during a clean start and stop:\n{}",
+            path.display(),
+            warned.join("\n")
+        );
+    }
     Ok(())
 }

@@ -98,7 +98,9 @@ pub async fn run_active(
                     failures = 0;
                 }
                 failures += 1;
-                if failures == 1 {
+                if failures == 1 && crate::net::part_of_a_stop(&e) {
+                    tracing::info!(standby = %addr, "the standby stopped: serving alone until it is back: {e:#}");
+                } else if failures == 1 {
                     tracing::warn!(standby = %addr, "mirroring failed, serving alone until the standby is back: {e:#}");
                 } else {
                     tracing::debug!(standby = %addr, failures, "mirroring failed again: {e:#}");
@@ -230,6 +232,24 @@ impl Outgoing {
     }
 }
 
+/// Runs `fut` while completing every job that arrives on the local flush alone, as when
+/// no standby is alive. `None` when the jobs end (the server stops).
+async fn alone_while<T>(
+    jobs: &mut mpsc::Receiver<MirrorJob>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            r = &mut fut => return Some(r),
+            job = jobs.recv() => match job {
+                Some(j) => j.finish().await,
+                None => return None,
+            },
+        }
+    }
+}
+
 async fn step<T>(
     what: &'static str,
     fut: impl std::future::Future<Output = T>,
@@ -249,38 +269,49 @@ async fn mirror_to(
     jobs: &mut mpsc::Receiver<MirrorJob>,
     role_rx: &mut tokio::sync::watch::Receiver<super::RoleState>,
 ) -> anyhow::Result<()> {
-    let conn = crate::net::connect(endpoint, addr).await?;
-    let (mut send, recv) = conn.open_bi().await?;
-    let mut recv = FrameReader::new(recv);
-    let hello = MirrorMsg::Hello {
-        cluster: shared.cluster,
-        epoch,
-        journal: shared.journal_feed.log_id(),
-        have: peer_cursor(shared),
-    };
-    tsn_protocol::write_msg(&mut send, &hello).await?;
+    // Until the standby has been reached and has sent what it holds, nothing waits for
+    // it: a standby that is gone (one that said it is leaving, one that vanished) costs
+    // new posts nothing. What is completed here meanwhile is in the journal before the
+    // exchange reads it, and so reaches the standby.
+    let setup = async {
+        let conn = crate::net::connect(endpoint, addr).await?;
+        let (mut send, recv) = conn.open_bi().await?;
+        let mut recv = FrameReader::new(recv);
+        let hello = MirrorMsg::Hello {
+            cluster: shared.cluster,
+            epoch,
+            journal: shared.journal_feed.log_id(),
+            have: peer_cursor(shared),
+        };
+        tsn_protocol::write_msg(&mut send, &hello).await?;
 
-    // 1. What the standby has that we lack.
-    let mut received = 0usize;
-    let (mut peer_at, their_have) = loop {
-        match step(
-            "receiving the standby's state",
-            recv.next_msg::<MirrorReply>(),
-        )
-        .await??
-        {
-            Some(MirrorReply::Changes(changes)) => {
-                received += changes.len();
-                store.write(changes, false).await?;
+        // 1. What the standby has that we lack.
+        let mut received = 0usize;
+        let (peer_at, their_have) = loop {
+            match step(
+                "receiving the standby's state",
+                recv.next_msg::<MirrorReply>(),
+            )
+            .await??
+            {
+                Some(MirrorReply::Changes(changes)) => {
+                    received += changes.len();
+                    store.write(changes, false).await?;
+                }
+                Some(MirrorReply::EndOfState { journal, have }) => break (journal, have),
+                Some(MirrorReply::Refused(why)) => bail!("standby refused: {why}"),
+                Some(MirrorReply::Ack { .. }) => {
+                    bail!("standby acknowledged before the exchange ended")
+                }
+                None => bail!("standby closed the stream during the exchange"),
             }
-            Some(MirrorReply::EndOfState { journal, have }) => break (journal, have),
-            Some(MirrorReply::Refused(why)) => bail!("standby refused: {why}"),
-            Some(MirrorReply::Ack { .. }) => {
-                bail!("standby acknowledged before the exchange ended")
-            }
-            None => bail!("standby closed the stream during the exchange"),
-        }
+        };
+        anyhow::Ok((conn, send, recv, received, peer_at, their_have))
     };
+    let Some(setup) = alone_while(jobs, setup).await else {
+        bail!("the server is stopping");
+    };
+    let (conn, mut send, mut recv, received, mut peer_at, their_have) = setup?;
     save_peer_cursor(shared, peer_at);
 
     // 2. What we have that it lacks. Everything committed before this read is in it;
@@ -434,8 +465,12 @@ pub async fn serve_standby(
 ) {
     let r = standby(&shared, &store, hello, &mut send, &mut recv).await;
     shared.mirroring.send_replace(false);
-    if let Err(e) = r {
-        tracing::warn!("mirror stream from the active server ended: {e:#}");
+    match r {
+        Err(e) if crate::net::part_of_a_stop(&e) => {
+            tracing::info!("the active server stopped mirroring: {e:#}")
+        }
+        Err(e) => tracing::warn!("mirror stream from the active server ended: {e:#}"),
+        Ok(()) => {}
     }
 }
 

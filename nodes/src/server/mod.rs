@@ -664,6 +664,9 @@ async fn hand_over(
             tracing::info!("no hand-over before stopping: {e}");
         }
         Ok(other) => tracing::warn!("unexpected hand-over reply: {other:?}"),
+        Err(e) if crate::net::part_of_a_stop(&e) => {
+            tracing::info!("no hand-over before stopping: the coordinator is stopping too ({e:#})")
+        }
         Err(e) => tracing::warn!("could not ask the coordinator for a hand-over: {e:#}"),
     }
 }
