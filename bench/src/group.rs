@@ -191,6 +191,7 @@ fn push_latency(rt: &Runtime) -> Result<Vec<Row>> {
                 addr: addr.clone(),
                 active: false,
                 epoch: 0,
+                clock_offset_ms: 0,
             });
             let sent = Instant::now();
             match session::call::<_, CoordReply>(&conn, &hb).await? {

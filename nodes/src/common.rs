@@ -88,6 +88,32 @@ pub struct NodeOpts {
     pub threads: usize,
 }
 
+/// The clock options of the nodes that timestamp changes or pass them on (servers and
+/// sync services).
+#[derive(Debug, Clone, Args)]
+pub struct ClockOpts {
+    /// The largest difference between this node's clock and the others' that is taken
+    /// as right, in milliseconds. A timestamp more than this ahead of the node's clock
+    /// does not advance its hybrid logical clock (the change is kept as it is), so a
+    /// clock that was wrong leaves no trace on later timestamps; a server or sync service
+    /// whose clock differs from the coordinator's by more than this logs it and is not
+    /// ready (the coordinator's clock is the one they are measured against).
+    #[arg(
+        long,
+        default_value_t = 500,
+        value_name = "MS",
+        env = "TSN_MAX_CLOCK_OFFSET_MS"
+    )]
+    pub max_clock_offset_ms: u64,
+}
+
+impl ClockOpts {
+    /// `--max-clock-offset-ms`.
+    pub fn max_clock_offset(&self) -> Duration {
+        Duration::from_millis(self.max_clock_offset_ms)
+    }
+}
+
 impl NodeOpts {
     /// The async runtime the node runs on (see `--threads`), once the process's
     /// open-file limit is raised ([`raise_fd_limit`]): every node starts that way.

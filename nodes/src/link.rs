@@ -7,6 +7,12 @@
 //! it its role and its peer. Heartbeats are for liveness. What the node learned is
 //! published on a watch channel ([`Membership`]).
 //!
+//! Each heartbeat also measures how far the node's wall clock is from the coordinator's:
+//! the coordinator's clock as it answered, against the node's at the middle of the round
+//! trip. A node off by more than `--max-clock-offset-ms` says so in its log (an error,
+//! every 10 s while it lasts) and is not ready; the next heartbeat reports the offset, so
+//! the routing tables (`tsn_status`) show every node's.
+//!
 //! While the coordinator cannot be reached the node keeps what it learned last: clusters
 //! keep serving through a coordinator restart.
 //!
@@ -35,12 +41,29 @@ pub struct Membership {
     pub beat: Option<BeatReply>,
     /// The routing tables read after that beat.
     pub tables: Option<RoutingTables>,
+    /// How far this node's wall clock was ahead of the coordinator's (negative: behind)
+    /// at the last beat, in milliseconds.
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl Membership {
     /// Number of clusters (0 before the first beat).
     pub fn clusters(&self) -> u32 {
         self.beat.as_ref().map_or(0, |b| b.clusters)
+    }
+
+    /// Why this node's clock is not to be trusted, if it differs from the
+    /// coordinator's by more than `max`.
+    pub fn clock_off(&self, max: Duration) -> Option<String> {
+        let offset = self.clock_offset_ms?;
+        let max_ms = i64::try_from(max.as_millis()).unwrap_or(i64::MAX);
+        (offset.unsigned_abs() > max_ms.unsigned_abs()).then(|| {
+            let side = if offset > 0 { "ahead of" } else { "behind" };
+            format!(
+                "this node's clock is {} ms {side} the coordinator's (more than --max-clock-offset-ms {max_ms})",
+                offset.unsigned_abs()
+            )
+        })
     }
 
     /// The registered address of a node, if the coordinator knows one (alive or not:
@@ -69,7 +92,12 @@ pub struct LinkConfig {
     pub advertise: String,
     /// Heartbeat interval.
     pub interval: Duration,
+    /// `--max-clock-offset-ms`.
+    pub max_clock_offset: Duration,
 }
+
+/// How often, at most, the log says that the node's clock is off.
+const CLOCK_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How often the node's runtime ticks the watchdog.
 const WATCHDOG_TICK: Duration = Duration::from_millis(100);
@@ -219,6 +247,8 @@ pub async fn run(
     let mut unreachable = false;
     let mut registered = false;
     let mut stalled = false;
+    // When the log last said that the clock is off (none: it is not, as far as known).
+    let mut clock_logged: Option<Instant> = None;
     let mut interval = cfg.interval;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -280,6 +310,25 @@ pub async fn run(
                 retries = crate::net::backoff();
                 retry = None;
                 registered = true;
+                match m.clock_off(cfg.max_clock_offset) {
+                    Some(why) => {
+                        if clock_logged.is_none_or(|t| t.elapsed() >= CLOCK_LOG_EVERY) {
+                            tracing::error!(
+                                clock_offset_ms = m.clock_offset_ms,
+                                "{why}: not ready until the clock is corrected (its timestamps would be wrong by as much)"
+                            );
+                            clock_logged = Some(Instant::now());
+                        }
+                    }
+                    None => {
+                        if clock_logged.take().is_some() {
+                            tracing::info!(
+                                clock_offset_ms = m.clock_offset_ms,
+                                "this node's clock agrees with the coordinator's again"
+                            );
+                        }
+                    }
+                }
                 out.send_if_modified(|cur| {
                     let changed = *cur != m;
                     *cur = m;
@@ -326,23 +375,26 @@ async fn beat(
 ) -> anyhow::Result<Membership> {
     // The node's belief is what the coordinator said last (a coordinator that lost its
     // state rebuilds its tables from these beliefs instead of failing over).
-    let (active, epoch) = out
-        .borrow()
-        .beat
-        .as_ref()
-        .map_or((false, 0), |b| (b.active, b.epoch));
+    let (active, epoch, clock_offset_ms) = {
+        let m = out.borrow();
+        let (active, epoch) = m.beat.as_ref().map_or((false, 0), |b| (b.active, b.epoch));
+        (active, epoch, m.clock_offset_ms.unwrap_or(0))
+    };
     let hb = CoordRequest::Heartbeat(Heartbeat {
         cluster: cfg.cluster,
         kind: cfg.kind,
         addr: cfg.advertise.clone(),
         active,
         epoch,
+        clock_offset_ms,
     });
+    let sent = crate::now_us();
     let beat = match group.call(endpoint, &hb).await? {
         (_, CoordReply::Beat(r)) => r,
         (_, CoordReply::Failed(e)) => return Err(e.into()),
         (_, other) => anyhow::bail!("unexpected heartbeat reply {other:?}"),
     };
+    let clock_offset_ms = Some(offset_ms(sent, crate::now_us(), beat.now_us));
     let tables = match group.call(endpoint, &CoordRequest::Status).await? {
         (_, CoordReply::Status(t)) => t,
         (_, CoordReply::Failed(e)) => {
@@ -358,7 +410,44 @@ async fn beat(
     Ok(Membership {
         beat: Some(beat),
         tables: Some(tables),
+        clock_offset_ms,
     })
+}
+
+/// How far this node's clock is ahead of the coordinator's, in milliseconds, from a
+/// request sent at `sent` and answered at `received` (this node's clock) with the
+/// coordinator's clock reading `theirs` (all µs): the answer is taken as made half-way
+/// through the round trip, so the error is at most half the round trip.
+fn offset_ms(sent: i64, received: i64, theirs: i64) -> i64 {
+    let midpoint = sent.saturating_add(received.saturating_sub(sent) / 2);
+    midpoint.saturating_sub(theirs) / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offset_is_taken_at_the_middle_of_the_round_trip() {
+        let day_us = 86_400_000_000;
+        assert_eq!(offset_ms(1_000_000, 1_020_000, 1_010_000), 0);
+        assert_eq!(offset_ms(1_000_000, 1_020_000, 1_010_000 - day_us), 86_400_000);
+        assert_eq!(offset_ms(1_000_000, 1_020_000, 1_010_000 + 5_000_000), -5_000);
+    }
+
+    #[test]
+    fn a_clock_beyond_the_limit_either_way_is_off() {
+        let limit = Duration::from_millis(500);
+        let at = |ms| Membership {
+            clock_offset_ms: Some(ms),
+            ..Membership::default()
+        };
+        assert_eq!(Membership::default().clock_off(limit), None);
+        assert_eq!(at(500).clock_off(limit), None);
+        assert_eq!(at(-500).clock_off(limit), None);
+        assert!(at(501).clock_off(limit).is_some_and(|w| w.contains("ahead of")));
+        assert!(at(-86_400_000).clock_off(limit).is_some_and(|w| w.contains("behind")));
+    }
 }
 
 /// A watch of one peer's address, derived from the membership (changes only when the

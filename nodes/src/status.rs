@@ -104,6 +104,7 @@ pub fn render_json(t: &RoutingTables, group: &[CoordinatorSeen]) -> String {
             "active": e.active,
             "epoch": e.epoch,
             "ms_since_beat": e.ms_since_beat,
+            "clock_offset_ms": e.clock_offset_ms,
         })).collect::<Vec<_>>(),
         "coordinators": group.iter().map(|c| serde_json::json!({
             "id": c.view.as_ref().map(|v| v.id),
@@ -247,8 +248,8 @@ pub fn render(t: &RoutingTables) -> String {
         ("Synchronizer", NodeKind::Sync),
     ] {
         out.push_str(&format!(
-            "\n{title} table\n{:<8} {:<24} {:<9} {:<8} {:>6} {:>10}\n",
-            "ID", "Address", "Status", "Serving", "Epoch", "Last beat"
+            "\n{title} table\n{:<8} {:<24} {:<9} {:<8} {:>6} {:>10} {:>12}\n",
+            "ID", "Address", "Status", "Serving", "Epoch", "Last beat", "Clock offset"
         ));
         for e in t.entries.iter().filter(|e| e.kind == kind) {
             let status = if e.alive { "Active" } else { "Inactive" };
@@ -258,8 +259,8 @@ pub fn render(t: &RoutingTables) -> String {
                 (_, false) => "no",
             };
             out.push_str(&format!(
-                "{:<8} {:<24} {:<9} {:<8} {:>6} {:>8}ms\n",
-                e.cluster, e.addr, status, serving, e.epoch, e.ms_since_beat
+                "{:<8} {:<24} {:<9} {:<8} {:>6} {:>8}ms {:>10}ms\n",
+                e.cluster, e.addr, status, serving, e.epoch, e.ms_since_beat, e.clock_offset_ms
             ));
         }
     }

@@ -166,6 +166,9 @@ pub struct Heartbeat {
     pub active: bool,
     /// The failover epoch the node last learned.
     pub epoch: u64,
+    /// How far the node's wall clock was ahead of the coordinator's (negative: behind)
+    /// at its last heartbeat, in milliseconds (0 before it has measured).
+    pub clock_offset_ms: i64,
 }
 
 /// The coordinator's answer.
@@ -220,6 +223,9 @@ pub struct BeatReply {
     pub clusters: u32,
     /// The heartbeat interval, in milliseconds: the coordinator's, which every node uses.
     pub heartbeat_ms: u64,
+    /// The coordinator's wall clock when it answered, in microseconds since the Unix
+    /// epoch: nodes measure their clock's offset by it.
+    pub now_us: i64,
 }
 
 /// A sync service as known to the coordinator.
@@ -266,6 +272,9 @@ pub struct RouteEntry {
     pub ms_since_beat: u64,
     /// The cluster's failover epoch.
     pub epoch: u64,
+    /// How far its wall clock is ahead of the coordinator's (negative: behind), in
+    /// milliseconds, as it measured at its last heartbeat.
+    pub clock_offset_ms: i64,
 }
 
 /// Why the coordinator refused a request.

@@ -125,15 +125,17 @@ fn coord_request() -> impl Strategy<Value = CoordRequest> {
             node_kind(),
             ".{0,24}",
             any::<bool>(),
-            any::<u64>()
+            any::<u64>(),
+            any::<i64>()
         )
-            .prop_map(|(cluster, kind, addr, active, epoch)| {
+            .prop_map(|(cluster, kind, addr, active, epoch, clock_offset_ms)| {
                 CoordRequest::Heartbeat(Heartbeat {
                     cluster,
                     kind,
                     addr,
                     active,
                     epoch,
+                    clock_offset_ms,
                 })
             }),
         any::<u32>().prop_map(|client| CoordRequest::AssignClient { client }),
@@ -159,9 +161,10 @@ fn coord_reply() -> impl Strategy<Value = CoordReply> {
         any::<bool>(),
         any::<u64>(),
         any::<u64>(),
+        any::<i64>(),
     )
         .prop_map(
-            |(cluster, kind, addr, alive, active, ms_since_beat, epoch)| RouteEntry {
+            |(cluster, kind, addr, alive, active, ms_since_beat, epoch, clock_offset_ms)| RouteEntry {
                 cluster,
                 kind,
                 addr,
@@ -169,6 +172,7 @@ fn coord_reply() -> impl Strategy<Value = CoordReply> {
                 active,
                 ms_since_beat,
                 epoch,
+                clock_offset_ms,
             },
         );
     prop_oneof![
@@ -177,15 +181,17 @@ fn coord_reply() -> impl Strategy<Value = CoordReply> {
             any::<bool>(),
             proptest::option::of(".{0,24}"),
             any::<u32>(),
-            any::<u64>()
+            any::<u64>(),
+            any::<i64>()
         )
-            .prop_map(|(epoch, active, peer, clusters, heartbeat_ms)| {
+            .prop_map(|(epoch, active, peer, clusters, heartbeat_ms, now_us)| {
                 CoordReply::Beat(BeatReply {
                     epoch,
                     active,
                     peer,
                     clusters,
                     heartbeat_ms,
+                    now_us,
                 })
             }),
         (any::<u32>(), ".{0,24}")

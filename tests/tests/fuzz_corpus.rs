@@ -152,6 +152,7 @@ fn write_seed_corpus() {
                     addr: "127.0.0.1:5000".into(),
                     active: true,
                     epoch: 2,
+                    clock_offset_ms: -3,
                 }),
                 CoordRequest::AssignClient { client: 4 },
                 CoordRequest::SyncPeers,
@@ -170,6 +171,7 @@ fn write_seed_corpus() {
                     peer: Some("127.0.0.1:1".into()),
                     clusters: 3,
                     heartbeat_ms: 200,
+                    now_us: 1_764_000_000_000_000,
                 }),
                 CoordReply::Assigned {
                     cluster: 2,
@@ -195,6 +197,7 @@ fn write_seed_corpus() {
                         active: false,
                         ms_since_beat: 5,
                         epoch: 1,
+                        clock_offset_ms: 12,
                     }],
                 }),
                 CoordReply::Failed(CoordError::NoLiveServer { cluster: 2 }),

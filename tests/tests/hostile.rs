@@ -198,6 +198,7 @@ fn every_role_survives_bad_input_and_keeps_serving() {
             addr: "127.0.0.1:9".into(),
             active: true,
             epoch: 99,
+            clock_offset_ms: 0,
         });
         let reply: CoordReply = call(&c, &hb).await.unwrap();
         assert_eq!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use tsn_protocol::coord::{CoordError, CoordReply, CoordRequest, Member};
+use tsn_protocol::coord::{BeatReply, CoordError, CoordReply, CoordRequest, Member};
 
 use super::group::{Group, Refusal};
 use crate::common::{CommonOpts, NodeOpts};
@@ -257,7 +257,10 @@ async fn answer(group: &Group, req: CoordRequest, is_node: bool) -> CoordReply {
                 })
                 .await
                 .map(|r| match r {
-                    Ok(b) => CoordReply::Beat(b),
+                    Ok(b) => CoordReply::Beat(BeatReply {
+                        now_us: crate::now_us(),
+                        ..b
+                    }),
                     Err(e) => refused_beat(hb, e),
                 })
         }

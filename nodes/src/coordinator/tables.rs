@@ -29,6 +29,8 @@ struct Slot {
     last_beat: Instant,
     /// When this address registered.
     since: Instant,
+    /// The clock offset its last heartbeat reported (liveness, like `last_beat`).
+    clock_offset_ms: i64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -223,6 +225,7 @@ impl Tables {
                         addr: addr.clone(),
                         last_beat: now,
                         since: now,
+                        clock_offset_ms: 0,
                     };
                     (*kind, slot)
                 })
@@ -329,6 +332,7 @@ impl Tables {
                 addr: hb.addr.clone(),
                 last_beat: now,
                 since,
+                clock_offset_ms: hb.clock_offset_ms,
             },
         );
         if changed {
@@ -373,6 +377,8 @@ impl Tables {
             peer,
             clusters: self.clusters,
             heartbeat_ms: u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            // The service sets its wall clock as it answers: the tables take no clock.
+            now_us: 0,
         })
     }
 
@@ -526,6 +532,7 @@ impl Tables {
                     )
                     .unwrap_or(u64::MAX),
                     epoch: c.epoch,
+                    clock_offset_ms: slot.clock_offset_ms,
                 });
             }
         }
@@ -553,6 +560,7 @@ mod tests {
             addr: format!("127.0.0.1:{port}"),
             active: false,
             epoch: 0,
+            clock_offset_ms: 0,
         }
     }
 

@@ -120,7 +120,7 @@ async fn handle(shared: &Shared, store: &Store, conn: &Conn, req: ClientRequest)
             Change::Follow {
                 follower: user,
                 followee: target,
-                ts_us: shared.clock.now(),
+                ts_us: state.follow_ts(user, target, shared.clock.now()),
                 active: true,
             }
         }
@@ -135,7 +135,7 @@ async fn handle(shared: &Shared, store: &Store, conn: &Conn, req: ClientRequest)
             Change::Follow {
                 follower: user,
                 followee: target,
-                ts_us: shared.clock.now(),
+                ts_us: state.follow_ts(user, target, shared.clock.now()),
                 active: false,
             }
         }

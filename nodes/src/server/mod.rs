@@ -132,6 +132,9 @@ pub struct ServerOpts {
     pub node: NodeOpts,
 
     #[command(flatten)]
+    pub clock: crate::common::ClockOpts,
+
+    #[command(flatten)]
     pub common: CommonOpts,
 }
 
@@ -311,7 +314,7 @@ impl Shared {
             journal_feed: FeedSource::new(tsn_datastore::Segments::single(dir.journal()), 1, 0).1,
             dir,
             state: State::default(),
-            clock: crate::hlc::Hlc::default(),
+            clock: crate::hlc::Hlc::new(std::time::Duration::from_millis(500)),
             sync_log: AtomicU64::new(0),
             beat_now: Arc::new(tokio::sync::Notify::new()),
             handed_over: tokio::sync::Notify::new(),
@@ -375,7 +378,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         }
     }
     let mut model = Model::default();
-    let clock = crate::hlc::Hlc::default();
+    let clock = crate::hlc::Hlc::new(opts.clock.max_clock_offset());
     model.restore(&cp.state);
     clock.observe(cp.clock);
     for r in &records {
@@ -458,6 +461,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
             kind,
             advertise: advertise.clone(),
             interval: opts.node.heartbeat(),
+            max_clock_offset: opts.clock.max_clock_offset(),
         },
         opts.node.bind,
         client_config.clone(),
@@ -482,7 +486,12 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
         crate::link::peer_addr(&members, move |m| m.addr_of(cluster, NodeKind::Sync)),
         settled_tx,
     ));
-    tasks.spawn(readiness(shared.clone(), members.clone(), settled));
+    tasks.spawn(readiness(
+        shared.clone(),
+        members.clone(),
+        settled,
+        opts.clock.max_clock_offset(),
+    ));
 
     let (mirror_tx, mirror_rx) = mpsc::channel(store::WRITE_QUEUE);
     let store = store::spawn(
@@ -590,16 +599,21 @@ async fn admin(
 
 /// Keeps `/ready` true exactly while this server is registered, knows its role, has read
 /// its sync service's journal to the end since it learned where that is (or found it
-/// down), and, when the coordinator names a live peer server, mirrors with it.
+/// down), when the coordinator names a live peer server, mirrors with it, and its clock
+/// is within `max_clock_offset` of the coordinator's.
 async fn readiness(
     shared: Arc<Shared>,
     mut members: tokio_watch::Receiver<crate::link::Membership>,
     mut settled: tokio_watch::Receiver<bool>,
+    max_clock_offset: std::time::Duration,
 ) {
     let mut role = shared.role.subscribe();
     let mut mirroring = shared.mirroring.subscribe();
     loop {
-        let registered = members.borrow_and_update().beat.is_some();
+        let (registered, clock_off) = {
+            let m = members.borrow_and_update();
+            (m.beat.is_some(), m.clock_off(max_clock_offset))
+        };
         let caught_up = *settled.borrow_and_update();
         let peer = role.borrow_and_update().peer.clone();
         let mirrored = *mirroring.borrow_and_update();
@@ -608,7 +622,7 @@ async fn readiness(
             (true, false) => Some("catching up from the sync service".to_string()),
             (true, true) => match peer {
                 Some(p) if !mirrored => Some(format!("setting up mirroring with {p}")),
-                _ => None,
+                _ => clock_off,
             },
         };
         if why.is_none() && shared.metrics.not_ready().is_some() {

@@ -101,6 +101,21 @@ impl State {
         self.lock().key_of(user).cloned()
     }
 
+    /// The timestamp a new change of `follower` -> `followee` gets: `now`, or one
+    /// microsecond after the relation's last known change if that is later. The clock
+    /// ignores timestamps from a clock far ahead (see [`crate::hlc`]); this keeps the
+    /// order that matters to a relation (an unfollow supersedes the follow it undoes)
+    /// whatever clock stamped its last change.
+    pub fn follow_ts(&self, follower: UserId, followee: UserId, now: i64) -> i64 {
+        let m = self.lock();
+        let own = m.following.get(&follower).and_then(|e| e.get(&followee));
+        let received = m.followers.get(&followee).and_then(|e| e.get(&follower));
+        own.into_iter()
+            .chain(received)
+            .map(|(ts, _)| ts.saturating_add(1))
+            .fold(now, i64::max)
+    }
+
     /// What LIST answers: every known user, and `user`'s current followers, ascending.
     pub fn list(&self, user: UserId) -> (Vec<UserId>, Vec<UserId>) {
         let m = self.lock();
@@ -483,6 +498,31 @@ mod tests {
 
     fn deliver(to: u32, seq: u64, p: Post) -> Record {
         Record::Deliver { to, seq, post: p }
+    }
+
+    #[test]
+    fn a_change_of_a_follow_is_stamped_after_the_last_one_of_that_relation() {
+        let day = 86_400_000_000;
+        let state = State::default();
+        assert_eq!(state.follow_ts(1, 2, 100), 100, "a new relation: the clock");
+        state.apply_own(&[Change::Follow {
+            follower: 1,
+            followee: 2,
+            ts_us: day,
+            active: true,
+        }]);
+        let ts = state.follow_ts(1, 2, 100);
+        assert_eq!(ts, day + 1, "after a follow stamped by a clock a day ahead");
+        let unfollow = Change::Follow {
+            follower: 1,
+            followee: 2,
+            ts_us: ts,
+            active: false,
+        };
+        assert_eq!(state.fresh([&unfollow]).len(), 1, "it supersedes the follow");
+        state.apply_own(&[unfollow]);
+        assert!(!state.follows(1, 2));
+        assert_eq!(state.follow_ts(3, 2, 100), 100, "other relations keep the clock");
     }
 
     #[test]

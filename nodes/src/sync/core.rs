@@ -138,6 +138,8 @@ pub struct SyncCore {
     cursors: Cursors,
     /// `--checkpoint-bytes`.
     checkpoint_bytes: u64,
+    /// `--max-clock-offset-ms`, in microseconds.
+    max_clock_offset_us: i64,
     /// The last checkpoint: journal offset, outbox offset, size in bytes.
     last: (u64, u64, u64),
     /// The newest timestamp seen (a checkpoint's clock).
@@ -209,6 +211,7 @@ impl SyncCore {
         cluster: ClusterId,
         clusters: u32,
         checkpoint_bytes: u64,
+        max_clock_offset: std::time::Duration,
     ) -> anyhow::Result<SyncCore> {
         dir.create()?;
         let cp = checkpoint::load(&dir)?.unwrap_or_default();
@@ -255,6 +258,7 @@ impl SyncCore {
             journal,
             cursors,
             checkpoint_bytes,
+            max_clock_offset_us: i64::try_from(max_clock_offset.as_micros()).unwrap_or(i64::MAX),
             last: (cp.journal, cp.other, last_size),
             max_ts: cp.clock,
             out_users: HashSet::new(),
@@ -505,13 +509,18 @@ impl SyncCore {
         }
     }
 
-    /// Local users who followed `author` at `ts_us` (and have not unfollowed since).
-    fn followers_at(&self, author: UserId, ts_us: i64) -> Vec<UserId> {
+    /// Local users who followed `author` at `ts_us` (and have not unfollowed since), when
+    /// this node's wall clock reads `now`. A follow stamped more than the maximum clock
+    /// offset ahead of `now` was stamped by a clock that was wrong: it counts as made
+    /// already, so that its follower gets the posts made after it (which the clocks of
+    /// their authors stamp earlier), and also those that were still on their way.
+    fn followers_at(&self, author: UserId, ts_us: i64, now: i64) -> Vec<UserId> {
+        let made = |ts: i64| ts <= ts_us || ts.saturating_sub(now) > self.max_clock_offset_us;
         self.following
             .get(&author)
             .map(|m| {
                 m.iter()
-                    .filter(|(f, (ts, active))| *active && *ts <= ts_us && **f != author)
+                    .filter(|(f, (ts, active))| *active && made(*ts) && **f != author)
                     .map(|(f, _)| *f)
                     .collect()
             })
@@ -568,7 +577,7 @@ impl SyncCore {
                 }
                 Change::Key { .. } => {}
                 Change::Post(p) => {
-                    let mut to_all = self.followers_at(p.id.author, p.ts_us);
+                    let mut to_all = self.followers_at(p.id.author, p.ts_us, crate::now_us());
                     if cluster_of(p.id.author, self.clusters) == self.cluster {
                         to_all.push(p.id.author);
                     }

@@ -82,6 +82,9 @@ pub struct SyncOpts {
     pub node: NodeOpts,
 
     #[command(flatten)]
+    pub clock: crate::common::ClockOpts,
+
+    #[command(flatten)]
     pub common: CommonOpts,
 }
 
@@ -130,6 +133,7 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
             kind: NodeKind::Sync,
             advertise: advertise.clone(),
             interval: opts.node.heartbeat(),
+            max_clock_offset: opts.clock.max_clock_offset(),
         },
         opts.node.bind,
         client_config,
@@ -159,8 +163,9 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     let dir2 = dir.clone();
     let cluster = opts.cluster;
     let checkpoint_bytes = opts.checkpoint_bytes;
+    let max_clock_offset = opts.clock.max_clock_offset();
     let core = tokio::task::spawn_blocking(move || {
-        SyncCore::open(dir2, cluster, clusters, checkpoint_bytes)
+        SyncCore::open(dir2, cluster, clusters, checkpoint_bytes, max_clock_offset)
     })
     .await
     .context("loading panicked")?
@@ -208,7 +213,12 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     }
     let mut feeds = settled.clone();
     feeds.extend(outboxes_settled);
-    tasks.spawn(readiness(metrics.clone(), members.clone(), feeds));
+    tasks.spawn(readiness(
+        metrics.clone(),
+        members.clone(),
+        feeds,
+        opts.clock.max_clock_offset(),
+    ));
     let pace = (opts.delivery == Delivery::Period).then(|| Duration::from_millis(opts.period_ms));
     let accept = {
         let core = core.clone();
@@ -235,13 +245,15 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps `/ready` true exactly while this sync service is registered and has read each
-/// of its feeds (its servers' journals, every cluster's outbox) to the end since it
-/// learned where that feed's writer is, or found it down.
+/// Keeps `/ready` true exactly while this sync service is registered, has read each of
+/// its feeds (its servers' journals, every cluster's outbox) to the end since it learned
+/// where that feed's writer is, or found it down, and its clock is within
+/// `max_clock_offset` of the coordinator's.
 async fn readiness(
     metrics: Arc<crate::metrics::Metrics>,
     mut members: watch::Receiver<Membership>,
     mut feeds: Vec<watch::Receiver<bool>>,
+    max_clock_offset: std::time::Duration,
 ) {
     metrics.set_ready(Some("not registered with the coordinator yet".into()));
     if members.wait_for(|m| m.beat.is_some()).await.is_err() {
@@ -254,16 +266,20 @@ async fn readiness(
             .map(|f| *f.borrow_and_update())
             .filter(|done| !done)
             .count();
-        let ready = behind == 0;
-        metrics
-            .set_ready((!ready).then(|| format!("{behind} of its feeds not read to the end yet")));
+        let why = match members.borrow_and_update().clock_off(max_clock_offset) {
+            Some(off) => Some(off),
+            None => (behind > 0).then(|| format!("{behind} of its feeds not read to the end yet")),
+        };
+        let ready = why.is_none();
+        metrics.set_ready(why);
         if ready && !was_ready {
             tracing::info!("ready");
         }
         was_ready = ready;
         let changes = feeds.iter_mut().map(|f| Box::pin(f.changed()));
-        if futures_select_all(changes).await.is_err() {
-            return;
+        tokio::select! {
+            r = futures_select_all(changes) => if r.is_err() { return },
+            r = members.changed() => if r.is_err() { return },
         }
     }
 }
