@@ -77,6 +77,123 @@ pub enum NetError {
     NoReply,
 }
 
+/// Why asking a coordinator failed, in the words every binary uses for the usual
+/// mistakes: nothing listening at the address, a server's address where a coordinator's
+/// is wanted. Anything else (a foreign CA among them) keeps the transport's own reason.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// Nothing answered QUIC at the address.
+    #[error(
+        "no TSN coordinator answers at {addr} (nothing answered QUIC within {secs} s: \
+         is the address right and tsn_coordinator running there?)"
+    )]
+    NothingAnswers {
+        /// The address tried.
+        addr: String,
+        /// How long the client waited.
+        secs: f64,
+    },
+    /// Something that is not a coordinator answered (a server, most likely).
+    #[error(
+        "{addr} is not a TSN coordinator ({what}); -c takes the coordinator's address, \
+         not a server's"
+    )]
+    NotACoordinator {
+        /// The address tried.
+        addr: String,
+        /// What it did instead of answering.
+        what: String,
+    },
+    /// The coordinator took the question and did not answer it in time.
+    #[error("coordinator {addr} did not answer within {secs} s")]
+    NoAnswer {
+        /// The address tried.
+        addr: String,
+        /// The time limit of one request.
+        secs: u64,
+    },
+    /// Any other failure, with the transport's reason.
+    #[error("coordinator {addr}")]
+    Other {
+        /// The address tried.
+        addr: String,
+        /// The transport's reason.
+        #[source]
+        source: NetError,
+    },
+}
+
+impl CoordinatorError {
+    /// Dialling the coordinator at `addr` within `limit` failed.
+    pub fn dialling(addr: &str, limit: Duration, e: NetError) -> CoordinatorError {
+        match e {
+            NetError::Timeout { .. } => CoordinatorError::NothingAnswers {
+                addr: addr.to_string(),
+                secs: limit.as_secs_f64(),
+            },
+            source => CoordinatorError::Other {
+                addr: addr.to_string(),
+                source,
+            },
+        }
+    }
+
+    /// A request to the (connected) coordinator at `addr` failed.
+    pub fn asking(addr: &str, e: NetError) -> CoordinatorError {
+        match e {
+            NetError::Timeout { .. } => CoordinatorError::NoAnswer {
+                addr: addr.to_string(),
+                secs: REQUEST_TIMEOUT.as_secs(),
+            },
+            e if refused_question(&e) => CoordinatorError::NotACoordinator {
+                addr: addr.to_string(),
+                what: format!("it refused the coordinator's question: {e}"),
+            },
+            source => CoordinatorError::Other {
+                addr: addr.to_string(),
+                source,
+            },
+        }
+    }
+
+    /// The peer at `addr` answered the coordinator's question with `reply`, which only
+    /// something else sends.
+    pub fn unexpected(addr: &str, reply: &dyn std::fmt::Debug) -> CoordinatorError {
+        CoordinatorError::NotACoordinator {
+            addr: addr.to_string(),
+            what: format!("it answered the coordinator's question with {reply:?}"),
+        }
+    }
+}
+
+/// Whether a request failed because the peer would not take it (it reset the stream,
+/// answered with something that is not a reply, or closed without answering), rather
+/// than because the connection failed.
+pub fn refused_question(e: &NetError) -> bool {
+    use tsn_protocol::FrameError;
+    match e {
+        NetError::NoReply => true,
+        NetError::Codec(CodecError::Frame(FrameError::Io(io))) => {
+            io.kind() == std::io::ErrorKind::ConnectionReset
+        }
+        NetError::Codec(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether a request failed because the peer closed the connection on purpose (it is
+/// stopping, or refused the connection), rather than because it could not be reached.
+pub fn peer_closed(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Connection(
+            quinn::ConnectionError::ApplicationClosed(_)
+                | quinn::ConnectionError::ConnectionClosed(_)
+                | quinn::ConnectionError::Reset
+        )
+    )
+}
+
 /// Transport settings: keep-alive at a third of the idle timeout, so a live but quiet
 /// peer is never timed out, and a dead one is noticed within `idle`.
 pub fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {

@@ -57,6 +57,18 @@ impl CoordConn {
     }
 }
 
+/// The server the coordinator named was reached but does not serve the user now: it is
+/// not (or no longer) the active server, or it closed the connection while the client
+/// logged in (it is stopping). Asking the coordinator again helps, at start as later.
+#[derive(Debug, thiserror::Error)]
+#[error("server {server}: {why}")]
+pub struct NotServing {
+    /// The server.
+    pub server: String,
+    /// What it said or did.
+    pub why: String,
+}
+
 /// A logged-in connection to the active server of the user's cluster.
 #[derive(Debug)]
 pub struct Link {
@@ -88,14 +100,38 @@ impl Link {
         let key_dir = opts.key_dir.as_ref().unwrap_or(&opts.common.cert_dir);
         let key = UserKey::load_or_create(key_dir, opts.user)?;
         let coord = CoordConn::default();
-        let (server, conn) =
-            connect_and_login(&endpoint, &coord, &opts.coordinator, opts.user, &key).await?;
+        let reconnect_for = Duration::from_secs(opts.reconnect_secs);
+        let first = connect_and_login(&endpoint, &coord, &opts.coordinator, opts.user, &key).await;
+        let (server, conn) = match first {
+            Ok(found) => found,
+            // Reached a server that does not serve the user now (a hand-over, a stale
+            // assignment): the same path as a running client's reconnect. Anything
+            // else at start (nothing answers, not a coordinator, a foreign CA) fails
+            // at once, as the original did.
+            Err(e) => match e.downcast::<NotServing>() {
+                Ok(not) => {
+                    let deadline = Instant::now() + reconnect_for;
+                    notice_reconnecting(&out, &opts.coordinator, &not.server, &not.why, deadline);
+                    retry(
+                        &endpoint,
+                        &coord,
+                        &opts.coordinator,
+                        opts.user,
+                        &key,
+                        &out,
+                        deadline,
+                    )
+                    .await?
+                }
+                Err(e) => return Err(e),
+            },
+        };
         Ok(Link {
             endpoint,
             coord,
             coordinator: opts.coordinator.clone(),
             user: opts.user,
-            reconnect_for: Duration::from_secs(opts.reconnect_secs),
+            reconnect_for,
             server,
             conn,
             lost: false,
@@ -127,57 +163,29 @@ impl Link {
         if let Some(until) = until {
             deadline = deadline.min(until);
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.out.notice(&format!(
-            "Reconnecting to {}... (server {}: {why}; asking the coordinator again for up to {} s)",
-            self.coordinator,
-            self.server,
-            left.as_secs_f64().ceil()
-        ));
+        notice_reconnecting(&self.out, &self.coordinator, &self.server, why, deadline);
         self.conn.close(0u32.into(), b"reconnecting");
-        let started = Instant::now();
-        let mut last_error = None;
-        // Jittered, so that the clients of a failed server do not all ask in lockstep.
-        let mut pauses = crate::net::backoff();
-        while Instant::now() < deadline {
-            match connect_and_login(
-                &self.endpoint,
-                &self.coord,
-                &self.coordinator,
-                self.user,
-                &self.key,
-            )
-            .await
-            {
-                Ok((server, conn)) => {
-                    tracing::info!(%server, "reconnected");
-                    self.out.notice(&format!("Reconnected to server {server}"));
-                    self.server = server;
-                    self.conn = conn;
-                    return Ok(());
-                }
-                Err(e) if e.downcast_ref::<LoginRefused>().is_some() => {
-                    self.lost = true;
-                    return Err(e);
-                }
-                Err(e) => {
-                    tracing::debug!("reconnect attempt failed: {e:#}");
-                    last_error = Some(e);
-                    let pause = pauses.next().unwrap_or(RETRY_MAX);
-                    tokio::time::sleep(
-                        pause.min(deadline.saturating_duration_since(Instant::now())),
-                    )
-                    .await;
-                }
+        match retry(
+            &self.endpoint,
+            &self.coord,
+            &self.coordinator,
+            self.user,
+            &self.key,
+            &self.out,
+            deadline,
+        )
+        .await
+        {
+            Ok((server, conn)) => {
+                self.server = server;
+                self.conn = conn;
+                Ok(())
+            }
+            Err(e) => {
+                self.lost = true;
+                Err(e)
             }
         }
-        self.lost = true;
-        let e = last_error.unwrap_or_else(|| anyhow!("no attempt made"));
-        self.out.notice(&format!(
-            "Gave up reconnecting after {:.0} s: {e:#}",
-            started.elapsed().as_secs_f64()
-        ));
-        Err(e).with_context(|| format!("no server for user {}", self.user))
     }
 
     /// A check, runnable on its own task, of whether the coordinator now assigns
@@ -222,6 +230,64 @@ impl Link {
     }
 }
 
+fn notice_reconnecting(
+    out: &Output,
+    coordinator: &crate::common::Coordinators,
+    server: &str,
+    why: &str,
+    deadline: Instant,
+) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    out.notice(&format!(
+        "Reconnecting to {coordinator}... (server {server}: {why}; asking the coordinator again for up to {} s)",
+        left.as_secs_f64().ceil()
+    ));
+}
+
+/// Asks the coordinator again, connects and logs in, until it works or `deadline`
+/// passes (an attempt in progress is cut off then too). A refused key ends it at once.
+async fn retry(
+    endpoint: &quinn::Endpoint,
+    coord: &CoordConn,
+    coordinator: &crate::common::Coordinators,
+    user: UserId,
+    key: &UserKey,
+    out: &Output,
+    deadline: Instant,
+) -> anyhow::Result<(String, quinn::Connection)> {
+    let started = Instant::now();
+    let mut last_error = None;
+    // Jittered, so that the clients of a failed server do not all ask in lockstep.
+    let mut pauses = crate::net::backoff();
+    while Instant::now() < deadline {
+        let attempt = connect_and_login(endpoint, coord, coordinator, user, key);
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok((server, conn))) => {
+                tracing::info!(%server, "reconnected");
+                out.notice(&format!("Reconnected to server {server}"));
+                return Ok((server, conn));
+            }
+            Ok(Err(e)) if e.downcast_ref::<LoginRefused>().is_some() => return Err(e),
+            Ok(Err(e)) => {
+                tracing::debug!("reconnect attempt failed: {e:#}");
+                last_error = Some(e);
+                let pause = pauses.next().unwrap_or(RETRY_MAX);
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+            }
+            Err(_) => {
+                last_error.get_or_insert_with(|| anyhow!("the last attempt ran out of time"));
+            }
+        }
+    }
+    let e = last_error.unwrap_or_else(|| anyhow!("no attempt made"));
+    out.notice(&format!(
+        "Gave up reconnecting after {:.0} s: {e:#}",
+        started.elapsed().as_secs_f64()
+    ));
+    Err(e).with_context(|| format!("no server for user {user}"))
+}
+
 /// Asks the coordinator group which server serves `user`: the member connected last
 /// first, then the others in turn. Errors say in words what is at an address when it is
 /// not a coordinator (the last member's, when none answers).
@@ -256,60 +322,22 @@ async fn assigned_by(
     limit: Duration,
     user: UserId,
 ) -> anyhow::Result<String> {
-    use crate::net::NetError;
-    let conn = match coord.get(endpoint, coordinator, limit).await {
-        Ok(conn) => conn,
-        Err(NetError::Timeout { .. }) => bail!(
-            "no TSN coordinator answers at {coordinator} (nothing answered QUIC within {} s: \
-             is the address right and tsn_coordinator running there?)",
-            limit.as_secs_f64()
-        ),
-        Err(e) => {
-            return Err(e).with_context(|| format!("coordinator {coordinator}"));
-        }
-    };
+    use crate::net::CoordinatorError;
+    let conn = coord
+        .get(endpoint, coordinator, limit)
+        .await
+        .map_err(|e| CoordinatorError::dialling(coordinator, limit, e))?;
     let reply =
         crate::net::call::<_, CoordReply>(&conn, &CoordRequest::AssignClient { client: user })
             .await;
     if reply.is_err() {
         coord.forget().await;
     }
-    let not_coordinator = |what: String| {
-        anyhow!(
-            "{coordinator} is not a TSN coordinator ({what}); -c takes the coordinator's \
-             address, not a server's"
-        )
-    };
     match reply {
         Ok(CoordReply::Assigned { addr, .. }) => Ok(addr),
         Ok(CoordReply::Failed(e)) => Err(anyhow!("coordinator {coordinator}: {e}")),
-        Ok(other) => Err(not_coordinator(format!(
-            "it answered the coordinator's question with {other:?}"
-        ))),
-        Err(NetError::Timeout { .. }) => Err(anyhow!(
-            "coordinator {coordinator} did not answer within {} s",
-            crate::net::REQUEST_TIMEOUT.as_secs()
-        )),
-        Err(e) if refused_question(&e) => Err(not_coordinator(format!(
-            "it refused the coordinator's question: {e}"
-        ))),
-        Err(e) => Err(e).with_context(|| format!("coordinator {coordinator}")),
-    }
-}
-
-/// Whether a request failed because the peer would not take it (it reset the stream,
-/// answered with something that is not a reply, or closed without answering), rather
-/// than because the connection failed.
-fn refused_question(e: &crate::net::NetError) -> bool {
-    use crate::net::NetError;
-    use tsn_protocol::{CodecError, FrameError};
-    match e {
-        NetError::NoReply => true,
-        NetError::Codec(CodecError::Frame(FrameError::Io(io))) => {
-            io.kind() == std::io::ErrorKind::ConnectionReset
-        }
-        NetError::Codec(_) => true,
-        _ => false,
+        Ok(other) => Err(CoordinatorError::unexpected(coordinator, &other).into()),
+        Err(e) => Err(CoordinatorError::asking(coordinator, e).into()),
     }
 }
 
@@ -324,11 +352,19 @@ async fn connect_and_login(
     let conn = crate::net::connect(endpoint, &server)
         .await
         .with_context(|| format!("server {server}"))?;
+    let not_serving = |why: String| NotServing {
+        server: server.clone(),
+        why,
+    };
     let challenge = match crate::net::call::<_, ClientReply>(&conn, &ClientRequest::Challenge).await
     {
         Ok(ClientReply::Challenge(c)) => c,
+        Ok(ClientReply::Failed(e @ CommandError::NotActive)) => {
+            return Err(not_serving(format!("refused the login: {e}")).into())
+        }
         Ok(ClientReply::Failed(e)) => bail!("server {server} refused the login: {e}"),
         Ok(other) => bail!("server {server}: unexpected reply {other:?}"),
+        Err(e) if crate::net::peer_closed(&e) => return Err(not_serving(e.to_string()).into()),
         Err(e) => bail!("server {server}: {e}"),
     };
     let proof = Some(key.prove(user, &challenge));
@@ -337,8 +373,12 @@ async fn connect_and_login(
         Ok(ClientReply::Failed(CommandError::KeyMismatch { user })) => {
             Err(LoginRefused { user }.into())
         }
+        Ok(ClientReply::Failed(e @ CommandError::NotActive)) => {
+            Err(not_serving(format!("refused the login: {e}")).into())
+        }
         Ok(ClientReply::Failed(e)) => Err(anyhow!("server {server} refused the login: {e}")),
         Ok(other) => Err(anyhow!("server {server}: unexpected reply {other:?}")),
+        Err(e) if crate::net::peer_closed(&e) => Err(not_serving(e.to_string()).into()),
         Err(e) => Err(anyhow!("server {server}: {e}")),
     }
 }
