@@ -226,7 +226,14 @@ fn create(dir: &Path, bundle: &Path) -> Result<(), CertError> {
     drop(tmp);
     match linked {
         Ok(()) => {
-            tracing::info!(path = %bundle.display(), "created the cluster CA");
+            let cert = CertificateDer::from_pem_slice(text.as_bytes())
+                .map(|c| fingerprint(&c))
+                .unwrap_or_default();
+            tracing::info!(
+                path = %bundle.display(),
+                fingerprint = %cert,
+                "created a NEW cluster CA: only processes that share this ca.pem trust each other; if this system already has a CA, stop and copy its ca.pem into this --cert-dir instead"
+            );
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io(dir))
@@ -234,6 +241,19 @@ fn create(dir: &Path, bundle: &Path) -> Result<(), CertError> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io(bundle)(e)),
     }
+}
+
+/// The SHA-256 fingerprint of a certificate, as colon-separated hex (what
+/// `openssl x509 -noout -fingerprint -sha256 -in ca.crt` prints), to compare CAs across
+/// hosts.
+pub fn fingerprint(cert: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert);
+    digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Trust anchors only: what a client needs.

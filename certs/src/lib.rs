@@ -44,7 +44,7 @@
 mod ca;
 mod tls;
 
-pub use ca::{node_identity, ClusterCa, Identity, TrustRoot};
+pub use ca::{fingerprint, node_identity, ClusterCa, Identity, TrustRoot};
 pub use tls::{peer_is_node, ClientAuth};
 
 /// The DNS name on every leaf and the server name every TSN connection verifies.

@@ -14,6 +14,7 @@ use crate::common::CommonOpts;
 /// Operator commands for a running TSN system (needs the cluster CA's key in --cert-dir).
 #[derive(Debug, Parser)]
 #[command(name = "tsn_admin", version, long_about = None)]
+#[command(mut_arg("cert_dir", |a| a.help(crate::common::CERT_DIR_ADMIN)))]
 pub struct AdminOpts {
     /// Coordinator address, <coordIP>:<coordPort>; for a coordinator group, every
     /// member's, comma-separated (any member answers; one that does not is skipped).

@@ -7,11 +7,35 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+/// `--cert-dir` of the nodes (servers, sync services, coordinators).
+pub const CERT_DIR_NODE: &str = "Directory of the cluster CA: ca.pem (its certificate and key). \
+If a node finds none there, it creates a new CA and says so with its fingerprint: every node of \
+one system must share the same ca.pem (copy it to each host's --cert-dir). Nodes also write \
+ca.crt there, the certificate alone, for clients";
+/// `--cert-dir` of the client.
+pub const CERT_DIR_CLIENT: &str = "Directory of the cluster CA's certificate: ca.crt (copy it \
+from a node's --cert-dir) or ca.pem. The user's key is kept here too, unless --key-dir names \
+another directory";
+/// `--cert-dir` of the read-only tools.
+pub const CERT_DIR_TOOL: &str = "Directory of the cluster CA's certificate: ca.crt (copy it \
+from a node's --cert-dir) or ca.pem";
+/// `--cert-dir` of `tsn_admin`.
+pub const CERT_DIR_ADMIN: &str = "Directory of the cluster CA: ca.pem (its certificate and key, \
+as the nodes have it; ca.crt is not enough): operator commands are signed with a certificate \
+made from it";
+/// `--heartbeat-ms` of servers and sync services.
+pub const HEARTBEAT_NODE: &str = "Heartbeat interval in milliseconds until the coordinator \
+answers; from then on the coordinator's --heartbeat-ms is used, whatever is given here";
+/// `--heartbeat-ms` of the coordinator.
+pub const HEARTBEAT_COORDINATOR: &str =
+    "Heartbeat interval in milliseconds, for every node (nodes \
+take the coordinator's value): a server or sync service that misses two beats is marked \
+down, and an active server that does is failed over to its standby";
+
 /// Options every TSN binary takes.
 #[derive(Debug, Clone, Args)]
 pub struct CommonOpts {
-    /// Directory of the cluster CA (ca.pem for nodes, ca.crt suffices for clients).
-    /// Nodes create a CA there if none exists.
+    /// Directory of the cluster CA (what each binary needs there: see its --help).
     #[arg(
         long,
         default_value = "./certs",
@@ -61,8 +85,7 @@ pub struct NodeOpts {
     #[arg(long, default_value = "0.0.0.0", value_name = "IP", env = "TSN_BIND")]
     pub bind: std::net::IpAddr,
 
-    /// Heartbeat interval in milliseconds (the coordinator fails a primary over after two
-    /// missed beats).
+    /// Heartbeat interval in milliseconds (each binary's --help says what it does there).
     #[arg(
         long,
         default_value_t = 10_000,

@@ -11,15 +11,8 @@ use crate::net::NetError;
 /// The least time a member gets to answer a request (it may pass it to the leader).
 const MIN_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A request that no member answered.
-#[derive(Debug, thiserror::Error)]
-#[error("coordinator {addr}: {error}")]
-pub struct GroupError {
-    /// The last member tried.
-    pub addr: String,
-    /// What went wrong with it.
-    pub error: NetError,
-}
+/// A request that no member answered, in the words every binary uses.
+pub type GroupError = crate::net::CoordinatorError;
 
 /// One connection to a member of the group at a time, dialled again (to the next
 /// member) once it fails.
@@ -77,11 +70,16 @@ impl GroupClient {
                     self.next.store(i, Ordering::Relaxed);
                     return Ok((addrs[i].clone(), c));
                 }
-                Err(e) => last = Some((addrs[i].clone(), e)),
+                Err(e) => last = Some(e),
             }
         }
-        let (addr, error) = last.unwrap_or_else(|| (String::new(), NetError::NoReply));
-        Err(GroupError { addr, error })
+        // Named by every address tried: none of them answered.
+        let error = last.unwrap_or(NetError::NoReply);
+        Err(GroupError::dialling(
+            &self.coords.to_string(),
+            self.timeout,
+            error,
+        ))
     }
 
     /// Drops the connection; the next request starts with the next member.
@@ -124,7 +122,7 @@ impl GroupClient {
                 Ok(reply) => return Ok((addr, reply)),
                 Err(error) => {
                     self.forget().await;
-                    last = Some(GroupError { addr, error });
+                    last = Some(GroupError::asking(&addr, error));
                 }
             }
         }

@@ -96,6 +96,10 @@ pub struct LinkConfig {
     pub max_clock_offset: Duration,
 }
 
+/// Exit status of a node whose cluster id is outside the coordinator's range (a usage
+/// error, as clap's own).
+pub const NO_SUCH_CLUSTER_EXIT: i32 = 2;
+
 /// How often, at most, the log says that the node's clock is off.
 const CLOCK_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -338,6 +342,17 @@ pub async fn run(
             Err(e) => {
                 missed.inc();
                 retry = Some(retries.next().unwrap_or(interval).min(interval));
+                if let Some(CoordError::NoSuchCluster { cluster, clusters }) =
+                    e.downcast_ref::<CoordError>()
+                {
+                    // A mistyped -i/-s: waiting cannot make the cluster exist (the number
+                    // of clusters is the coordinator's --clusters).
+                    tracing::error!(
+                        coordinator = %cfg.coordinator,
+                        "cluster {cluster} does not exist: the coordinator group has clusters 1..={clusters}; stopping (exit status {NO_SUCH_CLUSTER_EXIT})"
+                    );
+                    std::process::exit(NO_SUCH_CLUSTER_EXIT);
+                }
                 let taken = e
                     .downcast_ref::<CoordError>()
                     .is_some_and(|c| matches!(c, CoordError::RoleTaken { .. }));
@@ -394,7 +409,12 @@ async fn beat(
         (_, CoordReply::Failed(e)) => return Err(e.into()),
         (_, other) => anyhow::bail!("unexpected heartbeat reply {other:?}"),
     };
-    let clock_offset_ms = Some(offset_ms(sent, crate::now_us(), beat.now_us));
+    let clock_offset_ms = Some(offset_ms(
+        sent,
+        beat.received_us,
+        beat.now_us,
+        crate::now_us(),
+    ));
     let tables = match group.call(endpoint, &CoordRequest::Status).await? {
         (_, CoordReply::Status(t)) => t,
         (_, CoordReply::Failed(e)) => {
@@ -414,40 +434,15 @@ async fn beat(
     })
 }
 
-/// How far this node's clock is ahead of the coordinator's, in milliseconds, from a
-/// request sent at `sent` and answered at `received` (this node's clock) with the
-/// coordinator's clock reading `theirs` (all µs): the answer is taken as made half-way
-/// through the round trip, so the error is at most half the round trip.
-fn offset_ms(sent: i64, received: i64, theirs: i64) -> i64 {
-    let midpoint = sent.saturating_add(received.saturating_sub(sent) / 2);
-    midpoint.saturating_sub(theirs) / 1000
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_offset_is_taken_at_the_middle_of_the_round_trip() {
-        let day_us = 86_400_000_000;
-        assert_eq!(offset_ms(1_000_000, 1_020_000, 1_010_000), 0);
-        assert_eq!(offset_ms(1_000_000, 1_020_000, 1_010_000 - day_us), 86_400_000);
-        assert_eq!(offset_ms(1_000_000, 1_020_000, 1_010_000 + 5_000_000), -5_000);
-    }
-
-    #[test]
-    fn a_clock_beyond_the_limit_either_way_is_off() {
-        let limit = Duration::from_millis(500);
-        let at = |ms| Membership {
-            clock_offset_ms: Some(ms),
-            ..Membership::default()
-        };
-        assert_eq!(Membership::default().clock_off(limit), None);
-        assert_eq!(at(500).clock_off(limit), None);
-        assert_eq!(at(-500).clock_off(limit), None);
-        assert!(at(501).clock_off(limit).is_some_and(|w| w.contains("ahead of")));
-        assert!(at(-86_400_000).clock_off(limit).is_some_and(|w| w.contains("behind")));
-    }
+/// How far this node's clock is ahead of the coordinator's, in milliseconds, as NTP
+/// reckons it (RFC 5905, section 8): the request left at `sent` and the answer came back
+/// at `back` (this node's clock); the coordinator took it at `took` and answered at
+/// `answered` (its clock). The time the coordinator spent deciding does not count, and
+/// the error is at most half the network round trip.
+fn offset_ms(sent: i64, took: i64, answered: i64, back: i64) -> i64 {
+    let there = sent.saturating_sub(took);
+    let back_here = back.saturating_sub(answered);
+    there.saturating_add(back_here) / 2 / 1000
 }
 
 /// A watch of one peer's address, derived from the membership (changes only when the
@@ -472,4 +467,37 @@ pub fn peer_addr(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offset_leaves_out_the_time_spent_deciding() {
+        let day_us = 86_400_000_000;
+        // 10 ms each way, 2 s deciding (a commit during an election): no offset.
+        assert_eq!(offset_ms(1_000_000, 1_010_000, 3_010_000, 3_020_000), 0);
+        let ahead = |d: i64| offset_ms(1_000_000, 1_010_000 - d, 3_010_000 - d, 3_020_000);
+        assert_eq!(ahead(day_us), 86_400_000);
+        assert_eq!(ahead(-5_000_000), -5_000);
+    }
+
+    #[test]
+    fn a_clock_beyond_the_limit_either_way_is_off() {
+        let limit = Duration::from_millis(500);
+        let at = |ms| Membership {
+            clock_offset_ms: Some(ms),
+            ..Membership::default()
+        };
+        assert_eq!(Membership::default().clock_off(limit), None);
+        assert_eq!(at(500).clock_off(limit), None);
+        assert_eq!(at(-500).clock_off(limit), None);
+        assert!(at(501)
+            .clock_off(limit)
+            .is_some_and(|w| w.contains("ahead of")));
+        assert!(at(-86_400_000)
+            .clock_off(limit)
+            .is_some_and(|w| w.contains("behind")));
+    }
 }

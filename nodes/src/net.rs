@@ -254,9 +254,37 @@ pub async fn connect_within(
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(NetError::Connect {
             addr: addr.to_string(),
-            reason: e.to_string(),
+            reason: explain_handshake(&e.to_string()),
         }),
         Err(_) => Err(NetError::Timeout { what: "connecting" }),
+    }
+}
+
+/// Whether a failed handshake's reason says that the two sides do not trust each
+/// other's certificate: this side refused the peer's, or the peer refused this side's.
+pub fn ca_mismatch(reason: &str) -> bool {
+    reason.contains("invalid peer certificate")
+        || reason.contains("alert") && reason.to_ascii_lowercase().contains("certificate")
+        || reason.contains("UnknownCA")
+}
+
+/// A failed handshake's reason, with the remedy when the two sides do not share a
+/// cluster CA (a mistyped or fresh --cert-dir makes a process create a CA of its own).
+pub fn explain_handshake(reason: &str) -> String {
+    if ca_mismatch(reason) {
+        let ours = reason.contains("invalid peer certificate");
+        let who = if ours {
+            "its certificate is not signed by this process's cluster CA"
+        } else {
+            "it refused this process's certificate"
+        };
+        format!(
+            "{reason} ({who}: the two do not share a cluster CA; every process of one system \
+             must use the same CA: copy the system's ca.pem into each node's --cert-dir, and \
+             ca.crt into each client's, then restart)"
+        )
+    } else {
+        reason.to_string()
     }
 }
 

@@ -13,6 +13,7 @@ use crate::common::CommonOpts;
 /// (secondary) and synchronizer, whether each is alive and which server is active.
 #[derive(Debug, Parser)]
 #[command(name = "tsn_status", version, long_about = None)]
+#[command(mut_arg("cert_dir", |a| a.help(crate::common::CERT_DIR_TOOL)))]
 pub struct StatusOpts {
     /// Coordinator address, <coordIP>:<coordPort>; for a coordinator group, every
     /// member's, comma-separated (any member answers; one that does not is skipped).
@@ -137,9 +138,10 @@ fn endpoint(opts: &StatusOpts) -> anyhow::Result<quinn::Endpoint> {
 pub async fn fetch(opts: &StatusOpts) -> anyhow::Result<(RoutingTables, Vec<CoordinatorSeen>)> {
     let endpoint = endpoint(opts)?;
     let group = crate::group_client::GroupClient::new(opts.coordinator.clone());
-    let tables = match group.call(&endpoint, &CoordRequest::Status).await?.1 {
-        CoordReply::Status(t) => t,
-        other => bail!("unexpected reply {other:?}"),
+    let tables = match group.call(&endpoint, &CoordRequest::Status).await? {
+        (_, CoordReply::Status(t)) => t,
+        (_, CoordReply::Failed(e)) => bail!("coordinator {}: {e}", opts.coordinator),
+        (addr, other) => return Err(crate::net::CoordinatorError::unexpected(&addr, &other).into()),
     };
     let mut seen: Vec<CoordinatorSeen> = Vec::new();
     let mut queue: Vec<String> = opts.coordinator.addrs().to_vec();

@@ -223,8 +223,12 @@ pub struct BeatReply {
     pub clusters: u32,
     /// The heartbeat interval, in milliseconds: the coordinator's, which every node uses.
     pub heartbeat_ms: u64,
-    /// The coordinator's wall clock when it answered, in microseconds since the Unix
-    /// epoch: nodes measure their clock's offset by it.
+    /// The answering coordinator's wall clock when the heartbeat arrived, in
+    /// microseconds since the Unix epoch.
+    pub received_us: i64,
+    /// Its wall clock when it answered (after the decision was committed). With
+    /// `received_us`, nodes measure their clock's offset as NTP does: the time the
+    /// coordinator spent deciding is not taken for network delay.
     pub now_us: i64,
 }
 

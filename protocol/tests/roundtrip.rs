@@ -164,15 +164,17 @@ fn coord_reply() -> impl Strategy<Value = CoordReply> {
         any::<i64>(),
     )
         .prop_map(
-            |(cluster, kind, addr, alive, active, ms_since_beat, epoch, clock_offset_ms)| RouteEntry {
-                cluster,
-                kind,
-                addr,
-                alive,
-                active,
-                ms_since_beat,
-                epoch,
-                clock_offset_ms,
+            |(cluster, kind, addr, alive, active, ms_since_beat, epoch, clock_offset_ms)| {
+                RouteEntry {
+                    cluster,
+                    kind,
+                    addr,
+                    alive,
+                    active,
+                    ms_since_beat,
+                    epoch,
+                    clock_offset_ms,
+                }
             },
         );
     prop_oneof![
@@ -185,12 +187,14 @@ fn coord_reply() -> impl Strategy<Value = CoordReply> {
             any::<i64>()
         )
             .prop_map(|(epoch, active, peer, clusters, heartbeat_ms, now_us)| {
+                let received_us = now_us.wrapping_sub(1);
                 CoordReply::Beat(BeatReply {
                     epoch,
                     active,
                     peer,
                     clusters,
                     heartbeat_ms,
+                    received_us,
                     now_us,
                 })
             }),

@@ -26,6 +26,25 @@ impl Tty {
             .arg("--cert-dir")
             .arg(sys.certs())
             .env("TERM", "xterm");
+        Tty::start(cmd)
+    }
+
+    /// The client run by a shell on the terminal, which then runs `after` (`$CLIENT` is
+    /// the client's command line).
+    fn spawn_then(sys: &System, user: u32, after: &str) -> Result<Tty> {
+        let client = format!(
+            "'{}' -c {} -p 0 -i {user} --cert-dir '{}'",
+            bin("tsn_client").display(),
+            sys.coord,
+            sys.certs().display()
+        );
+        let mut cmd = std::process::Command::new("bash");
+        cmd.args(["--norc", "-c", &format!("{client}; {after}")])
+            .env("TERM", "xterm");
+        Tty::start(cmd)
+    }
+
+    fn start(cmd: std::process::Command) -> Result<Tty> {
         let mut session = expectrl::Session::spawn(cmd).context("starting tsn_client on a pty")?;
         session.get_process_mut().set_window_size(COLS, ROWS)?;
         let mut tty = Tty {
@@ -262,6 +281,53 @@ fn ctrl_c_in_the_timeline_waits_for_an_unacknowledged_post_stored_once() -> Resu
             .count(),
         1,
         "{shown:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn ctrl_c_while_reconnecting_leaves_within_five_seconds_and_leaks_no_keys() -> Result<()> {
+    let mut sys = System::start(Config {
+        clusters: 1,
+        ..Config::default()
+    })?;
+    let mut tty = Tty::spawn_then(
+        &sys,
+        1,
+        r#"read -t 1 -r rest; echo "the shell read <$rest>""#,
+    )?;
+    tty.keys("TIMELINE\r")?;
+    tty.wait_for("the timeline", |s| {
+        s.contains("Now you are in the timeline")
+    })?;
+    // No server left in the cluster: the client reconnects for --reconnect-secs (60 s).
+    sys.kill(1, Role::Primary);
+    sys.kill(1, Role::Secondary);
+    tty.keys("typed while the server is gone\r")?;
+    tty.wait_for("the reconnect notice", |s| s.contains("Reconnecting"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let pressed = Instant::now();
+    tty.keys("\x03")?;
+    tty.wait_for("the wait", |s| s.contains("Leaving: waiting up to 5 s"))?;
+    // Typed while it waits for its post: none of it may reach the shell.
+    tty.keys("ls\r")?;
+    tty.wait_for("the shell after the client", |s| {
+        s.contains("the shell read <")
+    })?;
+    let took = pressed.elapsed();
+    let screen = tty.rows().join("\n");
+    // Five seconds for the post, one for the shell's `read -t 1`.
+    assert!(
+        took < Duration::from_secs(7),
+        "Ctrl-C took {took:?} to end the client:\n{screen}"
+    );
+    assert!(
+        screen.contains("the shell read <>"),
+        "keys typed reached the shell:\n{screen}"
+    );
+    assert!(
+        screen.contains("1 of 1 post were not stored"),
+        "it says the post was not stored:\n{screen}"
     );
     Ok(())
 }

@@ -19,7 +19,10 @@ const DAY_MS: i64 = 86_400_000;
 fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: tsn\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: tsn\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let code = out
@@ -59,7 +62,10 @@ fn date_of(line: &str) -> (String, String) {
         .and_then(|(_, rest)| rest.split_once(") >> "))
         .map(|(t, _)| t)
         .unwrap_or_else(|| panic!("not a timeline line: {line:?}"));
-    (inner[..10].to_string(), inner[inner.len() - 4..].to_string())
+    (
+        inner[..10].to_string(),
+        inner[inner.len() - 4..].to_string(),
+    )
 }
 
 /// The line a client saw that ends with `>> text`.
@@ -170,10 +176,14 @@ fn a_server_a_day_ahead_leaves_no_trace_once_corrected() -> anyhow::Result<()> {
     })?;
     let (_, lines_before) = sys.metrics_addr(1, Role::Primary);
     sys.start_node_with(1, Role::Primary, &metrics)?;
-    eventually("the corrected server is ready", Duration::from_secs(30), || {
-        let (_, n) = sys.metrics_addr(1, Role::Primary);
-        Ok(n > lines_before && ready(&sys, 1, Role::Primary)?.0 == 200)
-    })?;
+    eventually(
+        "the corrected server is ready",
+        Duration::from_secs(30),
+        || {
+            let (_, n) = sys.metrics_addr(1, Role::Primary);
+            Ok(n > lines_before && ready(&sys, 1, Role::Primary)?.0 == 200)
+        },
+    )?;
     eventually("tsn_status shows the corrected offset", LIVE, || {
         Ok(reported_offset(&sys, 1, "primary")?.is_some_and(|o| o.abs() < 500))
     })?;

@@ -171,6 +171,7 @@ fn write_seed_corpus() {
                     peer: Some("127.0.0.1:1".into()),
                     clusters: 3,
                     heartbeat_ms: 200,
+                    received_us: 1_763_999_999_990_000,
                     now_us: 1_764_000_000_000_000,
                 }),
                 CoordReply::Assigned {

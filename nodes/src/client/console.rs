@@ -188,6 +188,8 @@ impl Output {
             let _ = writeln!(out);
             let _ = out.flush();
         }
+        // Keys typed that nobody will read are dropped, not left for the shell.
+        let _ = nix::sys::termios::tcflush(std::io::stdin(), nix::sys::termios::FlushArg::TCIFLUSH);
     }
 }
 

@@ -349,12 +349,23 @@ async fn connect_and_login(
     key: &UserKey,
 ) -> anyhow::Result<(String, quinn::Connection)> {
     let server = assigned_server(endpoint, coord, coordinator, user).await?;
-    let conn = crate::net::connect(endpoint, &server)
-        .await
-        .with_context(|| format!("server {server}"))?;
     let not_serving = |why: String| NotServing {
         server: server.clone(),
         why,
+    };
+    let conn = match crate::net::connect(endpoint, &server).await {
+        Ok(conn) => conn,
+        // Gone or stopping (killed, not yet failed over): the coordinator names another
+        // server soon. A refused certificate is a mistake to report at once.
+        Err(e @ crate::net::NetError::Timeout { .. }) => {
+            return Err(not_serving(format!("it did not answer ({e})")).into())
+        }
+        Err(e @ crate::net::NetError::Connect { .. })
+            if !crate::net::ca_mismatch(&e.to_string()) =>
+        {
+            return Err(not_serving(e.to_string()).into())
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("server {server}"))),
     };
     let challenge = match crate::net::call::<_, ClientReply>(&conn, &ClientRequest::Challenge).await
     {

@@ -31,6 +31,7 @@ use words::Command;
 /// FOLLOW, UNFOLLOW, LIST, and post and read in TIMELINE.
 #[derive(Debug, Parser)]
 #[command(name = "tsn_client", version, long_about = None)]
+#[command(mut_arg("cert_dir", |a| a.help(crate::common::CERT_DIR_CLIENT)))]
 pub struct ClientOpts {
     /// Coordinator address, <coordIP>:<coordPort>; for a coordinator group, every
     /// member's, comma-separated (any member answers; one that does not is skipped).

@@ -98,20 +98,29 @@ pub async fn run(link: &mut Link, input: &mut Input, out: &Output, stop: &Stop) 
         if t.leaving.as_ref().is_some_and(|l| Instant::now() >= l.by) {
             return t.finish();
         }
+        // While it reconnects the client keeps reading: lines typed are posts, sent once
+        // a server is found, and Ctrl-C on a terminal (a key, not a signal, while the
+        // line editor reads) or end of input leaves as it does at any other time.
         loop {
             let until = t.leaving.as_ref().map(|l| l.by);
+            let reading = t.leaving.is_none() && t.unacked.len() < MAX_UNACKED;
             tokio::select! {
                 done = link.reconnect(&why, until) => match done {
                     Ok(()) => break,
                     Err(_) => return t.finish(),
                 },
+                event = t.input.next(Ask::Post), if reading => match event {
+                    Event::Line(text) => t.post(text, None),
+                    Event::End => t.leave(Why::EndOfInput),
+                    Event::Interrupt => t.leave(Why::Stopped),
+                },
                 _ = t.stop.wait(), if !t.stopping() => {
                     t.out.leave_terminal().await;
                     t.leave(Why::Stopped);
-                    if t.unacked.is_empty() {
-                        return t.finish();
-                    }
                 }
+            }
+            if t.leaving.is_some() && t.unacked.is_empty() {
+                return t.finish();
             }
         }
     }

@@ -17,6 +17,8 @@ use crate::common::{CommonOpts, NodeOpts};
 /// decide together through Raft, so that losing one coordinator host changes nothing.
 #[derive(Debug, Parser)]
 #[command(name = "tsn_coordinator", version, long_about = None)]
+#[command(mut_arg("cert_dir", |a| a.help(crate::common::CERT_DIR_NODE)))]
+#[command(mut_arg("heartbeat_ms", |a| a.help(crate::common::HEARTBEAT_COORDINATOR)))]
 pub struct CoordinatorOpts {
     /// UDP port to listen on (0 picks a free one; see --ready-file).
     #[arg(short = 'p', long = "port", env = "TSN_PORT")]
@@ -249,6 +251,7 @@ async fn answer(group: &Group, req: CoordRequest, is_node: bool) -> CoordReply {
     }
     let decided = match &req {
         CoordRequest::Heartbeat(hb) => {
+            let received_us = crate::now_us();
             let beat = hb.clone();
             group
                 .decide(move |t, now, events| {
@@ -258,6 +261,7 @@ async fn answer(group: &Group, req: CoordRequest, is_node: bool) -> CoordReply {
                 .await
                 .map(|r| match r {
                     Ok(b) => CoordReply::Beat(BeatReply {
+                        received_us,
                         now_us: crate::now_us(),
                         ..b
                     }),

@@ -378,6 +378,7 @@ impl Tables {
             clusters: self.clusters,
             heartbeat_ms: u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX),
             // The service sets its wall clock as it answers: the tables take no clock.
+            received_us: 0,
             now_us: 0,
         })
     }

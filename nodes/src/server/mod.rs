@@ -73,6 +73,8 @@ pub enum AckMode {
 /// its primary or secondary, mirroring every change to the other server.
 #[derive(Debug, Parser)]
 #[command(name = "tsn_server", version, long_about = None)]
+#[command(mut_arg("cert_dir", |a| a.help(crate::common::CERT_DIR_NODE)))]
+#[command(mut_arg("heartbeat_ms", |a| a.help(crate::common::HEARTBEAT_NODE)))]
 pub struct ServerOpts {
     /// Coordinator address, <coordIP>:<coordPort>; for a coordinator group, every
     /// member's, comma-separated (any member answers; one that does not is skipped).

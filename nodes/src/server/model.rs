@@ -519,10 +519,18 @@ mod tests {
             ts_us: ts,
             active: false,
         };
-        assert_eq!(state.fresh([&unfollow]).len(), 1, "it supersedes the follow");
+        assert_eq!(
+            state.fresh([&unfollow]).len(),
+            1,
+            "it supersedes the follow"
+        );
         state.apply_own(&[unfollow]);
         assert!(!state.follows(1, 2));
-        assert_eq!(state.follow_ts(3, 2, 100), 100, "other relations keep the clock");
+        assert_eq!(
+            state.follow_ts(3, 2, 100),
+            100,
+            "other relations keep the clock"
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ use crate::link::{self, LinkConfig, Membership};
 /// cluster's servers and every cluster's sync service, as soon as they are written.
 #[derive(Debug, Parser)]
 #[command(name = "tsn_sync_service", version, long_about = None)]
+#[command(mut_arg("cert_dir", |a| a.help(crate::common::CERT_DIR_NODE)))]
+#[command(mut_arg("heartbeat_ms", |a| a.help(crate::common::HEARTBEAT_NODE)))]
 pub struct SyncOpts {
     /// Coordinator address, <coordIP>:<coordPort>; for a coordinator group, every
     /// member's, comma-separated (any member answers; one that does not is skipped).
