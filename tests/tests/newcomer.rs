@@ -222,3 +222,48 @@ fn a_piped_session_ends_with_a_newline() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn sigterm_while_a_starting_client_reconnects_leaves_at_once_and_says_nothing_was_sent(
+) -> anyhow::Result<()> {
+    // The default heartbeat: the coordinator names the killed primary for 20 s or more.
+    let mut sys = System::start(Config {
+        clusters: 1,
+        heartbeat_ms: 10_000,
+        ..Config::default()
+    })?;
+    sys.kill(1, Role::Primary);
+    let err_path = sys.dir.path().join("logs/starting-client.log");
+    let mut child = client(&sys, 1)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path)?)
+        .spawn()?;
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "TIMELINE\nnever sent")?;
+    eventually("the client reconnecting", Duration::from_secs(30), || {
+        Ok(std::fs::read_to_string(&err_path)?.contains("Reconnecting"))
+    })?;
+    signal_pid(child.id(), "TERM")?;
+    let sent = Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait()? {
+            break s.code();
+        }
+        if sent.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("still running 15 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = sent.elapsed();
+    let err = std::fs::read_to_string(&err_path)?;
+    assert!(
+        took < Duration::from_secs(5),
+        "SIGTERM took {took:?}: {err}"
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("nothing was sent"), "{err}");
+    Ok(())
+}

@@ -78,7 +78,20 @@ pub async fn run(opts: ClientOpts) -> i32 {
 }
 
 async fn session(opts: &ClientOpts, input: &mut Input, out: &Output) -> i32 {
-    let mut link = match Link::open(opts, out.clone()).await {
+    let mut stop = Stop::listen().unwrap_or_else(|e| {
+        tracing::warn!("cannot catch SIGINT and SIGTERM: {e}");
+        Stop::never()
+    });
+    // Ctrl-C or SIGTERM while finding the server (which may mean reconnecting for up to
+    // --reconnect-secs) leaves at once; nothing was sent, which the status says.
+    let opened = tokio::select! {
+        l = Link::open(opts, out.clone()) => l,
+        _ = stop.wait() => {
+            out.notice("tsn_client: stopped before logging in: nothing was sent");
+            return 1;
+        }
+    };
+    let mut link = match opened {
         Ok(l) => l,
         Err(e) if e.downcast_ref::<identity::LoginRefused>().is_some() => {
             out.line(&e.to_string());
@@ -90,10 +103,6 @@ async fn session(opts: &ClientOpts, input: &mut Input, out: &Output) -> i32 {
             return 1;
         }
     };
-    let mut stop = Stop::listen().unwrap_or_else(|e| {
-        tracing::warn!("cannot catch SIGINT and SIGTERM: {e}");
-        Stop::never()
-    });
     if out.is_terminal() {
         out.line(words::BANNER);
     }
