@@ -943,17 +943,22 @@ impl Client {
     /// lines seen earlier count too).
     pub fn expect_all(&mut self, endings: &[String], timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        // Each line is matched once against what is still missing (thousands of lines
+        // and endings stay cheap).
+        let mut missing: Vec<&String> = endings
+            .iter()
+            .filter(|e| !self.seen.iter().any(|l| l.ends_with(e.as_str())))
+            .collect();
         loop {
-            let missing: Vec<&String> = endings
-                .iter()
-                .filter(|e| !self.seen.iter().any(|l| l.ends_with(e.as_str())))
-                .collect();
             if missing.is_empty() {
                 return Ok(());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
+                Ok(l) => {
+                    missing.retain(|e| !l.ends_with(e.as_str()));
+                    self.seen.push(l);
+                }
                 Err(_) => bail!(
                     "client {}: missing {missing:?} after {timeout:?}; output so far:\n{}\nstderr: {}",
                     self.user,
