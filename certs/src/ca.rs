@@ -320,13 +320,6 @@ impl Identity {
         vec![self.leaf.clone(), self.ca.clone()]
     }
 
-    /// The CA this leaf chains to.
-    pub fn trust_root(&self) -> TrustRoot {
-        TrustRoot {
-            ca: self.ca.clone(),
-        }
-    }
-
     pub(crate) fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
     }

@@ -130,8 +130,7 @@ impl RoleDir {
 
     /// Creates the directory and its `local_clients`, private to their owner (0700).
     pub fn create(&self) -> Result<(), DatastoreError> {
-        let lc = self.path.join("local_clients");
-        crate::private::create_dirs(&lc)
+        crate::private::create_dirs(&self.local_clients())
     }
 
     /// `outbox.data` (sync service): the cluster's changes, merged from its servers.
@@ -166,7 +165,34 @@ impl RoleDir {
 
     /// `local_clients/<uid>`.
     pub fn user_dir(&self, user: UserId) -> PathBuf {
-        self.path.join("local_clients").join(user.to_string())
+        self.local_clients().join(user.to_string())
+    }
+
+    fn local_clients(&self) -> PathBuf {
+        self.path.join("local_clients")
+    }
+
+    /// The users that have a directory under `local_clients/`, ascending (none if it
+    /// cannot be read; entries that are not a user id are skipped).
+    pub fn users(&self) -> Vec<UserId> {
+        let mut users: Vec<UserId> = std::fs::read_dir(self.local_clients())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        users.sort_unstable();
+        users
+    }
+
+    /// `mirror.cursor` (server): how far it has the other server's journal.
+    pub fn mirror_cursor(&self) -> PathBuf {
+        self.path.join("mirror.cursor")
+    }
+
+    /// `checkpoint.data`: the role's last checkpoint.
+    pub fn checkpoint(&self) -> PathBuf {
+        self.path.join("checkpoint.data")
     }
 
     /// `local_clients/<uid>/timeline.data`.

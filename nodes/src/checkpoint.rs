@@ -74,7 +74,7 @@ pub struct Checkpoint {
 
 /// Where a role directory keeps its checkpoint.
 pub fn path(dir: &RoleDir) -> PathBuf {
-    dir.path().join("checkpoint.data")
+    dir.checkpoint()
 }
 
 impl Checkpoint {

@@ -8,6 +8,7 @@
 //! queue up while it makes one durable, so a reader that falls behind catches up in
 //! larger writes.
 
+use crate::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -97,7 +98,7 @@ impl FeedSource {
     /// How far all of `readers` have made the log durable (`None`: one of them has said
     /// nothing since this process started).
     pub fn consumed_by(&self, readers: &[Reader]) -> Option<u64> {
-        let consumed = self.consumed.lock().unwrap_or_else(|e| e.into_inner());
+        let consumed = self.consumed.locked();
         readers
             .iter()
             .map(|r| consumed.get(r).copied())
@@ -107,10 +108,7 @@ impl FeedSource {
 
     fn record_consumed(&self, reader: Reader, at: Cursor) {
         if at.log_id == self.log_id {
-            self.consumed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(reader, at.offset);
+            self.consumed.locked().insert(reader, at.offset);
         }
     }
 

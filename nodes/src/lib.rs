@@ -32,7 +32,7 @@
 //! timeline stream; `server::timeline` checks it and hands it to `server::store`, which
 //! journals it (group commit), mirrors it through `server::mirror`, and acknowledges it;
 //! the cluster's sync service reads the journal as a feed (`feed`) into its outbox
-//! (`sync::core`); every cluster's sync service reads that outbox and writes the post
+//! (`sync::state`); every cluster's sync service reads that outbox and writes the post
 //! into the timelines of its local followers; each server reads its sync service's
 //! journal as a feed (`server::inbound`) and pushes the post down its followers' open
 //! timeline streams.
@@ -53,6 +53,21 @@ pub mod status;
 pub mod sync;
 pub mod views;
 pub mod window;
+
+/// Taking a lock whose holder panicked: the data is used as it was left. Every lock in
+/// TSN guards state that each step leaves whole (a panic is a bug reported by the
+/// panic itself, and stopping every other task for it would lose what they hold).
+pub trait Locked<T> {
+    /// The guard, poisoned or not.
+    fn locked(&self) -> std::sync::MutexGuard<'_, T>;
+}
+
+impl<T> Locked<T> for std::sync::Mutex<T> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, T> {
+        self.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// Microseconds since the Unix epoch, from the system clock.
 pub fn now_us() -> i64 {

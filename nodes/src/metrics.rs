@@ -5,6 +5,7 @@
 //! Prometheus conventions: a `tsn_` prefix, `_total` on counters, base units (`_seconds`,
 //! `_bytes`). A metric that a role does not have stays at zero there.
 
+use crate::Locked;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -239,15 +240,12 @@ impl Metrics {
 
     /// The node is ready (`None`), or not, and why.
     pub fn set_ready(&self, why_not: Option<String>) {
-        *self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = why_not;
+        *self.not_ready.locked() = why_not;
     }
 
     /// Why the node is not ready, if it is not.
     pub fn not_ready(&self) -> Option<String> {
-        self.not_ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.not_ready.locked().clone()
     }
 
     /// The metrics in the Prometheus text format.

@@ -303,12 +303,9 @@ pub fn rebuild_clean(dir: &RoleDir, logs: &[(Side, &[Record])]) -> Result<usize,
         _ => Ok(()),
     };
     remove(&dir.global_clients())?;
-    let users = dir.path().join("local_clients");
-    if let Ok(entries) = std::fs::read_dir(&users) {
-        for e in entries.flatten() {
-            for name in ["timeline.data", "following.data", "followers.data"] {
-                remove(&e.path().join(name))?;
-            }
+    for user in dir.users() {
+        for path in [dir.timeline(user), dir.following(user), dir.followers(user)] {
+            remove(&path)?;
         }
     }
     rebuild(dir, logs)

@@ -18,6 +18,7 @@
 //! line only when asked: the timeline stops asking while too many posts are in flight,
 //! and then stdin is not read at all (a pipe writer waits).
 
+use crate::Locked;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -170,14 +171,9 @@ impl Output {
             return;
         };
         self.flush().await;
-        let was_open = t
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .is_some();
+        let was_open = t.queue.locked().take().is_some();
         if was_open && t.editing.load(Ordering::SeqCst) {
-            if let Some(saved) = &*t.saved.lock().unwrap_or_else(|e| e.into_inner()) {
+            if let Some(saved) = &*t.saved.locked() {
                 let _ = nix::sys::termios::tcsetattr(
                     std::io::stdin(),
                     nix::sys::termios::SetArg::TCSANOW,
@@ -200,7 +196,7 @@ impl TerminalOut {
     }
 
     fn send(&self, p: Print) -> bool {
-        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let queue = self.queue.locked().clone();
         // A full queue means the terminal is slower than the lines come: waiting here is
         // the same back-pressure a blocking write to stdout gives on a pipe.
         queue.is_some_and(|q| q.send(p).is_ok())

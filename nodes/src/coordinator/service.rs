@@ -56,8 +56,11 @@ pub struct CoordinatorOpts {
     pub common: CommonOpts,
 }
 
-/// Runs the coordinator until Ctrl-C / SIGTERM.
-pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
+/// Runs the coordinator until `shutdown` resolves (the binary passes Ctrl-C / SIGTERM).
+pub async fn run(
+    opts: CoordinatorOpts,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let alone = opts.members.is_empty();
     if !alone && (opts.id == 0 || opts.id as usize > opts.members.len()) {
         bail!(
@@ -156,7 +159,7 @@ pub async fn run(opts: CoordinatorOpts) -> anyhow::Result<()> {
             }
         })
     };
-    crate::common::shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     ticker.abort();
     endpoint.close(0u32.into(), b"coordinator shutting down");

@@ -13,6 +13,7 @@
 //! post back for a second) holds nothing: posts are then taken as usual, stored, and
 //! delivered once the sync service is back.
 
+use crate::Locked;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
@@ -63,7 +64,7 @@ impl Admission {
     }
 
     fn out(&self) -> std::sync::MutexGuard<'_, VecDeque<i64>> {
-        self.out.lock().unwrap_or_else(|e| e.into_inner())
+        self.out.locked()
     }
 
     /// An own post stamped `ts_us` is on its way to being stored.

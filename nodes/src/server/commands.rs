@@ -1,5 +1,6 @@
 //! Client commands: one request and one reply per stream (TIMELINE keeps the stream).
 
+use crate::Locked;
 use std::sync::{Arc, Mutex};
 
 use tsn_protocol::client::{ClientReply, ClientRequest, CommandError, LoginProof};
@@ -22,7 +23,7 @@ pub type Conn = Arc<Mutex<ConnUser>>;
 
 /// Checks that the connection is logged in as `user`: a connection acts for one user.
 pub fn check_login(conn: &Conn, user: UserId) -> Result<(), CommandError> {
-    match conn.lock().unwrap_or_else(|e| e.into_inner()).user {
+    match conn.locked().user {
         Some(u) if u == user => Ok(()),
         _ => Err(CommandError::InvalidUser),
     }
@@ -76,7 +77,7 @@ async fn handle(shared: &Shared, store: &Store, conn: &Conn, req: ClientRequest)
     let user = match &req {
         ClientRequest::Challenge => {
             let challenge: [u8; 32] = rand::random();
-            conn.lock().unwrap_or_else(|e| e.into_inner()).challenge = Some(challenge.to_vec());
+            conn.locked().challenge = Some(challenge.to_vec());
             return ClientReply::Challenge(challenge.to_vec());
         }
         ClientRequest::Login { user, .. }
@@ -175,7 +176,7 @@ async fn login(
     proof: Option<LoginProof>,
 ) -> ClientReply {
     let (challenge, already) = {
-        let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = conn.locked();
         (c.challenge.take(), c.user)
     };
     if already.is_some_and(|u| u != user) {
@@ -234,6 +235,6 @@ async fn login(
     if new_user && shared.state.is_local(user) {
         shared.metrics.acked("user", std::time::Instant::now());
     }
-    conn.lock().unwrap_or_else(|e| e.into_inner()).user = Some(user);
+    conn.locked().user = Some(user);
     ClientReply::Ok
 }

@@ -10,6 +10,7 @@
 //! `received.data` is a segmented log: the journal writer seals it at each checkpoint
 //! and deletes what the checkpoint covers.
 
+use crate::Locked;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -133,12 +134,8 @@ fn shown(
     dir: &RoleDir,
 ) -> anyhow::Result<std::collections::HashSet<(UserId, tsn_protocol::PostId)>> {
     let mut shown = std::collections::HashSet::new();
-    let users = dir.path().join("local_clients");
-    let Ok(entries) = std::fs::read_dir(&users) else {
-        return Ok(shown);
-    };
-    for e in entries.flatten() {
-        for r in tsn_datastore::read_records(&e.path().join("timeline.data"))? {
+    for user in dir.users() {
+        for r in tsn_datastore::read_records(&dir.timeline(user))? {
             if let Record::Deliver { to, post, .. } = r {
                 shown.insert((to, post.id));
             }
@@ -160,7 +157,7 @@ pub async fn run(
     settled: feed::Settled,
 ) {
     let cluster = shared.cluster;
-    let from = inbound.lock().unwrap_or_else(|e| e.into_inner()).cursor();
+    let from = inbound.locked().cursor();
     let open = feed::opener(
         cluster,
         (cluster, shared.kind),
@@ -188,7 +185,7 @@ pub async fn run(
                 }
             }
             tokio::task::spawn_blocking(move || {
-                let mut inb = inbound.lock().unwrap_or_else(|e| e.into_inner());
+                let mut inb = inbound.locked();
                 if let Some(batch) = waiting {
                     if inb.begun_anew(next) {
                         inb.start_over(&shared)?;

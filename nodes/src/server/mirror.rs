@@ -125,7 +125,7 @@ pub async fn run_active(
 /// How far this server has the other server's journal (`mirror.cursor`; none yet: log
 /// 0).
 fn peer_cursor(shared: &Shared) -> Cursor {
-    let text = std::fs::read_to_string(shared.dir.path().join("mirror.cursor")).unwrap_or_default();
+    let text = std::fs::read_to_string(shared.dir.mirror_cursor()).unwrap_or_default();
     let mut parts = text.split_whitespace().map(str::parse::<u64>);
     match (parts.next(), parts.next()) {
         (Some(Ok(log_id)), Some(Ok(offset))) => Cursor { log_id, offset },
@@ -134,7 +134,7 @@ fn peer_cursor(shared: &Shared) -> Cursor {
 }
 
 fn save_peer_cursor(shared: &Shared, at: Cursor) {
-    let path = shared.dir.path().join("mirror.cursor");
+    let path = shared.dir.mirror_cursor();
     let text = format!("{} {}\n", at.log_id, at.offset);
     if let Err(e) =
         tsn_datastore::write_atomic(&path, text.as_bytes(), tsn_datastore::Durability::NoSync)

@@ -26,6 +26,7 @@ pub mod role;
 pub mod store;
 pub mod timeline;
 
+use crate::Locked;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -235,8 +236,7 @@ impl Shared {
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         self.metrics.timeline_streams.inc();
         self.subs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .entry(user)
             .or_default()
             .push(Subscriber { id, tx });
@@ -246,7 +246,7 @@ impl Shared {
     /// Removes a timeline session.
     pub fn unsubscribe(&self, user: UserId, id: u64) {
         self.metrics.timeline_streams.dec();
-        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut subs = self.subs.locked();
         if let Some(v) = subs.get_mut(&user) {
             v.retain(|s| s.id != id);
             if v.is_empty() {
@@ -257,17 +257,12 @@ impl Shared {
 
     /// Number of open timeline sessions.
     pub fn sessions(&self) -> usize {
-        self.subs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(Vec::len)
-            .sum()
+        self.subs.locked().values().map(Vec::len).sum()
     }
 
     /// Closes every timeline session (each client reopens from its last position).
     pub fn close_sessions(&self) {
-        self.subs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.subs.locked().clear();
     }
 
     /// Pushes new timeline entries to the open sessions of their users.
@@ -282,7 +277,7 @@ impl Shared {
         {
             self.metrics.delivery_lag.set(lag.as_secs_f64());
         }
-        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut subs = self.subs.locked();
         for (user, seq, post) in entries {
             if let Some(v) = subs.get_mut(&user) {
                 let age = now.saturating_sub(post.ts_us).max(0) as f64 / 1e6;
@@ -343,8 +338,12 @@ fn limiter(per_second: u32) -> governor::DefaultKeyedRateLimiter<UserId> {
     governor::RateLimiter::keyed(governor::Quota::per_second(n))
 }
 
-/// Runs a server until Ctrl-C / SIGTERM.
-pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
+/// Runs a server until `shutdown` resolves (the binary passes Ctrl-C / SIGTERM), then
+/// stops as on SIGTERM: a hand-over if it is active, its tasks joined, the clean marker.
+pub async fn run(
+    opts: ServerOpts,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let kind = match opts.server_type {
         ServerType::Primary => NodeKind::Primary,
         ServerType::Secondary => NodeKind::Secondary,
@@ -524,7 +523,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     tracing::info!(%local, %advertise, cluster = opts.cluster, kind = kind.as_str(), ack = ?opts.ack, "server listening");
     opts.node.announce(local)?;
 
-    crate::common::shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     if shared.role().active {
         hand_over(&shared, &endpoint, &opts.coordinator).await;
@@ -542,7 +541,7 @@ pub async fn run(opts: ServerOpts) -> anyhow::Result<()> {
     .await;
     // A write of the received feed may still be running on a blocking thread: wait for
     // it, and flush what was written but not yet flushed.
-    let mut inbound = inbound.lock().unwrap_or_else(|e| e.into_inner());
+    let mut inbound = inbound.locked();
     inbound
         .flush()
         .with_context(|| format!("flushing {}", dir.received().display()))?;

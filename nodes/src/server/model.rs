@@ -7,6 +7,7 @@
 //! the last [`TIMELINE_BACKLOG`] entries of each timeline that was written or read since
 //! the server started; older entries are in each user's `timeline.data`.
 
+use crate::Locked;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
@@ -78,7 +79,7 @@ impl State {
     }
 
     fn lock(&self) -> MutexGuard<'_, Model> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.locked()
     }
 
     /// Whether `user` logged in to this cluster.
@@ -451,8 +452,9 @@ impl Model {
             .is_some_and(|e| e.1)
     }
 
-    /// Whether the post is stored here already.
-    pub fn has_post(&self, id: &PostId) -> bool {
+    /// Whether the post is stored here already (the tests' view of `own_posts`).
+    #[cfg(test)]
+    fn has_post(&self, id: &PostId) -> bool {
         self.own_posts.contains(id)
     }
 

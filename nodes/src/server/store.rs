@@ -15,6 +15,7 @@
 //! batches and with the received feed's writer held still, so that the state written
 //! down is exactly that of the two logs at the offsets recorded.
 
+use crate::Locked;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -271,10 +272,6 @@ struct Writer {
     flush_tx: std::sync::mpsc::Sender<FlushReq>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut stopped = None;
@@ -339,7 +336,7 @@ impl Writer {
         }
         // A checkpoint being finished completes before the writer says it has stopped.
         self.finish_checkpoint(true).await;
-        let complete = lock(&self.disk).views.complete_for_shutdown();
+        let complete = self.disk.locked().views.complete_for_shutdown();
         drop(self);
         if let Some(done) = stopped {
             let _ = done.send(complete);
@@ -360,7 +357,7 @@ impl Writer {
         // The same lines go to the journal now and to the view files after the hand-off.
         let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
         let written = {
-            let mut disk = lock(&self.disk);
+            let mut disk = self.disk.locked();
             match disk.journal.append(&records) {
                 Ok(()) => Ok((disk.journal.len(), disk.journal.bytes_on_disk())),
                 Err(e) => {
@@ -414,7 +411,7 @@ impl Writer {
             tracing::error!("journal flusher has stopped");
         }
         if !fresh.is_empty() {
-            if let Err(e) = lock(&self.disk).views.append(&records) {
+            if let Err(e) = self.disk.locked().views.append(&records) {
                 tracing::warn!(
                     "view file append failed (completed once writes work again; no checkpoint until then): {e}"
                 );
@@ -425,7 +422,7 @@ impl Writer {
     /// Retries the view files that a failed append left owed records, this writer's and
     /// the received feed's (unless that one is busy writing: next time).
     fn repair_views(&mut self) {
-        let _ = lock(&self.disk).views.repair();
+        let _ = self.disk.locked().views.repair();
         if let Some(Ok(mut inbound)) = self.inbound.as_ref().map(|i| i.try_lock()) {
             let _ = inbound.repair_views();
         }
@@ -439,7 +436,7 @@ impl Writer {
             .journal_feed
             .consumed_by(&[(self.shared.cluster, tsn_protocol::coord::NodeKind::Sync)]);
         let Some(read) = read else { return };
-        let mut disk = lock(&self.disk);
+        let mut disk = self.disk.locked();
         match disk.journal.delete_through(read.min(self.last.0)) {
             Ok(0) => {}
             Ok(_) => {
@@ -461,7 +458,7 @@ impl Writer {
         let Some(inbound) = self.inbound.clone() else {
             return;
         };
-        let journal_len = lock(&self.disk).journal.len();
+        let journal_len = self.disk.locked().journal.len();
         let received_len = self.shared.received_len.load(Ordering::Relaxed);
         let grown =
             journal_len.saturating_sub(self.sealed.0) + received_len.saturating_sub(self.sealed.1);
@@ -532,8 +529,8 @@ fn seal(
     disk: &Mutex<Disk>,
     inbound: &Mutex<super::inbound::Inbound>,
 ) -> anyhow::Result<Checkpoint> {
-    let mut inbound = lock(inbound);
-    let mut disk = lock(disk);
+    let mut inbound = inbound.locked();
+    let mut disk = disk.locked();
     // The logs after the last checkpoint hold what a view file still lacks: none is
     // taken while a file is owed records.
     disk.views
@@ -567,11 +564,11 @@ fn finish(
     crate::views::make_durable(&shared.dir).context("making the view files durable")?;
     let size = checkpoint::save(&shared.dir, &cp)?;
     let (journal, received) = (cp.journal, cp.other);
-    lock(inbound).delete_through(received)?;
+    inbound.locked().delete_through(received)?;
     let read = shared
         .journal_feed
         .consumed_by(&[(shared.cluster, tsn_protocol::coord::NodeKind::Sync)]);
-    let mut disk = lock(disk);
+    let mut disk = disk.locked();
     let deleted = disk
         .journal
         .delete_through(read.unwrap_or(0).min(journal))?;

@@ -15,8 +15,9 @@
 //! so it reads its servers' journals and every outbox from the start, and its new logs
 //! get new ids, so its readers read them from the start too. Duplicates are recognised.
 
-pub mod core;
+pub mod state;
 
+use crate::Locked;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use tsn_protocol::mirror::MirrorMsg;
 use tsn_protocol::sync::{Cursor, Entry, FeedLog, SyncReply, SyncRequest};
 use tsn_protocol::ClusterId;
 
-use self::core::SyncCore;
+use self::state::SyncState;
 use crate::common::{CommonOpts, NodeOpts};
 use crate::feed::{self, Batch};
 use crate::link::{self, LinkConfig, Membership};
@@ -101,10 +102,13 @@ pub enum Delivery {
 
 /// The state, shared by the feeds (blocking work runs with the lock held, off the
 /// runtime).
-type Core = Arc<Mutex<SyncCore>>;
+type Core = Arc<Mutex<SyncState>>;
 
-/// Runs the sync service until Ctrl-C / SIGTERM.
-pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
+/// Runs the sync service until `shutdown` resolves (the binary passes Ctrl-C / SIGTERM).
+pub async fn run(
+    opts: SyncOpts,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let ds = Datastore::new(&opts.node.datastore);
     let dir = ds.role(opts.cluster, NodeKind::Sync);
     dir.create()
@@ -167,7 +171,7 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     let checkpoint_bytes = opts.checkpoint_bytes;
     let max_clock_offset = opts.clock.max_clock_offset();
     let core = tokio::task::spawn_blocking(move || {
-        SyncCore::open(dir2, cluster, clusters, checkpoint_bytes, max_clock_offset)
+        SyncState::open(dir2, cluster, clusters, checkpoint_bytes, max_clock_offset)
     })
     .await
     .context("loading panicked")?
@@ -234,14 +238,14 @@ pub async fn run(opts: SyncOpts) -> anyhow::Result<()> {
     tracing::info!(%local, %advertise, cluster, clusters, period_ms = opts.period_ms, delivery = ?opts.delivery, "sync service running");
     opts.node.announce(local)?;
 
-    crate::common::shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     accept.abort();
     tasks.shutdown().await;
     endpoint.close(0u32.into(), b"sync service shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     // Every writer of the core has stopped with the tasks: the views are complete.
-    let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
+    let mut core = core.locked();
     core.close_cleanly()
         .context("writing clean-shutdown marker")?;
     Ok(())
@@ -306,10 +310,10 @@ where
 /// Runs `f` on the core off the runtime.
 async fn with_core<T: Send + 'static>(
     core: &Core,
-    f: impl FnOnce(&mut SyncCore) -> T + Send + 'static,
+    f: impl FnOnce(&mut SyncState) -> T + Send + 'static,
 ) -> anyhow::Result<T> {
     let core = core.clone();
-    tokio::task::spawn_blocking(move || f(&mut core.lock().unwrap_or_else(|e| e.into_inner())))
+    tokio::task::spawn_blocking(move || f(&mut core.locked()))
         .await
         .context("sync state task panicked")
 }
@@ -323,7 +327,7 @@ async fn follow_server(
     kind: NodeKind,
     settled: feed::Settled,
 ) {
-    let key = core::server_key(kind);
+    let key = state::server_key(kind);
     let open = feed::opener(
         cluster,
         (cluster, NodeKind::Sync),
@@ -339,7 +343,7 @@ async fn follow_server(
         key,
         settled,
         open,
-        SyncCore::absorb,
+        SyncState::absorb,
     )
     .await;
 }
@@ -359,7 +363,7 @@ async fn follow_outbox(
             return;
         }
     }
-    let key = core::outbox_key(from_cluster);
+    let key = state::outbox_key(from_cluster);
     let open = feed::opener(
         from_cluster,
         (cluster, NodeKind::Sync),
@@ -375,7 +379,7 @@ async fn follow_outbox(
         key,
         settled,
         open,
-        SyncCore::deliver,
+        SyncState::deliver,
     )
     .await;
 }
@@ -385,7 +389,7 @@ async fn follow_outbox(
 const INLINE_RECORDS: usize = 4;
 
 /// What a sync service does with a batch of one of the feeds it reads.
-type Step = fn(&mut SyncCore, Vec<Entry>) -> Result<usize, DatastoreError>;
+type Step = fn(&mut SyncState, Vec<Entry>) -> Result<usize, DatastoreError>;
 
 /// Follows one feed for ever, handing each batch to `step` on the core, then saving the
 /// feed's cursor (`key`).
@@ -400,7 +404,7 @@ async fn follow_into(
     open: impl Fn(Cursor) -> Vec<u8>,
     step: Step,
 ) {
-    let from = core.lock().unwrap_or_else(|e| e.into_inner()).cursor(&key);
+    let from = core.locked().cursor(&key);
     let apply = |batch: Batch| {
         let core = core.clone();
         let key = key.clone();
@@ -469,7 +473,7 @@ async fn serve_peer(
                 }
             };
             let (outbox, journal) = {
-                let c = core.lock().unwrap_or_else(|e| e.into_inner());
+                let c = core.locked();
                 (c.outbox_source(), c.journal_source())
             };
             let result = match sub.log {
@@ -487,7 +491,9 @@ async fn serve_peer(
                         outbox,
                         &sub,
                         move |r| match r {
-                            tsn_datastore::Record::Change(c) => SyncCore::wanted(c, dest, clusters),
+                            tsn_datastore::Record::Change(c) => {
+                                SyncState::wanted(c, dest, clusters)
+                            }
                             tsn_datastore::Record::Deliver { .. } => false,
                         },
                         pace,

@@ -11,6 +11,7 @@
 //! is written anew with only what is still needed, through a temporary file and a rename,
 //! once what it holds is more than [`REWRITE_SLACK`] lines beyond that.
 
+use crate::Locked;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
@@ -111,7 +112,7 @@ impl LogStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.locked()
     }
 
     /// Whether this member has never taken part in a group (no vote, no entry).

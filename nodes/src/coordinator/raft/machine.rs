@@ -5,6 +5,7 @@
 //! the committed entries after it again. Every applied change is published on a watch
 //! channel ([`Committed`]), which the watch streams and the read path use.
 
+use crate::Locked;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -92,7 +93,7 @@ impl Machine {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.locked()
     }
 
     /// The committed state now, and every later one.

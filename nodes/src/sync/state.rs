@@ -128,7 +128,7 @@ impl ServedLog {
 
 /// The sync service's state.
 #[derive(Debug)]
-pub struct SyncCore {
+pub struct SyncState {
     cluster: ClusterId,
     clusters: u32,
     dir: RoleDir,
@@ -166,11 +166,8 @@ pub struct SyncCore {
 /// `own_only`, only each user's own posts.
 fn timeline_files(dir: &RoleDir, own_only: bool) -> anyhow::Result<Vec<Record>> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.path().join("local_clients")) else {
-        return Ok(out);
-    };
-    for e in entries.flatten() {
-        for r in tsn_datastore::read_records(&e.path().join("timeline.data"))? {
+    for user in dir.users() {
+        for r in tsn_datastore::read_records(&dir.timeline(user))? {
             match r {
                 Record::Deliver { to, post, .. } if own_only && post.id.author == to => {
                     out.push(Record::Change(Change::Post(post)));
@@ -203,7 +200,7 @@ fn journal_transfer(dir: &RoleDir) -> anyhow::Result<Vec<Record>> {
     Ok(records)
 }
 
-impl SyncCore {
+impl SyncState {
     /// Opens the role directory `dir`: the last checkpoint and both logs after it
     /// (completing the view files when the last exit was not clean).
     pub fn open(
@@ -212,7 +209,7 @@ impl SyncCore {
         clusters: u32,
         checkpoint_bytes: u64,
         max_clock_offset: std::time::Duration,
-    ) -> anyhow::Result<SyncCore> {
+    ) -> anyhow::Result<SyncState> {
         dir.create()?;
         let cp = checkpoint::load(&dir)?.unwrap_or_default();
         let last_size = std::fs::metadata(checkpoint::path(&dir)).map_or(0, |m| m.len());
@@ -249,7 +246,7 @@ impl SyncCore {
                 Err(e) => tracing::error!("previous exit was not clean and completing the view files failed; continuing from the journal: {e}"),
             }
         }
-        let mut core = SyncCore {
+        let mut core = SyncState {
             cluster,
             clusters,
             views: Views::new(dir.clone(), Side::Sync),
@@ -364,7 +361,7 @@ impl SyncCore {
         grown >= self.checkpoint_bytes.max(self.last.2)
     }
 
-    /// Takes a checkpoint if one is due ([`SyncCore::checkpoint_due`]); otherwise deletes
+    /// Takes a checkpoint if one is due ([`SyncState::checkpoint_due`]); otherwise deletes
     /// the segments the last one covers that slow readers have read since. Called after
     /// each batch taken.
     pub fn maybe_checkpoint(&mut self) {
