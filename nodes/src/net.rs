@@ -288,6 +288,24 @@ pub fn explain_handshake(reason: &str) -> String {
     }
 }
 
+/// The first message of a stream a peer opened, `what` naming it for the log: `None`
+/// when the stream ended before one, or held something that is not one (the stream is
+/// then reset, so the peer's request fails at once instead of waiting).
+pub async fn first_msg<T: DeserializeOwned>(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    what: &str,
+) -> Option<T> {
+    match tsn_protocol::read_msg::<T, _>(recv).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!("bad {what}: {e}");
+            let _ = send.reset(1u32.into());
+            None
+        }
+    }
+}
+
 /// One request and one reply on a fresh bidirectional stream, within [`REQUEST_TIMEOUT`].
 pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
     conn: &quinn::Connection,

@@ -161,6 +161,21 @@ pub fn follow_supersedes(existing: Option<(i64, bool)>, ts_us: i64, active: bool
     }
 }
 
+/// Applies a change of the pair `key` at `ts_us` to `edges` if it supersedes what they
+/// hold ([`follow_supersedes`]); returns whether it did.
+pub fn apply_follow<K: Eq + std::hash::Hash>(
+    edges: &mut std::collections::HashMap<K, (i64, bool)>,
+    key: K,
+    ts_us: i64,
+    active: bool,
+) -> bool {
+    let new = follow_supersedes(edges.get(&key).copied(), ts_us, active);
+    if new {
+        edges.insert(key, (ts_us, active));
+    }
+    new
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

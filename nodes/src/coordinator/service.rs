@@ -191,14 +191,10 @@ async fn serve_connection(
         };
         let group = group.clone();
         tokio::spawn(async move {
-            let req = match tsn_protocol::read_msg::<CoordRequest, _>(&mut recv).await {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!("bad request: {e}");
-                    let _ = send.reset(1u32.into());
-                    return;
-                }
+            let Some(req) =
+                crate::net::first_msg::<CoordRequest>(&mut send, &mut recv, "request").await
+            else {
+                return;
             };
             let current = group.borrow().clone();
             let Some(group) = current else {

@@ -37,14 +37,10 @@ pub async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let req = match tsn_protocol::read_msg::<ClientRequest, _>(&mut recv).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::debug!("bad client request: {e}");
-            let _ = send.reset(1u32.into());
-            return;
-        }
+    let Some(req) =
+        crate::net::first_msg::<ClientRequest>(&mut send, &mut recv, "client request").await
+    else {
+        return;
     };
     if let ClientRequest::Timeline { user, since } = req {
         super::timeline::run(shared, store, conn, user, since, send, recv).await;

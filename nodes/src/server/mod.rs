@@ -13,15 +13,24 @@
 //!   directory, and pushes deliveries to open timelines.
 //! - [`commands`]: one client command per stream.
 //! - [`timeline`]: the long-lived timeline stream of a client session.
+//! - [`options`]: the command line.
+//! - `dispatch`: what each connection and stream is for (client commands, mirror,
+//!   the journal's feed, an operator's request).
+//! - `handover`: a planned stop of the active server hands the cluster over first.
+//! - `readiness`: what `/ready` says.
 //!
 //! The server reads and writes only its own role directory; its sync service reads its
 //! journal as a feed (a node stream opened with [`MirrorMsg::Subscribe`]).
 
 pub mod admission;
 pub mod commands;
+mod dispatch;
+mod handover;
 pub mod inbound;
 pub mod mirror;
 pub mod model;
+pub mod options;
+mod readiness;
 pub mod role;
 pub mod store;
 pub mod timeline;
@@ -32,114 +41,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
 use tokio::sync::{mpsc, watch as tokio_watch};
 use tsn_datastore::{Datastore, RoleDir, SegmentedLog};
 use tsn_protocol::coord::NodeKind;
 use tsn_protocol::{ClusterId, Post, UserId};
 
 use crate::checkpoint;
-use crate::common::{CommonOpts, NodeOpts};
 use crate::feed::FeedSource;
 use model::{Model, State};
+pub use options::{AckMode, ServerOpts, ServerType};
 pub use role::RoleState;
-use tsn_protocol::mirror::MirrorMsg;
-use tsn_protocol::sync::{FeedLog, SyncReply};
-
-/// `-t`: which server of the pair this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ServerType {
-    /// The primary (also `master`).
-    #[value(alias = "master")]
-    Primary,
-    /// The secondary (also `slave`).
-    #[value(alias = "slave")]
-    Secondary,
-}
-
-/// `--ack`: when a client's change is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AckMode {
-    /// Once the change is written to the journals of both servers (two hosts' page
-    /// caches): it survives kill -9 of any process and the loss of either host. Each
-    /// server flushes (fdatasync) right behind, off the acknowledgement's path. With no
-    /// standby, once it is flushed here.
-    Replicated,
-    /// Once the change is flushed (fdatasync) on both servers: it also survives both
-    /// hosts losing power at once. Slower: a flush is on every acknowledgement's path.
-    Durable,
-}
-
-/// A TSN server: serves one cluster's clients (login, FOLLOW, UNFOLLOW, LIST, TIMELINE) as
-/// its primary or secondary, mirroring every change to the other server.
-#[derive(Debug, Parser)]
-#[command(name = "tsn_server", version, long_about = None)]
-#[command(mut_arg("cert_dir", |a| a.help(crate::common::CERT_DIR_NODE)))]
-#[command(mut_arg("heartbeat_ms", |a| a.help(crate::common::HEARTBEAT_NODE)))]
-pub struct ServerOpts {
-    /// Coordinator address, <coordIP>:<coordPort>; for a coordinator group, every
-    /// member's, comma-separated (any member answers; one that does not is skipped).
-    #[arg(short = 'c', long = "coordinator", value_parser = crate::common::parse_coordinators, value_name = "HOST:PORT[,...]", env = "TSN_COORDINATOR")]
-    pub coordinator: crate::common::Coordinators,
-
-    /// UDP port to listen on (0 picks a free one; see --ready-file).
-    #[arg(short = 'p', long = "port", env = "TSN_PORT")]
-    pub port: u16,
-
-    /// Cluster id (1..=clusters).
-    #[arg(short = 'i', long = "id", value_parser = clap::value_parser!(u32).range(1..), env = "TSN_CLUSTER")]
-    pub cluster: u32,
-
-    /// primary or secondary (master and slave are accepted too).
-    #[arg(short = 't', long = "type", value_enum, env = "TSN_TYPE")]
-    pub server_type: ServerType,
-
-    /// Address other processes should dial to reach this server (host:port). Default:
-    /// the bind address if specific, else the local address that routes to the
-    /// coordinator, with the bound port.
-    #[arg(long, value_name = "HOST:PORT", env = "TSN_ADVERTISE")]
-    pub advertise: Option<String>,
-
-    /// When a post or command is acknowledged: `replicated` (written on both servers,
-    /// flushed right after) or `durable` (flushed on both servers first).
-    #[arg(long, value_enum, default_value = "replicated", env = "TSN_ACK")]
-    pub ack: AckMode,
-
-    /// Most posts, follows and unfollows one user may make a second (a burst of as many
-    /// is allowed); more are refused, and nothing of them is stored.
-    #[arg(long, default_value_t = 20_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "TSN_USER_RATE")]
-    pub user_rate: u32,
-
-    /// Take a checkpoint each time the journal and `received.data` together grew by this
-    /// many bytes (and by at least the size of the last checkpoint): start-up then
-    /// replays at most about this much, and older journal segments are deleted once the
-    /// sync service has read them.
-    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..), env = "TSN_CHECKPOINT_BYTES")]
-    pub checkpoint_bytes: u64,
-
-    /// Admission under overload: while the oldest of this server's posts not yet back
-    /// from its sync service (every post comes back into its author's timeline) was
-    /// stamped more than this many milliseconds ago, new posts wait (their
-    /// acknowledgements come later) so that posts already acknowledged are still
-    /// delivered within the sync period. 0: never wait; keep it above -q when the sync
-    /// services run with --delivery period.
-    #[arg(
-        long,
-        default_value_t = 200,
-        value_name = "MS",
-        env = "TSN_ADMIT_LAG_MS"
-    )]
-    pub admit_lag_ms: u64,
-
-    #[command(flatten)]
-    pub node: NodeOpts,
-
-    #[command(flatten)]
-    pub clock: crate::common::ClockOpts,
-
-    #[command(flatten)]
-    pub common: CommonOpts,
-}
 
 /// A live timeline session's inbox: entries with their numbers.
 #[derive(Debug)]
@@ -487,7 +398,7 @@ pub async fn run(
         crate::link::peer_addr(&members, move |m| m.addr_of(cluster, NodeKind::Sync)),
         settled_tx,
     ));
-    tasks.spawn(readiness(
+    tasks.spawn(readiness::readiness(
         shared.clone(),
         members.clone(),
         settled,
@@ -517,7 +428,7 @@ pub async fn run(
         tokio::spawn(crate::net::accept_loop(
             endpoint.clone(),
             connections,
-            move |conn| serve_connection(conn, shared.clone(), store.clone()),
+            move |conn| dispatch::serve_connection(conn, shared.clone(), store.clone()),
         ))
     };
     tracing::info!(%local, %advertise, cluster = opts.cluster, kind = kind.as_str(), ack = ?opts.ack, "server listening");
@@ -526,7 +437,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     if shared.role().active {
-        hand_over(&shared, &endpoint, &opts.coordinator).await;
+        handover::hand_over(&shared, &endpoint, &opts.coordinator).await;
     }
     accept.abort();
     endpoint.close(0u32.into(), b"server shutting down");
@@ -561,131 +472,6 @@ pub async fn run(
     Ok(())
 }
 
-/// An operator's request (the peer holds a node certificate).
-async fn admin(
-    shared: &Shared,
-    store: &store::Store,
-    req: tsn_protocol::mirror::AdminRequest,
-) -> tsn_protocol::mirror::AdminReply {
-    use tsn_protocol::mirror::{AdminReply, AdminRequest};
-    match req {
-        AdminRequest::ResetKey { user } => {
-            if let Err(e) = commands::check_user(shared, user) {
-                return AdminReply::Refused(format!("user {user} cannot be served here: {e}"));
-            }
-            if !shared.state.is_local(user) {
-                return AdminReply::Refused(format!("user {user} has never logged in"));
-            }
-            let generation = shared.state.key_of(user).map_or(0, |b| b.0) + 1;
-            let change = tsn_protocol::Change::Key {
-                user,
-                generation,
-                ts_us: shared.clock.now(),
-                key: Vec::new(),
-            };
-            match store.write(vec![change], true).await {
-                Ok(()) => {
-                    tracing::info!(
-                        user,
-                        generation,
-                        "an operator reset the user's key: the next login binds anew"
-                    );
-                    AdminReply::Done
-                }
-                Err(e) => AdminReply::Refused(format!("not stored: {e}")),
-            }
-        }
-    }
-}
-
-/// Keeps `/ready` true exactly while this server is registered, knows its role, has read
-/// its sync service's journal to the end since it learned where that is (or found it
-/// down), when the coordinator names a live peer server, mirrors with it, and its clock
-/// is within `max_clock_offset` of the coordinator's.
-async fn readiness(
-    shared: Arc<Shared>,
-    mut members: tokio_watch::Receiver<crate::link::Membership>,
-    mut settled: tokio_watch::Receiver<bool>,
-    max_clock_offset: std::time::Duration,
-) {
-    let mut role = shared.role.subscribe();
-    let mut mirroring = shared.mirroring.subscribe();
-    loop {
-        let (registered, clock_off) = {
-            let m = members.borrow_and_update();
-            (m.beat.is_some(), m.clock_off(max_clock_offset))
-        };
-        let caught_up = *settled.borrow_and_update();
-        let peer = role.borrow_and_update().peer.clone();
-        let mirrored = *mirroring.borrow_and_update();
-        let why = match (registered, caught_up) {
-            (false, _) => Some("not registered with the coordinator yet".to_string()),
-            (true, false) => Some("catching up from the sync service".to_string()),
-            (true, true) => match peer {
-                Some(p) if !mirrored => Some(format!("setting up mirroring with {p}")),
-                _ => clock_off,
-            },
-        };
-        if why.is_none() && shared.metrics.not_ready().is_some() {
-            tracing::info!(active = shared.role().active, "ready");
-        }
-        shared.metrics.set_ready(why);
-        tokio::select! {
-            r = members.changed() => if r.is_err() { return },
-            r = settled.changed() => if r.is_err() { return },
-            r = role.changed() => if r.is_err() { return },
-            r = mirroring.changed() => if r.is_err() { return },
-        }
-    }
-}
-
-/// A planned stop of the active server: the coordinator makes the standby active now,
-/// this server becomes the standby (its timeline clients are told to ask the coordinator
-/// again), and the mirror tells the standby, which asks the coordinator at once. So a
-/// planned restart costs no failover timeout.
-async fn hand_over(
-    shared: &Shared,
-    endpoint: &quinn::Endpoint,
-    coordinator: &crate::common::Coordinators,
-) {
-    use tsn_protocol::coord::{CoordReply, CoordRequest};
-    let asked = async {
-        let group = crate::group_client::GroupClient::new(coordinator.clone());
-        let req = CoordRequest::HandOver {
-            cluster: shared.cluster,
-            kind: shared.kind,
-        };
-        anyhow::Ok(group.call(endpoint, &req).await?.1)
-    };
-    match asked.await {
-        Ok(CoordReply::HandedOver { epoch, to }) => {
-            tracing::info!(epoch, standby = %to, "handed the cluster over to the standby");
-            shared.role.send_modify(|r| {
-                r.active = false;
-                r.epoch = epoch;
-                r.peer = Some(to);
-            });
-            let told = shared.handed_over.notified();
-            if tokio::time::timeout(std::time::Duration::from_secs(1), told)
-                .await
-                .is_err()
-            {
-                tracing::info!(
-                    "the standby was not told directly: it learns at its next heartbeat"
-                );
-            }
-        }
-        Ok(CoordReply::Failed(e)) => {
-            tracing::info!("no hand-over before stopping: {e}");
-        }
-        Ok(other) => tracing::warn!("unexpected hand-over reply: {other:?}"),
-        Err(e) if crate::net::part_of_a_stop(&e) => {
-            tracing::info!("no hand-over before stopping: the coordinator is stopping too ({e:#})")
-        }
-        Err(e) => tracing::warn!("could not ask the coordinator for a hand-over: {e:#}"),
-    }
-}
-
 /// What the sync service gets instead of this server's journal when its cursor lies
 /// before the oldest segment kept (its disk was lost): the last checkpoint's users,
 /// follow edges and keys, and every post of this cluster's users that reached their own
@@ -716,104 +502,5 @@ pub fn observe_record(clock: &crate::hlc::Hlc, r: &tsn_datastore::Record) {
     match r {
         tsn_datastore::Record::Change(c) => clock.observe_change(c),
         tsn_datastore::Record::Deliver { post, .. } => clock.observe(post.ts_us),
-    }
-}
-
-/// Client connections (no certificate) speak the client protocol; node connections
-/// (certificate from the CA) mirror or read the journal's feed.
-async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>, store: store::Store) {
-    let is_node = tsn_certs::peer_is_node(&conn);
-    let user: commands::Conn = Arc::default();
-    loop {
-        let (send, recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        let shared = shared.clone();
-        let store = store.clone();
-        let user = user.clone();
-        tokio::spawn(async move {
-            if is_node {
-                serve_node_stream(shared, store, send, recv).await;
-            } else {
-                commands::serve_stream(shared, store, user, send, recv).await;
-            }
-        });
-    }
-}
-
-/// A stream from another node: a mirror stream from the active server, or the sync
-/// service reading the journal.
-async fn serve_node_stream(
-    shared: Arc<Shared>,
-    store: store::Store,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
-    let first = match tsn_protocol::read_msg::<MirrorMsg, _>(&mut recv).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::debug!("bad node stream: {e}");
-            let _ = send.reset(1u32.into());
-            return;
-        }
-    };
-    match first {
-        MirrorMsg::Hello {
-            cluster,
-            epoch,
-            journal,
-            have,
-        } => {
-            let hello = mirror::Hello {
-                cluster,
-                epoch,
-                journal,
-                have,
-            };
-            mirror::serve_standby(shared, store, hello, send, recv).await
-        }
-        MirrorMsg::Subscribe(sub) => {
-            let refusal = if sub.cluster != shared.cluster || sub.reader != shared.cluster {
-                Some(format!(
-                    "this server's journal is for cluster {}'s sync service",
-                    shared.cluster
-                ))
-            } else if sub.log != FeedLog::ServerJournal {
-                Some(format!("a server serves its journal, not {:?}", sub.log))
-            } else {
-                None
-            };
-            let result = match refusal {
-                Some(why) => Err(why),
-                None => crate::feed::serve(
-                    shared.journal_feed.clone(),
-                    &sub,
-                    |_| true,
-                    None,
-                    |_| {},
-                    &mut send,
-                    recv,
-                )
-                .await
-                .map_err(|e| format!("{e:#}")),
-            };
-            if let Err(why) = result {
-                tracing::debug!("journal feed ended: {why}");
-                let _ = tsn_protocol::write_msg(&mut send, &SyncReply::Refused(why)).await;
-                let _ = send.finish();
-            }
-        }
-        MirrorMsg::Admin(req) => {
-            let reply = admin(&shared, &store, req).await;
-            if tsn_protocol::write_msg(&mut send, &reply).await.is_ok() {
-                let _ = send.finish();
-            }
-        }
-        MirrorMsg::Changes { .. } | MirrorMsg::HandOver { .. } => {
-            let _ = send.reset(1u32.into());
-            tracing::debug!("node stream began with something else than a hello");
-        }
     }
 }

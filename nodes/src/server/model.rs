@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tsn_datastore::Record as DsRecord;
 
-use tsn_protocol::types::{follow_supersedes, key_supersedes, KeyBinding};
+use tsn_protocol::types::{apply_follow, follow_supersedes, key_supersedes, KeyBinding};
 use tsn_protocol::{Change, Post, PostId, UserId, TIMELINE_BACKLOG};
 use DsRecord as Record;
 
@@ -292,11 +292,7 @@ impl Model {
                 active,
             }) => {
                 let edges = self.followers.entry(*followee).or_default();
-                let new = follow_supersedes(edges.get(follower).copied(), *ts_us, *active);
-                if new {
-                    edges.insert(*follower, (*ts_us, *active));
-                }
-                (new, None)
+                (apply_follow(edges, *follower, *ts_us, *active), None)
             }
             Record::Change(Change::Post(_) | Change::Key { .. }) => (false, None),
             Record::Deliver { to, seq, post } => {

@@ -463,14 +463,10 @@ async fn serve_peer(
         let core = core.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let sub = match tsn_protocol::read_msg::<SyncRequest, _>(&mut recv).await {
-                Ok(Some(SyncRequest::Subscribe(s))) => s,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!("bad feed request: {e}");
-                    let _ = send.reset(1u32.into());
-                    return;
-                }
+            let Some(SyncRequest::Subscribe(sub)) =
+                crate::net::first_msg::<SyncRequest>(&mut send, &mut recv, "feed request").await
+            else {
+                return;
             };
             let (outbox, journal) = {
                 let c = core.locked();

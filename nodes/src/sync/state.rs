@@ -32,7 +32,7 @@ use std::sync::Arc;
 use tsn_datastore::{Cursors, DatastoreError, Record, RoleDir, SegmentedLog};
 use tsn_protocol::coord::NodeKind;
 use tsn_protocol::sync::{Cursor, Entry};
-use tsn_protocol::types::{cluster_of, follow_supersedes};
+use tsn_protocol::types::{apply_follow, cluster_of};
 use tsn_protocol::{Change, ClusterId, PostId, UserId};
 
 use crate::checkpoint::{self, Checkpoint, Checkpointed};
@@ -469,12 +469,7 @@ impl SyncState {
             } => {
                 self.max_ts = self.max_ts.max(*ts_us);
                 let m = self.following.entry(*followee).or_default();
-                if follow_supersedes(m.get(follower).copied(), *ts_us, *active) {
-                    m.insert(*follower, (*ts_us, *active));
-                    true
-                } else {
-                    false
-                }
+                apply_follow(m, *follower, *ts_us, *active)
             }
         }
     }
@@ -488,15 +483,7 @@ impl SyncState {
                 followee,
                 ts_us,
                 active,
-            }) => {
-                let key = (*followee, *follower);
-                if follow_supersedes(self.followers.get(&key).copied(), *ts_us, *active) {
-                    self.followers.insert(key, (*ts_us, *active));
-                    true
-                } else {
-                    false
-                }
-            }
+            }) => apply_follow(&mut self.followers, (*followee, *follower), *ts_us, *active),
             Record::Change(Change::Post(_) | Change::Key { .. }) => false,
             Record::Deliver { to, seq, post } => {
                 let last = self.last_seq.entry(*to).or_default();
