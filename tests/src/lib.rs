@@ -1583,3 +1583,53 @@ pub fn wait_timeline_complete(sys: &System, n: u64, timeout: Duration) -> Result
         )
     })
 }
+
+/// GET `path` from the HTTP endpoint at `addr` (`/metrics`, `/health`, `/ready`): the
+/// status code and the body.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: tsn\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+    Ok((code, body))
+}
+
+/// The flags of a `tsn_server` started by hand for `cluster` as `kind` (`primary` or
+/// `secondary`) against `coord`, with its certificates in `cert_dir` and its own
+/// datastore.
+pub fn server_args(
+    coord: &str,
+    cluster: u32,
+    kind: &str,
+    cert_dir: &Path,
+    datastore: &Path,
+) -> Vec<String> {
+    [
+        "-c",
+        coord,
+        "-p",
+        "0",
+        "-i",
+        &cluster.to_string(),
+        "-t",
+        kind,
+        "--cert-dir",
+        &cert_dir.display().to_string(),
+        "--datastore",
+        &datastore.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}

@@ -6,7 +6,6 @@
 //! message) where libfaketime is missing.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,32 +14,13 @@ use tsn_tests::*;
 const LIVE: Duration = Duration::from_secs(20);
 const DAY_MS: i64 = 86_400_000;
 
-/// GET `path` from `addr`: (status code, body).
-fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: tsn\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
-    Ok((code, body))
-}
-
 /// `/ready` of a node (the one whose `metrics listening` line came last in its log).
 fn ready(sys: &System, cluster: u32, role: Role) -> anyhow::Result<(u16, String)> {
     let addr = sys
         .metrics_addr(cluster, role)
         .0
         .ok_or_else(|| anyhow::anyhow!("no metrics address in the log yet"))?;
-    get(&addr, "/ready")
+    http_get(&addr, "/ready")
 }
 
 /// The date as the client prints it (`Thu Dec  3`, and the year), by this machine's

@@ -16,27 +16,8 @@ fn a_second_primary_is_refused_and_logged_on_both_sides() -> anyhow::Result<()> 
     let primary = sys.addr(1, Role::Primary)?;
     let dir = sys.dir.path().join("host-impostor");
     let log = sys.dir.path().join("logs/impostor.log");
-    let args: Vec<String> = [
-        "-c",
-        &sys.coord,
-        "-p",
-        "0",
-        "-i",
-        "1",
-        "-t",
-        "primary",
-        "--heartbeat-ms",
-        "200",
-        "--bind",
-        "127.0.0.1",
-        "--cert-dir",
-        &sys.certs().display().to_string(),
-        "--datastore",
-        &dir.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = server_args(&sys.coord, 1, "primary", &sys.certs(), &dir);
+    args.extend(["--heartbeat-ms", "200", "--bind", "127.0.0.1"].map(String::from));
     let mut impostor = Proc::spawn_in(&[], "tsn_server", &args, &log)?;
     eventually("the impostor is told", Duration::from_secs(10), || {
         Ok(std::fs::read_to_string(&log)?.contains("registration refused, not serving"))

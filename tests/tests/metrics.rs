@@ -2,30 +2,9 @@
 //! the traffic), `/health`, and `/ready`, which says no until the node has registered.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use tsn_tests::*;
-
-/// GET `path` from `addr`: (status code, body).
-fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: tsn\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    Ok((code, body))
-}
 
 /// The metrics address a node logged.
 fn metrics_addr(sys: &System, cluster: u32, role: Role) -> anyhow::Result<String> {
@@ -70,14 +49,14 @@ fn ready_follows_registration_and_metrics_follow_the_posts() -> anyhow::Result<(
     let flag = ["--metrics-addr".to_string(), "127.0.0.1:0".to_string()];
     sys.start_node_with(1, Role::Primary, &flag)?;
     let addr = metrics_addr(&sys, 1, Role::Primary)?;
-    assert_eq!(get(&addr, "/health")?.0, 200);
-    let (code, body) = get(&addr, "/ready")?;
+    assert_eq!(http_get(&addr, "/health")?.0, 200);
+    let (code, body) = http_get(&addr, "/ready")?;
     assert_eq!(code, 503, "not ready before registering: {body}");
     assert!(body.contains("not registered"), "{body}");
 
     sys.start_coordinator(Some(port))?;
     eventually("ready once registered", Duration::from_secs(10), || {
-        Ok(get(&addr, "/ready")?.0 == 200)
+        Ok(http_get(&addr, "/ready")?.0 == 200)
     })?;
     sys.start_node_with(1, Role::Secondary, &flag)?;
     sys.start_node(1, Role::Sync)?;
@@ -89,7 +68,7 @@ fn ready_follows_registration_and_metrics_follow_the_posts() -> anyhow::Result<(
         metrics_addr(&sys, 1, Role::Secondary)?
     };
 
-    let (_, before) = get(&addr, "/metrics")?;
+    let (_, before) = http_get(&addr, "/metrics")?;
     let posts_before = sample(&before, "tsn_changes_acknowledged_total{kind=\"post\"}");
     let mut c = sys.client(1)?;
     assert_eq!(
@@ -104,7 +83,7 @@ fn ready_follows_registration_and_metrics_follow_the_posts() -> anyhow::Result<(
         c.send(&format!("counted {k}"))?;
     }
     assert_eq!(c.finish(Duration::from_secs(20))?, 0);
-    let (code, text) = get(&addr, "/metrics")?;
+    let (code, text) = http_get(&addr, "/metrics")?;
     assert_eq!(code, 200);
     let posts = sample(&text, "tsn_changes_acknowledged_total{kind=\"post\"}");
     assert_eq!(posts - posts_before, N as f64, "{text}");
@@ -125,7 +104,7 @@ fn ready_follows_registration_and_metrics_follow_the_posts() -> anyhow::Result<(
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
-    assert_eq!(get(&addr, "/nope")?.0, 404);
+    assert_eq!(http_get(&addr, "/nope")?.0, 404);
     Ok(())
 }
 
@@ -191,7 +170,7 @@ fn posts_wait_while_delivery_is_behind_and_none_is_lost() -> anyhow::Result<()> 
     } else {
         Role::Secondary
     };
-    let (_, text) = get(&metrics_addr(&sys, 3, role)?, "/metrics")?;
+    let (_, text) = http_get(&metrics_addr(&sys, 3, role)?, "/metrics")?;
     assert!(
         sample(&text, "tsn_admission_pauses_total") > 0.0,
         "no post was held back:\n{text}"

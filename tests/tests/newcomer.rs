@@ -177,23 +177,13 @@ fn a_node_with_another_ca_says_what_to_copy() -> anyhow::Result<()> {
     let certs = tempfile::tempdir()?;
     let store = tempfile::tempdir()?;
     let log = sys.dir.path().join("logs/foreign.log");
-    let args: Vec<String> = [
-        "-c",
+    let args = server_args(
         &sys.coord,
-        "-p",
-        "0",
-        "-i",
-        "1",
-        "-t",
+        1,
         "secondary",
-        "--cert-dir",
-        &certs.path().join("certs").display().to_string(),
-        "--datastore",
-        &store.path().display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &certs.path().join("certs"),
+        store.path(),
+    );
     let mut node = Proc::spawn_in(&[], "tsn_server", &args, &log)?;
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     eventually("the remedy in the log", Duration::from_secs(20), || {
