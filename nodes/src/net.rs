@@ -379,7 +379,16 @@ pub async fn accept_loop<F, Fut>(
 {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let handle = Arc::new(handle);
-    while let Some(incoming) = endpoint.accept().await {
+    // The connections' tasks end with the loop (dropping the set aborts them).
+    let mut connections_served = tokio::task::JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+            Some(_) = connections_served.join_next(), if !connections_served.is_empty() => continue,
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
             incoming.refuse();
@@ -387,7 +396,7 @@ pub async fn accept_loop<F, Fut>(
         };
         let handle = handle.clone();
         let connections = connections.clone();
-        tokio::spawn(async move {
+        connections_served.spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => {
@@ -400,6 +409,7 @@ pub async fn accept_loop<F, Fut>(
             drop(permit);
         });
     }
+    connections_served.shutdown().await;
 }
 
 /// A server endpoint bound to `bind` that also dials with the node's identity.

@@ -1,13 +1,16 @@
 //! A planned stop of the active server: the cluster is handed to the standby first.
 
-use super::Shared;
+use super::mirror::Mirror;
+use super::role::{Node, Role};
 
 /// A planned stop of the active server: the coordinator makes the standby active now,
 /// this server becomes the standby (its timeline clients are told to ask the coordinator
 /// again), and the mirror tells the standby, which asks the coordinator at once. So a
 /// planned restart costs no failover timeout.
 pub(super) async fn hand_over(
-    shared: &Shared,
+    node: &Node,
+    role: &Role,
+    mirror: &Mirror,
     endpoint: &quinn::Endpoint,
     coordinator: &crate::common::Coordinators,
 ) {
@@ -15,20 +18,16 @@ pub(super) async fn hand_over(
     let asked = async {
         let group = crate::group_client::GroupClient::new(coordinator.clone());
         let req = CoordRequest::HandOver {
-            cluster: shared.cluster,
-            kind: shared.kind,
+            cluster: node.cluster,
+            kind: node.kind,
         };
         anyhow::Ok(group.call(endpoint, &req).await?.1)
     };
     match asked.await {
         Ok(CoordReply::HandedOver { epoch, to }) => {
             tracing::info!(epoch, standby = %to, "handed the cluster over to the standby");
-            shared.role.send_modify(|r| {
-                r.active = false;
-                r.epoch = epoch;
-                r.peer = Some(to);
-            });
-            let told = shared.handed_over.notified();
+            role.handed_over(epoch, to);
+            let told = mirror.standby_told();
             if tokio::time::timeout(std::time::Duration::from_secs(1), told)
                 .await
                 .is_err()

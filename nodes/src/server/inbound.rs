@@ -19,13 +19,36 @@ use tsn_datastore::{Cursors, DatastoreError, Record, RoleDir, SegmentedLog};
 use tsn_protocol::sync::{Cursor, FeedLog, SyncRequest};
 use tsn_protocol::UserId;
 
-use super::Shared;
+use super::model::State;
+use super::role::Node;
+use super::sessions::Sessions;
+use super::store::CheckpointTrigger;
+use crate::feed::FeedSource;
 use crate::feed::{self, Batch};
+use crate::hlc::Hlc;
 use crate::views::{Side, Views};
 
 /// Batches of at most this many records are written on the runtime's thread (see
 /// [`run`]).
 const INLINE_RECORDS: usize = 64;
+
+/// What the received feed's writer works with besides its files.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// This server.
+    pub node: Node,
+    /// What it knows: what is received is applied to it.
+    pub state: Arc<State>,
+    /// Timestamps (advanced past everything received).
+    pub clock: Arc<Hlc>,
+    /// Open timelines: what is received is pushed to them.
+    pub sessions: Arc<Sessions>,
+    /// Told how long `received.data` is.
+    pub trigger: Arc<CheckpointTrigger>,
+    /// This server's journal (the view files are rebuilt from it when the sync
+    /// service's journal is begun anew).
+    pub journal_feed: FeedSource,
+}
 
 /// The cursor key of the sync service's journal feed.
 const KEY: &str = "from-sync";
@@ -106,7 +129,7 @@ impl Inbound {
     /// received from the old one is dropped, and the new one, read from its start,
     /// delivers everything again with its own numbers. The view files are rewritten from
     /// this server's journal; open timelines are closed (their clients reopen them).
-    fn start_over(&mut self, shared: &Shared) -> anyhow::Result<()> {
+    fn start_over(&mut self, env: &Env) -> anyhow::Result<()> {
         tracing::warn!(
             "the sync service's journal was begun anew (its host lost its disk?): re-reading it from the start"
         );
@@ -114,7 +137,7 @@ impl Inbound {
         self.log.delete_through(gone)?;
         self.views = Views::new(self.dir.clone(), Side::Received);
         self.shown_before.extend(shown(&self.dir)?);
-        shared.state.reset_received();
+        env.state.reset_received();
         // A checkpoint of what was received from the old journal no longer holds.
         if let Some(mut cp) = crate::checkpoint::load(&self.dir)? {
             cp.other = gone;
@@ -122,9 +145,9 @@ impl Inbound {
             cp.state.seqs.clear();
             crate::checkpoint::save(&self.dir, &cp)?;
         }
-        let own = shared.own_records()?;
+        let own = super::recovery::own_records(&self.dir, &env.journal_feed)?;
         crate::views::rebuild_clean(&self.dir, &[(Side::Server, own.as_slice())])?;
-        shared.close_sessions();
+        env.sessions.close_all();
         Ok(())
     }
 }
@@ -150,22 +173,22 @@ pub type InboundHandle = Arc<Mutex<Inbound>>;
 
 /// Follows the sync service of this cluster for ever.
 pub async fn run(
-    shared: Arc<Shared>,
+    env: Env,
     inbound: InboundHandle,
     endpoint: quinn::Endpoint,
     addr: watch::Receiver<Option<String>>,
     settled: feed::Settled,
 ) {
-    let cluster = shared.cluster;
+    let cluster = env.node.cluster;
     let from = inbound.locked().cursor();
     let open = feed::opener(
         cluster,
-        (cluster, shared.kind),
+        (cluster, env.node.kind),
         FeedLog::SyncJournal,
         SyncRequest::Subscribe,
     );
     let apply = |batch: Batch| {
-        let shared = shared.clone();
+        let env = env.clone();
         let inbound = inbound.clone();
         async move {
             // A small batch is written and pushed to open timelines on this thread:
@@ -181,18 +204,18 @@ pub async fn run(
             if let Some(Ok(mut inb)) = small.then(|| inbound.try_lock()) {
                 if !inb.begun_anew(next) {
                     let batch = waiting.take().expect("set above");
-                    inb.write(&shared, batch)?;
+                    inb.write(&env, batch)?;
                 }
             }
             tokio::task::spawn_blocking(move || {
                 let mut inb = inbound.locked();
                 if let Some(batch) = waiting {
                     if inb.begun_anew(next) {
-                        inb.start_over(&shared)?;
+                        inb.start_over(&env)?;
                     }
-                    inb.write(&shared, batch)?;
+                    inb.write(&env, batch)?;
                 }
-                inb.settle(&shared, next)
+                inb.settle(&env, next)
             })
             .await
             .context("received-feed writer panicked")?
@@ -220,11 +243,11 @@ impl Inbound {
 
     /// Appends what is new in `batch` to `received.data` and the view files, applies it
     /// to the model and pushes it to open timelines. Not flushed: [`Inbound::settle`].
-    fn write(&mut self, shared: &Shared, batch: Batch) -> anyhow::Result<()> {
+    fn write(&mut self, env: &Env, batch: Batch) -> anyhow::Result<()> {
         let records: Vec<Record> = batch.entries.into_iter().map(feed::record).collect();
-        let (fresh, mut entries) = shared
+        let (fresh, mut entries) = env
             .state
-            .apply_received(records, |r| super::observe_record(&shared.clock, r));
+            .apply_received(records, |r| super::recovery::observe_record(&env.clock, r));
         if fresh.is_empty() {
             return Ok(());
         }
@@ -238,22 +261,17 @@ impl Inbound {
         if !self.shown_before.is_empty() {
             entries.retain(|(to, _, p)| !self.shown_before.contains(&(*to, p.id)));
         }
-        shared.publish(entries);
+        env.sessions.publish(entries);
         Ok(())
     }
 
     /// Flushes `received.data`, then saves the cursor `next`: a crash re-reads, never
     /// skips.
-    fn settle(&mut self, shared: &Shared, next: Cursor) -> anyhow::Result<()> {
-        use std::sync::atomic::Ordering::Relaxed;
+    fn settle(&mut self, env: &Env, next: Cursor) -> anyhow::Result<()> {
         let len = self.log.len();
-        if len != shared.received_len.load(Relaxed) {
+        if len != env.trigger.received_len() {
             self.log.sync()?;
-            shared.received_len.store(len, Relaxed);
-            let since = len.saturating_sub(shared.received_checkpointed.load(Relaxed));
-            if since >= shared.checkpoint_bytes {
-                shared.checkpoint_due.notify_one();
-            }
+            env.trigger.received_grew(len);
         }
         let path = self.dir.cursors();
         self.cursors.set_feed(KEY, next);
@@ -261,7 +279,7 @@ impl Inbound {
         // and what was received already is recognised by its numbers.
         self.cursors
             .save_with(&path, tsn_datastore::Durability::NoSync)?;
-        shared.sync_log.store(next.log_id, Relaxed);
+        env.sessions.set_log_id(next.log_id);
         Ok(())
     }
 

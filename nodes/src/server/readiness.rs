@@ -4,20 +4,37 @@ use std::sync::Arc;
 
 use tokio::sync::watch as tokio_watch;
 
-use super::Shared;
+use super::role::Role;
+use crate::metrics::Metrics;
+
+/// What `/ready` waits for.
+#[derive(Debug)]
+pub(super) struct Inputs {
+    /// Active or standby, and the peer.
+    pub role: Role,
+    /// Whether the mirror stream is up.
+    pub mirroring: tokio_watch::Receiver<bool>,
+    /// What the coordinator last said.
+    pub members: tokio_watch::Receiver<crate::link::Membership>,
+    /// Whether the sync service's journal was read to its end.
+    pub settled: tokio_watch::Receiver<bool>,
+    /// `--max-clock-offset-ms`.
+    pub max_clock_offset: std::time::Duration,
+}
 
 /// Keeps `/ready` true exactly while this server is registered, knows its role, has read
 /// its sync service's journal to the end since it learned where that is (or found it
 /// down), when the coordinator names a live peer server, mirrors with it, and its clock
 /// is within `max_clock_offset` of the coordinator's.
-pub(super) async fn readiness(
-    shared: Arc<Shared>,
-    mut members: tokio_watch::Receiver<crate::link::Membership>,
-    mut settled: tokio_watch::Receiver<bool>,
-    max_clock_offset: std::time::Duration,
-) {
-    let mut role = shared.role.subscribe();
-    let mut mirroring = shared.mirroring.subscribe();
+pub(super) async fn readiness(inputs: Inputs, metrics: Arc<Metrics>) {
+    let Inputs {
+        role: server_role,
+        mut mirroring,
+        mut members,
+        mut settled,
+        max_clock_offset,
+    } = inputs;
+    let mut role = server_role.subscribe();
     loop {
         let (registered, clock_off) = {
             let m = members.borrow_and_update();
@@ -34,10 +51,10 @@ pub(super) async fn readiness(
                 _ => clock_off,
             },
         };
-        if why.is_none() && shared.metrics.not_ready().is_some() {
-            tracing::info!(active = shared.role().active, "ready");
+        if why.is_none() && metrics.not_ready().is_some() {
+            tracing::info!(active = server_role.is_active(), "ready");
         }
-        shared.metrics.set_ready(why);
+        metrics.set_ready(why);
         tokio::select! {
             r = members.changed() => if r.is_err() { return },
             r = settled.changed() => if r.is_err() { return },

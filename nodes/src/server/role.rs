@@ -1,11 +1,26 @@
-//! This server's role, as the coordinator last said (through [`crate::link`]).
+//! Who this server is ([`Node`]), and its role as the coordinator last said ([`Role`],
+//! kept up to date from [`crate::link`]).
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tsn_datastore::RoleDir;
+use tsn_protocol::coord::NodeKind;
+use tsn_protocol::ClusterId;
 
-use super::Shared;
 use crate::link::Membership;
+use crate::metrics::Metrics;
+
+/// Who this server is: its cluster, which of the pair, and its role directory.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// This server's cluster.
+    pub cluster: ClusterId,
+    /// Primary or secondary.
+    pub kind: NodeKind,
+    /// This server's role directory.
+    pub dir: RoleDir,
+}
 
 /// What the coordinator last said about this server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,8 +35,53 @@ pub struct RoleState {
     pub clusters: u32,
 }
 
-/// Keeps `shared.role` up to date with each heartbeat reply, and logs each change.
-pub async fn run(shared: Arc<Shared>, mut members: watch::Receiver<Membership>) {
+/// Active or standby, as last told by the coordinator; every clone sees the same role.
+#[derive(Debug, Clone, Default)]
+pub struct Role {
+    tx: Arc<watch::Sender<RoleState>>,
+}
+
+impl Role {
+    /// The current role.
+    pub fn current(&self) -> RoleState {
+        self.tx.borrow().clone()
+    }
+
+    /// Whether this server is its cluster's active server now.
+    pub fn is_active(&self) -> bool {
+        self.tx.borrow().active
+    }
+
+    /// Tells of every change from now on.
+    pub fn subscribe(&self) -> watch::Receiver<RoleState> {
+        self.tx.subscribe()
+    }
+
+    /// This server handed its cluster over to `to` at `epoch`: it is the standby now.
+    pub fn handed_over(&self, epoch: u64, to: String) {
+        self.tx.send_modify(|r| {
+            r.active = false;
+            r.epoch = epoch;
+            r.peer = Some(to);
+        });
+    }
+
+    fn set(&self, next: RoleState) {
+        self.tx.send_if_modified(|s| {
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+    }
+}
+
+/// Keeps `role` up to date with each heartbeat reply, and logs each change.
+pub async fn follow(
+    role: Role,
+    cluster: ClusterId,
+    metrics: Arc<Metrics>,
+    mut members: watch::Receiver<Membership>,
+) {
     loop {
         let next = members
             .borrow_and_update()
@@ -34,17 +94,14 @@ pub async fn run(shared: Arc<Shared>, mut members: watch::Receiver<Membership>) 
                 clusters: b.clusters,
             });
         if let Some(next) = next {
-            let current = shared.role();
-            shared.metrics.active.set(i64::from(next.active));
-            shared
-                .metrics
+            let current = role.current();
+            metrics.active.set(i64::from(next.active));
+            metrics
                 .epoch
-                .get_or_create(&crate::metrics::ClusterLabel {
-                    cluster: shared.cluster,
-                })
+                .get_or_create(&crate::metrics::ClusterLabel { cluster })
                 .set(next.epoch as i64);
             if next.epoch > current.epoch && current.epoch != 0 {
-                shared.metrics.failovers.inc();
+                metrics.failovers.inc();
             }
             if next.active != current.active || next.epoch != current.epoch {
                 if next.active {
@@ -56,11 +113,7 @@ pub async fn run(shared: Arc<Shared>, mut members: watch::Receiver<Membership>) 
                     tracing::info!(epoch = next.epoch, active = ?next.peer, "this server is the standby");
                 }
             }
-            shared.role.send_if_modified(|s| {
-                let changed = *s != next;
-                *s = next;
-                changed
-            });
+            role.set(next);
         }
         if members.changed().await.is_err() {
             return;

@@ -1,0 +1,306 @@
+//! The writer task: group commit into the journal, the hand-off to the mirror, the
+//! in-memory model and the view files; and the flusher thread behind it.
+
+use crate::Locked;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+use tsn_datastore::{DatastoreError, Record, SegmentedLog};
+use tsn_protocol::MAX_BATCH_CHANGES;
+
+use super::checkpoints::CHECKPOINT_CHECK;
+use super::{
+    complete, AckMode, Done, Env, MirrorJob, Msg, Store, StoreError, WriteReq, WRITE_QUEUE,
+};
+use crate::checkpoint::{self, Checkpoint};
+use crate::feed::FeedLen;
+use crate::server::inbound::InboundHandle;
+use crate::views::{Side, Views};
+
+/// Starts the writer task and its flusher thread. `len` tells the journal's feed how far
+/// the journal is written; `last` is the checkpoint the server started from. Without an
+/// `inbound`, no checkpoints are taken.
+pub fn spawn(
+    env: Env,
+    journal: SegmentedLog,
+    inbound: Option<InboundHandle>,
+    mirror_tx: mpsc::Sender<MirrorJob>,
+    len: FeedLen,
+    last: Checkpoint,
+) -> anyhow::Result<Store> {
+    let flusher = journal.flusher();
+    let parts = Parts {
+        env,
+        journal,
+        inbound,
+        mirror_tx,
+        len,
+        last,
+    };
+    spawn_with(parts, move || flusher.sync())
+}
+
+/// What the writer is made of.
+pub(super) struct Parts {
+    pub(super) env: Env,
+    pub(super) journal: SegmentedLog,
+    pub(super) inbound: Option<InboundHandle>,
+    pub(super) mirror_tx: mpsc::Sender<MirrorJob>,
+    pub(super) len: FeedLen,
+    pub(super) last: Checkpoint,
+}
+
+/// [`spawn`] with the flush the flusher thread runs.
+pub(super) fn spawn_with(
+    parts: Parts,
+    flush: impl FnMut() -> Result<(), DatastoreError> + Send + 'static,
+) -> anyhow::Result<Store> {
+    let Parts {
+        env,
+        journal,
+        inbound,
+        mirror_tx,
+        len,
+        last,
+    } = parts;
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    let (flush_tx, flush_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("journal-flush".into())
+        .spawn(move || flush_loop(flush, flush_rx))?;
+    let last_size = std::fs::metadata(checkpoint::path(&env.node.dir)).map_or(0, |m| m.len());
+    let writer = Writer {
+        disk: Arc::new(Mutex::new(Disk {
+            journal,
+            views: Views::new(env.node.dir.clone(), Side::Server),
+        })),
+        env,
+        inbound,
+        sealed: (last.journal, last.other),
+        last: (last.journal, last.other, last_size),
+        finishing: None,
+        len,
+        mirror_tx,
+        flush_tx,
+    };
+    tokio::spawn(writer.run(rx));
+    Ok(Store { tx })
+}
+
+/// Requests to complete once everything appended before them is flushed.
+type FlushReq = Vec<Done>;
+
+/// The flusher thread: one flush for every request that queued up during the last, so
+/// under load flushes follow each other back to back and each covers many batches.
+fn flush_loop(
+    mut flush: impl FnMut() -> Result<(), DatastoreError>,
+    rx: std::sync::mpsc::Receiver<FlushReq>,
+) {
+    while let Ok(mut dones) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            dones.extend(more);
+        }
+        let outcome = flush().map_err(|e| {
+            tracing::error!("journal flush failed: {e}");
+            StoreError::Journal(e.to_string())
+        });
+        complete(dones, outcome);
+    }
+    tracing::debug!("journal flusher stopped");
+}
+
+/// The journal and the view files of this server's own changes.
+pub(super) struct Disk {
+    pub(super) journal: SegmentedLog,
+    pub(super) views: Views,
+}
+
+pub(super) struct Writer {
+    pub(super) env: Env,
+    /// Locked only between awaits, and by a checkpoint (on a blocking thread, while the
+    /// writer waits for it).
+    pub(super) disk: Arc<Mutex<Disk>>,
+    pub(super) inbound: Option<InboundHandle>,
+    /// Where the logs were last sealed for a checkpoint: journal, received.
+    pub(super) sealed: (u64, u64),
+    /// The last checkpoint written: journal offset, received offset, size in bytes.
+    pub(super) last: (u64, u64, u64),
+    /// The second half of a checkpoint, running off the writer's path.
+    pub(super) finishing: Option<tokio::task::JoinHandle<anyhow::Result<(u64, u64, u64)>>>,
+    pub(super) len: FeedLen,
+    pub(super) mirror_tx: mpsc::Sender<MirrorJob>,
+    pub(super) flush_tx: std::sync::mpsc::Sender<FlushReq>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut stopped = None;
+        let mut check = tokio::time::interval(CHECKPOINT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = check.tick() => {
+                    self.repair_views();
+                    self.delete_read();
+                    self.maybe_checkpoint().await;
+                    continue;
+                }
+                () = self.env.trigger.due() => {
+                    self.maybe_checkpoint().await;
+                    continue;
+                }
+            };
+            let first = match first {
+                Msg::Write(req) => req,
+                Msg::Stop(done) => {
+                    stopped = Some(done);
+                    break;
+                }
+            };
+            let mut batch = vec![first];
+            let mut count = batch[0].changes.len();
+            while count < MAX_BATCH_CHANGES {
+                match rx.try_recv() {
+                    Ok(Msg::Write(req)) => {
+                        count += req.changes.len();
+                        batch.push(req);
+                    }
+                    Ok(Msg::Stop(done)) => {
+                        stopped = Some(done);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch).await;
+            if stopped.is_some() {
+                break;
+            }
+            self.maybe_checkpoint().await;
+        }
+        // Refuse what is still queued, and drop the flusher's channel so it stops.
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Write(req) => {
+                    let _ = req.done.send(Err(StoreError::Stopped));
+                }
+                Msg::Stop(done) => {
+                    let _ = done.send(false);
+                }
+            }
+        }
+        // A checkpoint being finished completes before the writer says it has stopped.
+        self.finish_checkpoint(true).await;
+        let complete = self.disk.locked().views.complete_for_shutdown();
+        drop(self);
+        if let Some(done) = stopped {
+            let _ = done.send(complete);
+        }
+        tracing::debug!("journal writer stopped");
+    }
+
+    async fn commit(&mut self, batch: Vec<WriteReq>) {
+        // Mirrored and exchanged changes carry the other server's timestamps.
+        for c in batch.iter().flat_map(|r| r.changes.iter()) {
+            self.env.clock.observe_change(c);
+        }
+        // Keep only what is new to the model, and new within this batch.
+        let fresh = self
+            .env
+            .state
+            .fresh(batch.iter().flat_map(|r| r.changes.iter()));
+        // The same lines go to the journal now and to the view files after the hand-off.
+        let records: Vec<Record> = fresh.iter().cloned().map(Record::Change).collect();
+        let written = {
+            let mut disk = self.disk.locked();
+            match disk.journal.append(&records) {
+                Ok(()) => Ok((disk.journal.len(), disk.journal.bytes_on_disk())),
+                Err(e) => {
+                    tracing::error!(path = %disk.journal.path().display(), "journal write failed, changes refused: {e}");
+                    Err(e)
+                }
+            }
+        };
+        let (len, on_disk) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                complete(
+                    batch.into_iter().map(|r| r.done).collect(),
+                    Err(StoreError::Journal(e.to_string())),
+                );
+                return;
+            }
+        };
+        self.len.set(len);
+        self.env.metrics.journal_bytes.set(on_disk as i64);
+        // Requests whose changes are already stored (a resend) complete with the batch
+        // that stored them, which is never after this one: completions keep queue order.
+        let (mirrored, local): (Vec<WriteReq>, Vec<WriteReq>) =
+            batch.into_iter().partition(|r| r.mirror);
+        let mut on_flush: Vec<Done> = Vec::new();
+        if !mirrored.is_empty() {
+            // The standby gets the batch while the flusher flushes this server's copy.
+            let (flushed_tx, flushed) = oneshot::channel();
+            on_flush.push(flushed_tx);
+            let job = MirrorJob {
+                changes: fresh.clone(),
+                upto: len,
+                dones: mirrored.into_iter().map(|r| r.done).collect(),
+                flushed,
+            };
+            if let Err(mpsc::error::SendError(job)) = self.mirror_tx.send(job).await {
+                on_flush.extend(job.dones);
+            }
+        }
+        let local = local.into_iter().map(|r| r.done);
+        match self.env.ack {
+            AckMode::Replicated => complete(local.collect(), Ok(())),
+            AckMode::Durable => on_flush.extend(local),
+        }
+        self.env.state.apply_own(&fresh);
+        // Let the mirror (and whoever waits for a completion) go first: on a one-thread
+        // runtime what follows would otherwise delay every acknowledgement.
+        tokio::task::yield_now().await;
+        // Always queued, even with nothing to complete: the flush must follow the write.
+        if self.flush_tx.send(on_flush).is_err() {
+            tracing::error!("journal flusher has stopped");
+        }
+        if !fresh.is_empty() {
+            if let Err(e) = self.disk.locked().views.append(&records) {
+                tracing::warn!(
+                    "view file append failed (completed once writes work again; no checkpoint until then): {e}"
+                );
+            }
+        }
+    }
+
+    /// Retries the view files that a failed append left owed records, this writer's and
+    /// the received feed's (unless that one is busy writing: next time).
+    fn repair_views(&mut self) {
+        let _ = self.disk.locked().views.repair();
+        if let Some(Ok(mut inbound)) = self.inbound.as_ref().map(|i| i.try_lock()) {
+            let _ = inbound.repair_views();
+        }
+    }
+
+    /// Deletes the journal segments the last checkpoint covers that the sync service has
+    /// read since (it may have been behind when the checkpoint was taken).
+    fn delete_read(&mut self) {
+        let read = self.env.read_by_sync();
+        let Some(read) = read else { return };
+        let mut disk = self.disk.locked();
+        match disk.journal.delete_through(read.min(self.last.0)) {
+            Ok(0) => {}
+            Ok(_) => {
+                let on_disk = disk.journal.bytes_on_disk();
+                self.env.metrics.journal_bytes.set(on_disk as i64);
+            }
+            Err(e) => tracing::warn!("deleting journal segments read since the checkpoint: {e}"),
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! How the server's parts are put together at start, and taken apart at the end.
+
+use crate::Locked;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tsn_datastore::{Datastore, RoleDir};
+use tsn_protocol::coord::NodeKind;
+
+use super::auth::RateLimit;
+use super::cmd::{self, Service};
+use super::dispatch::Dispatch;
+use super::inbound::{self, InboundHandle};
+use super::mirror::{self, Mirror};
+use super::model::State;
+use super::options::{ServerOpts, ServerType};
+use super::recovery::{self, Recovered};
+use super::role::{self, Node, Role};
+use super::sessions::Sessions;
+use super::store::{self, CheckpointTrigger, Store};
+use super::{admission, handover, readiness};
+use crate::feed::FeedSource;
+use crate::hlc::Hlc;
+use crate::metrics::Metrics;
+
+/// A server that serves, until [`Running::stop`].
+#[derive(Debug)]
+pub(super) struct Running {
+    node: Node,
+    role: Role,
+    mirror: Mirror,
+    store: Store,
+    inbound: InboundHandle,
+    endpoint: quinn::Endpoint,
+    /// Dials the sync service and the standby (see [`start`]).
+    peers: quinn::Endpoint,
+    coordinator: crate::common::Coordinators,
+    tasks: JoinSet<()>,
+}
+
+/// The handles the parts are given, each only those it needs.
+struct Handles {
+    node: Node,
+    state: Arc<State>,
+    clock: Arc<Hlc>,
+    role: Role,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
+    journal_feed: FeedSource,
+}
+
+/// Recovers the server's state, binds its endpoint and starts its tasks.
+pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
+    let kind = match opts.server_type {
+        ServerType::Primary => NodeKind::Primary,
+        ServerType::Secondary => NodeKind::Secondary,
+    };
+    let dir = Datastore::new(&opts.node.datastore).role(opts.cluster, kind);
+    dir.create()
+        .with_context(|| format!("creating {}", dir.path().display()))?;
+    let recovered = recovery::recover(&dir, Hlc::new(opts.clock.max_clock_offset()))?;
+    let crate::net::NodeListener {
+        endpoint,
+        local,
+        client_config,
+    } = crate::net::node_listener(
+        &opts.common,
+        &opts.node,
+        opts.port,
+        tsn_certs::ClientAuth::Optional,
+    )?;
+    let advertise =
+        crate::net::advertise_addr(opts.advertise.as_deref(), local, opts.coordinator.first())
+            .await?;
+    let node = Node {
+        cluster: opts.cluster,
+        kind,
+        dir,
+    };
+    let tasks = JoinSet::new();
+    let beat_now = Arc::new(tokio::sync::Notify::new());
+    let metrics = Metrics::new();
+    let link = crate::link::LinkConfig {
+        coordinator: opts.coordinator.clone(),
+        cluster: opts.cluster,
+        kind,
+        advertise: advertise.clone(),
+        interval: opts.node.heartbeat(),
+        max_clock_offset: opts.clock.max_clock_offset(),
+    };
+    let (members_tx, members) = watch::channel(crate::link::Membership::default());
+    crate::link::start(
+        link,
+        opts.node.bind,
+        client_config.clone(),
+        members_tx,
+        beat_now.clone(),
+        metrics.heartbeats_missed.clone(),
+    )?;
+    // The sync service's feed and the mirror to the standby are dialled from a socket of
+    // their own: on the listening one their datagrams would share a receive buffer with
+    // every client's, and when a busy server's buffer overflows the kernel drops what
+    // comes next, so that QUIC slows the feed and the mirror as if the network were
+    // congested (the sync service's feed then ran at half the rate it is written).
+    let peers = crate::net::dialling_endpoint(opts.node.bind, client_config)?;
+    let net = Net {
+        endpoint,
+        peers,
+        members,
+        beat_now,
+    };
+    let running = serve(&opts, node, recovered, metrics, net, tasks).await?;
+    tracing::info!(%local, %advertise, cluster = opts.cluster, kind = kind.as_str(), ack = ?opts.ack, "server listening");
+    opts.node.announce(local)?;
+    Ok(running)
+}
+
+/// What the server talks through.
+struct Net {
+    endpoint: quinn::Endpoint,
+    peers: quinn::Endpoint,
+    members: watch::Receiver<crate::link::Membership>,
+    beat_now: Arc<tokio::sync::Notify>,
+}
+
+/// Starts the server's tasks over its recovered state.
+async fn serve(
+    opts: &ServerOpts,
+    node: Node,
+    recovered: Recovered,
+    metrics: Arc<Metrics>,
+    net: Net,
+    mut tasks: JoinSet<()>,
+) -> anyhow::Result<Running> {
+    let Recovered {
+        checkpoint: cp,
+        journal,
+        journal_id,
+        inbound,
+        model,
+        clock,
+    } = recovered;
+    let (journal_len, journal_feed) =
+        FeedSource::new(journal.segments(), journal_id, journal.len());
+    let journal_feed = with_transfer(journal_feed, &node.dir);
+    metrics.journal_bytes.set(journal.len() as i64);
+    opts.node.serve_metrics(&metrics).await?;
+    let admission = admission::Admission::new(std::time::Duration::from_millis(opts.admit_lag_ms));
+    let h = Handles {
+        node,
+        state: Arc::new(State::new(model)),
+        clock: Arc::new(clock),
+        role: Role::default(),
+        sessions: Arc::new(Sessions::new(inbound.log_id(), admission, metrics.clone())),
+        metrics,
+        journal_feed,
+    };
+    let trigger = Arc::new(CheckpointTrigger::new(
+        opts.checkpoint_bytes,
+        inbound.len(),
+        cp.other,
+    ));
+    let inbound = Arc::new(Mutex::new(inbound));
+    tasks.spawn(role::follow(
+        h.role.clone(),
+        h.node.cluster,
+        h.metrics.clone(),
+        net.members.clone(),
+    ));
+    let settled = spawn_inbound(&h, &inbound, &trigger, &net, &mut tasks);
+    let store_env = store::Env {
+        node: h.node.clone(),
+        state: h.state.clone(),
+        clock: h.clock.clone(),
+        metrics: h.metrics.clone(),
+        ack: opts.ack,
+        journal_feed: h.journal_feed.clone(),
+        trigger,
+    };
+    let (mirror_tx, mirror_rx) = mpsc::channel(store::WRITE_QUEUE);
+    let store = store::spawn(
+        store_env,
+        journal,
+        Some(inbound.clone()),
+        mirror_tx,
+        journal_len,
+        cp,
+    )
+    .context("starting the journal writer")?;
+    let mirror = Mirror::new(mirror::Parts {
+        node: h.node.clone(),
+        role: h.role.clone(),
+        journal: h.journal_feed.clone(),
+        store: store.clone(),
+        beat_now: net.beat_now.clone(),
+        metrics: h.metrics.clone(),
+        ack: opts.ack,
+    });
+    tasks.spawn(readiness::readiness(
+        readiness::Inputs {
+            role: h.role.clone(),
+            mirroring: mirror.up(),
+            members: net.members.clone(),
+            settled,
+            max_clock_offset: opts.clock.max_clock_offset(),
+        },
+        h.metrics.clone(),
+    ));
+    tasks.spawn(mirror::run_active(
+        mirror.clone(),
+        net.peers.clone(),
+        mirror_rx,
+    ));
+    spawn_accept(&h, opts, &store, &mirror, &net.endpoint, &mut tasks);
+    Ok(Running {
+        node: h.node,
+        role: h.role,
+        mirror,
+        store,
+        inbound,
+        endpoint: net.endpoint,
+        peers: net.peers,
+        coordinator: opts.coordinator.clone(),
+        tasks,
+    })
+}
+
+/// The journal's feed, which gives a reader that lost its disk a state transfer.
+fn with_transfer(feed: FeedSource, dir: &RoleDir) -> FeedSource {
+    let dir = dir.clone();
+    feed.with_transfer(Arc::new(move || recovery::journal_transfer(&dir)))
+}
+
+/// Starts reading the sync service's journal; the receiver tells once it was read to
+/// its end.
+fn spawn_inbound(
+    h: &Handles,
+    inbound: &InboundHandle,
+    trigger: &Arc<CheckpointTrigger>,
+    net: &Net,
+    tasks: &mut JoinSet<()>,
+) -> watch::Receiver<bool> {
+    let (settled_tx, settled) = watch::channel(false);
+    let cluster = h.node.cluster;
+    let env = inbound::Env {
+        node: h.node.clone(),
+        state: h.state.clone(),
+        clock: h.clock.clone(),
+        sessions: h.sessions.clone(),
+        trigger: trigger.clone(),
+        journal_feed: h.journal_feed.clone(),
+    };
+    tasks.spawn(inbound::run(
+        env,
+        inbound.clone(),
+        net.peers.clone(),
+        crate::link::peer_addr(&net.members, move |m| m.addr_of(cluster, NodeKind::Sync)),
+        settled_tx,
+    ));
+    settled
+}
+
+/// Starts accepting connections: clients' and other nodes'.
+fn spawn_accept(
+    h: &Handles,
+    opts: &ServerOpts,
+    store: &Store,
+    mirror: &Mirror,
+    endpoint: &quinn::Endpoint,
+    tasks: &mut JoinSet<()>,
+) {
+    let service = Arc::new(Service::new(cmd::Parts {
+        node: h.node.clone(),
+        state: h.state.clone(),
+        clock: h.clock.clone(),
+        store: store.clone(),
+        role: h.role.clone(),
+        sessions: h.sessions.clone(),
+        limit: RateLimit::new(opts.user_rate),
+        metrics: h.metrics.clone(),
+    }));
+    let dispatch = Dispatch {
+        service,
+        mirror: mirror.clone(),
+        journal_feed: h.journal_feed.clone(),
+    };
+    tasks.spawn(crate::net::accept_loop(
+        endpoint.clone(),
+        h.metrics.connections.clone(),
+        move |conn| dispatch.clone().serve_connection(conn),
+    ));
+}
+
+impl Running {
+    /// Stops as on SIGTERM: a hand-over if this server is active, every task joined,
+    /// everything queued written, and the clean marker once the view files are complete.
+    pub(super) async fn stop(mut self) -> anyhow::Result<()> {
+        if self.role.is_active() {
+            handover::hand_over(
+                &self.node,
+                &self.role,
+                &self.mirror,
+                &self.endpoint,
+                &self.coordinator,
+            )
+            .await;
+        }
+        self.endpoint.close(0u32.into(), b"server shutting down");
+        self.peers.close(0u32.into(), b"server shutting down");
+        self.tasks.shutdown().await;
+        // Everything queued reaches the journal and the view files before "clean" is said.
+        let views_complete = self.store.stop().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            self.endpoint.wait_idle().await;
+            self.peers.wait_idle().await;
+        })
+        .await;
+        mark_clean(&self.node.dir, &self.inbound, views_complete)
+    }
+}
+
+/// Flushes what was written but not yet flushed, and writes the clean-shutdown marker if
+/// every view file is complete.
+fn mark_clean(dir: &RoleDir, inbound: &InboundHandle, views_complete: bool) -> anyhow::Result<()> {
+    // A write of the received feed may still be running on a blocking thread: wait for
+    // it, and flush what was written but not yet flushed.
+    let mut inbound = inbound.locked();
+    inbound
+        .flush()
+        .with_context(|| format!("flushing {}", dir.received().display()))?;
+    // The flusher may not have flushed the last writes yet: flush before saying "clean".
+    std::fs::File::open(dir.journal())
+        .and_then(|f| f.sync_data())
+        .with_context(|| format!("flushing {}", dir.journal().display()))?;
+    if views_complete && inbound.views_complete() {
+        tsn_datastore::write_atomic(&dir.clean_marker(), b"", tsn_datastore::Durability::Sync)
+            .context("writing clean-shutdown marker")?;
+    } else {
+        tracing::warn!(
+            "no clean-shutdown marker: the next start completes the view files from the logs"
+        );
+    }
+    Ok(())
+}
