@@ -10,7 +10,7 @@ use tsn_datastore::{Datastore, RoleDir};
 use tsn_protocol::coord::NodeKind;
 
 use super::auth::RateLimit;
-use super::cmd::{self, Service};
+use super::cmd::Service;
 use super::dispatch::Dispatch;
 use super::inbound::{self, InboundHandle};
 use super::mirror::{self, Mirror};
@@ -61,16 +61,13 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
     dir.create()
         .with_context(|| format!("creating {}", dir.path().display()))?;
     let recovered = recovery::recover(&dir, Hlc::new(opts.clock.max_clock_offset()))?;
-    let crate::net::NodeListener {
-        endpoint,
-        local,
-        client_config,
-    } = crate::net::node_listener(
+    let listener = crate::net::node_listener(
         &opts.common,
         &opts.node,
         opts.port,
         tsn_certs::ClientAuth::Optional,
     )?;
+    let local = listener.local;
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, opts.coordinator.first())
             .await?;
@@ -94,7 +91,7 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
     crate::link::start(
         link,
         opts.node.bind,
-        client_config.clone(),
+        listener.client_config.clone(),
         members_tx,
         beat_now.clone(),
         metrics.heartbeats_missed.clone(),
@@ -104,9 +101,9 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
     // every client's, and when a busy server's buffer overflows the kernel drops what
     // comes next, so that QUIC slows the feed and the mirror as if the network were
     // congested (the sync service's feed then ran at half the rate it is written).
-    let peers = crate::net::dialling_endpoint(opts.node.bind, client_config)?;
+    let peers = crate::net::dialling_endpoint(opts.node.bind, listener.client_config)?;
     let net = Net {
-        endpoint,
+        endpoint: listener.endpoint,
         peers,
         members,
         beat_now,
@@ -134,35 +131,32 @@ async fn serve(
     net: Net,
     mut tasks: JoinSet<()>,
 ) -> anyhow::Result<Running> {
-    let Recovered {
-        checkpoint: cp,
-        journal,
-        journal_id,
-        inbound,
-        model,
-        clock,
-    } = recovered;
+    let journal = &recovered.journal;
     let (journal_len, journal_feed) =
-        FeedSource::new(journal.segments(), journal_id, journal.len());
+        FeedSource::new(journal.segments(), recovered.journal_id, journal.len());
     let journal_feed = with_transfer(journal_feed, &node.dir);
     metrics.journal_bytes.set(journal.len() as i64);
     opts.node.serve_metrics(&metrics).await?;
     let admission = admission::Admission::new(std::time::Duration::from_millis(opts.admit_lag_ms));
     let h = Handles {
         node,
-        state: Arc::new(State::new(model)),
-        clock: Arc::new(clock),
+        state: Arc::new(State::new(recovered.model)),
+        clock: Arc::new(recovered.clock),
         role: Role::default(),
-        sessions: Arc::new(Sessions::new(inbound.log_id(), admission, metrics.clone())),
+        sessions: Arc::new(Sessions::new(
+            recovered.inbound.log_id(),
+            admission,
+            metrics.clone(),
+        )),
         metrics,
         journal_feed,
     };
     let trigger = Arc::new(CheckpointTrigger::new(
         opts.checkpoint_bytes,
-        inbound.len(),
-        cp.other,
+        recovered.inbound.len(),
+        recovered.checkpoint.other,
     ));
-    let inbound = Arc::new(Mutex::new(inbound));
+    let inbound = Arc::new(Mutex::new(recovered.inbound));
     tasks.spawn(role::follow(
         h.role.clone(),
         h.node.cluster,
@@ -180,14 +174,14 @@ async fn serve(
         trigger,
     };
     let (mirror_tx, mirror_rx) = mpsc::channel(store::WRITE_QUEUE);
-    let store = store::spawn(
-        store_env,
-        journal,
-        Some(inbound.clone()),
+    let store = store::spawn(store::Parts {
+        env: store_env,
+        journal: recovered.journal,
+        inbound: Some(inbound.clone()),
         mirror_tx,
-        journal_len,
-        cp,
-    )
+        len: journal_len,
+        last: recovered.checkpoint,
+    })
     .context("starting the journal writer")?;
     let mirror = Mirror::new(mirror::Parts {
         node: h.node.clone(),
@@ -271,7 +265,7 @@ fn spawn_accept(
     endpoint: &quinn::Endpoint,
     tasks: &mut JoinSet<()>,
 ) {
-    let service = Arc::new(Service::new(cmd::Parts {
+    let service = Arc::new(Service {
         node: h.node.clone(),
         state: h.state.clone(),
         clock: h.clock.clone(),
@@ -280,7 +274,7 @@ fn spawn_accept(
         sessions: h.sessions.clone(),
         limit: RateLimit::new(opts.user_rate),
         metrics: h.metrics.clone(),
-    }));
+    });
     let dispatch = Dispatch {
         service,
         mirror: mirror.clone(),

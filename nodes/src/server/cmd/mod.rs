@@ -34,19 +34,6 @@ use crate::metrics::Metrics;
 /// What client commands read and change.
 #[derive(Debug)]
 pub struct Service {
-    node: Node,
-    state: Arc<State>,
-    clock: Arc<Hlc>,
-    store: Store,
-    role: Role,
-    sessions: Arc<Sessions>,
-    limit: RateLimit,
-    metrics: Arc<Metrics>,
-}
-
-/// The parts of a [`Service`].
-#[derive(Debug)]
-pub struct Parts {
     /// This server.
     pub node: Node,
     /// What it knows.
@@ -66,30 +53,6 @@ pub struct Parts {
 }
 
 impl Service {
-    /// A service over `parts`.
-    pub fn new(parts: Parts) -> Service {
-        let Parts {
-            node,
-            state,
-            clock,
-            store,
-            role,
-            sessions,
-            limit,
-            metrics,
-        } = parts;
-        Service {
-            node,
-            state,
-            clock,
-            store,
-            role,
-            sessions,
-            limit,
-            metrics,
-        }
-    }
-
     /// This server's cluster.
     pub fn cluster(&self) -> tsn_protocol::ClusterId {
         self.node.cluster

@@ -24,7 +24,7 @@ mod checkpoints;
 mod writer;
 
 pub use checkpoints::{CheckpointTrigger, UNREAD_WARN_INTERVALS};
-pub use writer::spawn;
+pub use writer::{spawn, Parts};
 
 use std::sync::Arc;
 
@@ -230,19 +230,9 @@ mod tests {
         std::sync::mpsc::SyncSender<()>,
     ) {
         let tmp = tempfile::tempdir().unwrap();
-        let env = Env::for_test(tmp.path(), ack);
-        let (journal, _) = SegmentedLog::open(&env.node.dir.journal(), 0).unwrap();
         let (mirror_tx, mirror_rx) = mpsc::channel(16);
         let (gate_tx, gate_rx) = std::sync::mpsc::sync_channel::<()>(0);
-        let (len, _) = crate::feed::FeedSource::new(journal.segments(), 1, 0);
-        let parts = writer::Parts {
-            env,
-            journal,
-            inbound: None,
-            mirror_tx,
-            len,
-            last: Checkpoint::default(),
-        };
+        let parts = parts(tmp.path(), ack, mirror_tx);
         let store = writer::spawn_with(parts, move || {
             gate_rx.recv().map_err(|_| DatastoreError::Io {
                 path: "gate".into(),
@@ -251,6 +241,21 @@ mod tests {
         })
         .unwrap();
         (tmp, store, mirror_rx, gate_tx)
+    }
+
+    /// A writer's parts: a new journal under `root`, no received feed.
+    fn parts(root: &std::path::Path, ack: AckMode, mirror_tx: mpsc::Sender<MirrorJob>) -> Parts {
+        let env = Env::for_test(root, ack);
+        let (journal, _) = SegmentedLog::open(&env.node.dir.journal(), 0).unwrap();
+        let (len, _) = crate::feed::FeedSource::new(journal.segments(), 1, 0);
+        Parts {
+            env,
+            journal,
+            inbound: None,
+            mirror_tx,
+            len,
+            last: Checkpoint::default(),
+        }
     }
 
     fn post(nonce: u64) -> Vec<Change> {
@@ -270,12 +275,10 @@ mod tests {
     #[tokio::test]
     async fn stop_returns_once_every_queued_write_is_in_the_view_files() {
         let tmp = tempfile::tempdir().unwrap();
-        let env = Env::for_test(tmp.path(), AckMode::Replicated);
-        let dir = env.node.dir.clone();
-        let (journal, _) = SegmentedLog::open(&dir.journal(), 0).unwrap();
         let (mirror_tx, _mirror_rx) = mpsc::channel(1024);
-        let (len, _) = crate::feed::FeedSource::new(journal.segments(), 1, 0);
-        let store = spawn(env, journal, None, mirror_tx, len, Checkpoint::default()).unwrap();
+        let parts = parts(tmp.path(), AckMode::Replicated, mirror_tx);
+        let dir = parts.env.node.dir.clone();
+        let store = spawn(parts).unwrap();
         let mut pending = Vec::new();
         for followee in 2..502 {
             let follow = Change::Follow {

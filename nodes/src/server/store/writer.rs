@@ -17,37 +17,27 @@ use crate::feed::FeedLen;
 use crate::server::inbound::InboundHandle;
 use crate::views::{Side, Views};
 
-/// Starts the writer task and its flusher thread. `len` tells the journal's feed how far
-/// the journal is written; `last` is the checkpoint the server started from. Without an
-/// `inbound`, no checkpoints are taken.
-pub fn spawn(
-    env: Env,
-    journal: SegmentedLog,
-    inbound: Option<InboundHandle>,
-    mirror_tx: mpsc::Sender<MirrorJob>,
-    len: FeedLen,
-    last: Checkpoint,
-) -> anyhow::Result<Store> {
-    let flusher = journal.flusher();
-    let parts = Parts {
-        env,
-        journal,
-        inbound,
-        mirror_tx,
-        len,
-        last,
-    };
+/// Starts the writer task and its flusher thread.
+pub fn spawn(parts: Parts) -> anyhow::Result<Store> {
+    let flusher = parts.journal.flusher();
     spawn_with(parts, move || flusher.sync())
 }
 
 /// What the writer is made of.
-pub(super) struct Parts {
-    pub(super) env: Env,
-    pub(super) journal: SegmentedLog,
-    pub(super) inbound: Option<InboundHandle>,
-    pub(super) mirror_tx: mpsc::Sender<MirrorJob>,
-    pub(super) len: FeedLen,
-    pub(super) last: Checkpoint,
+#[derive(Debug)]
+pub struct Parts {
+    /// What it works with besides its logs.
+    pub env: Env,
+    /// The journal, open for appending.
+    pub journal: SegmentedLog,
+    /// The received feed's writer, held still by checkpoints (none: no checkpoints).
+    pub inbound: Option<InboundHandle>,
+    /// Where committed batches go to the mirror.
+    pub mirror_tx: mpsc::Sender<MirrorJob>,
+    /// Tells the journal's feed how far the journal is written.
+    pub len: FeedLen,
+    /// The checkpoint the server started from.
+    pub last: Checkpoint,
 }
 
 /// [`spawn`] with the flush the flusher thread runs.
@@ -55,32 +45,27 @@ pub(super) fn spawn_with(
     parts: Parts,
     flush: impl FnMut() -> Result<(), DatastoreError> + Send + 'static,
 ) -> anyhow::Result<Store> {
-    let Parts {
-        env,
-        journal,
-        inbound,
-        mirror_tx,
-        len,
-        last,
-    } = parts;
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let (flush_tx, flush_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("journal-flush".into())
         .spawn(move || flush_loop(flush, flush_rx))?;
-    let last_size = std::fs::metadata(checkpoint::path(&env.node.dir)).map_or(0, |m| m.len());
+    let dir = &parts.env.node.dir;
+    let last_size = std::fs::metadata(checkpoint::path(dir)).map_or(0, |m| m.len());
+    let views = Views::new(dir.clone(), Side::Server);
+    let (journal, other) = (parts.last.journal, parts.last.other);
     let writer = Writer {
         disk: Arc::new(Mutex::new(Disk {
-            journal,
-            views: Views::new(env.node.dir.clone(), Side::Server),
+            journal: parts.journal,
+            views,
         })),
-        env,
-        inbound,
-        sealed: (last.journal, last.other),
-        last: (last.journal, last.other, last_size),
+        env: parts.env,
+        inbound: parts.inbound,
+        sealed: (journal, other),
+        last: (journal, other, last_size),
         finishing: None,
-        len,
-        mirror_tx,
+        len: parts.len,
+        mirror_tx: parts.mirror_tx,
         flush_tx,
     };
     tokio::spawn(writer.run(rx));
