@@ -24,7 +24,8 @@ pub(super) struct Dispatch {
 }
 
 impl Dispatch {
-    /// Serves one connection until it closes; its streams end with it.
+    /// Serves one connection until it closes, and until its streams have ended (each
+    /// sees the connection's end and finishes as it does when its peer goes away).
     pub(super) async fn serve_connection(self, conn: quinn::Connection) {
         let is_node = tsn_certs::peer_is_node(&conn);
         let user = super::auth::Conn::default();
@@ -48,7 +49,7 @@ impl Dispatch {
                 }
             });
         }
-        streams.shutdown().await;
+        while streams.join_next().await.is_some() {}
     }
 
     /// A stream from another node: a mirror stream from the active server, the sync
