@@ -77,6 +77,7 @@ async fn serve_node_stream(
             let result = match refusal {
                 Some(why) => Err(why),
                 None => crate::feed::serve(
+                    &crate::feed::FeedConfig::default(),
                     shared.journal_feed.clone(),
                     &sub,
                     |_| true,

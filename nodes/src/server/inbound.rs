@@ -20,12 +20,12 @@ use tsn_protocol::sync::{Cursor, FeedLog, SyncRequest};
 use tsn_protocol::UserId;
 
 use super::Shared;
-use crate::feed::{self, Batch};
+use crate::feed::{self, Batch, FeedConfig};
 use crate::views::{Side, Views};
 
-/// Batches of at most this many records are written on the runtime's thread (see
-/// [`run`]).
-const INLINE_RECORDS: usize = 64;
+/// Batches of at most this many records are written (not flushed) and pushed to open
+/// timelines on the runtime's thread (see [`run`]).
+const WRITE_INLINE_RECORDS: usize = 64;
 
 /// The cursor key of the sync service's journal feed.
 const KEY: &str = "from-sync";
@@ -176,7 +176,7 @@ pub async fn run(
             // so is a batch from a journal begun anew, or one that finds the checkpoint
             // sealing `received.data`.
             let next = batch.next;
-            let small = batch.entries.len() <= INLINE_RECORDS;
+            let small = batch.inline;
             let mut waiting = Some(batch);
             if let Some(Ok(mut inb)) = small.then(|| inbound.try_lock()) {
                 if !inb.begun_anew(next) {
@@ -199,6 +199,10 @@ pub async fn run(
         }
     };
     feed::follow(
+        FeedConfig {
+            inline: WRITE_INLINE_RECORDS,
+            ..FeedConfig::default()
+        },
         "sync journal".into(),
         endpoint,
         addr,
@@ -221,7 +225,7 @@ impl Inbound {
     /// Appends what is new in `batch` to `received.data` and the view files, applies it
     /// to the model and pushes it to open timelines. Not flushed: [`Inbound::settle`].
     fn write(&mut self, shared: &Shared, batch: Batch) -> anyhow::Result<()> {
-        let records: Vec<Record> = batch.entries.into_iter().map(feed::record).collect();
+        let records = batch.records;
         let (fresh, mut entries) = shared
             .state
             .apply_received(records, |r| super::observe_record(&shared.clock, r));

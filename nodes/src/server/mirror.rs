@@ -23,13 +23,16 @@ use tokio::time::Instant;
 use tsn_datastore::{Record, Tail};
 use tsn_protocol::mirror::{MirrorMsg, MirrorReply};
 use tsn_protocol::sync::Cursor;
-use tsn_protocol::{Change, FrameReader, MAX_BATCH_CHANGES};
+use tsn_protocol::{Change, FrameReader};
 
 use super::store::{MirrorJob, Store};
 use super::Shared;
 
 /// How long the standby may take to acknowledge a batch before it is dropped.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Changes in one batch of the catch-up exchange (at most
+/// [`tsn_protocol::MAX_BATCH_CHANGES`]).
+const EXCHANGE_CHUNK: usize = 1024;
 /// How long one step of the catch-up exchange may take.
 const EXCHANGE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the cursor into the other server's journal is saved while mirroring (and
@@ -198,7 +201,7 @@ impl Outgoing {
     /// The next chunk, or `None` once the journal as it was at the start is sent.
     async fn next(&mut self) -> anyhow::Result<Option<Vec<Change>>> {
         if !self.state.is_empty() {
-            let n = self.state.len().min(MAX_BATCH_CHANGES);
+            let n = self.state.len().min(EXCHANGE_CHUNK);
             return Ok(Some(self.state.drain(..n).collect()));
         }
         if self.tail.offset() >= self.end.offset {
@@ -206,7 +209,7 @@ impl Outgoing {
         }
         let mut tail = std::mem::replace(&mut self.tail, Tail::new("", 0));
         let (tail, read) = tokio::task::spawn_blocking(move || {
-            let r = tail.read_new(MAX_BATCH_CHANGES);
+            let r = tail.read_new(EXCHANGE_CHUNK);
             (tail, r)
         })
         .await
@@ -586,7 +589,7 @@ async fn standby(
                     continue;
                 }
             };
-            while changes.len() < MAX_BATCH_CHANGES {
+            while changes.len() < super::store::GROUP_COMMIT_CHANGES {
                 match rx.try_recv() {
                     Ok((seq, more, more_upto)) => {
                         last = seq;

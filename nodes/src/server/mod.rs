@@ -63,7 +63,7 @@ struct Subscriber {
 /// closed (its client reconnects and gets the backlog again). Two of the sync service's
 /// largest batches fit, all for one user: a burst is absorbed, a client that keeps
 /// reading slower than its timeline grows is not.
-pub const SESSION_QUEUE: usize = 2 * crate::feed::MERGED_CHANGES;
+pub const SESSION_QUEUE: usize = 2 * crate::feed::FeedConfig::DEFAULT.merged;
 
 /// State shared by the server's tasks.
 #[derive(Debug)]

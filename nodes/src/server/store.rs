@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::{mpsc, oneshot};
 use tsn_datastore::{DatastoreError, Record, SegmentedLog};
-use tsn_protocol::{Change, MAX_BATCH_CHANGES};
+use tsn_protocol::Change;
 
 use super::inbound::InboundHandle;
 use super::{AckMode, Shared};
@@ -33,6 +33,11 @@ use crate::views::{Side, Views};
 
 /// Requests waiting for the writer. A full queue makes callers wait (backpressure).
 pub const WRITE_QUEUE: usize = 4096;
+
+/// Changes gathered into one write of the journal (group commit): requests are taken
+/// off the queue until they hold this many. Each write is mirrored as one batch, so at
+/// most about [`tsn_protocol::MAX_BATCH_CHANGES`].
+pub const GROUP_COMMIT_CHANGES: usize = 1024;
 
 /// Why a write failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -303,7 +308,7 @@ impl Writer {
             };
             let mut batch = vec![first];
             let mut count = batch[0].changes.len();
-            while count < MAX_BATCH_CHANGES {
+            while count < GROUP_COMMIT_CHANGES {
                 match rx.try_recv() {
                     Ok(Msg::Write(req)) => {
                         count += req.changes.len();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
+use tsn_datastore::RecordLine;
 use tsn_protocol::client::{ClientReply, CommandError, TimelineDown, TimelinePos, TimelineUp};
 use tsn_protocol::{
     Change, FrameReader, Post, PostId, UserId, TIMELINE_BACKLOG, TIMELINE_RESUME_SLACK_US,

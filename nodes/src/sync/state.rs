@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use tsn_datastore::{Cursors, DatastoreError, Record, RoleDir, SegmentedLog};
 use tsn_protocol::coord::NodeKind;
-use tsn_protocol::sync::{Cursor, Entry};
+use tsn_protocol::sync::Cursor;
 use tsn_protocol::types::{apply_follow, cluster_of};
 use tsn_protocol::{Change, ClusterId, PostId, UserId};
 
@@ -522,10 +522,10 @@ impl SyncState {
 
     /// Takes a batch of a server's journal feed into the outbox. Returns how many
     /// changes were new.
-    pub fn absorb(&mut self, entries: Vec<Entry>) -> Result<usize, DatastoreError> {
+    pub fn absorb(&mut self, entries: Vec<Record>) -> Result<usize, DatastoreError> {
         let mut fresh = Vec::new();
         for e in entries {
-            if let Entry::Change(c) = e {
+            if let Record::Change(c) = e {
                 if self.note_local(&c) {
                     fresh.push(Record::Change(c));
                 }
@@ -539,10 +539,10 @@ impl SyncState {
 
     /// Takes a batch of a cluster's outbox feed into the journal and the view files.
     /// Returns how many records were new.
-    pub fn deliver(&mut self, entries: Vec<Entry>) -> Result<usize, DatastoreError> {
+    pub fn deliver(&mut self, entries: Vec<Record>) -> Result<usize, DatastoreError> {
         let mut fresh = Vec::new();
         for e in entries {
-            let Entry::Change(c) = e else { continue };
+            let Record::Change(c) = e else { continue };
             match c {
                 Change::User { .. } => {
                     let r = Record::Change(c);
