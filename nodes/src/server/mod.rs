@@ -366,7 +366,7 @@ pub async fn run(
 
     let mut tasks = tokio::task::JoinSet::new();
     let (members_tx, members) = tokio_watch::channel(crate::link::Membership::default());
-    crate::link::start(
+    let link = crate::link::start(
         crate::link::LinkConfig {
             coordinator: opts.coordinator.clone(),
             cluster: opts.cluster,
@@ -450,6 +450,7 @@ pub async fn run(
         peers.wait_idle().await;
     })
     .await;
+    link.stop().await;
     // A write of the received feed may still be running on a blocking thread: wait for
     // it, and flush what was written but not yet flushed.
     let mut inbound = inbound.locked();

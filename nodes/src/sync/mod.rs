@@ -132,7 +132,7 @@ pub async fn run(
 
     let mut tasks = JoinSet::new();
     let (members_tx, mut members) = watch::channel(Membership::default());
-    link::start(
+    let coord_link = link::start(
         LinkConfig {
             coordinator: opts.coordinator.clone(),
             cluster: opts.cluster,
@@ -245,9 +245,10 @@ pub async fn run(
     endpoint.close(0u32.into(), b"sync service shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     // Every writer of the core has stopped with the tasks: the views are complete.
-    let mut core = core.locked();
-    core.close_cleanly()
+    core.locked()
+        .close_cleanly()
         .context("writing clean-shutdown marker")?;
+    coord_link.stop().await;
     Ok(())
 }
 
