@@ -112,27 +112,30 @@ mod tests {
             log_id: 0xdead_beef_0042,
             next: 300,
             len: 70_000,
-            records: vec![
-                Record::Change(Change::User { user: 7 }),
-                Record::Change(Change::Follow {
+            records: [
+                Change::User { user: 7 },
+                Change::Follow {
                     follower: 1,
                     followee: 200,
                     ts_us: 1_700_000_000_000_000,
                     active: false,
-                }),
-                Record::Change(Change::Post(post.clone())),
-                Record::Change(Change::Key {
+                },
+                Change::Post(post.clone()),
+                Change::Key {
                     user: 9,
                     generation: 1,
                     ts_us: 42,
                     key: vec![0xab, 0xcd],
-                }),
-                Record::Deliver {
-                    to: 8,
-                    seq: 129,
-                    post,
                 },
-            ],
+            ]
+            .into_iter()
+            .map(Record::Change)
+            .chain([Record::Deliver {
+                to: 8,
+                seq: 129,
+                post,
+            }])
+            .collect(),
         };
         let bytes: &[u8] = &[
             1, 0, 194, 128, 188, 247, 219, 213, 55, 172, 2, 240, 162, 4, 5, 0, 0, 7, 0, 1, 1, 200,

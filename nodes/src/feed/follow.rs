@@ -152,7 +152,7 @@ fn say_failed(what: &str, target: &str, ever: bool, e: &anyhow::Error) {
 #[allow(clippy::too_many_arguments)]
 pub async fn follow<O, A, Fut>(
     config: FeedConfig,
-    what: String,
+    what: &str,
     endpoint: quinn::Endpoint,
     mut addr: watch::Receiver<Option<String>>,
     mut cursor: Cursor,
@@ -224,7 +224,7 @@ pub async fn follow<O, A, Fut>(
         if let Err(e) = result {
             settled.send_if_modified(|s| !std::mem::replace(s, true));
             if !std::mem::replace(&mut failing, true) {
-                say_failed(&what, &target, ever, &e);
+                say_failed(what, &target, ever, &e);
             }
             let pause = pauses.next().unwrap_or(Duration::from_secs(2));
             tokio::select! {

@@ -203,7 +203,7 @@ pub async fn run(
             inline: WRITE_INLINE_RECORDS,
             ..FeedConfig::default()
         },
-        "sync journal".into(),
+        "sync journal",
         endpoint,
         addr,
         from,

@@ -453,17 +453,7 @@ async fn follow_into(
         inline: FLUSH_INLINE_RECORDS,
         ..FeedConfig::default()
     };
-    feed::follow(
-        config,
-        what.clone(),
-        endpoint,
-        addr,
-        from,
-        settled,
-        open,
-        apply,
-    )
-    .await;
+    feed::follow(config, &what, endpoint, addr, from, settled, open, apply).await;
 }
 
 /// Serves feeds to a peer: its outbox to sync services, its journal to its servers.
@@ -492,6 +482,7 @@ async fn serve_peer(
                 let c = core.locked();
                 (c.outbox_source(), c.journal_source())
             };
+            let cfg = FeedConfig::default();
             let result = match sub.log {
                 _ if sub.cluster != cluster => Err(format!(
                     "this sync service serves cluster {cluster}, not {}",
@@ -504,7 +495,7 @@ async fn serve_peer(
                         .get_or_create(&crate::metrics::ClusterLabel { cluster: dest })
                         .clone();
                     feed::serve(
-                        &FeedConfig::default(),
+                        &cfg,
                         outbox,
                         &sub,
                         move |r| match r {
@@ -523,18 +514,11 @@ async fn serve_peer(
                     .await
                     .map_err(|e| format!("{e:#}"))
                 }
-                FeedLog::SyncJournal if sub.reader == cluster => feed::serve(
-                    &FeedConfig::default(),
-                    journal,
-                    &sub,
-                    |_| true,
-                    pace,
-                    |_| {},
-                    &mut send,
-                    recv,
-                )
-                .await
-                .map_err(|e| format!("{e:#}")),
+                FeedLog::SyncJournal if sub.reader == cluster => {
+                    feed::serve(&cfg, journal, &sub, |_| true, pace, |_| {}, &mut send, recv)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                }
                 FeedLog::SyncJournal => Err(format!(
                     "the journal of cluster {cluster} is for its own servers, not cluster {}",
                     sub.reader
