@@ -4,6 +4,8 @@
 //! - [`words`]: parsing a typed line and the exact wording of every reply.
 //! - [`link`]: finding the server through the coordinator, logging in, reconnecting.
 //! - [`timeline`]: timeline mode: posts up, live entries down, resends after failover.
+//! - [`inflight`]: what timeline mode keeps about posts: unacknowledged ones, ids shown,
+//!   when to ask whether the server moved.
 //! - [`console`]: typed lines in (line editing on a terminal, checked bytes on a pipe),
 //!   replies, entries and notices out, and the signals that ask the client to stop.
 //!
@@ -15,6 +17,7 @@
 
 pub mod console;
 pub mod identity;
+pub mod inflight;
 pub mod link;
 pub mod timeline;
 pub mod words;
