@@ -498,11 +498,9 @@ async fn serve_peer(
                         &cfg,
                         outbox,
                         &sub,
-                        move |r| match r {
-                            tsn_datastore::Record::Change(c) => {
-                                SyncState::wanted(c, dest, clusters)
-                            }
-                            tsn_datastore::Record::Deliver { .. } => false,
+                        move |r| {
+                            r.change()
+                                .is_some_and(|c| SyncState::wanted(c, dest, clusters))
                         },
                         pace,
                         |left| {

@@ -524,11 +524,9 @@ impl SyncState {
     /// changes were new.
     pub fn absorb(&mut self, entries: Vec<Record>) -> Result<usize, DatastoreError> {
         let mut fresh = Vec::new();
-        for e in entries {
-            if let Record::Change(c) = e {
-                if self.note_local(&c) {
-                    fresh.push(Record::Change(c));
-                }
+        for c in entries.into_iter().filter_map(Record::into_change) {
+            if self.note_local(&c) {
+                fresh.push(Record::Change(c));
             }
         }
         if !fresh.is_empty() {
@@ -541,8 +539,7 @@ impl SyncState {
     /// Returns how many records were new.
     pub fn deliver(&mut self, entries: Vec<Record>) -> Result<usize, DatastoreError> {
         let mut fresh = Vec::new();
-        for e in entries {
-            let Record::Change(c) = e else { continue };
+        for c in entries.into_iter().filter_map(Record::into_change) {
             match c {
                 Change::User { .. } => {
                     let r = Record::Change(c);
