@@ -14,7 +14,7 @@
 //! larger writes. How much a session reads at once, how much a follower merges and
 //! queues, and which batches it may take on the runtime's thread are one [`FeedConfig`].
 
-mod follow;
+pub mod follow;
 
 pub use follow::{follow, opener, Batch, Settled};
 

@@ -418,12 +418,7 @@ async fn follow_into(
             // just published have had their turn. Larger batches (a busy cluster, a
             // reader catching up) go to a blocking thread whole, so that the feeds keep
             // being read meanwhile.
-            let Batch {
-                records: entries,
-                next,
-                inline,
-                ..
-            } = batch;
+            let (entries, next, inline) = (batch.records, batch.next, batch.inline);
             let mut waiting = Some(entries);
             let mut n = 0;
             if inline {
