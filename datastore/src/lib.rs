@@ -29,7 +29,8 @@
 //!
 //! # Records
 //! One record a line, fields separated by one space, free text last and escaped
-//! (see [`record`]).
+//! (see [`record`]). A [`Record`] is the protocol's own type, the one that feeds carry;
+//! the datastore adds its line codec ([`RecordLine`]).
 //!
 //! # fsync policy
 //! - `journal.data` is the truth. Writers group many changes into one append, and make
@@ -74,6 +75,6 @@ pub use error::DatastoreError;
 pub use layout::{CoordinatorDir, Datastore, RoleDir};
 pub use log::{read_records, AppendLog};
 pub use logid::log_id;
-pub use record::{Record, RecordError};
+pub use record::{Record, RecordError, RecordLine};
 pub use segments::{SegmentFlusher, SegmentedLog, Segments};
 pub use tail::Tail;

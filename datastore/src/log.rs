@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{io, DatastoreError};
-use crate::record::Record;
+use crate::record::{Record, RecordLine};
 
 /// How far back [`AppendLog::open_append`] looks for the start of the last line.
 const TAIL_PROBE: u64 = 64 * 1024;

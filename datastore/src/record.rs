@@ -1,4 +1,5 @@
-//! One record a line.
+//! One record a line: the text codec of [`Record`] ([`RecordLine`]), the type every log
+//! holds and every feed carries.
 //!
 //! ```text
 //! user <uid>
@@ -18,24 +19,8 @@
 
 use std::str::FromStr;
 
-use tsn_protocol::{Change, Post, PostId, UserId};
-
-/// A line of a datastore file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
-    /// A change made by a server (or received by a sync service).
-    Change(Change),
-    /// A post delivered to `to`'s timeline by the sync service.
-    Deliver {
-        /// The recipient.
-        to: UserId,
-        /// Its place in `to`'s timeline: 1 for the first post delivered to `to` by this
-        /// sync journal, then one more for each (a client resumes its timeline from it).
-        seq: u64,
-        /// The post.
-        post: Post,
-    },
-}
+pub use tsn_protocol::Record;
+use tsn_protocol::{Change, Post, PostId};
 
 /// Why a line is not a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -198,9 +183,23 @@ impl<'a> Fields<'a> {
     }
 }
 
-impl Record {
+/// The text codec of a [`Record`]: one line of a datastore file.
+pub trait RecordLine: Sized {
     /// The line, with its trailing newline.
-    pub fn encode_line(&self) -> String {
+    fn encode_line(&self) -> String;
+
+    /// Parses a line given without its newline.
+    fn decode_line(line: &str) -> Result<Self, RecordError>;
+
+    /// Parses a line given as bytes (without its newline); non-UTF-8 is an error.
+    fn decode_bytes(line: &[u8]) -> Result<Self, RecordError> {
+        let s = std::str::from_utf8(line).map_err(|_| RecordError::NotUtf8)?;
+        Self::decode_line(s)
+    }
+}
+
+impl RecordLine for Record {
+    fn encode_line(&self) -> String {
         let mut s = match self {
             Record::Change(Change::User { user }) => format!("user {user}"),
             Record::Change(Change::Follow {
@@ -243,8 +242,7 @@ impl Record {
         s
     }
 
-    /// Parses a line given without its newline.
-    pub fn decode_line(line: &str) -> Result<Record, RecordError> {
+    fn decode_line(line: &str) -> Result<Record, RecordError> {
         if line.contains(['\n', '\r']) {
             return Err(RecordError::LineBreak);
         }
@@ -307,12 +305,6 @@ impl Record {
         };
         f.end()?;
         Ok(record)
-    }
-
-    /// Parses a line given as bytes (without its newline); non-UTF-8 is an error.
-    pub fn decode_bytes(line: &[u8]) -> Result<Record, RecordError> {
-        let s = std::str::from_utf8(line).map_err(|_| RecordError::NotUtf8)?;
-        Record::decode_line(s)
     }
 }
 

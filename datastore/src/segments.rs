@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::atomic::{write_atomic, Durability};
 use crate::error::{io, DatastoreError};
 use crate::log::AppendLog;
-use crate::record::Record;
+use crate::record::{Record, RecordLine};
 
 /// Where one segment lies.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use crate::error::{io, DatastoreError};
-use crate::record::Record;
+use crate::record::{Record, RecordLine};
 use crate::segments::{Located, Segments};
 
 /// Most bytes read per call.

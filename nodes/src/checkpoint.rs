@@ -24,7 +24,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use tsn_datastore::{Durability, Record, RoleDir};
+use tsn_datastore::{Durability, Record, RecordLine, RoleDir};
 use tsn_protocol::UserId;
 
 /// The state a checkpoint holds, as records.

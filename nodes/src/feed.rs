@@ -1,23 +1,70 @@
 //! Feeds (see [`tsn_protocol::sync`]): serving one of our logs to a reader from its
 //! cursor, and following another node's log.
 //!
+//! # Layout
+//! - this file: [`FeedConfig`], and the writer's side: [`FeedSource`], [`serve`].
+//! - [`follow`](mod@follow): the reader's side: [`follow()`], its [`Batch`]es and
+//!   [`opener`].
+//!
 //! The writer of a log publishes its committed length through a [`FeedLen`]; each feed
 //! session waits on it, so a record travels as soon as it is published and an idle feed
 //! costs nothing. Reads go through a [`Tail`], on the runtime's thread (what a feed
 //! reads was just written and is in the page cache). A follower merges the batches that
 //! queue up while it makes one durable, so a reader that falls behind catches up in
-//! larger writes.
+//! larger writes. How much a session reads at once, how much a follower merges and
+//! queues, and which batches it may take on the runtime's thread are one [`FeedConfig`].
+
+pub mod follow;
+
+pub use follow::{follow, opener, Batch, Settled};
 
 use crate::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio::sync::watch;
 use tsn_datastore::{DatastoreError, Record, Segments, Tail};
-use tsn_protocol::sync::{Cursor, Entry, Subscribe, SyncReply};
+use tsn_protocol::sync::{Cursor, Subscribe, SyncReply};
 use tsn_protocol::{FrameReader, MAX_BATCH_CHANGES};
+
+/// How a feed is served and followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedConfig {
+    /// Records a feed session reads from its log for one frame (a state transfer is sent
+    /// in frames of as many). At most [`MAX_BATCH_CHANGES`], the wire limit that readers
+    /// check.
+    pub batch: usize,
+    /// Records a follower's merged batch may hold. The default, eight frames of 1,024: a
+    /// durable write of 8,192 records costs little more than one of 1,024, and a reader
+    /// catching up (a sync service taking a server's journal feed after the other
+    /// server's) does an eighth of the writes.
+    pub merged: usize,
+    /// Batches a follower reads off the stream ahead of the one being applied.
+    pub queued: usize,
+    /// Batches of at most this many records are marked [`Batch::inline`]: the reader may
+    /// take them on the runtime's thread.
+    pub inline: usize,
+}
+
+impl FeedConfig {
+    /// What nodes use; a reader sets its own `inline`.
+    pub const DEFAULT: FeedConfig = FeedConfig {
+        batch: 1024,
+        merged: 8 * 1024,
+        queued: 64,
+        inline: 0,
+    };
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig::DEFAULT
+    }
+}
+
+const _: () = assert!(FeedConfig::DEFAULT.batch <= MAX_BATCH_CHANGES);
 
 /// The writer's side of a served log: tells feed sessions how far the log is written.
 #[derive(Debug)]
@@ -122,6 +169,24 @@ impl FeedSource {
         self.len() == 0
     }
 
+    /// Sends `records` as one frame, after which the reader resumes at `next`; the log is
+    /// at least `read` bytes long.
+    async fn send(
+        &self,
+        send: &mut quinn::SendStream,
+        next: u64,
+        read: u64,
+        records: Vec<Record>,
+    ) -> anyhow::Result<()> {
+        let msg = SyncReply::Records {
+            log_id: self.log_id,
+            next,
+            len: self.len().max(read),
+            records,
+        };
+        Ok(tsn_protocol::write_msg(send, &msg).await?)
+    }
+
     /// Where a reader asking for `from` starts: there if it is a record boundary of this
     /// log, else at the start (the log was begun anew, or the reader's cursor is damaged:
     /// records are idempotent, so reading again is safe and skipping is not).
@@ -147,22 +212,6 @@ impl FeedSource {
     }
 }
 
-/// A record as it travels on a feed.
-pub fn entry(record: Record) -> Entry {
-    match record {
-        Record::Change(c) => Entry::Change(c),
-        Record::Deliver { to, seq, post } => Entry::Deliver { to, seq, post },
-    }
-}
-
-/// A feed entry as a datastore record.
-pub fn record(entry: Entry) -> Record {
-    match entry {
-        Entry::Change(c) => Record::Change(c),
-        Entry::Deliver { to, seq, post } => Record::Deliver { to, seq, post },
-    }
-}
-
 /// Serves `source` to the reader that subscribed with `sub` on `send`, from its cursor,
 /// until the reader goes away or the log's writer stops, sending only the records `keep`
 /// accepts (the cursor moves past the others). With a `pace`, new records wait for the
@@ -173,8 +222,11 @@ pub fn record(entry: Entry) -> Record {
 ///
 /// A reader whose cursor lies before the oldest segment kept first gets the source's
 /// transfer, in batches whose cursor is the log's start (so that a reader stopped half
-/// way begins the transfer again), then the log from its oldest segment on.
+/// way begins the transfer again), then the log from its oldest segment on. Frames hold
+/// at most `config.batch` records.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
+    config: &FeedConfig,
     source: FeedSource,
     sub: &Subscribe,
     keep: impl Fn(&Record) -> bool,
@@ -193,12 +245,13 @@ pub async fn serve(
             }
         })
     };
-    let result = serve_from(source, sub.from, keep, pace, on_sent, send).await;
+    let result = serve_from(config.batch, source, sub.from, keep, pace, on_sent, send).await;
     reports.abort();
     result
 }
 
 async fn serve_from(
+    batch: usize,
     source: FeedSource,
     from: Cursor,
     keep: impl Fn(&Record) -> bool,
@@ -227,28 +280,23 @@ async fn serve_from(
     }
     let oldest = source.segments.start();
     let start = if start < oldest {
-        transfer(&source, start, &keep, send).await?;
+        transfer(batch, &source, start, &keep, send).await?;
         oldest
     } else {
         start
     };
-    let mut tail = Some(Tail::over(source.segments.clone(), start));
+    let mut tail = Tail::over(source.segments.clone(), start);
     let mut len = source.len.clone();
     // The first answer goes out at once, even empty: it tells a reader that is already
     // at the end that it has caught up.
     let mut first = true;
     loop {
-        let Some(mut t) = tail.take() else {
-            bail!("feed reader lost its cursor");
-        };
         // Read on the runtime's thread: what a feed reads was just written and is in the
         // page cache, a read of it takes microseconds, less than a hand-off to a
         // blocking thread and back. Only up to the length the writer has published:
         // a record appended but not yet flushed is not sent.
-        let read = t.read_upto(MAX_BATCH_CHANGES, source.len());
-        let offset = t.offset();
-        tail = Some(t);
-        let records = read?;
+        let records = tail.read_upto(batch, source.len())?;
+        let offset = tail.offset();
         if records.is_empty() && !std::mem::take(&mut first) {
             tokio::select! {
                 grown = len.wait_for(|l| *l > offset) => {
@@ -264,20 +312,15 @@ async fn serve_from(
             continue;
         }
         first = false;
-        let entries: Vec<Entry> = records.into_iter().filter(&keep).map(entry).collect();
-        let msg = SyncReply::Records {
-            log_id: source.log_id,
-            next: offset,
-            len: source.len().max(offset),
-            entries,
-        };
-        tsn_protocol::write_msg(send, &msg).await?;
+        let records = records.into_iter().filter(&keep).collect();
+        source.send(send, offset, offset, records).await?;
         on_sent(source.len().saturating_sub(offset));
     }
 }
 
 /// Sends a reader at `start`, before the oldest segment kept, the source's transfer.
 async fn transfer(
+    batch: usize,
     source: &FeedSource,
     start: u64,
     keep: &impl Fn(&Record) -> bool,
@@ -299,299 +342,9 @@ async fn transfer(
         records = records.len(),
         "the feed's reader is behind the oldest segment kept: sending it the checkpointed state first"
     );
-    let entries: Vec<Entry> = records.into_iter().filter(keep).map(entry).collect();
-    for chunk in entries.chunks(MAX_BATCH_CHANGES) {
-        let msg = SyncReply::Records {
-            log_id: source.log_id,
-            next: 0,
-            len: source.len(),
-            entries: chunk.to_vec(),
-        };
-        tsn_protocol::write_msg(send, &msg).await?;
+    let records: Vec<Record> = records.into_iter().filter(keep).collect();
+    for chunk in records.chunks(batch) {
+        source.send(send, 0, 0, chunk.to_vec()).await?;
     }
     Ok(())
-}
-
-/// The first message of a feed of `log` of `cluster`, read by a node of `reader`, from a
-/// cursor: the [`Subscribe`] wrapped as the writer's kind of node expects it
-/// (`MirrorMsg::Subscribe` for a server, `SyncRequest::Subscribe` for a sync service).
-pub fn opener<M: serde::Serialize>(
-    cluster: tsn_protocol::ClusterId,
-    (reader, node): Reader,
-    log: tsn_protocol::sync::FeedLog,
-    wrap: fn(tsn_protocol::sync::Subscribe) -> M,
-) -> impl Fn(Cursor) -> Vec<u8> {
-    move |from| {
-        tsn_protocol::encode(&wrap(tsn_protocol::sync::Subscribe {
-            cluster,
-            reader,
-            node,
-            log,
-            from,
-        }))
-        .unwrap_or_default()
-    }
-}
-
-/// One batch read from a feed.
-#[derive(Debug)]
-pub struct Batch {
-    /// The records.
-    pub entries: Vec<Entry>,
-    /// Where the reader resumes after applying them.
-    pub next: Cursor,
-}
-
-/// Whether a follower has read its log to the end at least once since it learned where
-/// the log's writer is, or found that writer unreachable (so that whoever waits for it
-/// does not wait for a node that is down). A writer at a new address makes it false
-/// again until then.
-pub type Settled = watch::Sender<bool>;
-
-/// Batches read off a feed's stream ahead of the one being applied.
-const QUEUED_BATCHES: usize = 64;
-
-/// Records a merged batch may hold: eight of the writer's batches. A durable write of
-/// 8,192 records costs little more than one of 1,024, and a reader catching up (a sync
-/// service taking a server's journal feed after the other server's) does an eighth of
-/// the writes.
-pub const MERGED_CHANGES: usize = 8 * MAX_BATCH_CHANGES;
-
-/// One batch as received, with the writer's log length when it was sent.
-struct Received {
-    batch: Batch,
-    len: u64,
-}
-
-/// Reads a feed's batches into `queue` until the stream ends (an error) or the queue's
-/// reader is gone.
-async fn receive_batches(
-    mut recv: FrameReader<quinn::RecvStream>,
-    queue: tokio::sync::mpsc::Sender<Received>,
-) -> anyhow::Result<()> {
-    loop {
-        match recv.next_msg::<SyncReply>().await? {
-            Some(SyncReply::Records {
-                log_id,
-                next,
-                len,
-                entries,
-            }) => {
-                if entries.len() > MAX_BATCH_CHANGES {
-                    bail!(
-                        "batch of {} records exceeds {MAX_BATCH_CHANGES}",
-                        entries.len()
-                    );
-                }
-                let batch = Batch {
-                    entries,
-                    next: Cursor {
-                        log_id,
-                        offset: next,
-                    },
-                };
-                if queue.send(Received { batch, len }).await.is_err() {
-                    return Ok(());
-                }
-            }
-            Some(SyncReply::Refused(why)) => bail!("refused: {why}"),
-            None => bail!("the feed was closed"),
-        }
-    }
-}
-
-/// `first` and the batches queued behind it of the same log, up to [`MERGED_CHANGES`]
-/// records: one batch whose cursor is the last one's. A batch taken off the queue that
-/// does not fit is left in `held`, to come next.
-fn merge(
-    mut first: Received,
-    queued: &mut tokio::sync::mpsc::Receiver<Received>,
-    held: &mut Option<Received>,
-) -> Received {
-    while let Ok(more) = queued.try_recv() {
-        if more.batch.next.log_id != first.batch.next.log_id
-            || first.batch.entries.len() + more.batch.entries.len() > MERGED_CHANGES
-        {
-            *held = Some(more);
-            break;
-        }
-        first.batch.entries.extend(more.batch.entries);
-        first.batch.next = more.batch.next;
-        first.len = more.len;
-    }
-    first
-}
-
-/// Follows a remote log for ever: dials whatever address `addr` holds, sends the opener
-/// that `open` builds from the current cursor, and hands every batch to `apply` (the
-/// batches that arrived while it was busy merged into one, see [`MERGED_CHANGES`]), which
-/// must make it durable (with its cursor) before it returns. Reconnects after any
-/// failure and whenever `addr` changes, from the last cursor `apply` accepted.
-pub async fn follow<O, A, Fut>(
-    what: String,
-    endpoint: quinn::Endpoint,
-    mut addr: watch::Receiver<Option<String>>,
-    mut cursor: Cursor,
-    settled: Settled,
-    open: O,
-    mut apply: A,
-) where
-    O: Fn(Cursor) -> Vec<u8>,
-    A: FnMut(Batch) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let mut pauses = crate::net::backoff();
-    let mut failing = false;
-    // Before the first success a failure is the other node not being up yet: said once,
-    // quietly. After it, losing the feed is worth a warning.
-    let mut ever = false;
-    let mut known: Option<String> = None;
-    loop {
-        let target = addr.borrow_and_update().clone();
-        if target.is_some() && target != known {
-            settled.send_if_modified(|s| std::mem::replace(s, false));
-            known = target.clone();
-        }
-        let Some(target) = target else {
-            // Nobody to read from yet: whoever waits for this feed need not wait.
-            settled.send_if_modified(|s| !std::mem::replace(s, true));
-            if addr.changed().await.is_err() {
-                return;
-            }
-            continue;
-        };
-        let attempt = async {
-            let conn = crate::net::connect(&endpoint, &target).await?;
-            let (mut send, recv) = conn.open_bi().await?;
-            tsn_protocol::write_frame(&mut send, &open(cursor)).await?;
-            // Batches are read off the stream as they come and handed on to `apply`
-            // merged: whatever arrived while the previous merged batch was being made
-            // durable goes in one, so a reader slower than the writer catches up in
-            // fewer, larger writes instead of falling further behind one small batch at
-            // a time.
-            let (queue, mut queued) = tokio::sync::mpsc::channel::<Received>(QUEUED_BATCHES);
-            let receive = receive_batches(FrameReader::new(recv), queue);
-            let take = async {
-                let mut held = None;
-                loop {
-                    let first = match held.take() {
-                        Some(b) => b,
-                        None => match queued.recv().await {
-                            Some(b) => b,
-                            None => break,
-                        },
-                    };
-                    let merged = merge(first, &mut queued, &mut held);
-                    if failing || !ever {
-                        tracing::info!(feed = %what, from = %target, "feed connected");
-                        failing = false;
-                        ever = true;
-                    }
-                    let next = merged.batch.next;
-                    apply(merged.batch).await?;
-                    cursor = next;
-                    // The writer may delete what every reader has made durable.
-                    tsn_protocol::write_msg(&mut send, &next).await?;
-                    pauses = crate::net::backoff();
-                    if next.offset >= merged.len {
-                        settled.send_if_modified(|s| !std::mem::replace(s, true));
-                    }
-                }
-                anyhow::Ok(())
-            };
-            tokio::try_join!(receive, take)?;
-            anyhow::Ok(())
-        };
-        let result = tokio::select! {
-            r = attempt => r,
-            _ = addr.changed() => Ok(()),
-        };
-        if let Err(e) = result {
-            settled.send_if_modified(|s| !std::mem::replace(s, true));
-            if !failing {
-                if ever && crate::net::part_of_a_stop(&e) {
-                    tracing::info!(feed = %what, from = %target, "the feed's node stopped; retrying: {e:#}");
-                } else if ever {
-                    tracing::warn!(feed = %what, from = %target, "feed interrupted, retrying: {e:#}");
-                } else {
-                    tracing::info!(feed = %what, from = %target, "waiting for the feed's node: {e:#}");
-                }
-                failing = true;
-            }
-            let pause = pauses.next().unwrap_or(Duration::from_secs(2));
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = addr.changed() => {}
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use tsn_protocol::Change;
-
-    fn received(log_id: u64, users: std::ops::Range<u32>, next: u64) -> Received {
-        Received {
-            batch: Batch {
-                entries: users
-                    .map(|user| Entry::Change(Change::User { user }))
-                    .collect(),
-                next: Cursor {
-                    log_id,
-                    offset: next,
-                },
-            },
-            len: next + 100,
-        }
-    }
-
-    #[test]
-    fn merge_takes_what_queued_up_of_the_same_log_and_holds_the_rest() {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-        tx.try_send(received(7, 2..4, 20)).unwrap();
-        tx.try_send(received(7, 4..5, 30)).unwrap();
-        // Another log (the writer began anew): applied on its own, next.
-        tx.try_send(received(8, 0..1, 5)).unwrap();
-        let mut held = None;
-        let m = merge(received(7, 0..2, 10), &mut rx, &mut held);
-        assert_eq!(m.batch.entries.len(), 5);
-        assert_eq!(
-            m.batch.next,
-            Cursor {
-                log_id: 7,
-                offset: 30
-            }
-        );
-        assert_eq!(m.len, 130);
-        let h = held.take().unwrap();
-        assert_eq!(
-            h.batch.next,
-            Cursor {
-                log_id: 8,
-                offset: 5
-            }
-        );
-        // Nothing queued: the batch alone.
-        let m = merge(h, &mut rx, &mut held);
-        assert_eq!(m.batch.entries.len(), 1);
-        assert!(held.is_none());
-    }
-
-    #[test]
-    fn merge_stops_at_the_size_limit() {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let per = MAX_BATCH_CHANGES as u32;
-        for k in 1..10u32 {
-            tx.try_send(received(1, k * per..(k + 1) * per, u64::from(k + 1)))
-                .unwrap();
-        }
-        let mut held = None;
-        let m = merge(received(1, 0..per, 1), &mut rx, &mut held);
-        assert_eq!(m.batch.entries.len(), MERGED_CHANGES);
-        assert_eq!(m.batch.next.offset, 8);
-        assert_eq!(held.as_ref().map(|h| h.batch.next.offset), Some(9));
-    }
 }

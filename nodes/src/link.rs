@@ -18,9 +18,15 @@
 //!
 //! The link runs on a thread of its own, with its own runtime and UDP endpoint, so that a
 //! node busy with clients (hundreds of timeline streams on its one-thread runtime) still
-//! beats on time and is not failed over for being busy. So that a node whose runtime has
+//! beats on time and is not failed over for being busy. The role that starts it owns it
+//! ([`Link`]) and stops it, with its thread, when the role stops. So that a node whose runtime has
 //! stopped making progress (a hang) is still failed over, the node's runtime ticks a
 //! watchdog, and the link stops beating when the ticks stop for [`stalled_after`].
+//!
+//! # Layout
+//! - this file: what the node learned ([`Membership`]), starting and stopping the link
+//!   ([`start`], [`Link`]), the routing watch, and peers' addresses ([`peer_addr`]).
+//! - [`beats`]: the heartbeat loop and the clock-offset measure.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,10 +35,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tsn_protocol::coord::{
-    BeatReply, CoordError, CoordReply, CoordRequest, Heartbeat, NodeKind, RoutingTables,
-};
+use tsn_protocol::coord::{BeatReply, CoordReply, CoordRequest, NodeKind, RoutingTables};
 use tsn_protocol::ClusterId;
+
+pub mod beats;
 
 /// What the node last learned from the coordinator.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,6 +109,9 @@ pub const NO_SUCH_CLUSTER_EXIT: i32 = 2;
 /// How often, at most, the log says that the node's clock is off.
 const CLOCK_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a stopping link waits for its connections to the coordinator to close.
+const LINK_CLOSE: Duration = Duration::from_millis(500);
+
 /// How often the node's runtime ticks the watchdog.
 const WATCHDOG_TICK: Duration = Duration::from_millis(100);
 
@@ -113,8 +122,39 @@ pub fn stalled_after(interval: Duration) -> Duration {
     (interval * 10).max(Duration::from_secs(2))
 }
 
+/// A running link, owned by the role that started it: [`Link::stop`] stops it and joins
+/// its thread; dropping it stops it too, without waiting.
+#[derive(Debug)]
+#[must_use = "the link stops when dropped"]
+pub struct Link {
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Link {
+    /// Stops the link and waits for its thread to end.
+    pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Resolves once the link is told to stop (or its owner is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Starts the link on its own thread, dialling from `bind` with the node's identity, and
 /// a watchdog ticker on the calling (the node's) runtime. What it learns goes to `out`.
+/// Both run until the returned [`Link`] is stopped or dropped.
 pub fn start(
     cfg: LinkConfig,
     bind: IpAddr,
@@ -122,15 +162,23 @@ pub fn start(
     out: watch::Sender<Membership>,
     beat_now: Arc<tokio::sync::Notify>,
     missed: prometheus_client::metrics::counter::Counter,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Link> {
+    let (stop, stopping) = watch::channel(false);
     let started = Instant::now();
     let ticks = Arc::new(AtomicU64::new(0));
     let ticker = ticks.clone();
+    let ticker_stop = stopping.clone();
     tokio::spawn(async move {
-        loop {
-            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            ticker.store(ms, Ordering::Relaxed);
-            tokio::time::sleep(WATCHDOG_TICK).await;
+        let tick = async {
+            loop {
+                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                ticker.store(ms, Ordering::Relaxed);
+                tokio::time::sleep(WATCHDOG_TICK).await;
+            }
+        };
+        tokio::select! {
+            () = tick => {}
+            () = stopped(ticker_stop) => {}
         }
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -147,7 +195,7 @@ pub fn start(
         started.elapsed().saturating_sub(last) < stalled_after(cfg.interval)
     };
     let cfg2 = cfg.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("coordinator-link".into())
         .spawn(move || {
             rt.block_on(async move {
@@ -157,12 +205,21 @@ pub fn start(
                     out.clone(),
                     beat_now.clone(),
                 ));
-                run(endpoint, cfg2, alive, out, beat_now, missed).await;
+                let beats = beats::run(endpoint.clone(), cfg2, alive, out, beat_now, missed);
+                tokio::select! {
+                    () = beats => {}
+                    () = stopped(stopping) => {}
+                }
                 pushed.abort();
+                endpoint.close(0u32.into(), b"node stopping");
+                let _ = tokio::time::timeout(LINK_CLOSE, endpoint.wait_idle()).await;
             })
         })
         .context("starting the coordinator link's thread")?;
-    Ok(())
+    Ok(Link {
+        stop,
+        thread: Some(thread),
+    })
 }
 
 /// Keeps a watch stream open on a member of the group: every routing table it pushes
@@ -232,219 +289,6 @@ fn routes_differ(a: &RoutingTables, b: &RoutingTables) -> bool {
     key(a) != key(b)
 }
 
-/// Beats for ever while `alive` says the node makes progress, publishing what it learns
-/// on `out`; beats at once when `beat_now` is notified.
-pub async fn run(
-    endpoint: quinn::Endpoint,
-    cfg: LinkConfig,
-    alive: impl Fn() -> bool,
-    out: watch::Sender<Membership>,
-    beat_now: Arc<tokio::sync::Notify>,
-    missed: prometheus_client::metrics::counter::Counter,
-) {
-    // A coordinator that is down does not answer at all: give up on a member in time
-    // for the next beat, so that it is found soon after it is back.
-    let limit = cfg
-        .interval
-        .clamp(Duration::from_millis(500), crate::net::CONNECT_TIMEOUT);
-    let group = crate::group_client::GroupClient::new(cfg.coordinator.clone()).with_timeout(limit);
-    let mut unreachable = false;
-    let mut registered = false;
-    let mut stalled = false;
-    // When the log last said that the clock is off (none: it is not, as far as known).
-    let mut clock_logged: Option<Instant> = None;
-    let mut interval = cfg.interval;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A beat that failed is tried again soon (backing off up to the interval), not at
-    // the next tick: a node that starts while the group elects its first leader would
-    // otherwise stay unregistered for a whole heartbeat interval.
-    let mut retries = crate::net::backoff();
-    let mut retry: Option<Duration> = None;
-    loop {
-        let again = async {
-            match retry {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = beat_now.notified() => {}
-            _ = again => {}
-        }
-        if !alive() {
-            if !stalled {
-                tracing::error!(
-                    "this node's runtime has made no progress for {:?}: no more heartbeats, so that the coordinator fails it over",
-                    stalled_after(interval)
-                );
-                stalled = true;
-            }
-            continue;
-        }
-        if stalled {
-            tracing::info!("this node's runtime makes progress again: heartbeats resume");
-            stalled = false;
-        }
-        match beat(&endpoint, &group, &cfg, &out).await {
-            Ok(m) => {
-                // The heartbeat interval belongs to the coordinator.
-                let theirs = m
-                    .beat
-                    .as_ref()
-                    .map(|b| Duration::from_millis(b.heartbeat_ms.max(1)));
-                if let Some(theirs) = theirs.filter(|t| *t != interval) {
-                    if theirs != cfg.interval || interval == cfg.interval {
-                        tracing::error!(
-                            ours_ms = cfg.interval.as_millis() as u64,
-                            coordinator_ms = theirs.as_millis() as u64,
-                            "--heartbeat-ms differs from the coordinator's: beating at the coordinator's interval"
-                        );
-                    }
-                    interval = theirs;
-                    tick =
-                        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                }
-                if unreachable {
-                    tracing::info!(coordinator = %cfg.coordinator, "coordinator reachable again");
-                    unreachable = false;
-                }
-                retries = crate::net::backoff();
-                retry = None;
-                registered = true;
-                match m.clock_off(cfg.max_clock_offset) {
-                    Some(why) => {
-                        if clock_logged.is_none_or(|t| t.elapsed() >= CLOCK_LOG_EVERY) {
-                            tracing::error!(
-                                clock_offset_ms = m.clock_offset_ms,
-                                "{why}: not ready until the clock is corrected (its timestamps would be wrong by as much)"
-                            );
-                            clock_logged = Some(Instant::now());
-                        }
-                    }
-                    None => {
-                        if clock_logged.take().is_some() {
-                            tracing::info!(
-                                clock_offset_ms = m.clock_offset_ms,
-                                "this node's clock agrees with the coordinator's again"
-                            );
-                        }
-                    }
-                }
-                out.send_if_modified(|cur| {
-                    let changed = *cur != m;
-                    *cur = m;
-                    changed
-                });
-            }
-            Err(e) => {
-                missed.inc();
-                retry = Some(retries.next().unwrap_or(interval).min(interval));
-                if let Some(CoordError::NoSuchCluster { cluster, clusters }) =
-                    e.downcast_ref::<CoordError>()
-                {
-                    // A mistyped -i/-s: waiting cannot make the cluster exist (the number
-                    // of clusters is the coordinator's --clusters).
-                    tracing::error!(
-                        coordinator = %cfg.coordinator,
-                        "cluster {cluster} does not exist: the coordinator group has clusters 1..={clusters}; stopping (exit status {NO_SUCH_CLUSTER_EXIT})"
-                    );
-                    std::process::exit(NO_SUCH_CLUSTER_EXIT);
-                }
-                let taken = e
-                    .downcast_ref::<CoordError>()
-                    .is_some_and(|c| matches!(c, CoordError::RoleTaken { .. }));
-                if taken {
-                    // Loud every time: two processes claim one role, and this one waits.
-                    tracing::error!(coordinator = %cfg.coordinator, "registration refused, not serving: {e}");
-                } else {
-                    let electing = !registered
-                        && e.downcast_ref::<CoordError>()
-                            .is_some_and(|c| matches!(c, CoordError::NoLeader));
-                    if !unreachable && electing {
-                        // A group started together elects its first leader within a
-                        // second or so: nodes started beside it wait for that.
-                        tracing::info!(coordinator = %cfg.coordinator, "waiting for the coordinator group to elect its leader");
-                        unreachable = true;
-                    } else if !unreachable && crate::net::part_of_a_stop(&e) {
-                        tracing::info!(coordinator = %cfg.coordinator, "the coordinator stopped, keeping what was learned last: {e:#}");
-                        unreachable = true;
-                    } else if !unreachable {
-                        tracing::warn!(coordinator = %cfg.coordinator, "heartbeat failed, keeping what was learned last: {e:#}");
-                        unreachable = true;
-                    }
-                    group.forget().await;
-                }
-            }
-        }
-    }
-}
-
-async fn beat(
-    endpoint: &quinn::Endpoint,
-    group: &crate::group_client::GroupClient,
-    cfg: &LinkConfig,
-    out: &watch::Sender<Membership>,
-) -> anyhow::Result<Membership> {
-    // The node's belief is what the coordinator said last (a coordinator that lost its
-    // state rebuilds its tables from these beliefs instead of failing over).
-    let (active, epoch, clock_offset_ms) = {
-        let m = out.borrow();
-        let (active, epoch) = m.beat.as_ref().map_or((false, 0), |b| (b.active, b.epoch));
-        (active, epoch, m.clock_offset_ms.unwrap_or(0))
-    };
-    let hb = CoordRequest::Heartbeat(Heartbeat {
-        cluster: cfg.cluster,
-        kind: cfg.kind,
-        addr: cfg.advertise.clone(),
-        active,
-        epoch,
-        clock_offset_ms,
-    });
-    let sent = crate::now_us();
-    let beat = match group.call(endpoint, &hb).await? {
-        (_, CoordReply::Beat(r)) => r,
-        (_, CoordReply::Failed(e)) => return Err(e.into()),
-        (_, other) => anyhow::bail!("unexpected heartbeat reply {other:?}"),
-    };
-    let clock_offset_ms = Some(offset_ms(
-        sent,
-        beat.received_us,
-        beat.now_us,
-        crate::now_us(),
-    ));
-    let tables = match group.call(endpoint, &CoordRequest::Status).await? {
-        (_, CoordReply::Status(t)) => t,
-        (_, CoordReply::Failed(e)) => {
-            anyhow::bail!("coordinator refused the routing tables: {e}")
-        }
-        (_, other) => anyhow::bail!("unexpected routing-table reply {other:?}"),
-    };
-    // Tables pushed by the watch since may be newer than these.
-    let tables = match out.borrow().tables.as_ref() {
-        Some(t) if t.revision > tables.revision => t.clone(),
-        _ => tables,
-    };
-    Ok(Membership {
-        beat: Some(beat),
-        tables: Some(tables),
-        clock_offset_ms,
-    })
-}
-
-/// How far this node's clock is ahead of the coordinator's, in milliseconds, as NTP
-/// reckons it (RFC 5905, section 8): the request left at `sent` and the answer came back
-/// at `back` (this node's clock); the coordinator took it at `took` and answered at
-/// `answered` (its clock). The time the coordinator spent deciding does not count, and
-/// the error is at most half the network round trip.
-fn offset_ms(sent: i64, took: i64, answered: i64, back: i64) -> i64 {
-    let there = sent.saturating_sub(took);
-    let back_here = back.saturating_sub(answered);
-    there.saturating_add(back_here) / 2 / 1000
-}
-
 /// A watch of one peer's address, derived from the membership (changes only when the
 /// address does).
 pub fn peer_addr(
@@ -472,16 +316,6 @@ pub fn peer_addr(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_offset_leaves_out_the_time_spent_deciding() {
-        let day_us = 86_400_000_000;
-        // 10 ms each way, 2 s deciding (a commit during an election): no offset.
-        assert_eq!(offset_ms(1_000_000, 1_010_000, 3_010_000, 3_020_000), 0);
-        let ahead = |d: i64| offset_ms(1_000_000, 1_010_000 - d, 3_010_000 - d, 3_020_000);
-        assert_eq!(ahead(day_us), 86_400_000);
-        assert_eq!(ahead(-5_000_000), -5_000);
-    }
 
     #[test]
     fn a_clock_beyond_the_limit_either_way_is_off() {

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use tsn_datastore::{AppendLog, DatastoreError, Durability, Record, RoleDir};
+use tsn_datastore::{AppendLog, DatastoreError, Durability, Record, RecordLine, RoleDir};
 use tsn_protocol::Change;
 
 /// View files kept open between writes.

@@ -106,6 +106,7 @@ fn frames(data: &[u8]) {
 }
 
 fn record(data: &[u8]) {
+    use tsn_datastore::RecordLine;
     if let Ok(r) = tsn_datastore::Record::decode_bytes(data) {
         let line = r.encode_line();
         let back = tsn_datastore::Record::decode_line(

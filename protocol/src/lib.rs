@@ -10,8 +10,9 @@
 //! - [`codec`]: the versioned postcard envelope around every message, and typed
 //!   `read_msg` / `write_msg` helpers on top of [`frame`].
 //! - [`types`]: the domain values shared by every conversation and by the datastore:
-//!   user and cluster ids, post ids, posts, and the [`types::Change`] records that
-//!   mirroring and synchronisation move around.
+//!   user and cluster ids, post ids, posts, the [`types::Change`]s that mirroring and
+//!   synchronisation move around, and the [`types::Record`]s of every log, the same on
+//!   a feed and in a datastore file.
 //! - [`client`]: client <-> server commands and the timeline stream.
 //! - [`coord`]: nodes and clients <-> coordinator (heartbeats, assignment, routing tables).
 //! - [`mirror`]: active server -> standby server (catch-up exchange and live mirroring).
@@ -32,7 +33,7 @@ pub use codec::{decode, encode, push_msg, read_msg, write_msg, CodecError};
 pub use frame::{read_frame, write_frame, FrameError, FrameReader, MAX_FRAME_LEN};
 pub use types::{
     escape_controls, first_control_char, is_control_char, push_escaped, Change, ClusterId, Post,
-    PostId, UserId,
+    PostId, Record, UserId,
 };
 
 /// ALPN protocol id negotiated by every TSN connection.
@@ -45,8 +46,10 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Longest post text, in bytes of UTF-8, that a server accepts.
 pub const MAX_POST_BYTES: usize = 256;
 
-/// Most changes in one mirror or sync batch. 1,024 posts of the maximum size encode to
-/// well under [`MAX_FRAME_LEN`], so a full batch always fits one frame.
+/// The wire limit: most changes or records one mirror or sync batch may hold, which a
+/// reader checks of what arrives (a feed's reader refuses a larger batch). 1,024 posts of
+/// the maximum size encode to well under [`MAX_FRAME_LEN`], so a full batch always fits
+/// one frame. Writers choose their own batch sizes, at most this.
 pub const MAX_BATCH_CHANGES: usize = 1024;
 
 /// Number of past posts a timeline shows when it is opened.

@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Change, ClusterId, Post, UserId};
+use crate::types::{ClusterId, Record};
 
 /// Which log a feed reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -61,22 +61,6 @@ pub struct Subscribe {
     pub from: Cursor,
 }
 
-/// One record of a feed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Entry {
-    /// A change (user, follow, post).
-    Change(Change),
-    /// A post delivered to `to`'s timeline.
-    Deliver {
-        /// The recipient.
-        to: UserId,
-        /// Its place in `to`'s timeline (1, 2, 3, ... per recipient in one journal).
-        seq: u64,
-        /// The post.
-        post: Post,
-    },
-}
-
 /// Reader -> sync service: the first message of a feed stream. After it, the reader
 /// sends a [`Cursor`] each time it has made a batch durable, so that the writer knows
 /// what it may delete.
@@ -101,8 +85,68 @@ pub enum SyncReply {
         len: u64,
         /// The records the reader wants, at most [`crate::MAX_BATCH_CHANGES`] (records
         /// it does not need are skipped, but `next` moves past them).
-        entries: Vec<Entry>,
+        records: Vec<Record>,
     },
     /// The feed was refused (wrong cluster, wrong log); retrying as is will not help.
     Refused(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Change, Post, PostId};
+
+    /// The bytes of a feed frame stay what they have been: a reader and a writer of
+    /// different builds of this version understand each other.
+    #[test]
+    fn a_feed_frame_keeps_its_bytes() {
+        let post = Post {
+            id: PostId {
+                author: 3,
+                nonce: 0x0102_0304_0506_0708,
+            },
+            ts_us: -5,
+            text: "h\u{e9}\n".into(),
+        };
+        let msg = SyncReply::Records {
+            log_id: 0xdead_beef_0042,
+            next: 300,
+            len: 70_000,
+            records: [
+                Change::User { user: 7 },
+                Change::Follow {
+                    follower: 1,
+                    followee: 200,
+                    ts_us: 1_700_000_000_000_000,
+                    active: false,
+                },
+                Change::Post(post.clone()),
+                Change::Key {
+                    user: 9,
+                    generation: 1,
+                    ts_us: 42,
+                    key: vec![0xab, 0xcd],
+                },
+            ]
+            .into_iter()
+            .map(Record::Change)
+            .chain([Record::Deliver {
+                to: 8,
+                seq: 129,
+                post,
+            }])
+            .collect(),
+        };
+        let bytes: &[u8] = &[
+            1, 0, 194, 128, 188, 247, 219, 213, 55, 172, 2, 240, 162, 4, 5, 0, 0, 7, 0, 1, 1, 200,
+            1, 128, 128, 242, 129, 131, 137, 133, 6, 0, 0, 2, 3, 136, 142, 152, 168, 192, 224, 128,
+            129, 1, 9, 4, 104, 195, 169, 10, 0, 3, 9, 1, 84, 2, 171, 205, 1, 8, 129, 1, 3, 136,
+            142, 152, 168, 192, 224, 128, 129, 1, 9, 4, 104, 195, 169, 10,
+        ];
+        let encoded = crate::encode(&msg).expect("encodes");
+        assert_eq!(encoded, bytes);
+        assert_eq!(crate::decode::<SyncReply>(bytes).expect("decodes"), msg);
+        let refused = crate::encode(&SyncReply::Refused("no".into())).expect("encodes");
+        assert_eq!(refused, [1, 1, 2, 110, 111]);
+    }
 }

@@ -120,6 +120,44 @@ pub enum Change {
     },
 }
 
+/// One record of a log, the same from the wire to the disk: what a feed carries
+/// ([`crate::sync::SyncReply::Records`]) is what the reader's datastore files hold, one
+/// line each (the datastore's text codec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// A change (user, follow, post, key), as a server journals it or a sync service
+    /// passes it on.
+    Change(Change),
+    /// A post delivered to `to`'s timeline by a sync service.
+    Deliver {
+        /// The recipient.
+        to: UserId,
+        /// Its place in `to`'s timeline: 1 for the first post delivered to `to` by this
+        /// sync journal, then one more for each (a client resumes its timeline from it).
+        seq: u64,
+        /// The post.
+        post: Post,
+    },
+}
+
+impl Record {
+    /// The change this record is, if it is one (not a delivery).
+    pub fn change(&self) -> Option<&Change> {
+        match self {
+            Record::Change(c) => Some(c),
+            Record::Deliver { .. } => None,
+        }
+    }
+
+    /// The same, by value.
+    pub fn into_change(self) -> Option<Change> {
+        match self {
+            Record::Change(c) => Some(c),
+            Record::Deliver { .. } => None,
+        }
+    }
+}
+
 /// A user's key binding: (generation, timestamp, key).
 pub type KeyBinding = (u64, i64, Vec<u8>);
 

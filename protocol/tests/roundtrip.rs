@@ -306,10 +306,10 @@ fn subscribe() -> impl Strategy<Value = Subscribe> {
         })
 }
 
-fn entry() -> impl Strategy<Value = Entry> {
+fn record() -> impl Strategy<Value = Record> {
     prop_oneof![
-        change().prop_map(Entry::Change),
-        (any::<u32>(), any::<u64>(), post()).prop_map(|(to, seq, post)| Entry::Deliver {
+        change().prop_map(Record::Change),
+        (any::<u32>(), any::<u64>(), post()).prop_map(|(to, seq, post)| Record::Deliver {
             to,
             seq,
             post
@@ -327,13 +327,13 @@ fn sync_reply() -> impl Strategy<Value = SyncReply> {
             any::<u64>(),
             any::<u64>(),
             any::<u64>(),
-            proptest::collection::vec(entry(), 0..8)
+            proptest::collection::vec(record(), 0..8)
         )
-            .prop_map(|(log_id, next, len, entries)| SyncReply::Records {
+            .prop_map(|(log_id, next, len, records)| SyncReply::Records {
                 log_id,
                 next,
                 len,
-                entries
+                records
             }),
         ".{0,24}".prop_map(SyncReply::Refused),
     ]
@@ -393,8 +393,8 @@ proptest! {
             upto: u64::MAX,
         };
         prop_assert!(encode(&msg).unwrap().len() <= MAX_FRAME_LEN);
-        let entries = vec![Entry::Deliver { to: u32::MAX, seq: u64::MAX, post }; n];
-        let msg = SyncReply::Records { log_id: u64::MAX, next: u64::MAX, len: u64::MAX, entries };
+        let records = vec![Record::Deliver { to: u32::MAX, seq: u64::MAX, post }; n];
+        let msg = SyncReply::Records { log_id: u64::MAX, next: u64::MAX, len: u64::MAX, records };
         prop_assert!(encode(&msg).unwrap().len() <= MAX_FRAME_LEN);
     }
 }

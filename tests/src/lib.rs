@@ -1554,6 +1554,7 @@ pub fn with_failpoints(dir: &Path) -> Vec<String> {
 /// The numbers of the entries of `user`'s timeline file in a role directory, in file
 /// order: `1..=n` exactly when none is missing and none is there twice.
 pub fn timeline_numbers(sys: &System, cluster: u32, role: Role, user: u32) -> Vec<u64> {
+    use tsn_datastore::RecordLine;
     let file = sys.read(
         cluster,
         role,

@@ -11,7 +11,7 @@ use tsn_protocol::client::*;
 use tsn_protocol::coord::*;
 use tsn_protocol::mirror::*;
 use tsn_protocol::sync::*;
-use tsn_protocol::{encode, Change, Post, PostId};
+use tsn_protocol::{encode, Change, Post, PostId, Record};
 
 #[path = "../../protocol/fuzz/replay.rs"]
 mod replay;
@@ -268,7 +268,7 @@ fn write_seed_corpus() {
                     log_id: 7,
                     next: 99,
                     len: 120,
-                    entries: changes.iter().cloned().map(Entry::Change).collect(),
+                    records: changes.iter().cloned().map(Record::Change).collect(),
                 })
                 .unwrap(),
                 encode(&SyncReply::Refused("x".into())).unwrap(),

@@ -2,6 +2,8 @@
 //! ask again and reconnect, telling the user what is tried and for how long.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -12,7 +14,7 @@ use tsn_protocol::UserId;
 
 use super::console::Output;
 use super::identity::{LoginRefused, UserKey};
-use super::ClientOpts;
+use crate::common::Coordinators;
 
 /// Idle timeout of the client's connections.
 const IDLE: Duration = Duration::from_secs(4);
@@ -20,6 +22,24 @@ const IDLE: Duration = Duration::from_secs(4);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Attempts at one command before giving up on it.
 const COMMAND_ATTEMPTS: u32 = 3;
+
+/// What the link is told: where the coordinator group is, who the user is, where the
+/// cluster's CA and the user's key are, and how long it may go without a server.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// The coordinator group.
+    pub coordinator: Coordinators,
+    /// The user.
+    pub user: UserId,
+    /// Local UDP port of the client's endpoint (0: any).
+    pub port: u16,
+    /// How long reconnecting may take before the client gives up.
+    pub reconnect_for: Duration,
+    /// Where the cluster CA is.
+    pub cert_dir: PathBuf,
+    /// Where the user's key is kept.
+    pub key_dir: PathBuf,
+}
 
 /// The client's one connection to a member of the coordinator group, dialled again only
 /// once it is gone.
@@ -69,40 +89,45 @@ pub struct NotServing {
     pub why: String,
 }
 
+/// How the client finds its server and logs in: its endpoint, the coordinator group
+/// (and its connection to a member), the user and the user's key.
+#[derive(Debug, Clone)]
+struct Dialer {
+    endpoint: quinn::Endpoint,
+    coord: CoordConn,
+    coordinator: Coordinators,
+    user: UserId,
+    key: Arc<UserKey>,
+}
+
 /// A logged-in connection to the active server of the user's cluster.
 #[derive(Debug)]
 pub struct Link {
-    endpoint: quinn::Endpoint,
-    coord: CoordConn,
-    coordinator: crate::common::Coordinators,
-    user: UserId,
+    dialer: Dialer,
     reconnect_for: Duration,
     server: String,
     conn: quinn::Connection,
     lost: bool,
     out: Output,
-    key: UserKey,
 }
 
 impl Link {
     /// Connects for the first time; errors are reported as `connection failed: -1`.
-    pub async fn open(opts: &ClientOpts, out: Output) -> anyhow::Result<Link> {
-        let root = tsn_certs::TrustRoot::load(&opts.common.cert_dir).with_context(|| {
-            format!(
-                "loading the cluster CA from {}",
-                opts.common.cert_dir.display()
-            )
-        })?;
-        let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.port));
+    pub async fn open(cfg: &LinkConfig, out: Output) -> anyhow::Result<Link> {
+        let root = tsn_certs::TrustRoot::load(&cfg.cert_dir)
+            .with_context(|| format!("loading the cluster CA from {}", cfg.cert_dir.display()))?;
+        let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, cfg.port));
         let mut endpoint =
             quinn::Endpoint::client(bind).with_context(|| format!("binding UDP {bind}"))?;
         endpoint.set_default_client_config(root.client_config(crate::net::transport(IDLE))?);
-        let key_dir = opts.key_dir.as_ref().unwrap_or(&opts.common.cert_dir);
-        let key = UserKey::load_or_create(key_dir, opts.user)?;
-        let coord = CoordConn::default();
-        let reconnect_for = Duration::from_secs(opts.reconnect_secs);
-        let first = connect_and_login(&endpoint, &coord, &opts.coordinator, opts.user, &key).await;
-        let (server, conn) = match first {
+        let dialer = Dialer {
+            endpoint,
+            coord: CoordConn::default(),
+            coordinator: cfg.coordinator.clone(),
+            user: cfg.user,
+            key: Arc::new(UserKey::load_or_create(&cfg.key_dir, cfg.user)?),
+        };
+        let (server, conn) = match dialer.connect_and_login().await {
             Ok(found) => found,
             // Reached a server that does not serve the user now (a hand-over, a stale
             // assignment): the same path as a running client's reconnect. Anything
@@ -110,33 +135,20 @@ impl Link {
             // at once, as the original did.
             Err(e) => match e.downcast::<NotServing>() {
                 Ok(not) => {
-                    let deadline = Instant::now() + reconnect_for;
-                    notice_reconnecting(&out, &opts.coordinator, &not.server, &not.why, deadline);
-                    retry(
-                        &endpoint,
-                        &coord,
-                        &opts.coordinator,
-                        opts.user,
-                        &key,
-                        &out,
-                        deadline,
-                    )
-                    .await?
+                    let deadline = Instant::now() + cfg.reconnect_for;
+                    notice_reconnecting(&out, &cfg.coordinator, &not.server, &not.why, deadline);
+                    dialer.retry(&out, deadline).await?
                 }
                 Err(e) => return Err(e),
             },
         };
         Ok(Link {
-            endpoint,
-            coord,
-            coordinator: opts.coordinator.clone(),
-            user: opts.user,
-            reconnect_for,
+            dialer,
+            reconnect_for: cfg.reconnect_for,
             server,
             conn,
             lost: false,
             out,
-            key,
         })
     }
 
@@ -147,7 +159,7 @@ impl Link {
 
     /// The user.
     pub fn user(&self) -> UserId {
-        self.user
+        self.dialer.user
     }
 
     /// Whether reconnecting failed for good.
@@ -163,19 +175,15 @@ impl Link {
         if let Some(until) = until {
             deadline = deadline.min(until);
         }
-        notice_reconnecting(&self.out, &self.coordinator, &self.server, why, deadline);
-        self.conn.close(0u32.into(), b"reconnecting");
-        match retry(
-            &self.endpoint,
-            &self.coord,
-            &self.coordinator,
-            self.user,
-            &self.key,
+        notice_reconnecting(
             &self.out,
+            &self.dialer.coordinator,
+            &self.server,
+            why,
             deadline,
-        )
-        .await
-        {
+        );
+        self.conn.close(0u32.into(), b"reconnecting");
+        match self.dialer.retry(&self.out, deadline).await {
             Ok((server, conn)) => {
                 self.server = server;
                 self.conn = conn;
@@ -191,12 +199,10 @@ impl Link {
     /// A check, runnable on its own task, of whether the coordinator now assigns
     /// another server than the one in use (false when the coordinator cannot say).
     pub fn probe(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
-        let endpoint = self.endpoint.clone();
-        let coord = self.coord.clone();
-        let coordinator = self.coordinator.clone();
-        let (user, server) = (self.user, self.server.clone());
+        let dialer = self.dialer.clone();
+        let server = self.server.clone();
         async move {
-            match assigned_server(&endpoint, &coord, &coordinator, user).await {
+            match dialer.assigned_server().await {
                 Ok(addr) => addr != server,
                 Err(_) => false,
             }
@@ -223,16 +229,17 @@ impl Link {
     /// Closes the connection and waits briefly for the close to reach the server.
     pub async fn close(&self) {
         self.conn.close(0u32.into(), b"bye");
-        if let Some((_, c)) = self.coord.0.lock().await.take() {
+        if let Some((_, c)) = self.dialer.coord.0.lock().await.take() {
             c.close(0u32.into(), b"bye");
         }
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.dialer.endpoint.wait_idle())
+            .await;
     }
 }
 
 fn notice_reconnecting(
     out: &Output,
-    coordinator: &crate::common::Coordinators,
+    coordinator: &Coordinators,
     server: &str,
     why: &str,
     deadline: Instant,
@@ -244,152 +251,142 @@ fn notice_reconnecting(
     ));
 }
 
-/// Asks the coordinator again, connects and logs in, until it works or `deadline`
-/// passes (an attempt in progress is cut off then too). A refused key ends it at once.
-async fn retry(
-    endpoint: &quinn::Endpoint,
-    coord: &CoordConn,
-    coordinator: &crate::common::Coordinators,
-    user: UserId,
-    key: &UserKey,
-    out: &Output,
-    deadline: Instant,
-) -> anyhow::Result<(String, quinn::Connection)> {
-    let started = Instant::now();
-    let mut last_error = None;
-    // Jittered, so that the clients of a failed server do not all ask in lockstep.
-    let mut pauses = crate::net::backoff();
-    while Instant::now() < deadline {
-        let attempt = connect_and_login(endpoint, coord, coordinator, user, key);
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok((server, conn))) => {
-                tracing::info!(%server, "reconnected");
-                out.notice(&format!("Reconnected to server {server}"));
-                return Ok((server, conn));
-            }
-            Ok(Err(e)) if e.downcast_ref::<LoginRefused>().is_some() => return Err(e),
-            Ok(Err(e)) => {
-                tracing::debug!("reconnect attempt failed: {e:#}");
-                last_error = Some(e);
-                let pause = pauses.next().unwrap_or(RETRY_MAX);
-                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+impl Dialer {
+    /// Asks the coordinator again, connects and logs in, until it works or `deadline`
+    /// passes (an attempt in progress is cut off then too). A refused key ends it at
+    /// once.
+    async fn retry(
+        &self,
+        out: &Output,
+        deadline: Instant,
+    ) -> anyhow::Result<(String, quinn::Connection)> {
+        let started = Instant::now();
+        let mut last_error = None;
+        // Jittered, so that the clients of a failed server do not all ask in lockstep.
+        let mut pauses = crate::net::backoff();
+        while Instant::now() < deadline {
+            let attempt = self.connect_and_login();
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok((server, conn))) => {
+                    tracing::info!(%server, "reconnected");
+                    out.notice(&format!("Reconnected to server {server}"));
+                    return Ok((server, conn));
+                }
+                Ok(Err(e)) if e.downcast_ref::<LoginRefused>().is_some() => return Err(e),
+                Ok(Err(e)) => {
+                    tracing::debug!("reconnect attempt failed: {e:#}");
+                    last_error = Some(e);
+                    let pause = pauses.next().unwrap_or(RETRY_MAX);
+                    tokio::time::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    )
                     .await;
-            }
-            Err(_) => {
-                last_error.get_or_insert_with(|| anyhow!("the last attempt ran out of time"));
-            }
-        }
-    }
-    let e = last_error.unwrap_or_else(|| anyhow!("no attempt made"));
-    out.notice(&format!(
-        "Gave up reconnecting after {:.0} s: {e:#}",
-        started.elapsed().as_secs_f64()
-    ));
-    Err(e).with_context(|| format!("no server for user {user}"))
-}
-
-/// Asks the coordinator group which server serves `user`: the member connected last
-/// first, then the others in turn. Errors say in words what is at an address when it is
-/// not a coordinator (the last member's, when none answers).
-async fn assigned_server(
-    endpoint: &quinn::Endpoint,
-    coord: &CoordConn,
-    coords: &crate::common::Coordinators,
-    user: UserId,
-) -> anyhow::Result<String> {
-    let mut order: Vec<&String> = coords.addrs().iter().collect();
-    if let Some(last) = coord.member().await {
-        order.sort_by_key(|a| **a != last);
-    }
-    let mut error = None;
-    for addr in order {
-        match assigned_by(endpoint, coord, addr, coords.member_timeout(), user).await {
-            Ok(server) => return Ok(server),
-            Err(e) => {
-                coord.forget().await;
-                error = Some(e);
+                }
+                Err(_) => {
+                    last_error.get_or_insert_with(|| anyhow!("the last attempt ran out of time"));
+                }
             }
         }
+        let e = last_error.unwrap_or_else(|| anyhow!("no attempt made"));
+        out.notice(&format!(
+            "Gave up reconnecting after {:.0} s: {e:#}",
+            started.elapsed().as_secs_f64()
+        ));
+        Err(e).with_context(|| format!("no server for user {}", self.user))
     }
-    Err(error.unwrap_or_else(|| anyhow!("no coordinator address given")))
-}
 
-/// Asks the member at `coordinator` which server serves `user`.
-async fn assigned_by(
-    endpoint: &quinn::Endpoint,
-    coord: &CoordConn,
-    coordinator: &str,
-    limit: Duration,
-    user: UserId,
-) -> anyhow::Result<String> {
-    use crate::net::CoordinatorError;
-    let conn = coord
-        .get(endpoint, coordinator, limit)
-        .await
-        .map_err(|e| CoordinatorError::dialling(coordinator, limit, e))?;
-    let reply =
-        crate::net::call::<_, CoordReply>(&conn, &CoordRequest::AssignClient { client: user })
-            .await;
-    if reply.is_err() {
-        coord.forget().await;
-    }
-    match reply {
-        Ok(CoordReply::Assigned { addr, .. }) => Ok(addr),
-        Ok(CoordReply::Failed(e)) => Err(anyhow!("coordinator {coordinator}: {e}")),
-        Ok(other) => Err(CoordinatorError::unexpected(coordinator, &other).into()),
-        Err(e) => Err(CoordinatorError::asking(coordinator, e).into()),
-    }
-}
-
-async fn connect_and_login(
-    endpoint: &quinn::Endpoint,
-    coord: &CoordConn,
-    coordinator: &crate::common::Coordinators,
-    user: UserId,
-    key: &UserKey,
-) -> anyhow::Result<(String, quinn::Connection)> {
-    let server = assigned_server(endpoint, coord, coordinator, user).await?;
-    let not_serving = |why: String| NotServing {
-        server: server.clone(),
-        why,
-    };
-    let conn = match crate::net::connect(endpoint, &server).await {
-        Ok(conn) => conn,
-        // Gone or stopping (killed, not yet failed over): the coordinator names another
-        // server soon. A refused certificate is a mistake to report at once.
-        Err(e @ crate::net::NetError::Timeout { .. }) => {
-            return Err(not_serving(format!("it did not answer ({e})")).into())
+    /// Asks the coordinator group which server serves the user: the member connected
+    /// last first, then the others in turn. Errors say in words what is at an address
+    /// when it is not a coordinator (the last member's, when none answers).
+    async fn assigned_server(&self) -> anyhow::Result<String> {
+        let coords = &self.coordinator;
+        let mut order: Vec<&String> = coords.addrs().iter().collect();
+        if let Some(last) = self.coord.member().await {
+            order.sort_by_key(|a| **a != last);
         }
-        Err(e @ crate::net::NetError::Connect { .. })
-            if !crate::net::ca_mismatch(&e.to_string()) =>
+        let mut error = None;
+        for addr in order {
+            match self.assigned_by(addr, coords.member_timeout()).await {
+                Ok(server) => return Ok(server),
+                Err(e) => {
+                    self.coord.forget().await;
+                    error = Some(e);
+                }
+            }
+        }
+        Err(error.unwrap_or_else(|| anyhow!("no coordinator address given")))
+    }
+
+    /// Asks the member at `coordinator` which server serves the user.
+    async fn assigned_by(&self, coordinator: &str, limit: Duration) -> anyhow::Result<String> {
+        use crate::net::CoordinatorError;
+        let (coord, user) = (&self.coord, self.user);
+        let conn = coord
+            .get(&self.endpoint, coordinator, limit)
+            .await
+            .map_err(|e| CoordinatorError::dialling(coordinator, limit, e))?;
+        let reply =
+            crate::net::call::<_, CoordReply>(&conn, &CoordRequest::AssignClient { client: user })
+                .await;
+        if reply.is_err() {
+            coord.forget().await;
+        }
+        match reply {
+            Ok(CoordReply::Assigned { addr, .. }) => Ok(addr),
+            Ok(CoordReply::Failed(e)) => Err(anyhow!("coordinator {coordinator}: {e}")),
+            Ok(other) => Err(CoordinatorError::unexpected(coordinator, &other).into()),
+            Err(e) => Err(CoordinatorError::asking(coordinator, e).into()),
+        }
+    }
+
+    /// Asks the coordinator which server serves the user, connects and logs in.
+    async fn connect_and_login(&self) -> anyhow::Result<(String, quinn::Connection)> {
+        let (user, key) = (self.user, &self.key);
+        let server = self.assigned_server().await?;
+        let not_serving = |why: String| NotServing {
+            server: server.clone(),
+            why,
+        };
+        let conn = match crate::net::connect(&self.endpoint, &server).await {
+            Ok(conn) => conn,
+            // Gone or stopping (killed, not yet failed over): the coordinator names another
+            // server soon. A refused certificate is a mistake to report at once.
+            Err(e @ crate::net::NetError::Timeout { .. }) => {
+                return Err(not_serving(format!("it did not answer ({e})")).into())
+            }
+            Err(e @ crate::net::NetError::Connect { .. })
+                if !crate::net::ca_mismatch(&e.to_string()) =>
+            {
+                return Err(not_serving(e.to_string()).into())
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("server {server}"))),
+        };
+        let challenge = match crate::net::call::<_, ClientReply>(&conn, &ClientRequest::Challenge)
+            .await
         {
-            return Err(not_serving(e.to_string()).into())
+            Ok(ClientReply::Challenge(c)) => c,
+            Ok(ClientReply::Failed(e @ CommandError::NotActive)) => {
+                return Err(not_serving(format!("refused the login: {e}")).into())
+            }
+            Ok(ClientReply::Failed(e)) => bail!("server {server} refused the login: {e}"),
+            Ok(other) => bail!("server {server}: unexpected reply {other:?}"),
+            Err(e) if crate::net::peer_closed(&e) => return Err(not_serving(e.to_string()).into()),
+            Err(e) => bail!("server {server}: {e}"),
+        };
+        let proof = Some(key.prove(user, &challenge));
+        match crate::net::call::<_, ClientReply>(&conn, &ClientRequest::Login { user, proof }).await
+        {
+            Ok(ClientReply::Ok) => Ok((server, conn)),
+            Ok(ClientReply::Failed(CommandError::KeyMismatch { user })) => {
+                Err(LoginRefused { user }.into())
+            }
+            Ok(ClientReply::Failed(e @ CommandError::NotActive)) => {
+                Err(not_serving(format!("refused the login: {e}")).into())
+            }
+            Ok(ClientReply::Failed(e)) => Err(anyhow!("server {server} refused the login: {e}")),
+            Ok(other) => Err(anyhow!("server {server}: unexpected reply {other:?}")),
+            Err(e) if crate::net::peer_closed(&e) => Err(not_serving(e.to_string()).into()),
+            Err(e) => Err(anyhow!("server {server}: {e}")),
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("server {server}"))),
-    };
-    let challenge = match crate::net::call::<_, ClientReply>(&conn, &ClientRequest::Challenge).await
-    {
-        Ok(ClientReply::Challenge(c)) => c,
-        Ok(ClientReply::Failed(e @ CommandError::NotActive)) => {
-            return Err(not_serving(format!("refused the login: {e}")).into())
-        }
-        Ok(ClientReply::Failed(e)) => bail!("server {server} refused the login: {e}"),
-        Ok(other) => bail!("server {server}: unexpected reply {other:?}"),
-        Err(e) if crate::net::peer_closed(&e) => return Err(not_serving(e.to_string()).into()),
-        Err(e) => bail!("server {server}: {e}"),
-    };
-    let proof = Some(key.prove(user, &challenge));
-    match crate::net::call::<_, ClientReply>(&conn, &ClientRequest::Login { user, proof }).await {
-        Ok(ClientReply::Ok) => Ok((server, conn)),
-        Ok(ClientReply::Failed(CommandError::KeyMismatch { user })) => {
-            Err(LoginRefused { user }.into())
-        }
-        Ok(ClientReply::Failed(e @ CommandError::NotActive)) => {
-            Err(not_serving(format!("refused the login: {e}")).into())
-        }
-        Ok(ClientReply::Failed(e)) => Err(anyhow!("server {server} refused the login: {e}")),
-        Ok(other) => Err(anyhow!("server {server}: unexpected reply {other:?}")),
-        Err(e) if crate::net::peer_closed(&e) => Err(not_serving(e.to_string()).into()),
-        Err(e) => Err(anyhow!("server {server}: {e}")),
     }
 }

@@ -4,6 +4,8 @@
 //! - [`words`]: parsing a typed line and the exact wording of every reply.
 //! - [`link`]: finding the server through the coordinator, logging in, reconnecting.
 //! - [`timeline`]: timeline mode: posts up, live entries down, resends after failover.
+//! - [`inflight`]: what timeline mode keeps about posts: unacknowledged ones, ids shown,
+//!   when to ask whether the server moved.
 //! - [`console`]: typed lines in (line editing on a terminal, checked bytes on a pipe),
 //!   replies, entries and notices out, and the signals that ask the client to stop.
 //!
@@ -15,6 +17,7 @@
 
 pub mod console;
 pub mod identity;
+pub mod inflight;
 pub mod link;
 pub mod timeline;
 pub mod words;
@@ -69,6 +72,24 @@ pub struct ClientOpts {
     pub common: CommonOpts,
 }
 
+impl ClientOpts {
+    /// What the link to the server is told.
+    pub fn link_config(&self) -> link::LinkConfig {
+        link::LinkConfig {
+            coordinator: self.coordinator.clone(),
+            user: self.user,
+            port: self.port,
+            reconnect_for: std::time::Duration::from_secs(self.reconnect_secs),
+            cert_dir: self.common.cert_dir.clone(),
+            key_dir: self
+                .key_dir
+                .as_ref()
+                .unwrap_or(&self.common.cert_dir)
+                .clone(),
+        }
+    }
+}
+
 /// Runs the client; returns the process exit code.
 pub async fn run(opts: ClientOpts) -> i32 {
     let (mut input, out) = console::open();
@@ -84,8 +105,9 @@ async fn session(opts: &ClientOpts, input: &mut Input, out: &Output) -> i32 {
     });
     // Ctrl-C or SIGTERM while finding the server (which may mean reconnecting for up to
     // --reconnect-secs) leaves at once; nothing was sent, which the status says.
+    let link_config = opts.link_config();
     let opened = tokio::select! {
-        l = Link::open(opts, out.clone()) => l,
+        l = Link::open(&link_config, out.clone()) => l,
         _ = stop.wait() => {
             out.notice("tsn_client: stopped before logging in: nothing was sent");
             return 1;

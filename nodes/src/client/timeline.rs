@@ -26,7 +26,6 @@
 //! or here: too long) or never acknowledged, at end of input and after a signal alike,
 //! with the count on stderr (`45 of 100000 posts were not stored`).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -37,19 +36,12 @@ use tsn_protocol::client::{
 use tsn_protocol::{FrameReader, PostId, UserId, MAX_POST_BYTES};
 
 use super::console::{Ask, Event, Input, Output, Stop};
+use super::inflight::{AckWatch, RecentIds, Unacked};
 use super::link::Link;
 use super::words;
 
 /// How often the client checks on unacknowledged posts.
 pub const CHECK_EVERY: Duration = Duration::from_millis(100);
-/// Posts unacknowledged for this long, with no acknowledgement at all meanwhile, make the
-/// client ask the coordinator whether its server has changed (an acknowledgement
-/// normally takes well under a millisecond).
-pub const ACK_SUSPECT: Duration = Duration::from_millis(300);
-/// While the coordinator keeps naming the same server and acknowledgements stay away,
-/// the client asks again after twice as long each time, up to this: a busy or starved
-/// system is not made busier by every client asking ten times a second.
-pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Posts sent and not yet acknowledged, at most: about 300 bytes each.
 pub const MAX_UNACKED: usize = 1024;
 /// After end of input, how long to wait for outstanding acknowledgements.
@@ -235,10 +227,14 @@ impl Timeline<'_> {
         }
     }
 
-    /// One timeline stream, until it fails or the user has left.
-    async fn session(&mut self, link: &Link) -> Outcome {
+    /// Opens a timeline stream from the position reached; says once that the user is in
+    /// the timeline.
+    async fn open(
+        &mut self,
+        link: &Link,
+    ) -> Result<(quinn::SendStream, FrameReader<quinn::RecvStream>), Outcome> {
         let Ok((mut send, recv)) = link.conn().open_bi().await else {
-            return Outcome::Reconnect("the connection failed".into());
+            return Err(Outcome::Reconnect("the connection failed".into()));
         };
         let mut reader = FrameReader::new(recv);
         let request = ClientRequest::Timeline {
@@ -249,18 +245,23 @@ impl Timeline<'_> {
             tsn_protocol::write_msg(&mut send, &request).await?;
             reader.next_msg::<ClientReply>().await
         };
-        match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
-            Ok(Ok(Some(ClientReply::Ok))) => {}
+        let refused = match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
+            Ok(Ok(Some(ClientReply::Ok))) => None,
             Ok(Ok(Some(ClientReply::Failed(CommandError::NotActive)))) => {
-                return Outcome::Reconnect("no longer the active server".into())
+                Some(Outcome::Reconnect("no longer the active server".into()))
             }
-            Ok(Ok(Some(ClientReply::Failed(e)))) => return Outcome::Failed(words::failure(&e)),
+            Ok(Ok(Some(ClientReply::Failed(e)))) => Some(Outcome::Failed(words::failure(&e))),
             Ok(Ok(Some(ClientReply::List { .. } | ClientReply::Challenge(_)))) => {
-                return Outcome::Failed(words::UNKNOWN_FAILURE)
+                Some(Outcome::Failed(words::UNKNOWN_FAILURE))
             }
-            Ok(Ok(None)) => return Outcome::Reconnect("it closed the timeline at once".into()),
-            Ok(Err(e)) => return Outcome::Reconnect(format!("opening the timeline: {e}")),
-            Err(_) => return Outcome::Reconnect("it did not open the timeline in time".into()),
+            Ok(Ok(None)) => Some(Outcome::Reconnect("it closed the timeline at once".into())),
+            Ok(Err(e)) => Some(Outcome::Reconnect(format!("opening the timeline: {e}"))),
+            Err(_) => Some(Outcome::Reconnect(
+                "it did not open the timeline in time".into(),
+            )),
+        };
+        if let Some(outcome) = refused {
+            return Err(outcome);
         }
         if !self.entered {
             self.out.line(words::SUCCESS);
@@ -270,6 +271,15 @@ impl Timeline<'_> {
             }
             self.entered = true;
         }
+        Ok((send, reader))
+    }
+
+    /// One timeline stream, until it fails or the user has left.
+    async fn session(&mut self, link: &Link) -> Outcome {
+        let (send, mut reader) = match self.open(link).await {
+            Ok(opened) => opened,
+            Err(outcome) => return outcome,
+        };
 
         // Every post in the channel is also in `unacked`, which holds fewer than
         // MAX_UNACKED whenever a post is added: the channel is never full.
@@ -433,41 +443,6 @@ impl Timeline<'_> {
     }
 }
 
-/// When to ask the coordinator whether the server moved: once posts have waited
-/// [`ACK_SUSPECT`] with no acknowledgement meanwhile, then after twice as long each time
-/// the coordinator still names the same server, up to [`PROBE_BACKOFF_MAX`]; an
-/// acknowledgement starts over.
-#[derive(Debug)]
-struct AckWatch {
-    /// The last acknowledgement, or the last answer naming the same server.
-    since: Instant,
-    wait: Duration,
-}
-
-impl AckWatch {
-    fn new(now: Instant) -> Self {
-        AckWatch {
-            since: now,
-            wait: ACK_SUSPECT,
-        }
-    }
-
-    fn acked(&mut self, now: Instant) {
-        self.since = now;
-        self.wait = ACK_SUSPECT;
-    }
-
-    fn unchanged(&mut self, now: Instant) {
-        self.since = now;
-        self.wait = (self.wait * 2).min(PROBE_BACKOFF_MAX);
-    }
-
-    /// Whether to ask now, given when the oldest unacknowledged post was sent.
-    fn due(&self, now: Instant, oldest_sent: Option<Instant>) -> bool {
-        oldest_sent.is_some_and(|t| now - t > ACK_SUSPECT) && now - self.since > self.wait
-    }
-}
-
 /// "1 post", "3 posts".
 fn posts(n: usize, what: &str) -> String {
     if n == 1 {
@@ -497,143 +472,10 @@ async fn write_posts(
     Ok(())
 }
 
-/// A post sent and not yet acknowledged.
-#[derive(Debug)]
-struct Pending {
-    nonce: u64,
-    text: String,
-    sent: Instant,
-}
-
-/// Unacknowledged posts in the order they were typed, found by nonce in O(log n).
-#[derive(Debug, Default)]
-struct Unacked {
-    by_seq: BTreeMap<u64, Pending>,
-    seq_of: HashMap<u64, u64>,
-    next_seq: u64,
-}
-
-impl Unacked {
-    fn push(&mut self, nonce: u64, text: String, sent: Instant) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.seq_of.insert(nonce, seq);
-        self.by_seq.insert(seq, Pending { nonce, text, sent });
-    }
-
-    /// Removes and returns the post with this nonce, if it is still unacknowledged.
-    fn take(&mut self, nonce: u64) -> Option<Pending> {
-        let seq = self.seq_of.remove(&nonce)?;
-        self.by_seq.remove(&seq)
-    }
-
-    fn len(&self) -> usize {
-        self.by_seq.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.by_seq.is_empty()
-    }
-
-    /// When the oldest unacknowledged post was (last) sent.
-    fn oldest_sent(&self) -> Option<Instant> {
-        self.by_seq.values().next().map(|p| p.sent)
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Pending> {
-        self.by_seq.values_mut()
-    }
-}
-
-/// The last `cap` post ids shown or posted, to print each entry once.
-#[derive(Debug)]
-struct RecentIds {
-    set: HashSet<PostId>,
-    order: VecDeque<PostId>,
-    cap: usize,
-}
-
-impl RecentIds {
-    fn new(cap: usize) -> Self {
-        RecentIds {
-            set: HashSet::with_capacity(cap + 1),
-            order: VecDeque::with_capacity(cap + 1),
-            cap,
-        }
-    }
-
-    /// Remembers `id`; false if it was already remembered.
-    fn insert(&mut self, id: PostId) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-}
-
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unacked_posts_keep_their_order_and_are_found_by_nonce() {
-        let now = Instant::now();
-        let mut u = Unacked::default();
-        for n in [30, 10, 20] {
-            u.push(n, format!("p{n}"), now);
-        }
-        assert!(u.take(10).is_some());
-        assert!(u.take(10).is_none(), "an ack counts once");
-        assert!(u.take(99).is_none());
-        let order: Vec<u64> = u.iter_mut().map(|p| p.nonce).collect();
-        assert_eq!(order, [30, 20]);
-        assert_eq!(u.len(), 2);
-    }
-
-    #[test]
-    fn the_coordinator_is_asked_less_often_while_it_names_the_same_server() {
-        let t0 = Instant::now();
-        let ms = |n| t0 + Duration::from_millis(n);
-        let mut w = AckWatch::new(t0);
-        assert!(!w.due(ms(400), None), "nothing waits");
-        assert!(!w.due(ms(200), Some(t0)), "not yet");
-        assert!(w.due(ms(400), Some(t0)));
-        w.unchanged(ms(400));
-        assert!(!w.due(ms(800), Some(t0)));
-        assert!(w.due(ms(1100), Some(t0)), "after 600 ms");
-        for _ in 0..5 {
-            w.unchanged(ms(1100));
-        }
-        assert!(!w.due(ms(2000), Some(t0)));
-        assert!(w.due(ms(2200), Some(t0)), "never more than a second apart");
-        w.acked(ms(2200));
-        assert!(w.due(ms(2600), Some(t0)), "an acknowledgement starts over");
-    }
-
-    #[test]
-    fn recent_ids_forget_the_oldest_beyond_their_bound() {
-        let id = |nonce| PostId { author: 1, nonce };
-        let mut r = RecentIds::new(2);
-        assert!(r.insert(id(1)));
-        assert!(!r.insert(id(1)));
-        assert!(r.insert(id(2)));
-        assert!(r.insert(id(3)));
-        assert!(r.insert(id(1)), "the oldest was forgotten");
-        assert!(!r.insert(id(3)));
-        assert_eq!(r.set.len(), 2);
     }
 }

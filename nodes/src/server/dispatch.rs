@@ -109,6 +109,7 @@ impl Dispatch {
         let result = match refusal {
             Some(why) => Err(why),
             None => crate::feed::serve(
+                &crate::feed::FeedConfig::default(),
                 self.journal_feed,
                 &sub,
                 |_| true,

@@ -24,13 +24,13 @@ use super::role::Node;
 use super::sessions::Sessions;
 use super::store::CheckpointTrigger;
 use crate::feed::FeedSource;
-use crate::feed::{self, Batch};
+use crate::feed::{self, Batch, FeedConfig};
 use crate::hlc::Hlc;
 use crate::views::{Side, Views};
 
-/// Batches of at most this many records are written on the runtime's thread (see
-/// [`run`]).
-const INLINE_RECORDS: usize = 64;
+/// Batches of at most this many records are written (not flushed) and pushed to open
+/// timelines on the runtime's thread (see [`run`]).
+const WRITE_INLINE_RECORDS: usize = 64;
 
 /// What the received feed's writer works with besides its files.
 #[derive(Debug, Clone)]
@@ -199,7 +199,7 @@ pub async fn run(
             // so is a batch from a journal begun anew, or one that finds the checkpoint
             // sealing `received.data`.
             let next = batch.next;
-            let small = batch.entries.len() <= INLINE_RECORDS;
+            let small = batch.inline;
             let mut waiting = Some(batch);
             if let Some(Ok(mut inb)) = small.then(|| inbound.try_lock()) {
                 if !inb.begun_anew(next) {
@@ -222,7 +222,11 @@ pub async fn run(
         }
     };
     feed::follow(
-        "sync journal".into(),
+        FeedConfig {
+            inline: WRITE_INLINE_RECORDS,
+            ..FeedConfig::default()
+        },
+        "sync journal",
         endpoint,
         addr,
         from,
@@ -244,7 +248,7 @@ impl Inbound {
     /// Appends what is new in `batch` to `received.data` and the view files, applies it
     /// to the model and pushes it to open timelines. Not flushed: [`Inbound::settle`].
     fn write(&mut self, env: &Env, batch: Batch) -> anyhow::Result<()> {
-        let records: Vec<Record> = batch.entries.into_iter().map(feed::record).collect();
+        let records = batch.records;
         let (fresh, mut entries) = env
             .state
             .apply_received(records, |r| super::recovery::observe_record(&env.clock, r));

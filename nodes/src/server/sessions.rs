@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 /// closed (its client reconnects and gets the backlog again). Two of the sync service's
 /// largest batches fit, all for one user: a burst is absorbed, a client that keeps
 /// reading slower than its timeline grows is not.
-pub const SESSION_QUEUE: usize = 2 * crate::feed::MERGED_CHANGES;
+pub const SESSION_QUEUE: usize = 2 * crate::feed::FeedConfig::DEFAULT.merged;
 
 /// A live timeline session's inbox: entries with their numbers.
 pub type Inbox = mpsc::Receiver<(u64, Post)>;

@@ -37,6 +37,8 @@ pub(super) struct Running {
     /// Dials the sync service and the standby (see [`start`]).
     peers: quinn::Endpoint,
     coordinator: crate::common::Coordinators,
+    /// The coordinator link, stopped last.
+    link: crate::link::Link,
     tasks: JoinSet<()>,
 }
 
@@ -88,7 +90,7 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
         max_clock_offset: opts.clock.max_clock_offset(),
     };
     let (members_tx, members) = watch::channel(crate::link::Membership::default());
-    crate::link::start(
+    let link = crate::link::start(
         link,
         opts.node.bind,
         listener.client_config.clone(),
@@ -103,6 +105,7 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
     // congested (the sync service's feed then ran at half the rate it is written).
     let peers = crate::net::dialling_endpoint(opts.node.bind, listener.client_config)?;
     let net = Net {
+        link,
         endpoint: listener.endpoint,
         peers,
         members,
@@ -116,6 +119,7 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
 
 /// What the server talks through.
 struct Net {
+    link: crate::link::Link,
     endpoint: quinn::Endpoint,
     peers: quinn::Endpoint,
     members: watch::Receiver<crate::link::Membership>,
@@ -216,6 +220,7 @@ async fn serve(
         inbound,
         endpoint: net.endpoint,
         peers: net.peers,
+        link: net.link,
         coordinator: opts.coordinator.clone(),
         tasks,
     })
@@ -311,6 +316,7 @@ impl Running {
             self.peers.wait_idle().await;
         })
         .await;
+        self.link.stop().await;
         mark_clean(&self.node.dir, &self.inbound, views_complete)
     }
 }

@@ -29,12 +29,12 @@ use tsn_datastore::Datastore;
 use tsn_datastore::DatastoreError;
 use tsn_protocol::coord::NodeKind;
 use tsn_protocol::mirror::MirrorMsg;
-use tsn_protocol::sync::{Cursor, Entry, FeedLog, SyncReply, SyncRequest};
-use tsn_protocol::ClusterId;
+use tsn_protocol::sync::{Cursor, FeedLog, SyncReply, SyncRequest};
+use tsn_protocol::{ClusterId, Record};
 
 use self::state::SyncState;
 use crate::common::{CommonOpts, NodeOpts};
-use crate::feed::{self, Batch};
+use crate::feed::{self, Batch, FeedConfig};
 use crate::link::{self, LinkConfig, Membership};
 
 /// The TSN sync service of one cluster: passes users, follows and posts between this
@@ -132,7 +132,7 @@ pub async fn run(
 
     let mut tasks = JoinSet::new();
     let (members_tx, mut members) = watch::channel(Membership::default());
-    link::start(
+    let coord_link = link::start(
         LinkConfig {
             coordinator: opts.coordinator.clone(),
             cluster: opts.cluster,
@@ -245,9 +245,10 @@ pub async fn run(
     endpoint.close(0u32.into(), b"sync service shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     // Every writer of the core has stopped with the tasks: the views are complete.
-    let mut core = core.locked();
-    core.close_cleanly()
+    core.locked()
+        .close_cleanly()
         .context("writing clean-shutdown marker")?;
+    coord_link.stop().await;
     Ok(())
 }
 
@@ -384,12 +385,12 @@ async fn follow_outbox(
     .await;
 }
 
-/// Batches of at most this many records may be taken on the runtime's thread (see
-/// [`follow_into`]); at low load a batch holds a change or two.
-const INLINE_RECORDS: usize = 4;
+/// Batches of at most this many records may be taken, their flush included, on the
+/// runtime's thread (see [`follow_into`]); at low load a batch holds a change or two.
+const FLUSH_INLINE_RECORDS: usize = 4;
 
 /// What a sync service does with a batch of one of the feeds it reads.
-type Step = fn(&mut SyncState, Vec<Entry>) -> Result<usize, DatastoreError>;
+type Step = fn(&mut SyncState, Vec<Record>) -> Result<usize, DatastoreError>;
 
 /// Follows one feed for ever, handing each batch to `step` on the core, then saving the
 /// feed's cursor (`key`).
@@ -417,10 +418,10 @@ async fn follow_into(
             // just published have had their turn. Larger batches (a busy cluster, a
             // reader catching up) go to a blocking thread whole, so that the feeds keep
             // being read meanwhile.
-            let Batch { entries, next } = batch;
+            let (entries, next, inline) = (batch.records, batch.next, batch.inline);
             let mut waiting = Some(entries);
             let mut n = 0;
-            if waiting.as_ref().is_some_and(|e| e.len() <= INLINE_RECORDS) {
+            if inline {
                 if let Ok(mut c) = core.try_lock() {
                     let entries = waiting.take().expect("checked above");
                     n = step(&mut c, entries)?;
@@ -443,7 +444,11 @@ async fn follow_into(
             Ok(())
         }
     };
-    feed::follow(what.clone(), endpoint, addr, from, settled, open, apply).await;
+    let config = FeedConfig {
+        inline: FLUSH_INLINE_RECORDS,
+        ..FeedConfig::default()
+    };
+    feed::follow(config, &what, endpoint, addr, from, settled, open, apply).await;
 }
 
 /// Serves feeds to a peer: its outbox to sync services, its journal to its servers.
@@ -472,6 +477,7 @@ async fn serve_peer(
                 let c = core.locked();
                 (c.outbox_source(), c.journal_source())
             };
+            let cfg = FeedConfig::default();
             let result = match sub.log {
                 _ if sub.cluster != cluster => Err(format!(
                     "this sync service serves cluster {cluster}, not {}",
@@ -484,13 +490,12 @@ async fn serve_peer(
                         .get_or_create(&crate::metrics::ClusterLabel { cluster: dest })
                         .clone();
                     feed::serve(
+                        &cfg,
                         outbox,
                         &sub,
-                        move |r| match r {
-                            tsn_datastore::Record::Change(c) => {
-                                SyncState::wanted(c, dest, clusters)
-                            }
-                            tsn_datastore::Record::Deliver { .. } => false,
+                        move |r| {
+                            r.change()
+                                .is_some_and(|c| SyncState::wanted(c, dest, clusters))
                         },
                         pace,
                         |left| {
@@ -503,7 +508,7 @@ async fn serve_peer(
                     .map_err(|e| format!("{e:#}"))
                 }
                 FeedLog::SyncJournal if sub.reader == cluster => {
-                    feed::serve(journal, &sub, |_| true, pace, |_| {}, &mut send, recv)
+                    feed::serve(&cfg, journal, &sub, |_| true, pace, |_| {}, &mut send, recv)
                         .await
                         .map_err(|e| format!("{e:#}"))
                 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use tsn_datastore::{Cursors, DatastoreError, Record, RoleDir, SegmentedLog};
 use tsn_protocol::coord::NodeKind;
-use tsn_protocol::sync::{Cursor, Entry};
+use tsn_protocol::sync::Cursor;
 use tsn_protocol::types::{apply_follow, cluster_of};
 use tsn_protocol::{Change, ClusterId, PostId, UserId};
 
@@ -522,13 +522,11 @@ impl SyncState {
 
     /// Takes a batch of a server's journal feed into the outbox. Returns how many
     /// changes were new.
-    pub fn absorb(&mut self, entries: Vec<Entry>) -> Result<usize, DatastoreError> {
+    pub fn absorb(&mut self, entries: Vec<Record>) -> Result<usize, DatastoreError> {
         let mut fresh = Vec::new();
-        for e in entries {
-            if let Entry::Change(c) = e {
-                if self.note_local(&c) {
-                    fresh.push(Record::Change(c));
-                }
+        for c in entries.into_iter().filter_map(Record::into_change) {
+            if self.note_local(&c) {
+                fresh.push(Record::Change(c));
             }
         }
         if !fresh.is_empty() {
@@ -539,10 +537,9 @@ impl SyncState {
 
     /// Takes a batch of a cluster's outbox feed into the journal and the view files.
     /// Returns how many records were new.
-    pub fn deliver(&mut self, entries: Vec<Entry>) -> Result<usize, DatastoreError> {
+    pub fn deliver(&mut self, entries: Vec<Record>) -> Result<usize, DatastoreError> {
         let mut fresh = Vec::new();
-        for e in entries {
-            let Entry::Change(c) = e else { continue };
+        for c in entries.into_iter().filter_map(Record::into_change) {
             match c {
                 Change::User { .. } => {
                     let r = Record::Change(c);

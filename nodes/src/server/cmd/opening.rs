@@ -1,6 +1,7 @@
 //! Where a timeline session begins: the last entries on entry, or every entry after the
 //! client's position after a reconnect, from memory or from the user's timeline file.
 
+use tsn_datastore::RecordLine;
 use tsn_protocol::client::TimelinePos;
 use tsn_protocol::{Post, UserId, TIMELINE_BACKLOG, TIMELINE_RESUME_SLACK_US};
 

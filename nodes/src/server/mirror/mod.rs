@@ -43,6 +43,9 @@ use crate::metrics::Metrics;
 
 /// How long the standby may take to acknowledge a batch before it is dropped.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Changes in one batch of the catch-up exchange (at most
+/// [`tsn_protocol::MAX_BATCH_CHANGES`]).
+const EXCHANGE_CHUNK: usize = 1024;
 /// How long one step of the catch-up exchange may take.
 const EXCHANGE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the cursor into the other server's journal is saved while mirroring (and

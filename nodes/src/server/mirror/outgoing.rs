@@ -6,9 +6,9 @@
 use anyhow::{bail, Context};
 use tsn_datastore::{Record, Tail};
 use tsn_protocol::sync::Cursor;
-use tsn_protocol::{Change, MAX_BATCH_CHANGES};
+use tsn_protocol::Change;
 
-use super::Mirror;
+use super::{Mirror, EXCHANGE_CHUNK};
 
 /// Reads what this server's journal holds after the other server's cursor, a chunk at a
 /// time (so an exchange holds one chunk in memory, however far behind the other is).
@@ -65,7 +65,7 @@ impl Outgoing {
     /// The next chunk, or `None` once the journal as it was at the start is sent.
     pub(super) async fn next(&mut self) -> anyhow::Result<Option<Vec<Change>>> {
         if !self.state.is_empty() {
-            let n = self.state.len().min(MAX_BATCH_CHANGES);
+            let n = self.state.len().min(EXCHANGE_CHUNK);
             return Ok(Some(self.state.drain(..n).collect()));
         }
         if self.tail.offset() >= self.end.offset {
@@ -73,7 +73,7 @@ impl Outgoing {
         }
         let mut tail = std::mem::replace(&mut self.tail, Tail::new("", 0));
         let (tail, read) = tokio::task::spawn_blocking(move || {
-            let r = tail.read_new(MAX_BATCH_CHANGES);
+            let r = tail.read_new(EXCHANGE_CHUNK);
             (tail, r)
         })
         .await

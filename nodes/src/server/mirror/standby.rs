@@ -6,7 +6,7 @@ use anyhow::bail;
 use tokio::sync::mpsc;
 use tsn_protocol::mirror::{MirrorMsg, MirrorReply};
 use tsn_protocol::sync::Cursor;
-use tsn_protocol::{Change, MAX_BATCH_CHANGES};
+use tsn_protocol::Change;
 
 use super::outgoing::Outgoing;
 use super::{Mirror, CURSOR_SAVE};
@@ -172,7 +172,7 @@ async fn write(
                 continue;
             }
         };
-        while changes.len() < MAX_BATCH_CHANGES {
+        while changes.len() < crate::server::store::GROUP_COMMIT_CHANGES {
             match rx.try_recv() {
                 Ok((seq, more, more_upto)) => {
                     last = seq;

@@ -41,6 +41,11 @@ use crate::metrics::Metrics;
 /// Requests waiting for the writer. A full queue makes callers wait (backpressure).
 pub const WRITE_QUEUE: usize = 4096;
 
+/// Changes gathered into one write of the journal (group commit): requests are taken
+/// off the queue until they hold this many. Each write is mirrored as one batch, so at
+/// most about [`tsn_protocol::MAX_BATCH_CHANGES`].
+pub const GROUP_COMMIT_CHANGES: usize = 1024;
+
 /// Why a write failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

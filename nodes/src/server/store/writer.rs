@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 use tsn_datastore::{DatastoreError, Record, SegmentedLog};
-use tsn_protocol::MAX_BATCH_CHANGES;
 
 use super::checkpoints::CHECKPOINT_CHECK;
 use super::{
-    complete, AckMode, Done, Env, MirrorJob, Msg, Store, StoreError, WriteReq, WRITE_QUEUE,
+    complete, AckMode, Done, Env, MirrorJob, Msg, Store, StoreError, WriteReq,
+    GROUP_COMMIT_CHANGES, WRITE_QUEUE,
 };
 use crate::checkpoint::{self, Checkpoint};
 use crate::feed::FeedLen;
@@ -148,7 +148,7 @@ impl Writer {
             };
             let mut batch = vec![first];
             let mut count = batch[0].changes.len();
-            while count < MAX_BATCH_CHANGES {
+            while count < GROUP_COMMIT_CHANGES {
                 match rx.try_recv() {
                     Ok(Msg::Write(req)) => {
                         count += req.changes.len();
