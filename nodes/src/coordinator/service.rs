@@ -72,39 +72,16 @@ pub async fn run(
     }
     let ds = tsn_datastore::Datastore::new(&opts.node.datastore);
     if opts.clear {
-        ds.clear()
-            .with_context(|| format!("clearing datastore {}", opts.node.datastore.display()))?;
-        if alone {
-            ds.coordinator()
-                .clear()
-                .context("clearing the coordinator's directory")?;
-        }
-        tracing::info!(path = %opts.node.datastore.display(), "datastore cleared");
+        clear(&opts, &ds, alone)?;
     }
-    let crate::net::NodeListener {
-        endpoint, local, ..
-    } = crate::net::node_listener(
+    let listener = crate::net::node_listener(
         &opts.common,
         &opts.node,
         opts.port,
         tsn_certs::ClientAuth::Optional,
     )?;
-    let hb = opts.node.heartbeat();
-    let members: Vec<Member> = if alone {
-        vec![Member {
-            id: opts.id,
-            addr: local.to_string(),
-        }]
-    } else {
-        opts.members
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| Member {
-                id: i as u64 + 1,
-                addr: addr.clone(),
-            })
-            .collect()
-    };
+    let (endpoint, local) = (listener.endpoint, listener.local);
+    let members = members(&opts, &local.to_string());
     tracing::info!(%local, clusters = opts.clusters, heartbeat_ms = opts.node.heartbeat_ms, id = opts.id, members = members.len(), "coordinator listening");
 
     let metrics = crate::metrics::Metrics::new();
@@ -113,14 +90,12 @@ pub async fn run(
     // Requests are answered from the start: the other members' first questions (is there
     // a group?) come while this one forms it.
     let (consensus_tx, consensus_rx) = tokio::sync::watch::channel(None::<Arc<Group>>);
-    let accept = {
-        let metrics = metrics.clone();
-        tokio::spawn(crate::net::accept_loop(
-            endpoint.clone(),
-            metrics.connections.clone(),
-            move |conn| serve_connection(conn, consensus_rx.clone()),
-        ))
-    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::net::accept_loop(
+        endpoint.clone(),
+        metrics.connections.clone(),
+        move |conn| serve_connection(conn, consensus_rx.clone()),
+    ));
     let consensus = super::raft::start(
         opts.id,
         &members,
@@ -130,6 +105,7 @@ pub async fn run(
     )
     .await
     .context("starting the coordinator group's consensus")?;
+    let hb = opts.node.heartbeat();
     let group = Arc::new(Group::new(
         consensus,
         hb,
@@ -139,37 +115,67 @@ pub async fn run(
     ));
     let _ = consensus_tx.send(Some(group.clone()));
     opts.node.announce(local)?;
-    let state = tokio::spawn(group.clone().watch_state());
-    let ticker = {
-        let group = group.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(hb / 2);
-            loop {
-                tick.tick().await;
-                let stalled = group
-                    .decide(|t, now, events| {
-                        let stalled = t.catch_up(now);
-                        t.refresh_all(now, events);
-                        stalled
-                    })
-                    .await;
-                if let Ok(Some(gap)) = stalled {
-                    log_stall(gap);
-                }
-            }
-        })
-    };
+    tasks.spawn(group.clone().watch_state());
+    tasks.spawn(tick(group.clone(), hb / 2));
     shutdown.await;
     tracing::info!("shutting down");
-    ticker.abort();
     endpoint.close(0u32.into(), b"coordinator shutting down");
-    accept.abort();
     if let Err(e) = group.consensus().raft.shutdown().await {
         tracing::info!("the Raft node stopped with: {e}");
     }
-    state.abort();
+    tasks.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
+}
+
+/// `--clear`: the datastore (and a lone coordinator's own directory) begun anew.
+fn clear(opts: &CoordinatorOpts, ds: &tsn_datastore::Datastore, alone: bool) -> anyhow::Result<()> {
+    ds.clear()
+        .with_context(|| format!("clearing datastore {}", opts.node.datastore.display()))?;
+    if alone {
+        ds.coordinator()
+            .clear()
+            .context("clearing the coordinator's directory")?;
+    }
+    tracing::info!(path = %opts.node.datastore.display(), "datastore cleared");
+    Ok(())
+}
+
+/// The group's members: `--members` in order (ids from 1), or this one alone at `local`.
+fn members(opts: &CoordinatorOpts, local: &str) -> Vec<Member> {
+    if opts.members.is_empty() {
+        return vec![Member {
+            id: opts.id,
+            addr: local.to_string(),
+        }];
+    }
+    opts.members
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| Member {
+            id: i as u64 + 1,
+            addr: addr.clone(),
+        })
+        .collect()
+}
+
+/// Every `period`, the tables catch up with the time that passed and fail over whoever
+/// missed its beats.
+async fn tick(group: Arc<Group>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let stalled = group
+            .decide(|t, now, events| {
+                let stalled = t.catch_up(now);
+                t.refresh_all(now, events);
+                stalled
+            })
+            .await;
+        if let Ok(Some(gap)) = stalled {
+            log_stall(gap);
+        }
+    }
 }
 
 fn log_stall(gap: std::time::Duration) {

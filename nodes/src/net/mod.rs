@@ -1,12 +1,21 @@
 //! QUIC plumbing shared by every role.
 //!
+//! # Layout
+//! - here: endpoints, dialling with timeouts, one-request-per-stream calls, the accept
+//!   loop, and the transport limits.
+//! - [`advertise`](mod@advertise): the advertised-address rule.
+//!
 //! Limits, and what they cost: a connection may have at most [`MAX_BIDI_STREAMS`] open
 //! bidirectional streams; each stream's receive window is [`STREAM_WINDOW`] and the whole
 //! connection's [`CONNECTION_WINDOW`], so a peer can make us buffer at most
 //! `CONNECTION_WINDOW` bytes per connection (1 MiB + one frame being decoded per stream).
 //! Endpoints accept at most [`MAX_CONNECTIONS`] connections at once.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+mod advertise;
+
+pub use advertise::{advertise_addr, dialable};
+
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -328,45 +337,6 @@ pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
 /// The address others should dial to reach a node bound to `bound` that talks to the
 /// coordinator at `coord`: an explicit `--advertise` wins; a specific bind address is used
 /// as is; for a wildcard bind, the local address the system would use to reach the
-/// coordinator (learned by connecting a UDP socket, which sends nothing).
-pub async fn advertise_addr(
-    explicit: Option<&str>,
-    bound: SocketAddr,
-    coord: &str,
-) -> Result<String, NetError> {
-    if let Some(a) = explicit {
-        return Ok(a.to_string());
-    }
-    if !bound.ip().is_unspecified() {
-        return Ok(bound.to_string());
-    }
-    let coord_sock = resolve(coord).await?;
-    let local_ip = route_source(coord_sock).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    Ok(SocketAddr::new(local_ip, bound.port()).to_string())
-}
-
-fn route_source(to: SocketAddr) -> Option<IpAddr> {
-    let bind: SocketAddr = if to.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = UdpSocket::bind(bind).ok()?;
-    sock.connect(to).ok()?;
-    let ip = sock.local_addr().ok()?.ip();
-    (!ip.is_unspecified()).then_some(ip)
-}
-
-/// Whether an advertised address can be dialled by others.
-pub fn dialable(addr: &str) -> bool {
-    match addr.parse::<SocketAddr>() {
-        Ok(sock) => !sock.ip().is_unspecified() && sock.port() != 0,
-        Err(_) => addr
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)),
-    }
-}
-
 /// Accepts connections until the endpoint is closed, running `handle` for each in its
 /// own task, at most [`MAX_CONNECTIONS`] at once (further attempts are refused).
 pub async fn accept_loop<F, Fut>(
