@@ -14,6 +14,7 @@
 //!   watch stream that pushes every change of the routing tables), the same for servers
 //!   and sync services.
 //! - [`metrics`]: every metric, and the `/metrics`, `/health`, `/ready` listener.
+//! - [`recovery`]: what the server and the sync service do alike at start.
 //! - [`checkpoint`]: the state a server or sync service writes down so that start-up and
 //!   readers need only the logs after it.
 //! - [`feed`]: serving a log to a reader from its cursor, and following another node's
@@ -48,6 +49,7 @@ pub mod hlc;
 pub mod link;
 pub mod metrics;
 pub mod net;
+pub mod recovery;
 pub mod server;
 pub mod status;
 pub mod sync;

@@ -42,7 +42,7 @@ pub fn recover(dir: &RoleDir, clock: Hlc) -> anyhow::Result<Recovered> {
         (crate::views::Side::Server, records.as_slice()),
         (crate::views::Side::Received, received.as_slice()),
     ];
-    complete_unless_clean(dir, &logs)?;
+    crate::recovery::complete_unless_clean(dir, &logs)?;
     let mut model = Model::default();
     model.restore(&cp.state);
     clock.observe(cp.clock);
@@ -72,28 +72,6 @@ pub fn recover(dir: &RoleDir, clock: Hlc) -> anyhow::Result<Recovered> {
         model,
         clock,
     })
-}
-
-/// Removes the clean-shutdown marker; when there was none, completes the view files
-/// from `logs` (the records after the last checkpoint). Views are derived from the
-/// logs: failing to complete them (a full disk, say) is worth an error in the log, not a
-/// refusal to serve.
-fn complete_unless_clean(
-    dir: &RoleDir,
-    logs: &[(crate::views::Side, &[Record])],
-) -> anyhow::Result<()> {
-    if dir.clean_marker().exists() {
-        std::fs::remove_file(dir.clean_marker()).context("removing clean-shutdown marker")?;
-        return Ok(());
-    }
-    if logs.iter().all(|(_, records)| records.is_empty()) {
-        return Ok(());
-    }
-    match crate::views::reconcile(dir, logs) {
-        Ok(n) => tracing::info!(files = n, "previous exit was not clean: completed the view files from the records after the last checkpoint"),
-        Err(e) => tracing::error!("previous exit was not clean and completing the view files failed; serving from memory: {e}"),
-    }
-    Ok(())
 }
 
 /// Advances `clock` past the timestamp a record carries.

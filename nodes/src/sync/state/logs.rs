@@ -1,0 +1,108 @@
+//! The sync service's two served logs (the outbox and the journal), and what a reader
+//! behind a log's oldest segment gets instead: a state transfer.
+
+use tsn_datastore::{DatastoreError, Record, RoleDir, SegmentedLog};
+use tsn_protocol::Change;
+
+use crate::checkpoint;
+use crate::feed::{FeedLen, FeedSource, Reader, Transfer};
+
+/// A log this process writes and serves.
+#[derive(Debug)]
+pub(super) struct ServedLog {
+    pub(super) log: SegmentedLog,
+    len: FeedLen,
+    pub(super) source: FeedSource,
+    /// Who reads it: what they have read may be deleted.
+    readers: Vec<Reader>,
+}
+
+impl ServedLog {
+    /// Opens the log at `path`, returning its records from `from` on.
+    pub(super) fn open(
+        path: &std::path::Path,
+        from: u64,
+        readers: Vec<Reader>,
+        transfer: Transfer,
+    ) -> Result<(ServedLog, Vec<Record>), DatastoreError> {
+        let (log, records) = SegmentedLog::open(path, from)?;
+        let id = tsn_datastore::log_id(path)?;
+        let (len, source) = FeedSource::new(log.segments(), id, log.len());
+        let source = source.with_transfer(transfer);
+        Ok((
+            ServedLog {
+                log,
+                len,
+                source,
+                readers,
+            },
+            records,
+        ))
+    }
+
+    /// Deletes the segments before `covered` that every reader has read; warns when what
+    /// some reader has not read piles up.
+    pub(super) fn delete_read(
+        &mut self,
+        covered: u64,
+        warn_over: u64,
+    ) -> Result<(), DatastoreError> {
+        let read = self.source.consumed_by(&self.readers);
+        self.log.delete_through(read.unwrap_or(0).min(covered))?;
+        let kept = self.log.len() - self.log.start();
+        if kept > warn_over {
+            tracing::warn!(
+                log = %self.log.path().display(),
+                kept_bytes = kept,
+                read_by_all = ?read,
+                "log segments pile up: a reader has not read them (it is down or far behind); they are kept until it has"
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn append_durably(&mut self, records: &[Record]) -> Result<(), DatastoreError> {
+        self.log.append(records)?;
+        self.log.sync()?;
+        self.len.set(self.log.len());
+        Ok(())
+    }
+}
+
+/// Every delivery in the timeline files of `dir` (to the file's user), and with
+/// `own_only`, only each user's own posts.
+fn timeline_files(dir: &RoleDir, own_only: bool) -> anyhow::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for user in dir.users() {
+        for r in tsn_datastore::read_records(&dir.timeline(user))? {
+            match r {
+                Record::Deliver { to, post, .. } if own_only && post.id.author == to => {
+                    out.push(Record::Change(Change::Post(post)));
+                }
+                Record::Deliver { .. } if !own_only => out.push(r),
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a sync service behind the outbox's oldest segment gets: the checkpoint's users
+/// and follow edges of this cluster, and this cluster's users' own posts.
+pub(super) fn outbox_transfer(dir: &RoleDir) -> anyhow::Result<Vec<Record>> {
+    let mut records = checkpoint::load(dir)?
+        .map(|cp| cp.state.received)
+        .unwrap_or_default();
+    records.extend(timeline_files(dir, true)?);
+    Ok(records)
+}
+
+/// What a server behind the journal's oldest segment gets: the checkpoint's users and
+/// followers, and every delivery, with its number.
+pub(super) fn journal_transfer(dir: &RoleDir) -> anyhow::Result<Vec<Record>> {
+    let mut records = checkpoint::load(dir)?
+        .map(|cp| cp.state.own)
+        .unwrap_or_default();
+    records.extend(timeline_files(dir, false)?);
+    Ok(records)
+}
