@@ -1,7 +1,6 @@
 //! `tsn_admin`: what an operator does to a running system. It needs the cluster CA's key
 //! (`ca.pem` in `--cert-dir`), as a node does: holding it is what makes one an operator.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -79,10 +78,9 @@ pub async fn run(opts: &AdminOpts) -> anyhow::Result<String> {
             opts.common.cert_dir.display()
         )
     })?;
-    let mut endpoint = quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
-    endpoint.set_default_client_config(
+    let endpoint = crate::net::client_endpoint(
         identity.client_config(crate::net::transport(Duration::from_secs(5)))?,
-    );
+    )?;
     let group = crate::group_client::GroupClient::new(opts.coordinator.clone());
     let user = match &opts.command {
         AdminCommand::ResetKey { user } => *user,

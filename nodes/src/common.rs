@@ -138,6 +138,17 @@ impl ClockOpts {
 }
 
 impl NodeOpts {
+    /// Issues this node a leaf from the cluster CA and binds its endpoint on `--bind` and
+    /// `port` (see [`crate::net::node_listener`]).
+    pub fn listen(
+        &self,
+        common: &CommonOpts,
+        port: u16,
+        auth: tsn_certs::ClientAuth,
+    ) -> anyhow::Result<crate::net::NodeListener> {
+        crate::net::node_listener(common, self, port, auth)
+    }
+
     /// The async runtime the node runs on (see `--threads`), once the process's
     /// open-file limit is raised ([`raise_fd_limit`]): every node starts that way.
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
@@ -255,6 +266,23 @@ static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// Whether this process has been asked to stop (its [`shutdown_signal`] resolved).
 pub fn stopping() -> bool {
     STOPPING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The `main` of a node binary: parses `O`, starts logging as `parts` (its common and
+/// node options) say, and runs `run` on the runtime they ask for until it returns.
+pub fn node_main<O, Fut>(
+    parts: impl Fn(&O) -> (&CommonOpts, &NodeOpts),
+    run: impl FnOnce(O) -> Fut,
+) -> anyhow::Result<()>
+where
+    O: clap::Parser,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let opts = O::parse();
+    let (common, node) = parts(&opts);
+    common.init_tracing();
+    let runtime = node.runtime()?;
+    runtime.block_on(run(opts))
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM); from then on

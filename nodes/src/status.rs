@@ -1,6 +1,5 @@
 //! `tsn_status`: prints the coordinator's routing tables and the coordinator group.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -126,11 +125,7 @@ fn endpoint(opts: &StatusOpts) -> anyhow::Result<quinn::Endpoint> {
             opts.common.cert_dir.display()
         )
     })?;
-    let mut endpoint = quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
-    endpoint.set_default_client_config(
-        root.client_config(crate::net::transport(Duration::from_secs(5)))?,
-    );
-    Ok(endpoint)
+    crate::net::client_endpoint(root.client_config(crate::net::transport(Duration::from_secs(5)))?)
 }
 
 /// Fetches the tables, and what every member of the group (those given with -c, and

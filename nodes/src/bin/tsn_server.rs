@@ -1,10 +1,9 @@
-use clap::Parser;
+use tsn_nodes::common::{node_main, shutdown_signal};
 use tsn_nodes::server::{run, ServerOpts};
 
 fn main() -> anyhow::Result<()> {
-    let opts = ServerOpts::parse();
-    opts.common.init_tracing();
-    opts.node
-        .runtime()?
-        .block_on(run(opts, tsn_nodes::common::shutdown_signal()))
+    node_main(
+        |o: &ServerOpts| (&o.common, &o.node),
+        |opts| run(opts, shutdown_signal()),
+    )
 }

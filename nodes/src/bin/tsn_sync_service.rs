@@ -1,10 +1,9 @@
-use clap::Parser;
+use tsn_nodes::common::{node_main, shutdown_signal};
 use tsn_nodes::sync::{run, SyncOpts};
 
 fn main() -> anyhow::Result<()> {
-    let opts = SyncOpts::parse();
-    opts.common.init_tracing();
-    opts.node
-        .runtime()?
-        .block_on(run(opts, tsn_nodes::common::shutdown_signal()))
+    node_main(
+        |o: &SyncOpts| (&o.common, &o.node),
+        |opts| run(opts, shutdown_signal()),
+    )
 }

@@ -74,12 +74,9 @@ pub async fn run(
     if opts.clear {
         clear(&opts, &ds, alone)?;
     }
-    let listener = crate::net::node_listener(
-        &opts.common,
-        &opts.node,
-        opts.port,
-        tsn_certs::ClientAuth::Optional,
-    )?;
+    let listener = opts
+        .node
+        .listen(&opts.common, opts.port, tsn_certs::ClientAuth::Optional)?;
     let (endpoint, local) = (listener.endpoint, listener.local);
     let members = members(&opts, &local.to_string());
     tracing::info!(%local, clusters = opts.clusters, heartbeat_ms = opts.node.heartbeat_ms, id = opts.id, members = members.len(), "coordinator listening");

@@ -1,9 +1,10 @@
 //! QUIC plumbing shared by every role.
 //!
 //! # Layout
-//! - here: endpoints, dialling with timeouts, one-request-per-stream calls, the accept
-//!   loop, and the transport limits.
-//! - [`advertise`](mod@advertise): the advertised-address rule.
+//! - here: endpoints, dialling with timeouts, one-request-per-stream calls, and the
+//!   transport limits.
+//! - `accept`: the accept loop and the streams of one connection, each a task.
+//! - `advertise`: the advertised-address rule.
 //!
 //! Limits, and what they cost: a connection may have at most [`MAX_BIDI_STREAMS`] open
 //! bidirectional streams; each stream's receive window is [`STREAM_WINDOW`] and the whole
@@ -11,8 +12,10 @@
 //! `CONNECTION_WINDOW` bytes per connection (1 MiB + one frame being decoded per stream).
 //! Endpoints accept at most [`MAX_CONNECTIONS`] connections at once.
 
+mod accept;
 mod advertise;
 
+pub use accept::{accept_loop, serve_streams};
 pub use advertise::{advertise_addr, dialable};
 
 use std::net::{IpAddr, SocketAddr};
@@ -337,49 +340,12 @@ pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
 /// The address others should dial to reach a node bound to `bound` that talks to the
 /// coordinator at `coord`: an explicit `--advertise` wins; a specific bind address is used
 /// as is; for a wildcard bind, the local address the system would use to reach the
-/// Accepts connections until the endpoint is closed, running `handle` for each in its
-/// own task, at most [`MAX_CONNECTIONS`] at once (further attempts are refused).
-pub async fn accept_loop<F, Fut>(
-    endpoint: quinn::Endpoint,
-    connections: prometheus_client::metrics::gauge::Gauge,
-    handle: F,
-) where
-    F: Fn(quinn::Connection) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let handle = Arc::new(handle);
-    // The connections' tasks end with the loop (dropping the set aborts them).
-    let mut connections_served = tokio::task::JoinSet::new();
-    loop {
-        let incoming = tokio::select! {
-            incoming = endpoint.accept() => match incoming {
-                Some(incoming) => incoming,
-                None => break,
-            },
-            Some(_) = connections_served.join_next(), if !connections_served.is_empty() => continue,
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
-            incoming.refuse();
-            continue;
-        };
-        let handle = handle.clone();
-        let connections = connections.clone();
-        connections_served.spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(conn) => {
-                    connections.inc();
-                    handle(conn).await;
-                    connections.dec();
-                }
-                Err(e) => tracing::debug!(%remote, "handshake failed: {e}"),
-            }
-            drop(permit);
-        });
-    }
-    connections_served.shutdown().await;
+/// A client endpoint on any local port that dials with `config` (an operator's tools).
+pub fn client_endpoint(config: quinn::ClientConfig) -> anyhow::Result<quinn::Endpoint> {
+    let any = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
+    let mut endpoint = quinn::Endpoint::client(any)?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
 }
 
 /// A server endpoint bound to `bind` that also dials with the node's identity.

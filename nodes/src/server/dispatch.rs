@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use tokio::task::JoinSet;
 use tsn_protocol::mirror::{AdminRequest, MirrorMsg};
 use tsn_protocol::sync::{FeedLog, Subscribe, SyncReply};
 
@@ -29,27 +28,17 @@ impl Dispatch {
     pub(super) async fn serve_connection(self, conn: quinn::Connection) {
         let is_node = tsn_certs::peer_is_node(&conn);
         let user = super::auth::Conn::default();
-        let mut streams = JoinSet::new();
-        loop {
-            let (send, recv) = tokio::select! {
-                accepted = conn.accept_bi() => match accepted {
-                    Ok(s) => s,
-                    Err(_) => break,
-                },
-                // Reap the streams that ended.
-                Some(_) = streams.join_next(), if !streams.is_empty() => continue,
-            };
-            let this = self.clone();
-            let user = user.clone();
-            streams.spawn(async move {
+        crate::net::serve_streams(conn, |send, recv| {
+            let (this, user) = (self.clone(), user.clone());
+            async move {
                 if is_node {
                     this.serve_node_stream(send, recv).await;
                 } else {
                     cmd::serve_stream(this.service, user, send, recv).await;
                 }
-            });
-        }
-        while streams.join_next().await.is_some() {}
+            }
+        })
+        .await;
     }
 
     /// A stream from another node: a mirror stream from the active server, the sync

@@ -19,13 +19,9 @@ use tsn_datastore::{Cursors, DatastoreError, Record, RoleDir, SegmentedLog};
 use tsn_protocol::sync::{Cursor, FeedLog, SyncRequest};
 use tsn_protocol::UserId;
 
-use super::model::State;
-use super::role::Node;
 use super::sessions::Sessions;
-use super::store::CheckpointTrigger;
-use crate::feed::FeedSource;
+use super::store::Data;
 use crate::feed::{self, Batch, FeedConfig};
-use crate::hlc::Hlc;
 use crate::views::{Side, Views};
 
 /// Batches of at most this many records are written (not flushed) and pushed to open
@@ -35,19 +31,10 @@ const WRITE_INLINE_RECORDS: usize = 64;
 /// What the received feed's writer works with besides its files.
 #[derive(Debug, Clone)]
 pub struct Env {
-    /// This server.
-    pub node: Node,
-    /// What it knows: what is received is applied to it.
-    pub state: Arc<State>,
-    /// Timestamps (advanced past everything received).
-    pub clock: Arc<Hlc>,
+    /// What it shares with the journal writer.
+    pub data: Data,
     /// Open timelines: what is received is pushed to them.
     pub sessions: Arc<Sessions>,
-    /// Told how long `received.data` is.
-    pub trigger: Arc<CheckpointTrigger>,
-    /// This server's journal (the view files are rebuilt from it when the sync
-    /// service's journal is begun anew).
-    pub journal_feed: FeedSource,
 }
 
 /// The cursor key of the sync service's journal feed.
@@ -137,7 +124,7 @@ impl Inbound {
         self.log.delete_through(gone)?;
         self.views = Views::new(self.dir.clone(), Side::Received);
         self.shown_before.extend(shown(&self.dir)?);
-        env.state.reset_received();
+        env.data.state.reset_received();
         // A checkpoint of what was received from the old journal no longer holds.
         if let Some(mut cp) = crate::checkpoint::load(&self.dir)? {
             cp.other = gone;
@@ -145,7 +132,7 @@ impl Inbound {
             cp.state.seqs.clear();
             crate::checkpoint::save(&self.dir, &cp)?;
         }
-        let own = super::recovery::own_records(&self.dir, &env.journal_feed)?;
+        let own = super::recovery::own_records(&self.dir, &env.data.journal_feed)?;
         crate::views::rebuild_clean(&self.dir, &[(Side::Server, own.as_slice())])?;
         env.sessions.close_all();
         Ok(())
@@ -179,11 +166,11 @@ pub async fn run(
     addr: watch::Receiver<Option<String>>,
     settled: feed::Settled,
 ) {
-    let cluster = env.node.cluster;
+    let cluster = env.data.node.cluster;
     let from = inbound.locked().cursor();
     let open = feed::opener(
         cluster,
-        (cluster, env.node.kind),
+        (cluster, env.data.node.kind),
         FeedLog::SyncJournal,
         SyncRequest::Subscribe,
     );
@@ -249,9 +236,9 @@ impl Inbound {
     /// to the model and pushes it to open timelines. Not flushed: [`Inbound::settle`].
     fn write(&mut self, env: &Env, batch: Batch) -> anyhow::Result<()> {
         let records = batch.records;
-        let (fresh, mut entries) = env
-            .state
-            .apply_received(records, |r| super::recovery::observe_record(&env.clock, r));
+        let (fresh, mut entries) = env.data.state.apply_received(records, |r| {
+            super::recovery::observe_record(&env.data.clock, r)
+        });
         if fresh.is_empty() {
             return Ok(());
         }
@@ -273,9 +260,9 @@ impl Inbound {
     /// skips.
     fn settle(&mut self, env: &Env, next: Cursor) -> anyhow::Result<()> {
         let len = self.log.len();
-        if len != env.trigger.received_len() {
+        if len != env.data.trigger.received_len() {
             self.log.sync()?;
-            env.trigger.received_grew(len);
+            env.data.trigger.received_grew(len);
         }
         let path = self.dir.cursors();
         self.cursors.set_feed(KEY, next);

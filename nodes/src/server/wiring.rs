@@ -63,12 +63,9 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
     dir.create()
         .with_context(|| format!("creating {}", dir.path().display()))?;
     let recovered = recovery::recover(&dir, Hlc::new(opts.clock.max_clock_offset()))?;
-    let listener = crate::net::node_listener(
-        &opts.common,
-        &opts.node,
-        opts.port,
-        tsn_certs::ClientAuth::Optional,
-    )?;
+    let listener = opts
+        .node
+        .listen(&opts.common, opts.port, tsn_certs::ClientAuth::Optional)?;
     let local = listener.local;
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, opts.coordinator.first())
@@ -167,15 +164,18 @@ async fn serve(
         h.metrics.clone(),
         net.members.clone(),
     ));
-    let settled = spawn_inbound(&h, &inbound, &trigger, &net, &mut tasks);
-    let store_env = store::Env {
+    let data = store::Data {
         node: h.node.clone(),
         state: h.state.clone(),
         clock: h.clock.clone(),
-        metrics: h.metrics.clone(),
-        ack: opts.ack,
         journal_feed: h.journal_feed.clone(),
         trigger,
+    };
+    let settled = spawn_inbound(&h, &data, &inbound, &net, &mut tasks);
+    let store_env = store::Env {
+        data,
+        metrics: h.metrics.clone(),
+        ack: opts.ack,
     };
     let (mirror_tx, mirror_rx) = mpsc::channel(store::WRITE_QUEUE);
     let store = store::spawn(store::Parts {
@@ -187,15 +187,7 @@ async fn serve(
         last: recovered.checkpoint,
     })
     .context("starting the journal writer")?;
-    let mirror = Mirror::new(mirror::Parts {
-        node: h.node.clone(),
-        role: h.role.clone(),
-        journal: h.journal_feed.clone(),
-        store: store.clone(),
-        beat_now: net.beat_now.clone(),
-        metrics: h.metrics.clone(),
-        ack: opts.ack,
-    });
+    let mirror = mirror_of(&h, opts, &store, &net);
     tasks.spawn(readiness::readiness(
         readiness::Inputs {
             role: h.role.clone(),
@@ -226,6 +218,19 @@ async fn serve(
     })
 }
 
+/// The mirror between this server and the other of its cluster.
+fn mirror_of(h: &Handles, opts: &ServerOpts, store: &Store, net: &Net) -> Mirror {
+    Mirror::new(mirror::Parts {
+        node: h.node.clone(),
+        role: h.role.clone(),
+        journal: h.journal_feed.clone(),
+        store: store.clone(),
+        beat_now: net.beat_now.clone(),
+        metrics: h.metrics.clone(),
+        ack: opts.ack,
+    })
+}
+
 /// The journal's feed, which gives a reader that lost its disk a state transfer.
 fn with_transfer(feed: FeedSource, dir: &RoleDir) -> FeedSource {
     let dir = dir.clone();
@@ -236,20 +241,16 @@ fn with_transfer(feed: FeedSource, dir: &RoleDir) -> FeedSource {
 /// its end.
 fn spawn_inbound(
     h: &Handles,
+    data: &store::Data,
     inbound: &InboundHandle,
-    trigger: &Arc<CheckpointTrigger>,
     net: &Net,
     tasks: &mut JoinSet<()>,
 ) -> watch::Receiver<bool> {
     let (settled_tx, settled) = watch::channel(false);
     let cluster = h.node.cluster;
     let env = inbound::Env {
-        node: h.node.clone(),
-        state: h.state.clone(),
-        clock: h.clock.clone(),
+        data: data.clone(),
         sessions: h.sessions.clone(),
-        trigger: trigger.clone(),
-        journal_feed: h.journal_feed.clone(),
     };
     tasks.spawn(inbound::run(
         env,

@@ -26,45 +26,35 @@ async fn with_core<T: Send + 'static>(
         .context("sync state task panicked")
 }
 
+/// Where a feed this sync service reads comes from, and what says it was read to its
+/// end.
+#[derive(Debug)]
+pub(super) struct Source {
+    /// The state the feed goes into.
+    pub core: Core,
+    /// The endpoint it is dialled from.
+    pub endpoint: quinn::Endpoint,
+    /// Where its writer is, as the coordinator says.
+    pub addr: watch::Receiver<Option<String>>,
+    /// Told once the feed has been read to its end (or its writer found down).
+    pub settled: feed::Settled,
+}
+
 /// Follows one server's journal into the outbox.
-pub(super) async fn follow_server(
-    core: Core,
-    endpoint: quinn::Endpoint,
-    addr: watch::Receiver<Option<String>>,
-    cluster: ClusterId,
-    kind: NodeKind,
-    settled: feed::Settled,
-) {
+pub(super) async fn follow_server(source: Source, cluster: ClusterId, kind: NodeKind) {
     let key = state::server_key(kind);
-    let open = feed::opener(
-        cluster,
-        (cluster, NodeKind::Sync),
-        FeedLog::ServerJournal,
-        MirrorMsg::Subscribe,
-    );
+    let me = (cluster, NodeKind::Sync);
+    let open = feed::opener(cluster, me, FeedLog::ServerJournal, MirrorMsg::Subscribe);
     let what = format!("{} journal", kind.as_str());
-    follow_into(
-        core,
-        endpoint,
-        addr,
-        what,
-        key,
-        settled,
-        open,
-        SyncState::absorb,
-    )
-    .await;
+    follow_into(source, what, key, open, SyncState::absorb).await;
 }
 
 /// Follows one cluster's outbox into the journal.
 pub(super) async fn follow_outbox(
-    core: Core,
-    endpoint: quinn::Endpoint,
-    addr: watch::Receiver<Option<String>>,
+    source: Source,
     cluster: ClusterId,
     from_cluster: ClusterId,
     servers_settled: Vec<watch::Receiver<bool>>,
-    settled: feed::Settled,
 ) {
     for mut s in servers_settled {
         if s.wait_for(|v| *v).await.is_err() {
@@ -72,24 +62,15 @@ pub(super) async fn follow_outbox(
         }
     }
     let key = state::outbox_key(from_cluster);
+    let me = (cluster, NodeKind::Sync);
     let open = feed::opener(
         from_cluster,
-        (cluster, NodeKind::Sync),
+        me,
         FeedLog::SyncOutbox,
         SyncRequest::Subscribe,
     );
     let what = format!("cluster {from_cluster} outbox");
-    follow_into(
-        core,
-        endpoint,
-        addr,
-        what,
-        key,
-        settled,
-        open,
-        SyncState::deliver,
-    )
-    .await;
+    follow_into(source, what, key, open, SyncState::deliver).await;
 }
 
 /// Batches of at most this many records may be taken, their flush included, on the
@@ -101,17 +82,19 @@ type Step = fn(&mut SyncState, Vec<Record>) -> Result<usize, DatastoreError>;
 
 /// Follows one feed for ever, handing each batch to `step` on the core, then saving the
 /// feed's cursor (`key`).
-#[allow(clippy::too_many_arguments)]
 async fn follow_into(
-    core: Core,
-    endpoint: quinn::Endpoint,
-    addr: watch::Receiver<Option<String>>,
+    source: Source,
     what: String,
     key: String,
-    settled: feed::Settled,
     open: impl Fn(Cursor) -> Vec<u8>,
     step: Step,
 ) {
+    let Source {
+        core,
+        endpoint,
+        addr,
+        settled,
+    } = source;
     let from = core.locked().cursor(&key);
     let apply = |batch: Batch| {
         let core = core.clone();

@@ -53,12 +53,9 @@ pub async fn run(
     let dir = Datastore::new(&opts.node.datastore).role(opts.cluster, NodeKind::Sync);
     dir.create()
         .with_context(|| format!("creating {}", dir.path().display()))?;
-    let listener = crate::net::node_listener(
-        &opts.common,
-        &opts.node,
-        opts.port,
-        tsn_certs::ClientAuth::Required,
-    )?;
+    let listener = opts
+        .node
+        .listen(&opts.common, opts.port, tsn_certs::ClientAuth::Required)?;
     let (endpoint, local) = (listener.endpoint.clone(), listener.local);
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, opts.coordinator.first())
@@ -177,14 +174,13 @@ fn follow_feeds(
     for kind in [NodeKind::Primary, NodeKind::Secondary] {
         let (tx, rx) = watch::channel(false);
         settled.push(rx);
-        tasks.spawn(follow::follow_server(
-            core.clone(),
-            endpoint.clone(),
-            link::peer_addr(members, move |m| m.addr_of(cluster, kind)),
-            cluster,
-            kind,
-            tx,
-        ));
+        let source = follow::Source {
+            core: core.clone(),
+            endpoint: endpoint.clone(),
+            addr: link::peer_addr(members, move |m| m.addr_of(cluster, kind)),
+            settled: tx,
+        };
+        tasks.spawn(follow::follow_server(source, cluster, kind));
     }
     let mut feeds = settled.clone();
     for from in 1..=clusters {
@@ -198,14 +194,17 @@ fn follow_feeds(
         });
         let (tx, rx) = watch::channel(false);
         feeds.push(rx);
-        tasks.spawn(follow::follow_outbox(
-            core.clone(),
-            endpoint.clone(),
+        let source = follow::Source {
+            core: core.clone(),
+            endpoint: endpoint.clone(),
             addr,
+            settled: tx,
+        };
+        tasks.spawn(follow::follow_outbox(
+            source,
             cluster,
             from,
             settled.clone(),
-            tx,
         ));
     }
     feeds

@@ -5,7 +5,6 @@ use crate::Locked;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
 use tsn_protocol::sync::{FeedLog, Subscribe, SyncReply, SyncRequest};
 use tsn_protocol::ClusterId;
 
@@ -32,18 +31,7 @@ pub(super) struct Peers {
 impl Peers {
     /// Serves one connection's feed streams until it closes, and until they have ended.
     pub(super) async fn serve_connection(self, conn: quinn::Connection) {
-        let mut streams = JoinSet::new();
-        loop {
-            let (send, recv) = tokio::select! {
-                accepted = conn.accept_bi() => match accepted {
-                    Ok(s) => s,
-                    Err(_) => break,
-                },
-                Some(_) = streams.join_next(), if !streams.is_empty() => continue,
-            };
-            streams.spawn(self.clone().serve_stream(send, recv));
-        }
-        while streams.join_next().await.is_some() {}
+        crate::net::serve_streams(conn, |send, recv| self.clone().serve_stream(send, recv)).await;
     }
 
     async fn serve_stream(self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {

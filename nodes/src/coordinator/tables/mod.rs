@@ -489,11 +489,14 @@ mod tests {
         }
     }
 
+    /// Tables of `clusters` clusters, no events yet, and the moment they start.
+    fn fresh(clusters: u32) -> (Tables, Vec<Event>, Instant) {
+        (Tables::new(clusters, HB), Vec::new(), Instant::now())
+    }
+
     #[test]
     fn a_hand_over_makes_the_live_standby_active_at_once() {
-        let mut t = Tables::new(1, HB);
-        let mut ev = Vec::new();
-        let t0 = Instant::now();
+        let (mut t, mut ev, t0) = fresh(1);
         t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev).unwrap();
         assert!(
             t.hand_over(1, NodeKind::Primary, t0, &mut ev).is_err(),
@@ -513,9 +516,7 @@ mod tests {
 
     #[test]
     fn a_stalled_coordinator_fails_no_one_over_for_its_own_stall() {
-        let mut t = Tables::new(1, HB);
-        let mut ev = Vec::new();
-        let t0 = Instant::now();
+        let (mut t, mut ev, t0) = fresh(1);
         t.catch_up(t0);
         t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev).unwrap();
         t.beat(&hb(1, NodeKind::Secondary, 2), t0, &mut ev).unwrap();
@@ -542,9 +543,7 @@ mod tests {
 
     #[test]
     fn a_second_process_for_a_live_role_is_refused_until_the_first_stops() {
-        let mut t = Tables::new(1, HB);
-        let mut ev = Vec::new();
-        let t0 = Instant::now();
+        let (mut t, mut ev, t0) = fresh(1);
         assert!(
             t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev)
                 .unwrap()
@@ -573,9 +572,7 @@ mod tests {
 
     #[test]
     fn primary_is_active_then_fails_over_after_two_missed_beats() {
-        let mut t = Tables::new(3, HB);
-        let mut ev = Vec::new();
-        let t0 = Instant::now();
+        let (mut t, mut ev, t0) = fresh(3);
         let p = t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev).unwrap();
         assert!(p.active);
         assert_eq!(p.epoch, 1);
@@ -613,9 +610,7 @@ mod tests {
 
     #[test]
     fn at_first_start_the_secondary_waits_for_its_primary() {
-        let mut t = Tables::new(3, HB);
-        let mut ev = Vec::new();
-        let t0 = Instant::now();
+        let (mut t, mut ev, t0) = fresh(3);
         let s = t.beat(&hb(1, NodeKind::Secondary, 2), t0, &mut ev).unwrap();
         assert!(
             !s.active,
@@ -642,9 +637,7 @@ mod tests {
 
     #[test]
     fn no_live_server_and_bad_cluster_are_errors() {
-        let mut t = Tables::new(3, HB);
-        let mut ev = Vec::new();
-        let now = Instant::now();
+        let (mut t, mut ev, now) = fresh(3);
         assert_eq!(t.assigned(1), Err(CoordError::NoLiveServer { cluster: 2 }));
         assert!(matches!(
             t.beat(&hb(4, NodeKind::Primary, 1), now, &mut ev),
@@ -663,9 +656,7 @@ mod tests {
 
     #[test]
     fn restarted_coordinator_keeps_the_claimed_active_server() {
-        let mut t = Tables::new(3, HB);
-        let mut ev = Vec::new();
-        let now = Instant::now();
+        let (mut t, mut ev, now) = fresh(3);
         // The secondary beats first, but the primary had been failed over to it at epoch 7.
         let mut s = hb(2, NodeKind::Secondary, 2);
         s.active = true;
@@ -680,9 +671,7 @@ mod tests {
 
     #[test]
     fn sync_peers_lists_live_sync_services() {
-        let mut t = Tables::new(2, HB);
-        let mut ev = Vec::new();
-        let now = Instant::now();
+        let (mut t, mut ev, now) = fresh(2);
         t.beat(&hb(1, NodeKind::Sync, 10), now, &mut ev).unwrap();
         t.beat(&hb(2, NodeKind::Sync, 20), now, &mut ev).unwrap();
         assert_eq!(t.sync_peers(now).len(), 2);
@@ -691,9 +680,7 @@ mod tests {
 
     #[test]
     fn decisions_replay_on_a_copy_and_stale_ones_change_nothing() {
-        let mut t = Tables::new(2, HB);
-        let mut ev = Vec::new();
-        let t0 = Instant::now();
+        let (mut t, mut ev, t0) = fresh(2);
         let mut follower = Decided::default();
         let before = follower.clone();
         t.beat(&hb(1, NodeKind::Primary, 1), t0, &mut ev).unwrap();

@@ -92,10 +92,10 @@ impl Writer {
             return;
         };
         let journal_len = self.disk.locked().journal.len();
-        let received_len = self.env.trigger.received_len();
+        let received_len = self.env.data.trigger.received_len();
         let grown =
             journal_len.saturating_sub(self.sealed.0) + received_len.saturating_sub(self.sealed.1);
-        if grown < self.env.trigger.every().max(self.last.2) {
+        if grown < self.env.data.trigger.every().max(self.last.2) {
             return;
         }
         let started = std::time::Instant::now();
@@ -116,7 +116,7 @@ impl Writer {
             }
         };
         self.sealed = (cp.journal, cp.other);
-        self.env.trigger.covered(cp.other);
+        self.env.data.trigger.covered(cp.other);
         let (env, disk) = (self.env.clone(), self.disk.clone());
         self.finishing = Some(tokio::task::spawn_blocking(move || {
             let done = finish(&env, &disk, &inbound, cp);
@@ -169,7 +169,7 @@ fn seal(
     inbound
         .repair_views()
         .context("completing a view file that a write failed")?;
-    let (state, clock) = (env.state.checkpoint(), env.clock.now());
+    let (state, clock) = (env.data.state.checkpoint(), env.data.clock.now());
     let journal = disk.journal.rotate().context("sealing the journal")?;
     let received = inbound.seal().context("sealing received.data")?;
     Ok(Checkpoint {
@@ -191,8 +191,8 @@ fn finish(
     inbound: &Mutex<crate::server::inbound::Inbound>,
     cp: Checkpoint,
 ) -> anyhow::Result<(u64, u64, u64)> {
-    crate::views::make_durable(&env.node.dir).context("making the view files durable")?;
-    let size = checkpoint::save(&env.node.dir, &cp)?;
+    crate::views::make_durable(&env.data.node.dir).context("making the view files durable")?;
+    let size = checkpoint::save(&env.data.node.dir, &cp)?;
     let (journal, received) = (cp.journal, cp.other);
     inbound.locked().delete_through(received)?;
     let read = env.read_by_sync();
@@ -205,7 +205,13 @@ fn finish(
         .journal_bytes
         .set(disk.journal.bytes_on_disk() as i64);
     drop(disk);
-    if kept > env.trigger.every().saturating_mul(UNREAD_WARN_INTERVALS) {
+    if kept
+        > env
+            .data
+            .trigger
+            .every()
+            .saturating_mul(UNREAD_WARN_INTERVALS)
+    {
         tracing::warn!(
             kept_bytes = kept,
             read_by_sync = ?read,

@@ -160,30 +160,39 @@ impl Store {
     }
 }
 
-/// What the writer works with besides its logs.
+/// What the two writers of the role directory (the journal writer here and the
+/// received feed's writer, [`crate::server::inbound`]) both work with.
 #[derive(Debug, Clone)]
-pub struct Env {
+pub struct Data {
     /// This server.
     pub node: Node,
-    /// What it knows, in memory: what the writer stores is applied to it.
+    /// What it knows, in memory: what either writer stores is applied to it.
     pub state: Arc<State>,
-    /// Timestamps (advanced past every change stored).
+    /// Timestamps (advanced past every change stored or received).
     pub clock: Arc<Hlc>,
-    /// What an operator sees.
-    pub metrics: Arc<Metrics>,
-    /// When requests complete.
-    pub ack: AckMode,
-    /// The journal, as a feed for the sync service (what it has read may be deleted).
+    /// The journal, as a feed for the sync service (what it has read may be deleted;
+    /// the view files are rebuilt from it when the sync service's journal is begun anew).
     pub journal_feed: FeedSource,
     /// When a checkpoint is due.
     pub trigger: Arc<CheckpointTrigger>,
 }
 
+/// What the journal writer works with besides its logs.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// What it shares with the received feed's writer.
+    pub data: Data,
+    /// What an operator sees.
+    pub metrics: Arc<Metrics>,
+    /// When requests complete.
+    pub ack: AckMode,
+}
+
 impl Env {
     /// How far this cluster's sync service has read the journal.
     fn read_by_sync(&self) -> Option<u64> {
-        self.journal_feed
-            .consumed_by(&[(self.node.cluster, tsn_protocol::coord::NodeKind::Sync)])
+        let sync = (self.data.node.cluster, tsn_protocol::coord::NodeKind::Sync);
+        self.data.journal_feed.consumed_by(&[sync])
     }
 
     /// A standby primary of cluster 1 whose datastore is under `root`.
@@ -193,17 +202,20 @@ impl Env {
             tsn_datastore::Datastore::new(root).role(1, tsn_protocol::coord::NodeKind::Primary);
         dir.create().expect("role directory");
         Env {
-            journal_feed: FeedSource::new(tsn_datastore::Segments::single(dir.journal()), 1, 0).1,
-            node: Node {
-                cluster: 1,
-                kind: tsn_protocol::coord::NodeKind::Primary,
-                dir,
+            data: Data {
+                journal_feed: FeedSource::new(tsn_datastore::Segments::single(dir.journal()), 1, 0)
+                    .1,
+                node: Node {
+                    cluster: 1,
+                    kind: tsn_protocol::coord::NodeKind::Primary,
+                    dir,
+                },
+                state: Arc::new(State::default()),
+                clock: Arc::new(Hlc::new(std::time::Duration::from_millis(500))),
+                trigger: Arc::new(CheckpointTrigger::new(u64::MAX, 0, 0)),
             },
-            state: Arc::new(State::default()),
-            clock: Arc::new(Hlc::new(std::time::Duration::from_millis(500))),
             metrics: Metrics::new(),
             ack,
-            trigger: Arc::new(CheckpointTrigger::new(u64::MAX, 0, 0)),
         }
     }
 }
@@ -251,7 +263,7 @@ mod tests {
     /// A writer's parts: a new journal under `root`, no received feed.
     fn parts(root: &std::path::Path, ack: AckMode, mirror_tx: mpsc::Sender<MirrorJob>) -> Parts {
         let env = Env::for_test(root, ack);
-        let (journal, _) = SegmentedLog::open(&env.node.dir.journal(), 0).unwrap();
+        let (journal, _) = SegmentedLog::open(&env.data.node.dir.journal(), 0).unwrap();
         let (len, _) = crate::feed::FeedSource::new(journal.segments(), 1, 0);
         Parts {
             env,
@@ -261,6 +273,24 @@ mod tests {
             len,
             last: Checkpoint::default(),
         }
+    }
+
+    /// A new writer in `mode` with a mirrored post submitted, and the job the mirror
+    /// got for it.
+    async fn mirrored(
+        mode: AckMode,
+        nonce: u64,
+    ) -> (
+        tempfile::TempDir,
+        Store,
+        oneshot::Receiver<Result<(), StoreError>>,
+        MirrorJob,
+        std::sync::mpsc::SyncSender<()>,
+    ) {
+        let (tmp, store, mut mirror, gate) = writer(mode);
+        let done = store.submit(post(nonce), true).await;
+        let job = mirror.recv().await.unwrap();
+        (tmp, store, done, job, gate)
     }
 
     fn post(nonce: u64) -> Vec<Change> {
@@ -282,7 +312,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (mirror_tx, _mirror_rx) = mpsc::channel(1024);
         let parts = parts(tmp.path(), AckMode::Replicated, mirror_tx);
-        let dir = parts.env.node.dir.clone();
+        let dir = parts.env.data.node.dir.clone();
         let store = spawn(parts).unwrap();
         let mut pending = Vec::new();
         for followee in 2..502 {
@@ -331,9 +361,7 @@ mod tests {
     #[tokio::test]
     async fn a_mirrored_change_waits_for_the_flush_only_when_asked_to() {
         for mode in [AckMode::Replicated, AckMode::Durable] {
-            let (_tmp, store, mut mirror, gate) = writer(mode);
-            let mut done = store.submit(post(7), true).await;
-            let job = mirror.recv().await.unwrap();
+            let (_tmp, _store, mut done, job, gate) = mirrored(mode, 7).await;
             assert_eq!(
                 job.changes.len(),
                 1,
@@ -360,9 +388,7 @@ mod tests {
     #[tokio::test]
     async fn serving_alone_waits_for_the_flush_in_either_mode() {
         for mode in [AckMode::Replicated, AckMode::Durable] {
-            let (_tmp, store, mut mirror, gate) = writer(mode);
-            let mut done = store.submit(post(9), true).await;
-            let job = mirror.recv().await.unwrap();
+            let (_tmp, _store, mut done, job, gate) = mirrored(mode, 9).await;
             let finished = tokio::spawn(job.finish());
             assert!(
                 pending(&mut done).await,

@@ -50,7 +50,7 @@ pub(super) fn spawn_with(
     std::thread::Builder::new()
         .name("journal-flush".into())
         .spawn(move || flush_loop(flush, flush_rx))?;
-    let dir = &parts.env.node.dir;
+    let dir = &parts.env.data.node.dir;
     let last_size = std::fs::metadata(checkpoint::path(dir)).map_or(0, |m| m.len());
     let views = Views::new(dir.clone(), Side::Server);
     let (journal, other) = (parts.last.journal, parts.last.other);
@@ -134,7 +134,7 @@ impl Writer {
                     self.maybe_checkpoint().await;
                     continue;
                 }
-                () = self.env.trigger.due() => {
+                () = self.env.data.trigger.due() => {
                     self.maybe_checkpoint().await;
                     continue;
                 }
@@ -192,11 +192,12 @@ impl Writer {
     async fn commit(&mut self, batch: Vec<WriteReq>) {
         // Mirrored and exchanged changes carry the other server's timestamps.
         for c in batch.iter().flat_map(|r| r.changes.iter()) {
-            self.env.clock.observe_change(c);
+            self.env.data.clock.observe_change(c);
         }
         // Keep only what is new to the model, and new within this batch.
         let fresh = self
             .env
+            .data
             .state
             .fresh(batch.iter().flat_map(|r| r.changes.iter()));
         // The same lines go to the journal now and to the view files after the hand-off.
@@ -247,7 +248,7 @@ impl Writer {
             AckMode::Replicated => complete(local.collect(), Ok(())),
             AckMode::Durable => on_flush.extend(local),
         }
-        self.env.state.apply_own(&fresh);
+        self.env.data.state.apply_own(&fresh);
         // Let the mirror (and whoever waits for a completion) go first: on a one-thread
         // runtime what follows would otherwise delay every acknowledgement.
         tokio::task::yield_now().await;

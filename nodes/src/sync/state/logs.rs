@@ -87,22 +87,25 @@ fn timeline_files(dir: &RoleDir, own_only: bool) -> anyhow::Result<Vec<Record>> 
     Ok(out)
 }
 
-/// What a sync service behind the outbox's oldest segment gets: the checkpoint's users
-/// and follow edges of this cluster, and this cluster's users' own posts.
-pub(super) fn outbox_transfer(dir: &RoleDir) -> anyhow::Result<Vec<Record>> {
-    let mut records = checkpoint::load(dir)?
-        .map(|cp| cp.state.received)
-        .unwrap_or_default();
-    records.extend(timeline_files(dir, true)?);
-    Ok(records)
+/// Which of the two served logs.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Served {
+    /// The outbox: a sync service behind its oldest segment gets the checkpoint's users
+    /// and follow edges of this cluster, and this cluster's users' own posts.
+    Outbox,
+    /// The journal: a server behind its oldest segment gets the checkpoint's users and
+    /// followers, and every delivery, with its number.
+    Journal,
 }
 
-/// What a server behind the journal's oldest segment gets: the checkpoint's users and
-/// followers, and every delivery, with its number.
-pub(super) fn journal_transfer(dir: &RoleDir) -> anyhow::Result<Vec<Record>> {
-    let mut records = checkpoint::load(dir)?
-        .map(|cp| cp.state.own)
-        .unwrap_or_default();
-    records.extend(timeline_files(dir, false)?);
+/// What a reader behind the oldest segment of `log` gets.
+pub(super) fn transfer(dir: &RoleDir, log: Served) -> anyhow::Result<Vec<Record>> {
+    let cp = checkpoint::load(dir)?;
+    let (kept, own_only) = match log {
+        Served::Outbox => (cp.map(|cp| cp.state.received), true),
+        Served::Journal => (cp.map(|cp| cp.state.own), false),
+    };
+    let mut records = kept.unwrap_or_default();
+    records.extend(timeline_files(dir, own_only)?);
     Ok(records)
 }

@@ -8,7 +8,7 @@ use tsn_datastore::{Cursors, Record, RoleDir};
 use tsn_protocol::coord::NodeKind;
 use tsn_protocol::ClusterId;
 
-use super::logs::{self, ServedLog};
+use super::logs::{self, Served, ServedLog};
 use super::seen::TimelineFiles;
 use super::{SyncState, ID_WINDOW};
 use crate::checkpoint;
@@ -31,24 +31,23 @@ impl SyncState {
         let last_size = std::fs::metadata(checkpoint::path(&dir)).map_or(0, |m| m.len());
         let syncs: Vec<Reader> = (1..=clusters).map(|c| (c, NodeKind::Sync)).collect();
         let servers = vec![(cluster, NodeKind::Primary), (cluster, NodeKind::Secondary)];
-        let (outbox, out_records) = {
-            let d = dir.clone();
+        let open = |log: Served, from: u64, readers: Vec<Reader>| {
+            let (d, path) = (
+                dir.clone(),
+                match log {
+                    Served::Outbox => dir.outbox(),
+                    Served::Journal => dir.journal(),
+                },
+            );
             ServedLog::open(
-                &dir.outbox(),
-                cp.other,
-                syncs,
-                Arc::new(move || logs::outbox_transfer(&d)),
-            )?
+                &path,
+                from,
+                readers,
+                Arc::new(move || logs::transfer(&d, log)),
+            )
         };
-        let (journal, records) = {
-            let d = dir.clone();
-            ServedLog::open(
-                &dir.journal(),
-                cp.journal,
-                servers,
-                Arc::new(move || logs::journal_transfer(&d)),
-            )?
-        };
+        let (outbox, out_records) = open(Served::Outbox, cp.other, syncs)?;
+        let (journal, records) = open(Served::Journal, cp.journal, servers)?;
         let cursors = Cursors::load(&dir.cursors())?;
         crate::recovery::complete_unless_clean(&dir, &[(Side::Sync, &records)])?;
         let mut core = SyncState {
