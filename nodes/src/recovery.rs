@@ -7,6 +7,26 @@ use tsn_datastore::{Record, RoleDir};
 
 use crate::views::Side;
 
+/// Says in the log what a start loaded: the last checkpoint's offsets into the journal
+/// and into the role's other log (`other`: `received` or `outbox`), the records of each
+/// after them, and how long it took since `started`.
+pub fn log_loaded(
+    other: &str,
+    checkpoint: (u64, u64),
+    records: (usize, usize),
+    started: std::time::Instant,
+) {
+    tracing::info!(
+        checkpoint_journal = checkpoint.0,
+        checkpoint_other = checkpoint.1,
+        other_log = other,
+        journal = records.0,
+        other = records.1,
+        took_ms = started.elapsed().as_millis() as u64,
+        "state loaded: the last checkpoint and the records after it"
+    );
+}
+
 /// Removes the clean-shutdown marker of `dir`; when there was none, completes the view
 /// files from `logs` (the records after the last checkpoint). Views are derived from the
 /// logs: failing to complete them (a full disk, say) is worth an error in the log, not a

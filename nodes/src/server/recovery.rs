@@ -56,14 +56,8 @@ pub fn recover(dir: &RoleDir, clock: Hlc) -> anyhow::Result<Recovered> {
         observe_record(&clock, r);
         model.apply_sync(r);
     }
-    tracing::info!(
-        checkpoint_journal = cp.journal,
-        checkpoint_received = cp.other,
-        journal = records.len(),
-        received = received.len(),
-        took_ms = started.elapsed().as_millis() as u64,
-        "state loaded: the last checkpoint and the records after it"
-    );
+    let counts = (records.len(), received.len());
+    crate::recovery::log_loaded("received", (cp.journal, cp.other), counts, started);
     Ok(Recovered {
         checkpoint: cp,
         journal,

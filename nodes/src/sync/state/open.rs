@@ -26,6 +26,7 @@ impl SyncState {
         checkpoint_bytes: u64,
         max_clock_offset: std::time::Duration,
     ) -> anyhow::Result<SyncState> {
+        let started = std::time::Instant::now();
         dir.create()?;
         let cp = checkpoint::load(&dir)?.unwrap_or_default();
         let last_size = std::fs::metadata(checkpoint::path(&dir)).map_or(0, |m| m.len());
@@ -90,13 +91,8 @@ impl SyncState {
         for r in &records {
             core.note_delivered(r);
         }
-        tracing::info!(
-            checkpoint_journal = cp.journal,
-            checkpoint_outbox = cp.other,
-            outbox = out_records.len(),
-            journal = records.len(),
-            "sync service state loaded: the last checkpoint and the records after it"
-        );
+        let counts = (records.len(), out_records.len());
+        crate::recovery::log_loaded("outbox", (cp.journal, cp.other), counts, started);
         Ok(core)
     }
 }
