@@ -167,12 +167,15 @@ impl NodeOpts {
     }
 
     /// Starts the metrics listener if `--metrics-addr` asks for one.
+    /// The listener is a task of `tasks`: it stops with the role.
     pub async fn serve_metrics(
         &self,
         metrics: &std::sync::Arc<crate::metrics::Metrics>,
+        tasks: &mut tokio::task::JoinSet<()>,
     ) -> anyhow::Result<()> {
         if let Some(addr) = self.metrics_addr {
-            crate::metrics::serve(addr, metrics.clone()).await?;
+            let (_, serving) = crate::metrics::serve(addr, metrics.clone()).await?;
+            tasks.spawn(serving);
         }
         Ok(())
     }

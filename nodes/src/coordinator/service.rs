@@ -82,12 +82,12 @@ pub async fn run(
     tracing::info!(%local, clusters = opts.clusters, heartbeat_ms = opts.node.heartbeat_ms, id = opts.id, members = members.len(), "coordinator listening");
 
     let metrics = crate::metrics::Metrics::new();
-    opts.node.serve_metrics(&metrics).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    opts.node.serve_metrics(&metrics, &mut tasks).await?;
     metrics.set_ready(Some("the coordinator group has no leader yet".into()));
     // Requests are answered from the start: the other members' first questions (is there
     // a group?) come while this one forms it.
     let (consensus_tx, consensus_rx) = tokio::sync::watch::channel(None::<Arc<Group>>);
-    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::net::accept_loop(
         endpoint.clone(),
         metrics.connections.clone(),

@@ -68,10 +68,17 @@ async fn ready(State(metrics): State<Arc<Metrics>>) -> Response {
     }
 }
 
-/// Serves `/metrics`, `/health` and `/ready` on `addr` (`--metrics-addr`) for ever,
-/// [`MAX_HTTP_CONNECTIONS`] at a time, each for at most [`HTTP_TIMEOUT`]. Returns the
-/// bound address once listening.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
+/// Binds `addr` (`--metrics-addr`) for `/metrics`, `/health` and `/ready`; returns the
+/// bound address and the serving, which runs until dropped, [`MAX_HTTP_CONNECTIONS`]
+/// connections at a time, each for at most [`HTTP_TIMEOUT`] (a connection's task ends
+/// with it).
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics listener on {addr}"))?;
@@ -79,12 +86,14 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<So
     tracing::info!(addr = %local, "metrics listening (/metrics, /health, /ready)");
     let service = TowerToHyperService::new(router(metrics));
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
-    tokio::spawn(async move {
+    let serving = async move {
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             // A place first, then the connection: what waits stays in the kernel's queue.
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
+            while connections.try_join_next().is_some() {}
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -94,7 +103,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<So
                 }
             };
             let service = service.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let conn = hyper::server::conn::http1::Builder::new()
                     .keep_alive(false)
                     .max_buf_size(MAX_REQUEST)
@@ -103,6 +112,6 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<So
                 drop(permit);
             });
         }
-    });
-    Ok(local)
+    };
+    Ok((local, serving))
 }

@@ -137,7 +137,7 @@ async fn serve(
         FeedSource::new(journal.segments(), recovered.journal_id, journal.len());
     let journal_feed = with_transfer(journal_feed, &node.dir);
     metrics.journal_bytes.set(journal.len() as i64);
-    opts.node.serve_metrics(&metrics).await?;
+    opts.node.serve_metrics(&metrics, &mut tasks).await?;
     let admission = admission::Admission::new(std::time::Duration::from_millis(opts.admit_lag_ms));
     let h = Handles {
         node,

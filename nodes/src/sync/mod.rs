@@ -61,7 +61,8 @@ pub async fn run(
         crate::net::advertise_addr(opts.advertise.as_deref(), local, opts.coordinator.first())
             .await?;
     let metrics = crate::metrics::Metrics::new();
-    opts.node.serve_metrics(&metrics).await?;
+    let mut tasks = JoinSet::new();
+    opts.node.serve_metrics(&metrics, &mut tasks).await?;
     let (members_tx, mut members) = watch::channel(Membership::default());
     let coord_link = link::start(
         LinkConfig {
@@ -96,7 +97,6 @@ pub async fn run(
     .with_context(|| format!("loading {}", dir.path().display()))?;
     let core: Core = Arc::new(Mutex::new(core));
 
-    let mut tasks = JoinSet::new();
     let feeds = follow_feeds(
         &core, &endpoint, &members, &advertise, cluster, clusters, &mut tasks,
     );
