@@ -123,8 +123,10 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!("shutting down");
-    tasks.shutdown().await;
+    // Closed first: readers of its feeds see the connection closed by a node that
+    // stops, not a feed that ended.
     endpoint.close(0u32.into(), b"sync service shutting down");
+    tasks.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     // Every writer of the core has stopped with the tasks: the views are complete.
     core.locked()
