@@ -312,7 +312,10 @@ fn split_brain_inside_a_cluster_then_heal_keeps_both_sides_posts() -> Result<()>
     // runs on the primary's host, so it stays with the primary through the split.
     let mut early = sys.client(host(1, Role::Primary), 2)?;
     let mut reader = sys.client(host(2, Role::Sync), 1)?;
+    // Each cluster learns of the other's users through its sync service: both must
+    // know user 2 before user 1 can follow them.
     wait_users(&mut early, &[1, 2])?;
+    wait_users(&mut reader, &[1, 2])?;
     assert_eq!(
         reader.run("FOLLOW 2", 1)?,
         ["Command completed successfully"]
