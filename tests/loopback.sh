@@ -95,15 +95,28 @@ free_udp_port() { # a UDP port nothing listens on now
   done
   echo "no free UDP port found" >&2; return 1
 }
+free_tcp_port() { # a TCP port nothing listens on now
+  local p
+  for _ in $(seq 200); do
+    p=$(( 20000 + RANDOM % 30000 ))
+    if [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then echo "$p"; return 0; fi
+  done
+  echo "no free TCP port found" >&2; return 1
+}
+# Every coordinator serves the web client's page on a port of its own.
+web_urls=()
+next_web() { wa="127.0.0.1:$(free_tcp_port)"; web_urls+=("http://$wa/"); }
 if [ "$coordinators" = 1 ]; then
-  start coordinator tsn_coordinator -p 0 --clusters "$clusters"
+  next_web
+  start coordinator tsn_coordinator -p 0 --clusters "$clusters" --web-addr "$wa"
   coord=$(cat "$run/coordinator.addr")
 else
   ports=()
   for i in $(seq "$coordinators"); do ports+=("$(free_udp_port)"); done
   coord=$(printf '127.0.0.1:%s,' "${ports[@]}"); coord=${coord%,}
   for i in $(seq "$coordinators"); do
-    start "coordinator-$i" tsn_coordinator -p "${ports[$((i-1))]}" --id "$i" --members "$coord" --clusters "$clusters"
+    next_web
+    start "coordinator-$i" tsn_coordinator -p "${ports[$((i-1))]}" --id "$i" --members "$coord" --clusters "$clusters" --web-addr "$wa"
   done
 fi
 for c in $(seq "$clusters"); do
@@ -132,6 +145,8 @@ Start a client in another terminal (user N is served by cluster (N % $clusters) 
   $bin/tsn_client -c $coord -p 0 -i 1 --cert-dir $run/certs
 Routing tables:
   $bin/tsn_status -c $coord --cert-dir $run/certs
+Web client (open in Chromium or Chrome on this host; every coordinator serves it):
+  ${web_urls[*]}
 
 Press Ctrl-C to stop everything.
 TXT

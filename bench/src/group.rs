@@ -192,6 +192,7 @@ fn push_latency(rt: &Runtime) -> Result<Vec<Row>> {
                 active: false,
                 epoch: 0,
                 clock_offset_ms: 0,
+                web_hashes: Vec::new(),
             });
             let sent = Instant::now();
             match session::call::<_, CoordReply>(&conn, &hb).await? {

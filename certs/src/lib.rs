@@ -8,6 +8,9 @@
 //!   [`peer_is_node`]). Every configuration uses the ring provider and TLS 1.3 only, and
 //!   negotiates ALPN [`tsn_protocol::ALPN`]; none depends on a process-wide provider.
 //!
+//! - `web`: the certificate servers show to browsers ([`WebCerts`]), chosen by ALPN
+//!   ([`AlpnResolver`]).
+//!
 //! # Files
 //! In the cert dir (`--cert-dir`, default `./certs`):
 //! - `ca.pem`: the CA certificate followed by its private key, mode 0600. Every node
@@ -43,9 +46,11 @@
 
 mod ca;
 mod tls;
+mod web;
 
 pub use ca::{fingerprint, node_identity, ClusterCa, Identity, TrustRoot};
 pub use tls::{peer_is_node, ClientAuth};
+pub use web::{cert_hash, AlpnResolver, WebCerts, H3_ALPN, ROTATE_EVERY, VALID_FOR};
 
 /// The DNS name on every leaf and the server name every TSN connection verifies.
 pub const SERVER_NAME: &str = "tsn-node";

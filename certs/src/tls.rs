@@ -9,6 +9,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 
 use crate::ca::{Identity, TrustRoot};
+use crate::web::{AlpnResolver, WebCerts, H3_ALPN};
 use crate::CertError;
 
 /// Whether a server requires its peers to present a certificate from the CA.
@@ -72,16 +73,44 @@ impl Identity {
         auth: ClientAuth,
         transport: Arc<quinn::TransportConfig>,
     ) -> Result<quinn::ServerConfig, CertError> {
+        self.server_config_with_web(auth, transport, None)
+    }
+
+    /// A server config presenting this leaf to [`tsn_protocol::ALPN`] connections and,
+    /// with `web`, also accepting [`H3_ALPN`] (browsers' WebTransport), to which it shows
+    /// the web certificate.
+    pub fn server_config_with_web(
+        &self,
+        auth: ClientAuth,
+        transport: Arc<quinn::TransportConfig>,
+        web: Option<&WebCerts>,
+    ) -> Result<quinn::ServerConfig, CertError> {
         let verifier = WebPkiClientVerifier::builder_with_provider(roots(&self.ca)?, provider());
         let verifier = match auth {
             ClientAuth::Required => verifier.build()?,
             ClientAuth::Optional => verifier.allow_unauthenticated().build()?,
         };
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.cert_chain(), self.key())?;
+            .with_client_cert_verifier(verifier);
+        let mut tls = match web {
+            None => builder.with_single_cert(self.cert_chain(), self.key())?,
+            Some(web) => {
+                let node = rustls::sign::CertifiedKey::from_der(
+                    self.cert_chain(),
+                    self.key(),
+                    &rustls::crypto::ring::default_provider(),
+                )?;
+                builder.with_cert_resolver(Arc::new(AlpnResolver {
+                    node: Arc::new(node),
+                    web: web.clone(),
+                }))
+            }
+        };
         tls.alpn_protocols = alpn();
+        if web.is_some() {
+            tls.alpn_protocols.push(H3_ALPN.to_vec());
+        }
         let quic = QuicServerConfig::try_from(tls)?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
         cfg.transport_config(transport);

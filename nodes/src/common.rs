@@ -139,14 +139,16 @@ impl ClockOpts {
 
 impl NodeOpts {
     /// Issues this node a leaf from the cluster CA and binds its endpoint on `--bind` and
-    /// `port` (see [`crate::net::node_listener`]).
+    /// `port` (see [`crate::net::node_listener`]); with `web`, the endpoint also accepts
+    /// browsers.
     pub fn listen(
         &self,
         common: &CommonOpts,
         port: u16,
         auth: tsn_certs::ClientAuth,
+        web: Option<&tsn_certs::WebCerts>,
     ) -> anyhow::Result<crate::net::NodeListener> {
-        crate::net::node_listener(common, self, port, auth)
+        crate::net::node_listener(common, self, port, auth, web)
     }
 
     /// The async runtime the node runs on (see `--threads`), once the process's

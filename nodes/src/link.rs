@@ -100,6 +100,8 @@ pub struct LinkConfig {
     pub interval: Duration,
     /// `--max-clock-offset-ms`.
     pub max_clock_offset: Duration,
+    /// A server's web certificate, whose hashes each heartbeat carries.
+    pub web: Option<tsn_certs::WebCerts>,
 }
 
 /// Exit status of a node whose cluster id is outside the coordinator's range (a usage

@@ -169,6 +169,22 @@ pub struct Heartbeat {
     /// How far the node's wall clock was ahead of the coordinator's (negative: behind)
     /// at its last heartbeat, in milliseconds (0 before it has measured).
     pub clock_offset_ms: i64,
+    /// For a server that accepts browsers: the SHA-256 hashes of the certificate it shows
+    /// to WebTransport sessions, the current one first (see [`WebAssignment`]). Empty
+    /// otherwise, and for a certificate from a public CA.
+    pub web_hashes: Vec<[u8; 32]>,
+}
+
+/// Where a browser finds a user's active server: the web counterpart of
+/// [`CoordReply::Assigned`], answered by the coordinators' web address as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebAssignment {
+    /// The user's cluster.
+    pub cluster: ClusterId,
+    /// Address of its active server (`host:port`, the server's QUIC port).
+    pub addr: String,
+    /// The hashes a browser may accept the server's certificate by.
+    pub hashes: Vec<[u8; 32]>,
 }
 
 /// The coordinator's answer.

@@ -153,6 +153,7 @@ fn write_seed_corpus() {
                     active: true,
                     epoch: 2,
                     clock_offset_ms: -3,
+                    web_hashes: Vec::new(),
                 }),
                 CoordRequest::AssignClient { client: 4 },
                 CoordRequest::SyncPeers,

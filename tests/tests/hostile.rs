@@ -199,6 +199,7 @@ fn every_role_survives_bad_input_and_keeps_serving() {
             active: true,
             epoch: 99,
             clock_offset_ms: 0,
+            web_hashes: Vec::new(),
         });
         let reply: CoordReply = call(&c, &hb).await.unwrap();
         assert_eq!(

@@ -210,6 +210,15 @@ impl Group {
         Some(l.tables.status(Instant::now(), rev, true))
     }
 
+    /// Where a browser finds `client`'s active server, from committed state (what
+    /// `/assign/<user>` of the coordinators' web page answers).
+    pub fn assign_web(
+        &self,
+        client: tsn_protocol::UserId,
+    ) -> Result<tsn_protocol::coord::WebAssignment, CoordError> {
+        self.committed_tables().0.assigned_web(client)
+    }
+
     /// Answers a read: from committed state, the tables from the leader when it can be
     /// reached (they carry its heartbeat times).
     pub async fn read(&self, req: &CoordRequest) -> CoordReply {

@@ -9,6 +9,7 @@
 //! - [`group`]: one member: decisions on the leader, committed before they take effect;
 //!   reads from committed state; requests passed to the leader.
 //! - [`service`]: the QUIC service (every request, and the watch streams).
+//! - [`web`]: the web client's page and `/assign/<user>` (`--web-addr`).
 //!
 //! A group of one (no `--members`) is the same code with a majority of one. What is
 //! decided survives a restart (the log); heartbeat times do not, and a new leader gives
@@ -20,5 +21,6 @@ pub mod group;
 pub mod raft;
 pub mod service;
 pub mod tables;
+pub mod web;
 
 pub use service::{run, CoordinatorOpts};

@@ -49,6 +49,13 @@ pub struct CoordinatorOpts {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000), env = "TSN_CLUSTERS")]
     pub clusters: u32,
 
+    /// Serve the web client (a page to log in, follow and post from a browser, and
+    /// `/assign/<user>`, where it finds the user's server) over HTTP on this address.
+    /// Every member of a group may serve it. Browsers treat http://127.0.0.1 and
+    /// http://localhost as secure; for other hosts put an HTTPS proxy in front (README).
+    #[arg(long, value_name = "HOST:PORT", env = "TSN_WEB_ADDR")]
+    pub web_addr: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     pub node: NodeOpts,
 
@@ -74,9 +81,12 @@ pub async fn run(
     if opts.clear {
         clear(&opts, &ds, alone)?;
     }
-    let listener = opts
-        .node
-        .listen(&opts.common, opts.port, tsn_certs::ClientAuth::Optional)?;
+    let listener = opts.node.listen(
+        &opts.common,
+        opts.port,
+        tsn_certs::ClientAuth::Optional,
+        None,
+    )?;
     let (endpoint, local) = (listener.endpoint, listener.local);
     let members = members(&opts, &local.to_string());
     tracing::info!(%local, clusters = opts.clusters, heartbeat_ms = opts.node.heartbeat_ms, id = opts.id, members = members.len(), "coordinator listening");
@@ -88,6 +98,10 @@ pub async fn run(
     // Requests are answered from the start: the other members' first questions (is there
     // a group?) come while this one forms it.
     let (consensus_tx, consensus_rx) = tokio::sync::watch::channel(None::<Arc<Group>>);
+    if let Some(addr) = opts.web_addr {
+        let (_, serving) = super::web::serve(addr, consensus_rx.clone()).await?;
+        tasks.spawn(serving);
+    }
     tasks.spawn(crate::net::accept_loop(
         endpoint.clone(),
         metrics.connections.clone(),

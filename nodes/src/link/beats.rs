@@ -236,6 +236,11 @@ async fn beat(
         active,
         epoch,
         clock_offset_ms,
+        web_hashes: cfg
+            .web
+            .as_ref()
+            .map(tsn_certs::WebCerts::hashes)
+            .unwrap_or_default(),
     });
     let sent = crate::now_us();
     let beat = match group.call(endpoint, &hb).await? {

@@ -84,9 +84,19 @@ pub async fn serve(
         .with_context(|| format!("binding the metrics listener on {addr}"))?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "metrics listening (/metrics, /health, /ready)");
-    let service = TowerToHyperService::new(router(metrics));
+    Ok((local, serve_router(listener, router(metrics))))
+}
+
+/// Serves `router` on `listener` until dropped, [`MAX_HTTP_CONNECTIONS`] connections at
+/// a time, each for at most [`HTTP_TIMEOUT`] and one request: every HTTP listener of a
+/// node (metrics, the coordinators' web page) is bounded alike.
+pub fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let service = TowerToHyperService::new(router);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
-    let serving = async move {
+    async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
             // A place first, then the connection: what waits stays in the kernel's queue.
@@ -97,7 +107,7 @@ pub async fn serve(
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::debug!("accepting a metrics connection failed: {e}");
+                    tracing::debug!("accepting an HTTP connection failed: {e}");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -112,6 +122,5 @@ pub async fn serve(
                 drop(permit);
             });
         }
-    };
-    Ok((local, serving))
+    }
 }

@@ -5,6 +5,7 @@
 //!   transport limits.
 //! - `accept`: the accept loop and the streams of one connection, each a task.
 //! - `advertise`: the advertised-address rule.
+//! - `stream`: a client stream's two halves, over `tsn/1` or WebTransport.
 //!
 //! Limits, and what they cost: a connection may have at most [`MAX_BIDI_STREAMS`] open
 //! bidirectional streams; each stream's receive window is [`STREAM_WINDOW`] and the whole
@@ -14,9 +15,11 @@
 
 mod accept;
 mod advertise;
+mod stream;
 
 pub use accept::{accept_loop, serve_streams};
 pub use advertise::{advertise_addr, dialable};
+pub use stream::{RecvHalf, SendHalf};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -209,6 +212,10 @@ pub fn peer_closed(e: &NetError) -> bool {
 /// Transport settings: keep-alive at a third of the idle timeout, so a live but quiet
 /// peer is never timed out, and a dead one is noticed within `idle`.
 pub fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config(idle))
+}
+
+fn transport_config(idle: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into());
     t.max_concurrent_uni_streams(0u32.into());
@@ -218,6 +225,18 @@ pub fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
+    t
+}
+
+/// Unidirectional streams a browser may open: HTTP/3's control stream and QPACK's two,
+/// and a few to spare (TSN itself uses none).
+pub const WEB_UNI_STREAMS: u32 = 8;
+
+/// [`transport`] for an endpoint that also serves browsers: HTTP/3 needs a few
+/// unidirectional streams.
+pub fn web_transport(idle: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = transport_config(idle);
+    t.max_concurrent_uni_streams(WEB_UNI_STREAMS.into());
     Arc::new(t)
 }
 
@@ -304,15 +323,15 @@ pub fn explain_handshake(reason: &str) -> String {
 /// when the stream ended before one, or held something that is not one (the stream is
 /// then reset, so the peer's request fails at once instead of waiting).
 pub async fn first_msg<T: DeserializeOwned>(
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    send: &mut impl SendHalf,
+    recv: &mut impl RecvHalf,
     what: &str,
 ) -> Option<T> {
     match tsn_protocol::read_msg::<T, _>(recv).await {
         Ok(m) => m,
         Err(e) => {
             tracing::debug!("bad {what}: {e}");
-            let _ = send.reset(1u32.into());
+            send.reset_stream(1);
             None
         }
     }
@@ -354,10 +373,14 @@ pub fn node_endpoint(
     auth: tsn_certs::ClientAuth,
     bind: SocketAddr,
     idle: Duration,
+    web: Option<&tsn_certs::WebCerts>,
 ) -> anyhow::Result<quinn::Endpoint> {
     use anyhow::Context;
     let t = transport(idle);
-    let server = identity.server_config(auth, t.clone())?;
+    let server = match web {
+        None => identity.server_config(auth, t.clone())?,
+        Some(web) => identity.server_config_with_web(auth, web_transport(idle), Some(web))?,
+    };
     let mut endpoint =
         quinn::Endpoint::server(server, bind).with_context(|| format!("binding UDP {bind}"))?;
     endpoint.set_default_client_config(identity.client_config(t)?);
@@ -425,12 +448,13 @@ pub fn node_listener(
     node: &crate::common::NodeOpts,
     port: u16,
     auth: tsn_certs::ClientAuth,
+    web: Option<&tsn_certs::WebCerts>,
 ) -> anyhow::Result<NodeListener> {
     use anyhow::Context;
     let identity = tsn_certs::node_identity(&common.cert_dir, &[])
         .with_context(|| format!("loading certificates from {}", common.cert_dir.display()))?;
     let idle = node_idle_timeout(node.heartbeat());
-    let endpoint = node_endpoint(&identity, auth, SocketAddr::new(node.bind, port), idle)?;
+    let endpoint = node_endpoint(&identity, auth, SocketAddr::new(node.bind, port), idle, web)?;
     let local = endpoint.local_addr()?;
     let client_config = identity.client_config(transport(idle))?;
     Ok(NodeListener {

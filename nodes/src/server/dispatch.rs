@@ -20,12 +20,17 @@ pub(super) struct Dispatch {
     pub mirror: Mirror,
     /// The journal, for the sync service's feed.
     pub journal_feed: FeedSource,
+    /// Which pages' browser sessions are served.
+    pub origins: super::web::Origins,
 }
 
 impl Dispatch {
     /// Serves one connection until it closes, and until its streams have ended (each
     /// sees the connection's end and finishes as it does when its peer goes away).
     pub(super) async fn serve_connection(self, conn: quinn::Connection) {
+        if super::web::is_browser(&conn) {
+            return super::web::serve(self.service, self.origins, conn).await;
+        }
         let is_node = tsn_certs::peer_is_node(&conn);
         let user = super::auth::Conn::default();
         crate::net::serve_streams(conn, |send, recv| {

@@ -17,6 +17,8 @@
 //! - [`cmd`]: one file per client command; TIMELINE keeps its stream for the session.
 //! - `dispatch`: what each connection and stream is for (client commands, mirror,
 //!   the journal's feed, an operator's request).
+//! - [`web`]: browsers' WebTransport sessions on the same endpoint (ALPN `h3`), served
+//!   by the same commands.
 //! - `handover`: a planned stop of the active server hands the cluster over first.
 //! - `readiness`: what `/ready` says.
 //!
@@ -39,6 +41,7 @@ pub mod recovery;
 pub mod role;
 pub mod sessions;
 pub mod store;
+pub mod web;
 mod wiring;
 
 pub use options::{AckMode, ServerOpts, ServerType};

@@ -89,6 +89,27 @@ pub struct ServerOpts {
     )]
     pub admit_lag_ms: u64,
 
+    /// Browsers: a certificate chain (PEM) to show WebTransport sessions instead of the
+    /// self-signed one the server makes and rotates, e.g. one from a public CA for a page
+    /// served over HTTPS from another host. Needs --web-key.
+    #[arg(long, value_name = "FILE", requires = "web_key", env = "TSN_WEB_CERT")]
+    pub web_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --web-cert.
+    #[arg(long, value_name = "FILE", requires = "web_cert", env = "TSN_WEB_KEY")]
+    pub web_key: Option<std::path::PathBuf>,
+
+    /// Origins (scheme://host[:port]) whose pages may open browser sessions,
+    /// comma-separated. Default: pages served from a coordinator's host (the
+    /// coordinators serve the page, see tsn_coordinator --web-addr).
+    #[arg(
+        long,
+        value_name = "ORIGIN[,...]",
+        value_delimiter = ',',
+        env = "TSN_WEB_ORIGIN"
+    )]
+    pub web_origin: Vec<String>,
+
     #[command(flatten)]
     pub node: NodeOpts,
 

@@ -63,9 +63,13 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
     dir.create()
         .with_context(|| format!("creating {}", dir.path().display()))?;
     let recovered = recovery::recover(&dir, Hlc::new(opts.clock.max_clock_offset()))?;
-    let listener = opts
-        .node
-        .listen(&opts.common, opts.port, tsn_certs::ClientAuth::Optional)?;
+    let web = web_certs(&opts)?;
+    let listener = opts.node.listen(
+        &opts.common,
+        opts.port,
+        tsn_certs::ClientAuth::Optional,
+        Some(&web),
+    )?;
     let local = listener.local;
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, opts.coordinator.first())
@@ -75,7 +79,8 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
         kind,
         dir,
     };
-    let tasks = JoinSet::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(super::web::rotate(web.clone()));
     let beat_now = Arc::new(tokio::sync::Notify::new());
     let metrics = Metrics::new();
     let link = crate::link::LinkConfig {
@@ -85,6 +90,7 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
         advertise: advertise.clone(),
         interval: opts.node.heartbeat(),
         max_clock_offset: opts.clock.max_clock_offset(),
+        web: Some(web.clone()),
     };
     let (members_tx, members) = watch::channel(crate::link::Membership::default());
     let link = crate::link::start(
@@ -112,6 +118,22 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
     tracing::info!(%local, %advertise, cluster = opts.cluster, kind = kind.as_str(), ack = ?opts.ack, "server listening");
     opts.node.announce(local)?;
     Ok(running)
+}
+
+/// The certificate shown to browsers: the operator's, or one of the server's own for
+/// its addresses.
+fn web_certs(opts: &ServerOpts) -> anyhow::Result<tsn_certs::WebCerts> {
+    Ok(match (&opts.web_cert, &opts.web_key) {
+        (Some(cert), Some(key)) => tsn_certs::WebCerts::from_pem_files(cert, key)
+            .context("loading --web-cert and --web-key")?,
+        _ => {
+            let mut names = vec!["localhost".to_string(), opts.node.bind.to_string()];
+            if let Some(a) = &opts.advertise {
+                names.push(crate::server::web::host_name(a));
+            }
+            tsn_certs::WebCerts::self_signed(&names).context("making the web certificate")?
+        }
+    })
 }
 
 /// What the server talks through.
@@ -285,6 +307,7 @@ fn spawn_accept(
         service,
         mirror: mirror.clone(),
         journal_feed: h.journal_feed.clone(),
+        origins: super::web::Origins::new(&opts.web_origin, &opts.coordinator),
     };
     tasks.spawn(crate::net::accept_loop(
         endpoint.clone(),

@@ -53,9 +53,12 @@ pub async fn run(
     let dir = Datastore::new(&opts.node.datastore).role(opts.cluster, NodeKind::Sync);
     dir.create()
         .with_context(|| format!("creating {}", dir.path().display()))?;
-    let listener = opts
-        .node
-        .listen(&opts.common, opts.port, tsn_certs::ClientAuth::Required)?;
+    let listener = opts.node.listen(
+        &opts.common,
+        opts.port,
+        tsn_certs::ClientAuth::Required,
+        None,
+    )?;
     let (endpoint, local) = (listener.endpoint.clone(), listener.local);
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, opts.coordinator.first())
@@ -72,6 +75,7 @@ pub async fn run(
             advertise: advertise.clone(),
             interval: opts.node.heartbeat(),
             max_clock_offset: opts.clock.max_clock_offset(),
+            web: None,
         },
         opts.node.bind,
         listener.client_config,

@@ -16,6 +16,10 @@ pub struct ClusterDecided {
     pub active: Option<NodeKind>,
     /// The failover epoch.
     pub epoch: u64,
+    /// The web certificate hashes of each server that accepts browsers (absent from
+    /// tables written before servers had them).
+    #[serde(default)]
+    pub web: BTreeMap<NodeKind, Vec<[u8; 32]>>,
 }
 
 /// Everything decided: the state a coordinator group replicates.

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tsn_protocol::coord::{
-    BeatReply, CoordError, Heartbeat, NodeKind, RouteEntry, RoutingTables, SyncPeer,
+    BeatReply, CoordError, Heartbeat, NodeKind, RouteEntry, RoutingTables, SyncPeer, WebAssignment,
 };
 use tsn_protocol::types::cluster_of;
 use tsn_protocol::{ClusterId, UserId};
@@ -37,6 +37,8 @@ struct Slot {
     since: Instant,
     /// The clock offset its last heartbeat reported (liveness, like `last_beat`).
     clock_offset_ms: i64,
+    /// Its web certificate hashes (decided, like `addr`).
+    web: Vec<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -150,6 +152,7 @@ impl Tables {
                         last_beat: now,
                         since: now,
                         clock_offset_ms: 0,
+                        web: c.web.get(kind).cloned().unwrap_or_default(),
                     };
                     (*kind, slot)
                 })
@@ -187,10 +190,17 @@ impl Tables {
                 .iter()
                 .map(|(id, c)| {
                     let addrs = c.slots.iter().map(|(k, s)| (*k, s.addr.clone())).collect();
+                    let web = c
+                        .slots
+                        .iter()
+                        .filter(|(_, s)| !s.web.is_empty())
+                        .map(|(k, s)| (*k, s.web.clone()))
+                        .collect();
                     let d = ClusterDecided {
                         addrs,
                         active: c.active,
                         epoch: c.epoch,
+                        web,
                     };
                     (*id, d)
                 })
@@ -257,6 +267,7 @@ impl Tables {
                 last_beat: now,
                 since,
                 clock_offset_ms: hb.clock_offset_ms,
+                web: hb.web_hashes.clone(),
             },
         );
         if changed {
@@ -424,6 +435,23 @@ impl Tables {
             })
     }
 
+    /// [`Tables::assigned`] for a browser: also the hashes of the server's web
+    /// certificate.
+    pub fn assigned_web(&self, client: UserId) -> Result<WebAssignment, CoordError> {
+        let (cluster, addr) = self.assigned(client)?;
+        let hashes = self
+            .by_id
+            .get(&cluster)
+            .and_then(|c| c.active.and_then(|k| c.slots.get(&k)))
+            .map(|s| s.web.clone())
+            .unwrap_or_default();
+        Ok(WebAssignment {
+            cluster,
+            addr,
+            hashes,
+        })
+    }
+
     /// Every live sync service.
     pub fn sync_peers(&self, now: Instant) -> Vec<SyncPeer> {
         self.by_id
@@ -486,6 +514,7 @@ mod tests {
             active: false,
             epoch: 0,
             clock_offset_ms: 0,
+            web_hashes: Vec::new(),
         }
     }
 

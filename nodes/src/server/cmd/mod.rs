@@ -30,6 +30,7 @@ use super::sessions::Sessions;
 use super::store::Store;
 use crate::hlc::Hlc;
 use crate::metrics::Metrics;
+use crate::net::{RecvHalf, SendHalf};
 
 /// What client commands read and change.
 #[derive(Debug)]
@@ -87,12 +88,12 @@ impl Service {
     }
 }
 
-/// Serves one stream opened by a client.
+/// Serves one stream opened by a client, over `tsn/1` or a browser's WebTransport.
 pub async fn serve_stream(
     svc: Arc<Service>,
     conn: Conn,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: impl SendHalf,
+    mut recv: impl RecvHalf,
 ) {
     let Some(req) =
         crate::net::first_msg::<ClientRequest>(&mut send, &mut recv, "client request").await
@@ -105,7 +106,7 @@ pub async fn serve_stream(
     }
     let reply = handle(&svc, &conn, req).await;
     if tsn_protocol::write_msg(&mut send, &reply).await.is_ok() {
-        let _ = send.finish();
+        send.finish_stream();
     }
 }
 

@@ -1,12 +1,14 @@
 //! The timeline stream of one client session: the opening entries, then posts up and
 //! new entries and acknowledgements down.
 
+use tokio::io::AsyncWriteExt;
 use tsn_protocol::client::{ClientReply, TimelineDown, TimelinePos, TimelineUp};
 use tsn_protocol::{FrameReader, UserId};
 
 use super::opening::{opening, Opening};
 use super::post::Posts;
 use super::Service;
+use crate::net::{RecvHalf, SendHalf};
 use crate::server::auth::Conn;
 use crate::server::sessions::Inbox;
 
@@ -20,15 +22,15 @@ pub(super) async fn run(
     conn: &Conn,
     user: UserId,
     since: Option<TimelinePos>,
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    mut send: impl SendHalf,
+    recv: impl RecvHalf,
 ) {
     if let Err(e) = svc.check_session(conn, user) {
         if tsn_protocol::write_msg(&mut send, &ClientReply::Failed(e))
             .await
             .is_ok()
         {
-            let _ = send.finish();
+            send.finish_stream();
         }
         return;
     }
@@ -38,9 +40,7 @@ pub(super) async fn run(
     let result = session(svc, user, &mut send, recv, start, &mut inbox).await;
     svc.sessions.unsubscribe(user, sub_id);
     match result {
-        Ok(()) => {
-            let _ = send.finish();
-        }
+        Ok(()) => send.finish_stream(),
         Err(e) => tracing::debug!(user, "timeline session ended: {e}"),
     }
 }
@@ -54,8 +54,8 @@ enum Next {
 async fn session(
     svc: &Service,
     user: UserId,
-    send: &mut quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: &mut impl SendHalf,
+    recv: impl RecvHalf,
     start: Opening,
     inbox: &mut Inbox,
 ) -> anyhow::Result<()> {
@@ -121,7 +121,7 @@ async fn session(
 /// A post from the client: refused, or taken.
 async fn post(
     svc: &Service,
-    send: &mut quinn::SendStream,
+    send: &mut impl SendHalf,
     posts: &mut Posts,
     user: UserId,
     (nonce, text): (u64, String),
@@ -146,7 +146,7 @@ async fn post(
 /// timeline that grows by tens of thousands of entries a second costs one stream write
 /// per burst, not one per entry.
 async fn entries(
-    send: &mut quinn::SendStream,
+    send: &mut impl SendHalf,
     inbox: &mut Inbox,
     first: (u64, tsn_protocol::Post),
     last: &mut u64,

@@ -1,0 +1,426 @@
+//! The web client: the page served by the coordinator (`--web-addr`), in a real headless
+//! Chromium, over WebTransport to the servers' own QUIC port; and the page's codec
+//! against the Rust protocol crate's bytes.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tsn_protocol::client::{
+    ClientReply, ClientRequest, CommandError, LoginProof, TimelineDown, TimelinePos, TimelineUp,
+};
+use tsn_protocol::types::{Post, PostId};
+use tsn_tests::browser::{self, Browser};
+use tsn_tests::*;
+
+/// Every client message, each variant at least once (numbers below 2^53, so JSON carries
+/// them exactly).
+fn messages() -> Vec<(&'static str, Vec<u8>, serde_json::Value)> {
+    fn v<T: serde::Serialize>(
+        kind: &'static str,
+        m: &T,
+    ) -> (&'static str, Vec<u8>, serde_json::Value) {
+        (
+            kind,
+            tsn_protocol::encode(m).unwrap(),
+            serde_json::to_value(m).unwrap(),
+        )
+    }
+    let pos = TimelinePos {
+        log: 0x1234_5678_9abc,
+        seq: 300,
+        ts_us: -5,
+    };
+    let post = Post {
+        id: PostId {
+            author: 70_000,
+            nonce: (1 << 52) + 3,
+        },
+        ts_us: 1_700_000_000_123_456,
+        text: "héllo ✓ <b>".into(),
+    };
+    let errors = [
+        CommandError::AlreadyExists,
+        CommandError::NoSuchUser,
+        CommandError::InvalidUser,
+        CommandError::InvalidCommand,
+        CommandError::NotActive,
+        CommandError::PostTooLong { len: 300, max: 256 },
+        CommandError::Storage("disk full".into()),
+        CommandError::BadProof,
+        CommandError::KeyMismatch { user: 9 },
+        CommandError::RateLimited { per_second: 20_000 },
+        CommandError::ControlChar { code: 0x1b },
+    ];
+    let mut out = vec![
+        v("ClientRequest", &ClientRequest::Challenge),
+        v(
+            "ClientRequest",
+            &ClientRequest::Login {
+                user: 1,
+                proof: Some(LoginProof {
+                    key: (0..32).collect(),
+                    signature: (0..64).map(|i| 255 - i).collect(),
+                }),
+            },
+        ),
+        v(
+            "ClientRequest",
+            &ClientRequest::Login {
+                user: u32::MAX,
+                proof: None,
+            },
+        ),
+        v(
+            "ClientRequest",
+            &ClientRequest::Follow {
+                user: 1,
+                target: 128,
+            },
+        ),
+        v(
+            "ClientRequest",
+            &ClientRequest::Unfollow {
+                user: 300,
+                target: 2,
+            },
+        ),
+        v("ClientRequest", &ClientRequest::List { user: 3 }),
+        v(
+            "ClientRequest",
+            &ClientRequest::Timeline {
+                user: 4,
+                since: None,
+            },
+        ),
+        v(
+            "ClientRequest",
+            &ClientRequest::Timeline {
+                user: 4,
+                since: Some(pos),
+            },
+        ),
+        v("ClientReply", &ClientReply::Ok),
+        v("ClientReply", &ClientReply::Challenge((0..32).collect())),
+        v(
+            "ClientReply",
+            &ClientReply::List {
+                all_users: vec![1, 2, 200, 70_000],
+                followers: vec![],
+            },
+        ),
+        v(
+            "TimelineUp",
+            &TimelineUp::Post {
+                nonce: 1,
+                text: "hi".into(),
+            },
+        ),
+        v(
+            "TimelineUp",
+            &TimelineUp::Post {
+                nonce: (1 << 53) - 1,
+                text: "<img src=x onerror=alert(1)>".into(),
+            },
+        ),
+        v("TimelineDown", &TimelineDown::Entry { post, seq: 1 << 40 }),
+        v("TimelineDown", &TimelineDown::Position(pos)),
+        v(
+            "TimelineDown",
+            &TimelineDown::Position(TimelinePos::default()),
+        ),
+        v("TimelineDown", &TimelineDown::Ack { nonce: 77 }),
+        v("TimelineDown", &TimelineDown::NotActive),
+        v("TimelineDown", &TimelineDown::Reopen),
+    ];
+    for e in errors {
+        out.push(v("ClientReply", &ClientReply::Failed(e.clone())));
+        out.push(v(
+            "TimelineDown",
+            &TimelineDown::Refused {
+                nonce: 5,
+                reason: e,
+            },
+        ));
+    }
+    out
+}
+
+/// The page's codec (`nodes/web/codec.js`, run by node) decodes the Rust crate's bytes
+/// of every client message to the same value and encodes it back to the same bytes.
+#[test]
+fn the_pages_codec_matches_the_protocol_crate() -> anyhow::Result<()> {
+    if !browser::have_node() {
+        browser::skipped(
+            "the_pages_codec_matches_the_protocol_crate",
+            "node is not installed",
+        );
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let vectors: Vec<_> = messages()
+        .into_iter()
+        .map(|(kind, bytes, value)| {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            json!({"type": kind, "hex": hex, "json": value})
+        })
+        .collect();
+    let n = vectors.len();
+    let file = dir.path().join("vectors.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&vectors)?)?;
+    let out = std::process::Command::new("node")
+        .arg(browser::web_dir().join("codec-check.mjs"))
+        .arg(&file)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "codec-check failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        n,
+        "every vector checked:\n{text}"
+    );
+    Ok(())
+}
+
+/// A loopback port free for TCP now (for `--web-addr`).
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A system of two clusters whose coordinator serves the page; its URL.
+fn start_with_page(heartbeat_ms: u64) -> anyhow::Result<(System, String)> {
+    let port = free_tcp_port();
+    let sys = System::start(Config {
+        clusters: 2,
+        heartbeat_ms,
+        coordinator_args: vec!["--web-addr".into(), format!("127.0.0.1:{port}")],
+        ..Config::default()
+    })?;
+    Ok((sys, format!("http://127.0.0.1:{port}/")))
+}
+
+/// Logs the page in as `user` and waits until its timeline is live.
+fn log_in(b: &mut Browser, url: &str, user: u32) -> anyhow::Result<()> {
+    b.goto(url)?;
+    b.wait_text("status", "not connected", Duration::from_secs(10))?;
+    b.type_in("user-id", &user.to_string())?;
+    b.click("login")?;
+    b.wait_text("status", "connected", Duration::from_secs(20))?;
+    eventually(
+        "the page's timeline is live",
+        Duration::from_secs(20),
+        || {
+            let s = b.text("status")?;
+            Ok(s.contains("connected")
+                && !s.contains("not connected")
+                && !s.contains("reconnecting"))
+        },
+    )
+}
+
+/// The page's timeline entries whose text ends with `text`.
+fn shown(b: &mut Browser, text: &str) -> anyhow::Result<usize> {
+    Ok(b.children("timeline")?
+        .iter()
+        .filter(|l| l.ends_with(&format!(" >> {text}")))
+        .count())
+}
+
+/// In the page: log in (cluster 2), follow a terminal user of cluster 1, see their post;
+/// post, and the terminal follower sees it; LIST shows both; a post that is HTML stays
+/// text and runs nothing.
+#[test]
+fn a_browser_follows_posts_and_lists_across_clusters() -> anyhow::Result<()> {
+    let (sys, url) = start_with_page(200)?;
+    let Some(mut b) = Browser::start(
+        "a_browser_follows_posts_and_lists_across_clusters",
+        &sys.dir.path().join("browser.log"),
+    )?
+    else {
+        return Ok(());
+    };
+    let mut term = sys.client(2)?; // cluster 1
+    log_in(&mut b, &url, 1)?; // cluster 2
+    wait_users(&mut term, &[1, 2])?;
+    assert_eq!(term.run("FOLLOW 1", 1)?, ["Command completed successfully"]);
+    eventually(
+        "the page's cluster knows user 2",
+        Duration::from_secs(30),
+        || {
+            b.click("list")?;
+            Ok(b.children("users")?.iter().any(|u| u.trim() == "2"))
+        },
+    )?;
+    b.type_in("follow-id", "2")?;
+    b.click("follow")?;
+    b.wait_text(
+        "message",
+        "Command completed successfully",
+        Duration::from_secs(10),
+    )?;
+    assert_eq!(
+        term.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A terminal post reaches the page.
+    let sent = Instant::now();
+    term.send("hello from the terminal")?;
+    b.wait_text(
+        "timeline",
+        "hello from the terminal",
+        Duration::from_secs(10),
+    )?;
+    eprintln!(
+        "the terminal's post was on the page {} ms after it was typed",
+        sent.elapsed().as_millis()
+    );
+    let first = b.children("timeline")?;
+    let line = first
+        .iter()
+        .find(|l| l.ends_with(" >> hello from the terminal"))
+        .unwrap();
+    assert!(
+        line.starts_with("2 ("),
+        "`<author> (<time>) >> <text>`: {line}"
+    );
+
+    // A page post reaches the terminal follower.
+    b.type_in("post-text", "hello from the page")?;
+    b.press("post-text", "Enter")?;
+    term.expect_contains("hello from the page", Duration::from_secs(10))?;
+
+    // LIST: both users, and the terminal user among the page user's followers.
+    b.click("list")?;
+    eventually("LIST shows both", Duration::from_secs(10), || {
+        let users = b.children("users")?;
+        let followers = b.children("followers")?;
+        Ok(["1", "2"]
+            .iter()
+            .all(|u| users.iter().any(|x| x.trim() == *u))
+            && followers.iter().any(|x| x.trim() == "2"))
+    })?;
+
+    // HTML in a post, from another user and from the page itself, is text.
+    let evil = "<img src=x onerror=alert(document.domain)>";
+    term.send(evil)?;
+    b.type_in("post-text", "<script>alert(2)</script><b>bold</b>")?;
+    b.press("post-text", "Enter")?;
+    b.wait_text("timeline", evil, Duration::from_secs(10))?;
+    b.wait_text("timeline", "<b>bold</b>", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.dialogs()?, 0, "a post ran script");
+    let tags = b.eval(
+        "document.querySelectorAll('[data-testid=timeline] img, [data-testid=timeline] script, [data-testid=timeline] b').length",
+    )?;
+    assert_eq!(tags, json!(0), "a post became HTML");
+    assert_eq!(shown(&mut b, evil)?, 1);
+
+    if let Some(path) = std::env::var_os("TSN_WEB_SCREENSHOT") {
+        b.screenshot(std::path::Path::new(&path), 1000, 760)?;
+    }
+    drop(term);
+    Ok(())
+}
+
+/// kill -9 of the page's active server while the page posts every 100 ms: the page
+/// carries on through the other server by itself; every post it saw acknowledged is in
+/// the terminal follower's timeline once, and the page shows each of its posts once.
+#[test]
+fn a_browser_rides_out_a_kill9_of_its_server() -> anyhow::Result<()> {
+    let (mut sys, url) = start_with_page(200)?;
+    let Some(mut b) = Browser::start(
+        "a_browser_rides_out_a_kill9_of_its_server",
+        &sys.dir.path().join("browser.log"),
+    )?
+    else {
+        return Ok(());
+    };
+    let mut term = sys.client(2)?; // cluster 1
+    log_in(&mut b, &url, 1)?; // cluster 2
+    wait_users(&mut term, &[1, 2])?;
+    assert_eq!(term.run("FOLLOW 1", 1)?, ["Command completed successfully"]);
+    assert_eq!(
+        term.run("TIMELINE", 2)?,
+        [
+            "Command completed successfully",
+            "Now you are in the timeline"
+        ]
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    const N: usize = 40;
+    for k in 0..N {
+        b.type_in("post-text", &format!("web post {k}"))?;
+        b.press("post-text", "Enter")?;
+        std::thread::sleep(Duration::from_millis(100));
+        if k == 10 {
+            sys.kill(2, Role::Primary);
+        }
+    }
+    eventually(
+        "every page post acknowledged",
+        Duration::from_secs(60),
+        || Ok(b.eval("window.tsn.pending()")? == json!(0)),
+    )?;
+    let acked = b.eval("window.tsn.acked()")?;
+    let acked: Vec<String> = serde_json::from_value(acked)?;
+    assert_eq!(
+        acked.len(),
+        N,
+        "the page acknowledged every post: {acked:?}"
+    );
+    let wanted: Vec<String> = (0..N).map(|k| format!("web post {k}")).collect();
+    term.expect_all(&wanted, Duration::from_secs(30))?;
+    // Once each in the follower's timeline file, on the server that serves cluster 1.
+    let serving = sys.serving(1)?;
+    let role = if sys.addr(1, Role::Primary)? == serving {
+        Role::Primary
+    } else {
+        Role::Secondary
+    };
+    eventually(
+        "each post once in the follower's file",
+        Duration::from_secs(30),
+        || {
+            let file = sys.read(1, role, "local_clients/2/timeline.data");
+            let counts: Vec<usize> = wanted.iter().map(|t| count_text(&file, t)).collect();
+            anyhow::ensure!(
+                counts.iter().all(|c| *c <= 1),
+                "a post delivered twice: {counts:?}"
+            );
+            Ok(counts.iter().all(|c| *c == 1))
+        },
+    )?;
+    // The page shows each of its posts once: nothing twice, nothing missed.
+    eventually(
+        "the page shows each post once",
+        Duration::from_secs(30),
+        || {
+            let shown: Vec<usize> = wanted
+                .iter()
+                .map(|t| shown(&mut b, t))
+                .collect::<anyhow::Result<_>>()?;
+            anyhow::ensure!(
+                shown.iter().all(|c| *c <= 1),
+                "the page shows a post twice: {shown:?}"
+            );
+            Ok(shown.iter().all(|c| *c == 1))
+        },
+    )?;
+    assert!(b.text("status")?.contains("connected"));
+    drop(term);
+    Ok(())
+}
