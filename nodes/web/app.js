@@ -20,6 +20,12 @@ const MAX_POST_BYTES = 256;
 const MAX_USER_ID = 0xffffffff;
 const COMMAND_TIMEOUT_MS = 10_000;
 const CONNECT_TIMEOUT_MS = 10_000;
+/**
+ * How long a WebTransport handshake may take. Generous: after failed handshakes Chromium
+ * itself delays new ones for a while, and giving up on such a wait would only add a
+ * failure.
+ */
+const HANDSHAKE_TIMEOUT_MS = 30_000;
 const BACKOFF_START_MS = 200;
 const BACKOFF_MAX_MS = 3_000;
 const GIVE_UP_MS = 60_000;
@@ -450,7 +456,9 @@ async function command(wt, req) {
   const reader = stream.readable.getReader();
   try {
     await writer.write(frame(encodeClientRequest(req)));
-    await writer.close();
+    // The server may answer and stop reading before our end of the stream arrives
+    // (STOP_SENDING): the request was read whole, so only the reply matters.
+    writer.close().catch(() => {});
     const body = await withTimeout(new FrameReader(reader).next(), COMMAND_TIMEOUT_MS, 'the server');
     if (body === null) throw new Error('the server closed the stream without a reply');
     return decodeClientReply(body);
@@ -485,7 +493,7 @@ async function connect(gen) {
     () => lost(gen, 'the server closed the connection'),
     () => lost(gen, 'the connection was lost'),
   );
-  await withTimeout(wt.ready, CONNECT_TIMEOUT_MS, 'the server');
+  await withTimeout(wt.ready, HANDSHAKE_TIMEOUT_MS, 'the server');
   checkGen(gen);
 
   const key = await keyFor(user);

@@ -328,6 +328,12 @@ fn a_browser_follows_posts_and_lists_across_clusters() -> anyhow::Result<()> {
     assert_eq!(tags, json!(0), "a post became HTML");
     assert_eq!(shown(&mut b, evil)?, 1);
 
+    // Every command the page ran succeeded (none failed on the way).
+    assert!(
+        !b.log().contains("command:"),
+        "a command failed in the page:\n{}",
+        b.log()
+    );
     if let Some(path) = std::env::var_os("TSN_WEB_SCREENSHOT") {
         b.screenshot(std::path::Path::new(&path), 1000, 760)?;
     }
@@ -420,6 +426,11 @@ fn a_browser_rides_out_a_kill9_of_its_server() -> anyhow::Result<()> {
             Ok(shown.iter().all(|c| *c == 1))
         },
     )?;
+    assert_eq!(
+        sys.serving(2)?,
+        sys.addr(2, Role::Secondary)?,
+        "the page's cluster failed over, and the page carried on through the secondary"
+    );
     assert!(b.text("status")?.contains("connected"));
     drop(term);
     Ok(())
