@@ -126,18 +126,22 @@ fn coord_request() -> impl Strategy<Value = CoordRequest> {
             ".{0,24}",
             any::<bool>(),
             any::<u64>(),
-            any::<i64>()
+            any::<i64>(),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..3)
         )
-            .prop_map(|(cluster, kind, addr, active, epoch, clock_offset_ms)| {
-                CoordRequest::Heartbeat(Heartbeat {
-                    cluster,
-                    kind,
-                    addr,
-                    active,
-                    epoch,
-                    clock_offset_ms,
-                })
-            }),
+            .prop_map(
+                |(cluster, kind, addr, active, epoch, clock_offset_ms, web_hashes)| {
+                    CoordRequest::Heartbeat(Heartbeat {
+                        cluster,
+                        kind,
+                        addr,
+                        active,
+                        epoch,
+                        clock_offset_ms,
+                        web_hashes,
+                    })
+                }
+            ),
         any::<u32>().prop_map(|client| CoordRequest::AssignClient { client }),
         Just(CoordRequest::SyncPeers),
         Just(CoordRequest::Status),

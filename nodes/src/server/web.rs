@@ -60,7 +60,7 @@ impl Origins {
             return false;
         };
         let host = host_of(rest);
-        self.hosts.iter().any(|h| *h == host)
+        self.hosts.contains(&host)
     }
 }
 
