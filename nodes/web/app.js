@@ -66,6 +66,8 @@ const ui = {
   login: $('login'),
   keyFile: $('key-file'),
   retryRow: $('retry-row'),
+  keyDownloadRow: $('key-download-row'),
+  keyDownload: $('key-download'),
   retry: $('retry'),
   followId: $('follow-id'),
   follow: $('follow'),
@@ -195,6 +197,10 @@ function fromHex(hex) {
   return out;
 }
 
+function toHex(bytes) {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
 function concat(...parts) {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
@@ -303,19 +309,50 @@ async function storeKey(user, rec, replace) {
   return rec;
 }
 
-/** This browser's key for `user`, made on first use. */
+/** Key files made in this page's lifetime, by user: what "Download key" saves. */
+const keyFiles = new Map();
+
+/**
+ * This browser's key for `user`, made on first use. It is made once as extractable, to
+ * write it out as the terminal client's `user-<id>.key` (offered by "Download key" until
+ * the page is closed), and kept in IndexedDB only as a non-extractable key.
+ */
 async function keyFor(user) {
   const have = await loadKey(user);
   if (have) return have;
   if (!crypto.subtle) throw new Refusal('This page needs a secure context (https or localhost) for its keys');
   let pair;
   try {
-    pair = await crypto.subtle.generateKey({ name: 'Ed25519' }, false, ['sign', 'verify']);
+    pair = await crypto.subtle.generateKey({ name: 'Ed25519' }, true, ['sign', 'verify']);
   } catch (e) {
     throw new Refusal(`This browser cannot make Ed25519 keys (${e.message})`);
   }
   const publicKey = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));
-  return storeKey(user, { privateKey: pair.privateKey, publicKey, source: 'generated' }, false);
+  const { seed } = parsePkcs8(new Uint8Array(await crypto.subtle.exportKey('pkcs8', pair.privateKey)));
+  const privateKey = await crypto.subtle.importKey(
+    'pkcs8',
+    concat(PKCS8_V1_PREFIX, seed),
+    { name: 'Ed25519' },
+    false,
+    ['sign'],
+  );
+  const rec = await storeKey(user, { privateKey, publicKey, source: 'generated' }, false);
+  if (rec.privateKey === privateKey) {
+    keyFiles.set(user, concat(PKCS8_RING_PREFIX, seed, PKCS8_RING_PUBLIC, publicKey));
+    offerKeyFile(user);
+  }
+  return rec;
+}
+
+/** Shows "Download key" for `user` if this page made their key. */
+function offerKeyFile(user) {
+  const file = keyFiles.get(user);
+  ui.keyDownloadRow.hidden = !file;
+  if (!file) return;
+  if (ui.keyDownload.href) URL.revokeObjectURL(ui.keyDownload.href);
+  ui.keyDownload.href = URL.createObjectURL(new Blob([file], { type: 'application/octet-stream' }));
+  ui.keyDownload.download = `user-${user}.key`;
+  ui.keyDownload.textContent = `Download user-${user}.key`;
 }
 
 // PKCS#8 of an Ed25519 key. v1 (RFC 8410): the seed only. v2 as Rust's ring writes it
@@ -493,7 +530,9 @@ async function connect(gen) {
     () => lost(gen, 'the server closed the connection'),
     () => lost(gen, 'the connection was lost'),
   );
-  await withTimeout(wt.ready, HANDSHAKE_TIMEOUT_MS, 'the server');
+  // While reconnecting, no handshake outlasts the time left before giving up.
+  const left = session.failStart === null ? HANDSHAKE_TIMEOUT_MS : session.failStart + GIVE_UP_MS - Date.now();
+  await withTimeout(wt.ready, Math.max(2_000, Math.min(HANDSHAKE_TIMEOUT_MS, left)), 'the server');
   checkGen(gen);
 
   const key = await keyFor(user);
@@ -943,4 +982,6 @@ window.tsn = Object.freeze({
   acked: () => session.acked.slice(),
   state: () => ui.status.dataset.state,
   user: () => session.user,
+  // The key file this page made for `user` (hex), or null.
+  keyFile: (user) => (keyFiles.has(user) ? toHex(keyFiles.get(user)) : null),
 });

@@ -169,6 +169,12 @@ impl Browser {
         self.cmd(json!({"op": "click", "testid": testid})).map(drop)
     }
 
+    /// Chooses the file `path` in the file input `testid`.
+    pub fn upload(&mut self, testid: &str, path: &Path) -> Result<()> {
+        self.cmd(json!({"op": "upload", "testid": testid, "path": path}))
+            .map(drop)
+    }
+
     /// The text of the element `testid`.
     pub fn text(&mut self, testid: &str) -> Result<String> {
         let a = self.cmd(json!({"op": "text", "testid": testid}))?;

@@ -435,3 +435,92 @@ fn a_browser_rides_out_a_kill9_of_its_server() -> anyhow::Result<()> {
     drop(term);
     Ok(())
 }
+
+/// One user in both clients: the page refuses to log in as a terminal user without their
+/// key, logs in once it imported the terminal's `user-<id>.key`; and the key the page
+/// made for a new user, saved as a key file, logs the terminal client in as that user.
+#[test]
+fn a_user_moves_between_the_terminal_and_the_browser_with_their_key() -> anyhow::Result<()> {
+    let (sys, url) = start_with_page(200)?;
+    let Some(mut b) = Browser::start(
+        "a_user_moves_between_the_terminal_and_the_browser_with_their_key",
+        &sys.dir.path().join("browser.log"),
+    )?
+    else {
+        return Ok(());
+    };
+    // The page makes user 7's key; saved as a key file, the terminal logs in with it.
+    log_in(&mut b, &url, 7)?;
+    let file = b.eval("window.tsn.keyFile(7)")?;
+    let file = file.as_str().expect("the page offers the key it made");
+    let bytes: Vec<u8> = (0..file.len() / 2)
+        .map(|i| u8::from_str_radix(&file[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let host = sys.client_cert_dir("seven")?;
+    std::fs::write(host.join("user-7.key"), &bytes)?;
+    let mut seven = sys.client_with_certs(7, &host)?;
+    let listed = seven.run("LIST", 1)?;
+    assert_eq!(
+        listed,
+        ["Command completed successfully"],
+        "the terminal logged in as 7 with the page's key"
+    );
+    drop(seven);
+
+    // User 5 starts in the terminal (its key is made there).
+    let mut five = sys.client(5)?;
+    assert_eq!(five.run("LIST", 1)?, ["Command completed successfully"]);
+    drop(five);
+    b.goto(&url)?;
+    b.type_in("user-id", "5")?;
+    b.click("login")?;
+    b.wait_text("message", "Login refused", Duration::from_secs(20))?;
+    b.upload("key-file", &sys.certs().join("user-5.key"))?;
+    b.wait_text("message", "imported", Duration::from_secs(10))?;
+    log_in(&mut b, &url, 5)?;
+    b.click("list")?;
+    b.wait_text("users", "5", Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// A server started with `--web-origin` refuses sessions from pages of other origins
+/// (here, the coordinator's own page), and says so in its log.
+#[test]
+fn a_server_refuses_pages_of_other_origins() -> anyhow::Result<()> {
+    let port = free_tcp_port();
+    let sys = System::start(Config {
+        clusters: 2,
+        coordinator_args: vec!["--web-addr".into(), format!("127.0.0.1:{port}")],
+        server_args: vec!["--web-origin".into(), "https://tsn.example.org".into()],
+        ..Config::default()
+    })?;
+    let Some(mut b) = Browser::start(
+        "a_server_refuses_pages_of_other_origins",
+        &sys.dir.path().join("browser.log"),
+    )?
+    else {
+        return Ok(());
+    };
+    b.goto(&format!("http://127.0.0.1:{port}/"))?;
+    b.type_in("user-id", "1")?;
+    b.click("login")?;
+    eventually(
+        "the server refuses the page",
+        Duration::from_secs(20),
+        || {
+            Ok(sys.log_count(
+                2,
+                Role::Primary,
+                "refused a browser session from a page of another origin",
+            ) > 0)
+        },
+    )?;
+    let state = b.eval("window.tsn.state()")?;
+    assert_ne!(state, json!("connected"), "the page must not be connected");
+    assert!(
+        b.text("status")?.contains("reconnecting") || b.text("status")?.contains("gave up"),
+        "the page says it is not connected: {}",
+        b.text("status")?
+    );
+    Ok(())
+}
