@@ -221,6 +221,28 @@ mod tests {
     }
 
     #[test]
+    fn an_operators_certificate_is_shown_and_offers_no_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = CertificateParams::new(vec!["tsn.example.org".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let web = WebCerts::from_pem_files(&c, &k).unwrap();
+        assert!(web.hashes().is_empty());
+        assert!(!web.rotates());
+        web.rotate().unwrap();
+        assert_eq!(web.key().cert[0].as_ref(), cert.der().as_ref());
+        // A key file that is not one is refused with the file's name.
+        std::fs::write(&k, "not a key").unwrap();
+        let e = WebCerts::from_pem_files(&c, &k).unwrap_err().to_string();
+        assert!(e.contains("key.pem"), "{e}");
+    }
+
+    #[test]
     fn the_certificate_is_p256_and_valid_at_most_fourteen_days() {
         let web = WebCerts::self_signed(&[]).unwrap();
         let key = web.key();

@@ -334,6 +334,10 @@ fn a_browser_follows_posts_and_lists_across_clusters() -> anyhow::Result<()> {
         "a command failed in the page:\n{}",
         b.log()
     );
+    // Readable on a phone-sized screen: nothing wider than 375 px.
+    b.screenshot(&sys.dir.path().join("phone.png"), 375, 800)?;
+    let fits = b.eval("document.documentElement.scrollWidth <= window.innerWidth")?;
+    assert_eq!(fits, json!(true), "the page scrolls sideways at 375 px");
     if let Some(path) = std::env::var_os("TSN_WEB_SCREENSHOT") {
         b.screenshot(std::path::Path::new(&path), 1000, 760)?;
     }
