@@ -31,7 +31,8 @@ async fn dial(ep: &quinn::Endpoint, addr: &str) -> anyhow::Result<quinn::Connect
         Duration::from_secs(5),
         ep.connect(sock, tsn_certs::SERVER_NAME)?,
     )
-    .await??)
+    .await
+    .map_err(|_| anyhow::anyhow!("dialling {addr}: no connection within 5 s"))??)
 }
 
 /// Opens a timeline session of `user` on its own connection.
@@ -115,7 +116,8 @@ fn three_hundred_sessions_of_one_user_do_not_cause_a_failover() -> anyhow::Resul
                 Duration::from_secs(10),
                 tsn_protocol::read_msg::<TimelineDown, _>(&mut recv),
             )
-            .await??;
+            .await
+            .map_err(|_| anyhow::anyhow!("no message on the posting session within 10 s ({acked} of {POSTS} acknowledged)"))??;
             match m {
                 Some(TimelineDown::Ack { .. }) => acked += 1,
                 Some(TimelineDown::NotActive) => anyhow::bail!("the server was demoted"),
