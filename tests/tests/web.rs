@@ -528,3 +528,108 @@ fn a_server_refuses_pages_of_other_origins() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The benchmark of the README's BENCHMARKS.md: 200 posts typed into `tsn_client` (user
+/// 2, cluster 1) to the page's timeline (user 1, cluster 2), one every 50 ms, at the
+/// defaults (`-q 500`, 10 s heartbeats); prints p50 and p99 from the line reaching the
+/// client's stdin to the entry appearing in the page's DOM. Every post is shown once.
+/// Run: `cargo build --release --workspace && TSN_BIN_DIR=$PWD/target/release cargo test
+/// --release -p tsn-tests --test web -- --ignored --nocapture terminal_to_page_latency`.
+#[test]
+#[ignore = "a benchmark: prints figures"]
+fn terminal_to_page_latency() -> anyhow::Result<()> {
+    const POSTS: usize = 200;
+    let port = free_tcp_port();
+    let sys = System::start(Config {
+        clusters: 2,
+        heartbeat_ms: 10_000,
+        period_ms: 500,
+        coordinator_args: vec!["--web-addr".into(), format!("127.0.0.1:{port}")],
+        ..Config::default()
+    })?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let Some(mut b) = Browser::start(
+        "terminal_to_page_latency",
+        &sys.dir.path().join("browser.log"),
+    )?
+    else {
+        return Ok(());
+    };
+    let mut term = sys.client(2)?;
+    log_in(&mut b, &url, 1)?;
+    wait_users(&mut term, &[1, 2])?;
+    eventually(
+        "the page's cluster knows user 2",
+        Duration::from_secs(60),
+        || {
+            b.click("list")?;
+            Ok(b.children("users")?.iter().any(|u| u.trim() == "2"))
+        },
+    )?;
+    b.type_in("follow-id", "2")?;
+    b.click("follow")?;
+    b.wait_text(
+        "message",
+        "Command completed successfully",
+        Duration::from_secs(10),
+    )?;
+    // A follow takes effect once the sync services passed it on (DESIGN §1).
+    eventually(
+        "the follow reached user 2's cluster",
+        Duration::from_secs(30),
+        || Ok(list(&mut term)?.1 == "Followers: 1, "),
+    )?;
+    assert_eq!(term.run("TIMELINE", 2)?.len(), 2);
+    // When each entry first appears in the timeline, by its text, on the wall clock.
+    b.eval(
+        "window.__seen = {};
+         new MutationObserver((ms) => {
+           const t = performance.timeOrigin + performance.now();
+           for (const m of ms) for (const n of m.addedNodes) {
+             const s = n.textContent, i = s.indexOf(' >> ');
+             if (i >= 0 && !(s.slice(i + 4) in window.__seen)) window.__seen[s.slice(i + 4)] = t;
+           }
+         }).observe(document.querySelector('[data-testid=timeline]'), { childList: true });
+         true",
+    )?;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+            * 1e3
+    };
+    let mut sent = Vec::with_capacity(POSTS);
+    for i in 0..POSTS {
+        sent.push(now_ms());
+        term.send(&format!("latency {i}"))?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let all = eventually("every post on the page", Duration::from_secs(30), || {
+        Ok(b.eval("Object.keys(window.__seen).length")? == json!(POSTS))
+    });
+    if let Err(e) = all {
+        let seen = b.eval("Object.keys(window.__seen)")?;
+        anyhow::bail!("{e}: the page showed {seen}\npage log:\n{}", b.log());
+    }
+    let seen = b.eval("window.__seen")?;
+    let mut lat: Vec<f64> = (0..POSTS)
+        .map(|i| seen[format!("latency {i}")].as_f64().unwrap() - sent[i])
+        .collect();
+    for i in 0..POSTS {
+        assert_eq!(
+            shown(&mut b, &format!("latency {i}"))?,
+            1,
+            "post {i} shown once"
+        );
+    }
+    lat.sort_by(f64::total_cmp);
+    let pick = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "tsn_client -> page timeline, {POSTS} posts, -q 500, across clusters: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pick(0.5),
+        pick(0.99),
+        lat[lat.len() - 1]
+    );
+    Ok(())
+}
