@@ -66,6 +66,7 @@ fn group_system(clusters: u32, heartbeat_ms: u64, metrics: bool, nodes_of: u32) 
         sync_args: flag,
         coordinators: 3,
         coordinator_args: Vec::new(),
+        member_args: Vec::new(),
     })?;
     for c in 1..=nodes_of {
         for r in [Role::Sync, Role::Primary, Role::Secondary] {

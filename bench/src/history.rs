@@ -151,6 +151,7 @@ fn start(s: &Settings) -> Result<System> {
         sync_args: Vec::new(),
         coordinators: 1,
         coordinator_args: Vec::new(),
+        member_args: Vec::new(),
     })?;
     let servers = prefix(s.checkpoint_bytes);
     sys.start_node_in(1, Role::Primary, &servers, &[])?;

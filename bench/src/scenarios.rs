@@ -161,6 +161,7 @@ pub fn system_of(
         sync_args: Vec::new(),
         coordinators,
         coordinator_args: Vec::new(),
+        member_args: Vec::new(),
     })?;
     for c in 1..=clusters {
         sys.start_node(c, Role::Primary)?;

@@ -169,6 +169,8 @@ pub struct Config {
     pub coordinators: usize,
     /// Extra flags for every `tsn_coordinator`.
     pub coordinator_args: Vec<String>,
+    /// Extra flags for group member i (from 0) alone, after `coordinator_args`.
+    pub member_args: Vec<Vec<String>>,
 }
 
 /// A checkpoint interval small enough that checkpoints, sealed segments and deleted
@@ -199,6 +201,7 @@ impl Default for Config {
             sync_args: Vec::new(),
             coordinators: 1,
             coordinator_args: Vec::new(),
+            member_args: Vec::new(),
         }
     }
 }
@@ -304,6 +307,14 @@ impl System {
         ];
         args.extend(self.common(&self.member_datastore(i)));
         args.extend(self.config.coordinator_args.iter().cloned());
+        args.extend(
+            self.config
+                .member_args
+                .get(i)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
         args.extend(["--ready-file".into(), ready.display().to_string()]);
         let log = self.log(&format!("coordinator-{}", i + 1));
         self.members[i] = Some(Proc::spawn("tsn_coordinator", &args, &log)?);

@@ -20,6 +20,7 @@ fn post_while_standby_is_stopped(ack: &str) -> anyhow::Result<()> {
         sync_args: Vec::new(),
         coordinators: 1,
         coordinator_args: Vec::new(),
+        member_args: Vec::new(),
     })?;
     sys.wait_log(
         1,

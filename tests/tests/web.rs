@@ -358,8 +358,62 @@ fn a_browser_rides_out_a_kill9_of_its_server() -> anyhow::Result<()> {
     else {
         return Ok(());
     };
+    posts_ride_out(&mut sys, &mut b, &url, &mut |k, sys| {
+        if k == 10 {
+            sys.kill(2, Role::Primary);
+        }
+    })
+}
+
+/// A coordinator group, every member serving the page: the page of a member that does
+/// not lead rides out the kill -9 of the group's leader and then of its own active
+/// server, asking its member where to go.
+#[test]
+fn a_browser_rides_out_the_loss_of_the_group_leader_and_its_server() -> anyhow::Result<()> {
+    let ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
+    let mut sys = System::start(Config {
+        clusters: 2,
+        coordinators: 3,
+        member_args: ports
+            .iter()
+            .map(|p| vec!["--web-addr".into(), format!("127.0.0.1:{p}")])
+            .collect(),
+        ..Config::default()
+    })?;
+    let leader = sys.leader().expect("the group has a leader");
+    let page_member = (leader + 1) % 3;
+    let url = format!("http://127.0.0.1:{}/", ports[page_member]);
+    let Some(mut b) = Browser::start(
+        "a_browser_rides_out_the_loss_of_the_group_leader_and_its_server",
+        &sys.dir.path().join("browser.log"),
+    )?
+    else {
+        return Ok(());
+    };
+    posts_ride_out(&mut sys, &mut b, &url, &mut |k, sys| {
+        if k == 5 {
+            sys.kill_member(leader);
+        }
+        if k == 10 {
+            sys.kill(2, Role::Primary);
+        }
+    })?;
+    assert_ne!(sys.leader(), Some(leader), "another member leads");
+    Ok(())
+}
+
+/// The page (user 1, cluster 2) posts 40 times, one every 100 ms, while `kill(k, sys)`
+/// runs before each post k; then every post must be acknowledged in the page, once in
+/// the terminal follower's (user 2, cluster 1) timeline file and once on the page, and
+/// cluster 2 must have failed over to its secondary.
+fn posts_ride_out(
+    sys: &mut System,
+    b: &mut Browser,
+    url: &str,
+    kill: &mut dyn FnMut(usize, &mut System),
+) -> anyhow::Result<()> {
     let mut term = sys.client(2)?; // cluster 1
-    log_in(&mut b, &url, 1)?; // cluster 2
+    log_in(b, url, 1)?; // cluster 2
     wait_users(&mut term, &[1, 2])?;
     assert_eq!(term.run("FOLLOW 1", 1)?, ["Command completed successfully"]);
     assert_eq!(
@@ -373,12 +427,10 @@ fn a_browser_rides_out_a_kill9_of_its_server() -> anyhow::Result<()> {
 
     const N: usize = 40;
     for k in 0..N {
+        kill(k, sys);
         b.type_in("post-text", &format!("web post {k}"))?;
         b.press("post-text", "Enter")?;
         std::thread::sleep(Duration::from_millis(100));
-        if k == 10 {
-            sys.kill(2, Role::Primary);
-        }
     }
     eventually(
         "every page post acknowledged",
@@ -421,7 +473,7 @@ fn a_browser_rides_out_a_kill9_of_its_server() -> anyhow::Result<()> {
         || {
             let shown: Vec<usize> = wanted
                 .iter()
-                .map(|t| shown(&mut b, t))
+                .map(|t| shown(b, t))
                 .collect::<anyhow::Result<_>>()?;
             anyhow::ensure!(
                 shown.iter().all(|c| *c <= 1),
