@@ -226,6 +226,26 @@ fn log_in(b: &mut Browser, url: &str, user: u32) -> anyhow::Result<()> {
     )
 }
 
+/// The page follows `followee` by id, once its cluster knows them (LIST shows them).
+fn page_follows(b: &mut Browser, followee: u32) -> anyhow::Result<()> {
+    let id = followee.to_string();
+    eventually(
+        &format!("the page's cluster knows user {id}"),
+        Duration::from_secs(60),
+        || {
+            b.click("list")?;
+            Ok(b.children("users")?.iter().any(|u| u.trim() == id))
+        },
+    )?;
+    b.type_in("follow-id", &id)?;
+    b.click("follow")?;
+    b.wait_text(
+        "message",
+        "Command completed successfully",
+        Duration::from_secs(10),
+    )
+}
+
 /// The page's timeline entries whose text ends with `text`.
 fn shown(b: &mut Browser, text: &str) -> anyhow::Result<usize> {
     Ok(b.children("timeline")?
@@ -251,21 +271,7 @@ fn a_browser_follows_posts_and_lists_across_clusters() -> anyhow::Result<()> {
     log_in(&mut b, &url, 1)?; // cluster 2
     wait_users(&mut term, &[1, 2])?;
     assert_eq!(term.run("FOLLOW 1", 1)?, ["Command completed successfully"]);
-    eventually(
-        "the page's cluster knows user 2",
-        Duration::from_secs(30),
-        || {
-            b.click("list")?;
-            Ok(b.children("users")?.iter().any(|u| u.trim() == "2"))
-        },
-    )?;
-    b.type_in("follow-id", "2")?;
-    b.click("follow")?;
-    b.wait_text(
-        "message",
-        "Command completed successfully",
-        Duration::from_secs(10),
-    )?;
+    page_follows(&mut b, 2)?;
     assert_eq!(
         term.run("TIMELINE", 2)?,
         [
@@ -610,21 +616,7 @@ fn terminal_to_page_latency() -> anyhow::Result<()> {
     let mut term = sys.client(2)?;
     log_in(&mut b, &url, 1)?;
     wait_users(&mut term, &[1, 2])?;
-    eventually(
-        "the page's cluster knows user 2",
-        Duration::from_secs(60),
-        || {
-            b.click("list")?;
-            Ok(b.children("users")?.iter().any(|u| u.trim() == "2"))
-        },
-    )?;
-    b.type_in("follow-id", "2")?;
-    b.click("follow")?;
-    b.wait_text(
-        "message",
-        "Command completed successfully",
-        Duration::from_secs(10),
-    )?;
+    page_follows(&mut b, 2)?;
     // A follow takes effect once the sync services passed it on (DESIGN §1).
     eventually(
         "the follow reached user 2's cluster",

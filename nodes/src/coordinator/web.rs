@@ -13,7 +13,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -140,7 +139,7 @@ async fn assign(State(groups): State<Groups>, Path(user): Path<String>) -> Respo
 
 /// Binds `addr` (`--web-addr`); returns the bound address and the serving, which runs
 /// until dropped, bounded like every HTTP listener of a node
-/// ([`crate::metrics::serve_router`]).
+/// ([`crate::metrics::bind_router`]).
 pub async fn serve(
     addr: SocketAddr,
     groups: Groups,
@@ -148,13 +147,9 @@ pub async fn serve(
     SocketAddr,
     impl std::future::Future<Output = ()> + Send + 'static,
 )> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the web page's listener on --web-addr {addr}"))?;
-    let local = listener.local_addr()?;
+    let (local, serving) =
+        crate::metrics::bind_router(addr, "the web page's listener (--web-addr)", router(groups))
+            .await?;
     tracing::info!(url = %format!("http://{local}/"), "web client page served");
-    Ok((
-        local,
-        crate::metrics::serve_router(listener, router(groups)),
-    ))
+    Ok((local, serving))
 }

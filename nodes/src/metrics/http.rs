@@ -79,12 +79,26 @@ pub async fn serve(
     SocketAddr,
     impl std::future::Future<Output = ()> + Send + 'static,
 )> {
+    let (local, serving) = bind_router(addr, "the metrics listener", router(metrics)).await?;
+    tracing::info!(addr = %local, "metrics listening (/metrics, /health, /ready)");
+    Ok((local, serving))
+}
+
+/// Binds `addr` for `router` (`what` names the listener in the error); returns the bound
+/// address and the serving of [`serve_router`].
+pub async fn bind_router(
+    addr: SocketAddr,
+    what: &str,
+    router: Router,
+) -> anyhow::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding the metrics listener on {addr}"))?;
+        .with_context(|| format!("binding {what} on {addr}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "metrics listening (/metrics, /health, /ready)");
-    Ok((local, serve_router(listener, router(metrics))))
+    Ok((local, serve_router(listener, router)))
 }
 
 /// Serves `router` on `listener` until dropped, [`MAX_HTTP_CONNECTIONS`] connections at

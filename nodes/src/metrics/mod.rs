@@ -9,7 +9,7 @@
 
 pub mod http;
 
-pub use http::{serve, serve_router, HTTP_TIMEOUT, MAX_HTTP_CONNECTIONS};
+pub use http::{bind_router, serve, HTTP_TIMEOUT, MAX_HTTP_CONNECTIONS};
 
 use crate::Locked;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -59,17 +59,36 @@ pub async fn serve_streams<Fut>(
 ) where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let mut streams = tokio::task::JoinSet::new();
+    serve_each(
+        || {
+            let conn = conn.clone();
+            async move { conn.accept_bi().await.ok() }
+        },
+        |(send, recv)| serve(send, recv),
+    )
+    .await;
+}
+
+/// Runs `serve` on everything `accept` yields, each in a task of its own, until `accept`
+/// yields `None` and every task has ended: the stream loop of a terminal's connection
+/// and of a browser's session alike.
+pub async fn serve_each<T, Acc, AccFut, Fut>(mut accept: Acc, serve: impl Fn(T) -> Fut)
+where
+    Acc: FnMut() -> AccFut,
+    AccFut: std::future::Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
-        let (send, recv) = tokio::select! {
-            accepted = conn.accept_bi() => match accepted {
-                Ok(s) => s,
-                Err(_) => break,
+        let item = tokio::select! {
+            accepted = accept() => match accepted {
+                Some(item) => item,
+                None => break,
             },
-            // Reap the streams that ended.
-            Some(_) = streams.join_next(), if !streams.is_empty() => continue,
+            // Reap the tasks that ended.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
-        streams.spawn(serve(send, recv));
+        tasks.spawn(serve(item));
     }
-    while streams.join_next().await.is_some() {}
+    while tasks.join_next().await.is_some() {}
 }

@@ -17,7 +17,7 @@ mod accept;
 mod advertise;
 mod stream;
 
-pub use accept::{accept_loop, serve_streams};
+pub use accept::{accept_loop, serve_each, serve_streams};
 pub use advertise::{advertise_addr, dialable};
 pub use stream::{RecvHalf, SendHalf};
 

@@ -123,18 +123,14 @@ pub async fn serve(service: Arc<Service>, origins: Origins, conn: quinn::Connect
         }
     };
     let user = Conn::default();
-    let mut streams = tokio::task::JoinSet::new();
-    loop {
-        let (send, recv) = tokio::select! {
-            accepted = session.accept_bi() => match accepted {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-            Some(_) = streams.join_next(), if !streams.is_empty() => continue,
-        };
-        streams.spawn(cmd::serve_stream(service.clone(), user.clone(), send, recv));
-    }
-    while streams.join_next().await.is_some() {}
+    crate::net::serve_each(
+        || {
+            let session = session.clone();
+            async move { session.accept_bi().await.ok() }
+        },
+        |(send, recv)| cmd::serve_stream(service.clone(), user.clone(), send, recv),
+    )
+    .await;
 }
 
 /// Makes a new self-signed web certificate every [`tsn_certs::ROTATE_EVERY`], for as long
