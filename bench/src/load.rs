@@ -146,6 +146,8 @@ pub struct Plan {
 /// What one point measured.
 #[derive(Debug)]
 pub struct Outcome {
+    /// Requests sent, warm-up included.
+    pub sent: u64,
     /// Answers received per second during the recorded window.
     pub achieved: f64,
     /// Answer latency from the intended send time (recorded requests).
@@ -393,6 +395,7 @@ pub async fn run(rig: &mut Rig, plan: &Plan) -> Result<Outcome> {
     });
 
     let mut out = Outcome {
+        sent: total,
         achieved: 0.0,
         answer: hist(),
         send_lag: hist(),

@@ -8,6 +8,7 @@ mod floor;
 mod group;
 mod history;
 mod load;
+mod perpost;
 mod progress;
 mod scenarios;
 mod session;
@@ -23,11 +24,11 @@ use stats::{median, row, verdict, Row};
 #[derive(Debug, Parser)]
 #[command(name = "tsn_bench", version, about)]
 struct Opts {
-    /// Sections to run (1-10, comma-separated); all by default. 1 floor, 2 and 3 the
+    /// Sections to run (1-11, comma-separated); all by default. 1 floor, 2 and 3 the
     /// load curves with --ack replicated and --ack durable (they run the floor too, for
     /// the ratios), 4 delivery event vs period, 5 fan-out, 6 connections held, 7
     /// failover, 8 cost at rest, 9 restart and catch-up as history grows, 10 the
-    /// coordinator group.
+    /// coordinator group, 11 cost per post (CPU, wake-ups, system calls, flushes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
 
@@ -80,6 +81,16 @@ struct Opts {
     #[arg(long, default_value_t = 1000)]
     history_heartbeat_ms: u64,
 
+    /// Section 11: offered rates (posts/s, comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "200,1000,10000")]
+    cost_rates: Vec<f64>,
+
+    /// Section 11: also profile every process with `perf record` at this rate (posts/s)
+    /// and draw a flame graph of each (`flame-<process>-<rate>.svg` in --charts). Needs
+    /// Debian's `linux-perf`; takes a few minutes more.
+    #[arg(long)]
+    profile: Option<f64>,
+
     /// Directory for the SVG charts.
     #[arg(long, default_value = "bench/charts")]
     charts: std::path::PathBuf,
@@ -120,6 +131,8 @@ fn main() -> anyhow::Result<()> {
         steps += 1 + s.runs as u64 * u64::from(want(5));
     }
     steps += 4 * opts.history_posts.len() as u64 * u64::from(want(9));
+    steps +=
+        (opts.cost_rates.len() as u64 + u64::from(opts.profile.is_some())) * u64::from(want(11));
     progress::start(steps);
 
     let mut rows: Vec<Row> = Vec::new();
@@ -190,6 +203,21 @@ fn main() -> anyhow::Result<()> {
     if want(10) {
         keep("10", group::run(&rt, &s).map(|r| rows.extend(r)));
     }
+    let mut per_post = Vec::new();
+    if want(11) {
+        keep(
+            "11",
+            perpost::run(
+                &rt,
+                &s,
+                &opts.cost_rates,
+                opts.profile.map(|r| (opts.charts.as_path(), r)),
+            )
+            .map(|p| {
+                per_post = p;
+            }),
+        );
+    }
     let mut history = Vec::new();
     if want(9) {
         let h = history::Settings {
@@ -237,6 +265,9 @@ fn main() -> anyhow::Result<()> {
     }
     if !history.is_empty() {
         println!("{}", history::table(&history));
+    }
+    if !per_post.is_empty() {
+        println!("{}", perpost::table(&per_post));
     }
     for e in &errors {
         println!("failed: {e}\n");
@@ -302,6 +333,7 @@ fn main() -> anyhow::Result<()> {
         "delivery": delivery,
         "failovers": failovers,
         "history": history,
+        "per_post": per_post,
         "errors": errors,
     });
     std::fs::write(&opts.json, serde_json::to_string_pretty(&json)?)?;

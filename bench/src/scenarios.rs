@@ -207,7 +207,7 @@ pub(crate) async fn follow(conn: &quinn::Connection, user: UserId, target: UserI
     }
 }
 
-fn plan(s: &Settings, rate: f64) -> Plan {
+pub(crate) fn plan(s: &Settings, rate: f64) -> Plan {
     Plan {
         rate,
         warm: Duration::from_secs_f64(s.warm),
@@ -220,10 +220,10 @@ fn plan(s: &Settings, rate: f64) -> Plan {
 
 /// Runs `rig` through the rates of `s` until saturation.
 /// Processes whose CPU use a curve reports: (role, pid). The benchmark itself is added.
-type Watched = Vec<(String, u32)>;
+pub(crate) type Watched = Vec<(String, u32)>;
 
 /// Every process of a system, by role.
-fn watched(sys: &System) -> Watched {
+pub(crate) fn watched(sys: &System) -> Watched {
     let mut w = Vec::new();
     if let Some(p) = sys.coordinator_pid() {
         w.push(("coordinator".to_string(), p));
@@ -406,35 +406,53 @@ pub fn ack_curve(rt: &Runtime, s: &Settings, ack: &str, section: &str) -> Result
 /// each on a connection of its own; a follower in cluster 1 (same cluster) and one in
 /// cluster 2 (other cluster) follow them all and have their timelines open.
 pub fn delivery_curve(rt: &Runtime, s: &Settings) -> Result<Curve> {
-    let q = 500;
-    let sys = system(3, 1000, q)?;
-    mirrored(&sys, Role::Primary, 0)?;
-    let (certs, coord) = (sys.certs(), sys.coord.clone());
+    let sys = delivery_system()?;
     let w = watched(&sys);
     let curve = rt.block_on(async {
-        let ep = session::endpoint(&certs)?;
-        let mut rig = Rig::new();
-        let authors: Vec<UserId> = (0..s.sessions as u32).map(cluster1_user).collect();
-        for &u in &authors {
-            let conn = session::login(&ep, &coord, u).await?;
-            let (send, recv) = Timeline::open(&conn, u).await?.into_parts();
-            rig.sessions.push((Tx::Tsn(send), Rx::Tsn(recv)));
-            rig.conns.push(conn);
-        }
-        for follower in [cluster1_user(s.sessions as u32), 1] {
-            let conn = session::login(&ep, &coord, follower).await?;
-            for &a in &authors {
-                follow(&conn, follower, a).await?;
-            }
-            let f = Follower::open(&conn, follower).await?;
-            rig.observers.push(Rx::Follower(Box::new(f)));
-            rig.conns.push(conn);
-        }
-        tokio::time::sleep(Duration::from_millis(2 * q + 200)).await;
+        let mut rig = delivery_rig(&sys, s).await?;
         curve(&mut rig, s, "4", "delivery, -q 500, --delivery event", &w).await
     })?;
     drop(sys);
     Ok(curve)
+}
+
+/// The sync period of the delivery rig's system.
+pub(crate) const DELIVERY_Q: u64 = 500;
+
+/// A system for [`delivery_rig`]: 3 clusters, 1 s heartbeats, `-q 500`, cluster 1
+/// mirroring to its standby.
+pub(crate) fn delivery_system() -> Result<System> {
+    let sys = system(3, 1000, DELIVERY_Q)?;
+    mirrored(&sys, Role::Primary, 0)?;
+    Ok(sys)
+}
+
+/// Section 4's rig: `s.sessions` authors of cluster 1, each with its timeline open on a
+/// connection of its own; a follower in cluster 1 (same cluster) and one in cluster 2
+/// (other cluster) follow them all and have their timelines open.
+pub(crate) async fn delivery_rig(sys: &System, s: &Settings) -> Result<Rig> {
+    let (certs, coord) = (sys.certs(), sys.coord.clone());
+    let ep = session::endpoint(&certs)?;
+    let mut rig = Rig::new();
+    let authors: Vec<UserId> = (0..s.sessions as u32).map(cluster1_user).collect();
+    for &u in &authors {
+        let conn = session::login(&ep, &coord, u).await?;
+        let (send, recv) = Timeline::open(&conn, u).await?.into_parts();
+        rig.sessions.push((Tx::Tsn(send), Rx::Tsn(recv)));
+        rig.conns.push(conn);
+    }
+    for follower in [cluster1_user(s.sessions as u32), 1] {
+        let conn = session::login(&ep, &coord, follower).await?;
+        for &a in &authors {
+            follow(&conn, follower, a).await?;
+        }
+        let f = Follower::open(&conn, follower).await?;
+        rig.observers.push(Rx::Follower(Box::new(f)));
+        rig.conns.push(conn);
+    }
+    // The follows reach the other cluster within a period.
+    tokio::time::sleep(Duration::from_millis(2 * DELIVERY_Q + 200)).await;
+    Ok(rig)
 }
 
 /// Section 4: delivery with `--delivery event` and `--delivery period`, at each period,
