@@ -110,7 +110,8 @@ impl Perf {
         Some(Perf { child, out })
     }
 
-    /// Stops it as Ctrl-C would (perf then writes its output) and waits up to `wait`.
+    /// Stops it as Ctrl-C would (perf then writes its output) and waits up to `wait`; the
+    /// output, if perf wrote one.
     fn stop(mut self, wait: Duration) -> Option<PathBuf> {
         let _ = Command::new("kill")
             .arg("-INT")
@@ -118,8 +119,9 @@ impl Perf {
             .status();
         let deadline = std::time::Instant::now() + wait;
         while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success().then_some(self.out);
+            // perf stat exits with 130 after SIGINT, having written its counts.
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.out.exists().then_some(self.out);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
