@@ -83,7 +83,11 @@ start() { # name, binary, args...
   pids+=($!)
   pid_of[$name]=$!
   echo "$name $!" >>"$run/pids"
-  wait_file "$run/$name.addr" 20 >/dev/null
+  if ! wait_file "$run/$name.addr" 20 >/dev/null; then
+    echo "$name did not start; the end of its log ($run/logs/$name.log):" >&2
+    tail -n 20 "$run/logs/$name.log" >&2
+    return 1
+  fi
 }
 
 coordinators=${COORDINATORS:-3}
