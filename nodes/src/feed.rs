@@ -79,6 +79,11 @@ impl FeedLen {
             grew
         });
     }
+
+    /// How long the log is, as readers were last told.
+    pub fn get(&self) -> u64 {
+        *self.0.borrow()
+    }
 }
 
 /// A feed's reader: its cluster, and which node of it.

@@ -59,6 +59,14 @@ pub mod sync;
 pub mod views;
 pub mod window;
 
+/// Group commit's bounded moment: a log flushed (fdatasync) less than this long ago is
+/// flushed again only once this long has passed since, and everything written meanwhile
+/// goes in that one flush; a log idle for longer is flushed at once. A busy process so
+/// flushes each log at most 500 times a second, however small its batches, and an idle
+/// one keeps its latency. Used by the server's journal flusher and by the sync service's
+/// two logs.
+pub const FLUSH_PACE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Taking a lock whose holder panicked: the data is used as it was left. Every lock in
 /// TSN guards state that each step leaves whole (a panic is a bug reported by the
 /// panic itself, and stopping every other task for it would lose what they hold).

@@ -45,7 +45,20 @@ pub struct Batch {
     /// Whether it is small enough ([`FeedConfig::inline`]) to be taken on the runtime's
     /// thread.
     pub inline: bool,
+    /// Whether the reader makes it, and every batch taken before it, durable and saves
+    /// `next` as its cursor now. When false, that waits for a later batch (or for a
+    /// batch of no records that only settles): see [`SETTLE_EVERY`].
+    pub settle: bool,
 }
+
+/// A feed's cursor is saved (and what its reader wrote flushed, where that waits for the
+/// cursor) at most this often while batches keep coming, and right away for the first
+/// batch after a quiet moment: a busy feed saves its cursor fifty times a second instead
+/// of once per batch, an idle one as soon as its batch is taken. A crash re-reads at
+/// most this much of the feed, and what was taken already is recognised (by ids and
+/// delivery numbers) as after any re-read. The writer learns only settled cursors, so it
+/// never deletes what a reader could still have to read again.
+pub const SETTLE_EVERY: Duration = Duration::from_millis(20);
 
 /// Whether a follower has read its log to the end at least once since it learned where
 /// the log's writer is, or found that writer unreachable (so that whoever waits for it
@@ -81,6 +94,7 @@ async fn receive_batches(
                     },
                     len,
                     inline: false,
+                    settle: true,
                 };
                 if queue.send(batch).await.is_err() {
                     return Ok(());
@@ -131,6 +145,17 @@ async fn next_merged(
     Some(merged)
 }
 
+/// A batch of no records that settles what was taken up to `next`.
+fn settle_only(next: Cursor) -> Batch {
+    Batch {
+        records: Vec::new(),
+        next,
+        len: 0,
+        inline: true,
+        settle: true,
+    }
+}
+
 /// Says why a feed failed, the first time in a run of failures. Before the first success
 /// a failure is the other node not being up yet: said quietly. After it, losing the feed
 /// is worth a warning, unless its node stopped.
@@ -147,7 +172,8 @@ fn say_failed(what: &str, target: &str, ever: bool, e: &anyhow::Error) {
 /// Follows a remote log for ever: dials whatever address `addr` holds, sends the opener
 /// that `open` builds from the current cursor, and hands every batch to `apply` (the
 /// batches that arrived while it was busy merged into one, see [`FeedConfig::merged`]),
-/// which must make it durable (with its cursor) before it returns. Reconnects after any
+/// which takes it and, when [`Batch::settle`] says so, makes it durable with its cursor
+/// before it returns. Reconnects after any
 /// failure and whenever `addr` changes, from the last cursor `apply` accepted.
 #[allow(clippy::too_many_arguments)]
 pub async fn follow<O, A, Fut>(
@@ -169,6 +195,10 @@ pub async fn follow<O, A, Fut>(
     // Whether the feed ever worked (see `say_failed`).
     let mut ever = false;
     let mut known: Option<String> = None;
+    // The cursor of the last batch taken but not yet settled.
+    let mut pending: Option<Cursor> = None;
+    let now = tokio::time::Instant::now();
+    let mut last_settle = now.checked_sub(SETTLE_EVERY).unwrap_or(now);
     loop {
         let target = addr.borrow_and_update().clone();
         if target.is_some() && target != known {
@@ -196,17 +226,37 @@ pub async fn follow<O, A, Fut>(
             let receive = receive_batches(FrameReader::new(recv), queue);
             let take = async {
                 let mut held = None;
-                while let Some(merged) = next_merged(&config, &mut queued, &mut held).await {
+                loop {
+                    let due = last_settle + SETTLE_EVERY;
+                    let merged = tokio::select! {
+                        b = next_merged(&config, &mut queued, &mut held) => b,
+                        () = tokio::time::sleep_until(due), if pending.is_some() => {
+                            let at = pending.take().expect("checked by the guard");
+                            apply(settle_only(at)).await?;
+                            last_settle = tokio::time::Instant::now();
+                            tsn_protocol::write_msg(&mut send, &at).await?;
+                            continue;
+                        }
+                    };
+                    let Some(mut merged) = merged else { break };
                     if failing || !ever {
                         tracing::info!(feed = %what, from = %target, "feed connected");
                         failing = false;
                         ever = true;
                     }
                     let (next, len) = (merged.next, merged.len);
+                    merged.settle = last_settle.elapsed() >= SETTLE_EVERY;
+                    let settle = merged.settle;
                     apply(merged).await?;
                     cursor = next;
-                    // The writer may delete what every reader has made durable.
-                    tsn_protocol::write_msg(&mut send, &next).await?;
+                    if settle {
+                        last_settle = tokio::time::Instant::now();
+                        pending = None;
+                        // The writer may delete what every reader has made durable.
+                        tsn_protocol::write_msg(&mut send, &next).await?;
+                    } else {
+                        pending = Some(next);
+                    }
                     pauses = crate::net::backoff();
                     if next.offset >= len {
                         settled.send_if_modified(|s| !std::mem::replace(s, true));
@@ -221,6 +271,16 @@ pub async fn follow<O, A, Fut>(
             r = attempt => r,
             _ = addr.changed() => Ok(()),
         };
+        // What was taken but not yet settled is settled before the writer is dialled
+        // again, however long that takes.
+        if let Some(at) = pending.take() {
+            if let Err(e) = apply(settle_only(at)).await {
+                tracing::warn!(feed = %what, "saving the feed's cursor: {e:#}");
+                pending = Some(at);
+            } else {
+                last_settle = tokio::time::Instant::now();
+            }
+        }
         if let Err(e) = result {
             settled.send_if_modified(|s| !std::mem::replace(s, true));
             if !std::mem::replace(&mut failing, true) {
@@ -254,6 +314,7 @@ mod tests {
             },
             len: next + 100,
             inline: false,
+            settle: true,
         }
     }
 

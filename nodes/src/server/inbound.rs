@@ -185,14 +185,16 @@ pub async fn run(
             // are written off the runtime whole, so that open timelines drain meanwhile;
             // so is a batch from a journal begun anew, or one that finds the checkpoint
             // sealing `received.data`.
-            let next = batch.next;
-            let small = batch.inline;
+            let (next, small, settle) = (batch.next, batch.inline, batch.settle);
             let mut waiting = Some(batch);
             if let Some(Ok(mut inb)) = small.then(|| inbound.try_lock()) {
                 if !inb.begun_anew(next) {
                     let batch = waiting.take().expect("set above");
                     inb.write(&env, batch)?;
                 }
+            }
+            if waiting.is_none() && !settle {
+                return Ok(());
             }
             tokio::task::spawn_blocking(move || {
                 let mut inb = inbound.locked();
@@ -202,7 +204,10 @@ pub async fn run(
                     }
                     inb.write(&env, batch)?;
                 }
-                inb.settle(&env, next)
+                if settle {
+                    inb.settle(&env, next)?;
+                }
+                Ok(())
             })
             .await
             .context("received-feed writer panicked")?

@@ -4,7 +4,8 @@
 use crate::Locked;
 
 use anyhow::Context;
-use tokio::sync::watch;
+use std::sync::Arc;
+use tokio::sync::{watch, Notify};
 use tsn_datastore::{DatastoreError, Record};
 use tsn_protocol::coord::NodeKind;
 use tsn_protocol::mirror::MirrorMsg;
@@ -30,14 +31,38 @@ async fn with_core<T: Send + 'static>(
 /// end.
 #[derive(Debug)]
 pub(super) struct Source {
-    /// The state the feed goes into.
-    pub core: Core,
+    /// Where the feed goes.
+    pub sink: Sink,
     /// The endpoint it is dialled from.
     pub endpoint: quinn::Endpoint,
     /// Where its writer is, as the coordinator says.
     pub addr: watch::Receiver<Option<String>>,
     /// Told once the feed has been read to its end (or its writer found down).
     pub settled: feed::Settled,
+}
+
+/// Where every feed this sync service reads goes.
+#[derive(Debug, Clone)]
+pub(super) struct Sink {
+    /// The state.
+    pub core: Core,
+    /// Told when a batch was taken but its commit is not due yet (see [`committer`]).
+    pub commits: Arc<Notify>,
+}
+
+/// Commits what the feeds took but left uncommitted (their commit was not due:
+/// [`SyncState::commit_if_due`]) once [`crate::FLUSH_PACE`] has passed, so that a batch
+/// waits at most that long to be served, however long the next one takes to come.
+pub(super) async fn committer(core: Core, commits: Arc<Notify>) {
+    loop {
+        commits.notified().await;
+        tokio::time::sleep(crate::FLUSH_PACE).await;
+        match with_core(&core, SyncState::commit).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("committing the logs (retried with the next batch): {e}"),
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
 }
 
 /// Follows one server's journal into the outbox.
@@ -90,7 +115,7 @@ async fn follow_into(
     step: Step,
 ) {
     let Source {
-        core,
+        sink: Sink { core, commits },
         endpoint,
         addr,
         settled,
@@ -100,6 +125,7 @@ async fn follow_into(
         let core = core.clone();
         let key = key.clone();
         let what = what.clone();
+        let commits = commits.clone();
         async move {
             // A small batch, with the core free, is taken on this thread, its flush
             // included: at low load a hand-off to a blocking thread and the wake back
@@ -108,26 +134,38 @@ async fn follow_into(
             // just published have had their turn. Larger batches (a busy cluster, a
             // reader catching up) go to a blocking thread whole, so that the feeds keep
             // being read meanwhile.
-            let (entries, next, inline) = (batch.records, batch.next, batch.inline);
+            let (entries, next, inline, settle) =
+                (batch.records, batch.next, batch.inline, batch.settle);
             let mut waiting = Some(entries);
             let mut n = 0;
+            let mut owed = false;
             if inline {
                 if let Ok(mut c) = core.try_lock() {
                     let entries = waiting.take().expect("checked above");
                     n = step(&mut c, entries)?;
+                    owed = c.commit_if_due()?;
                 }
                 tokio::task::yield_now().await;
             }
-            n += with_core(&core, move |c| {
-                let mut n = 0;
-                if let Some(entries) = waiting {
-                    n = step(c, entries)?;
-                }
-                c.save_cursor(&key, next)?;
-                c.maybe_checkpoint();
-                Ok::<_, DatastoreError>(n)
-            })
-            .await??;
+            if waiting.is_some() || settle {
+                let (m, still_owed) = with_core(&core, move |c| {
+                    let mut n = 0;
+                    if let Some(entries) = waiting {
+                        n = step(c, entries)?;
+                    }
+                    if settle {
+                        c.save_cursor(&key, next)?;
+                        c.maybe_checkpoint();
+                    }
+                    Ok::<_, DatastoreError>((n, c.commit_if_due()?))
+                })
+                .await??;
+                n += m;
+                owed = still_owed;
+            }
+            if owed {
+                commits.notify_one();
+            }
             if n > 0 {
                 tracing::debug!(feed = %what, new = n, "records taken");
             }

@@ -101,8 +101,14 @@ pub async fn run(
     .with_context(|| format!("loading {}", dir.path().display()))?;
     let core: Core = Arc::new(Mutex::new(core));
 
+    let commits = Arc::new(tokio::sync::Notify::new());
+    tasks.spawn(follow::committer(core.clone(), commits.clone()));
+    let sink = follow::Sink {
+        core: core.clone(),
+        commits,
+    };
     let feeds = follow_feeds(
-        &core, &endpoint, &members, &advertise, cluster, clusters, &mut tasks,
+        &sink, &endpoint, &members, &advertise, cluster, clusters, &mut tasks,
     );
     tasks.spawn(readiness::readiness(
         metrics.clone(),
@@ -168,7 +174,7 @@ async fn clusters(
 /// author, so the follows must be known first (this matters when the sync service
 /// rebuilds from empty).
 fn follow_feeds(
-    core: &Core,
+    sink: &follow::Sink,
     endpoint: &quinn::Endpoint,
     members: &watch::Receiver<Membership>,
     advertise: &str,
@@ -181,7 +187,7 @@ fn follow_feeds(
         let (tx, rx) = watch::channel(false);
         settled.push(rx);
         let source = follow::Source {
-            core: core.clone(),
+            sink: sink.clone(),
             endpoint: endpoint.clone(),
             addr: link::peer_addr(members, move |m| m.addr_of(cluster, kind)),
             settled: tx,
@@ -201,7 +207,7 @@ fn follow_feeds(
         let (tx, rx) = watch::channel(false);
         feeds.push(rx);
         let source = follow::Source {
-            core: core.clone(),
+            sink: sink.clone(),
             endpoint: endpoint.clone(),
             addr,
             settled: tx,

@@ -75,13 +75,19 @@ pub(super) fn spawn_with(
 /// Requests to complete once everything appended before them is flushed.
 type FlushReq = Vec<Done>;
 
-/// The flusher thread: one flush for every request that queued up during the last, so
-/// under load flushes follow each other back to back and each covers many batches.
+/// The flusher thread: one flush for every request that queued up during the last and
+/// the moment after it ([`crate::FLUSH_PACE`]), so under load each flush covers many
+/// batches, and an idle journal is flushed as soon as it is written.
 fn flush_loop(
     mut flush: impl FnMut() -> Result<(), DatastoreError>,
     rx: std::sync::mpsc::Receiver<FlushReq>,
 ) {
+    let mut last: Option<std::time::Instant> = None;
     while let Ok(mut dones) = rx.recv() {
+        if let Some(wait) = last.and_then(|at| crate::FLUSH_PACE.checked_sub(at.elapsed())) {
+            std::thread::sleep(wait);
+        }
+        last = Some(std::time::Instant::now());
         while let Ok(more) = rx.try_recv() {
             dones.extend(more);
         }

@@ -71,6 +71,8 @@ impl SyncState {
     }
 
     fn checkpoint(&mut self) -> anyhow::Result<()> {
+        // The checkpoint covers the logs to their ends: all of it durable first.
+        self.commit()?;
         // The journal after the last checkpoint holds what a view file still lacks: none
         // is taken while a file is owed records.
         anyhow::Context::context(

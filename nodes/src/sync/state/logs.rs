@@ -61,10 +61,24 @@ impl ServedLog {
         Ok(())
     }
 
-    pub(super) fn append_durably(&mut self, records: &[Record]) -> Result<(), DatastoreError> {
-        self.log.append(records)?;
-        self.log.sync()?;
-        self.len.set(self.log.len());
+    /// Appends `records`; they are served once [`ServedLog::commit`] has made them
+    /// durable.
+    pub(super) fn append(&mut self, records: &[Record]) -> Result<(), DatastoreError> {
+        self.log.append(records)
+    }
+
+    /// Whether records were appended that are not served yet.
+    pub(super) fn owed(&self) -> bool {
+        self.log.len() != self.len.get()
+    }
+
+    /// Flushes what was appended since the last commit, then serves it: a reader never
+    /// gets a record that a power cut could take back.
+    pub(super) fn commit(&mut self) -> Result<(), DatastoreError> {
+        if self.owed() {
+            self.log.sync()?;
+            self.len.set(self.log.len());
+        }
         Ok(())
     }
 }

@@ -13,10 +13,15 @@
 //!   numbered 1, 2, 3, ...: a client resumes its timeline from such a number, the same on
 //!   both servers of the cluster.
 //!
-//! Each batch is appended and flushed (fdatasync) before the cursor of the feed it came
-//! from is saved, so a crash re-reads a batch and never skips one; a record read twice
-//! is recognised and written once: by the last [`ID_WINDOW`] post ids and deliveries in
-//! memory, and, for an older one, by the user's timeline file on disk.
+//! Each batch is appended to its log at once; the logs are committed (flushed with
+//! fdatasync, then served) right away when the last commit is older than
+//! [`crate::FLUSH_PACE`], and otherwise by the committer once that moment has passed, so
+//! a busy sync service flushes each log at most 500 times a second, and an idle one at
+//! every batch. A feed's cursor is saved only after a commit of what was read before it,
+//! so a crash re-reads a batch and never skips one; a record read twice is recognised
+//! and written once: by the last [`ID_WINDOW`] post ids and deliveries in memory, and,
+//! for an older one, by the user's timeline file on disk, which is appended to only
+//! after the journal holds the delivery durably.
 //!
 //! Both logs are segmented. Each time they have grown by `--checkpoint-bytes`, a
 //! checkpoint ([`crate::checkpoint`]) records the state (users, follow edges, the number
@@ -43,6 +48,7 @@ pub mod seen;
 pub use checkpoints::UNREAD_WARN_INTERVALS;
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use tsn_datastore::{Cursors, DatastoreError, Record, RoleDir};
 use tsn_protocol::sync::Cursor;
@@ -104,6 +110,11 @@ pub struct SyncState {
     last_seq: HashMap<UserId, u64>,
     /// What the timelines hold beyond the ids kept in memory.
     seen: Box<dyn Seen>,
+    /// Journal records appended but not committed: they go to the view files once the
+    /// journal holds them durably.
+    uncommitted: Vec<Record>,
+    /// When the logs were last committed.
+    last_commit: Option<Instant>,
 }
 
 impl SyncState {
@@ -208,6 +219,7 @@ impl SyncState {
 
     /// Saves the cursor `key` of a feed once what it read before `at` is taken.
     pub fn save_cursor(&mut self, key: &str, at: Cursor) -> Result<(), DatastoreError> {
+        self.commit()?;
         self.cursors.set_feed(key, at);
         // Not flushed: after a power loss a feed is read again from an older position, and
         // what was taken already is recognised (ids, numbers, timeline files).
@@ -225,7 +237,7 @@ impl SyncState {
             }
         }
         if !fresh.is_empty() {
-            self.outbox.append_durably(&fresh)?;
+            self.outbox.append(&fresh)?;
         }
         Ok(fresh.len())
     }
@@ -278,26 +290,60 @@ impl SyncState {
             }
         }
         if !fresh.is_empty() {
-            self.journal.append_durably(&fresh)?;
-            if let Err(e) = self.views.append(&fresh) {
-                tracing::warn!(
-                    "view file append failed (completed once writes work again; no checkpoint until then): {e}"
-                );
-            }
-            // The timeline files' ids held for the check of old ids stay current (what
-            // the journal holds counts as seen even if a view append failed).
-            for r in &fresh {
-                if let Record::Deliver { to, post, .. } = r {
-                    self.seen.delivered(*to, post.id);
-                }
-            }
+            self.journal.append(&fresh)?;
+            self.uncommitted.extend(fresh.iter().cloned());
         }
         Ok(fresh.len())
+    }
+
+    /// Commits the logs if their last commit is at least [`crate::FLUSH_PACE`] old;
+    /// returns whether something is left to commit (then the committer is told).
+    pub fn commit_if_due(&mut self) -> Result<bool, DatastoreError> {
+        let owed = self.outbox.owed() || self.journal.owed();
+        if !owed {
+            return Ok(false);
+        }
+        if self
+            .last_commit
+            .is_some_and(|at| at.elapsed() < crate::FLUSH_PACE)
+        {
+            return Ok(true);
+        }
+        self.commit()?;
+        Ok(false)
+    }
+
+    /// Makes what both logs were given durable and serves it, then appends the journal's
+    /// new records to the view files.
+    pub fn commit(&mut self) -> Result<(), DatastoreError> {
+        if self.outbox.owed() || self.journal.owed() {
+            self.last_commit = Some(Instant::now());
+        }
+        self.outbox.commit()?;
+        self.journal.commit()?;
+        let fresh = std::mem::take(&mut self.uncommitted);
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.views.append(&fresh) {
+            tracing::warn!(
+                "view file append failed (completed once writes work again; no checkpoint until then): {e}"
+            );
+        }
+        // The timeline files' ids held for the check of old ids stay current (what the
+        // journal holds counts as seen even if a view append failed).
+        for r in &fresh {
+            if let Record::Deliver { to, post, .. } = r {
+                self.seen.delivered(*to, post.id);
+            }
+        }
+        Ok(())
     }
 
     /// Writes the clean-shutdown marker, unless a view file is still owed records (the
     /// next start then completes it from the journal).
     pub fn close_cleanly(&mut self) -> Result<(), DatastoreError> {
+        self.commit()?;
         if !self.views.complete_for_shutdown() {
             tracing::warn!("no clean-shutdown marker: the next start completes the view files from the journal");
             return Ok(());

@@ -71,6 +71,8 @@ impl SyncState {
             delivered: Window::new(ID_WINDOW, cp.clock),
             last_seq: HashMap::new(),
             seen: Box::new(TimelineFiles::new(dir.clone())),
+            uncommitted: Vec::new(),
+            last_commit: None,
         };
         for r in &cp.state.received {
             if let Record::Change(c) = r {
