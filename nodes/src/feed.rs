@@ -217,11 +217,55 @@ impl FeedSource {
     }
 }
 
+/// How often a feed session may send what was written since it last sent: the period
+/// that `period` finds in what `rx` holds now (`None`: as soon as it is written). A
+/// change of it takes effect at once, also for records already waiting.
+#[derive(Debug)]
+pub struct Pace<T> {
+    /// What the period follows.
+    pub rx: watch::Receiver<T>,
+    /// The period it gives.
+    pub period: fn(&T) -> Option<Duration>,
+}
+
+impl Pace<Option<Duration>> {
+    /// A period that never changes.
+    pub fn fixed(period: Option<Duration>) -> Self {
+        Pace {
+            rx: watch::channel(period).1,
+            period: |p| *p,
+        }
+    }
+}
+
+impl<T> Pace<T> {
+    /// Waits until records may go, when the last frame went at `sent_at`.
+    async fn wait(&mut self, sent_at: Option<tokio::time::Instant>) {
+        let Some(sent_at) = sent_at else { return };
+        loop {
+            let Some(period) = (self.period)(&self.rx.borrow_and_update()) else {
+                return;
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(sent_at + period) => return,
+                changed = self.rx.changed() => {
+                    if changed.is_err() {
+                        // Nothing changes it any more.
+                        tokio::time::sleep_until(sent_at + period).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Serves `source` to the reader that subscribed with `sub` on `send`, from its cursor,
 /// until the reader goes away or the log's writer stops, sending only the records `keep`
-/// accepts (the cursor moves past the others). With a `pace`, new records wait for the
-/// next tick of that period (the original system's period-driven delivery) instead of
-/// travelling as soon as they are written. After each frame, `on_sent` learns how many
+/// accepts (the cursor moves past the others). While `pace` gives a period, new records
+/// wait until that long after the last frame (the original system's period-driven
+/// delivery, or a standby's journal) instead of travelling as soon as they are written.
+/// After each frame, `on_sent` learns how many
 /// bytes of the log the reader still lacks. What the reader says it has made durable
 /// (`recv`) is kept in the source ([`FeedSource::consumed`]).
 ///
@@ -230,12 +274,12 @@ impl FeedSource {
 /// way begins the transfer again), then the log from its oldest segment on. Frames hold
 /// at most `config.batch` records.
 #[allow(clippy::too_many_arguments)]
-pub async fn serve(
+pub async fn serve<T>(
     config: &FeedConfig,
     source: FeedSource,
     sub: &Subscribe,
     keep: impl Fn(&Record) -> bool,
-    pace: Option<Duration>,
+    pace: Pace<T>,
     on_sent: impl Fn(u64),
     send: &mut quinn::SendStream,
     recv: quinn::RecvStream,
@@ -255,20 +299,16 @@ pub async fn serve(
     result
 }
 
-async fn serve_from(
+async fn serve_from<T>(
     batch: usize,
     source: FeedSource,
     from: Cursor,
     keep: impl Fn(&Record) -> bool,
-    pace: Option<Duration>,
+    mut pace: Pace<T>,
     on_sent: impl Fn(u64),
     send: &mut quinn::SendStream,
 ) -> anyhow::Result<()> {
-    let mut tick = pace.map(|p| {
-        let mut t = tokio::time::interval(p);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
+    let mut sent_at = None;
     let start = {
         let s = source.clone();
         tokio::task::spawn_blocking(move || s.start(from))
@@ -311,14 +351,13 @@ async fn serve_from(
                 }
                 _ = send.stopped() => return Ok(()),
             }
-            if let Some(t) = tick.as_mut() {
-                t.tick().await;
-            }
+            pace.wait(sent_at).await;
             continue;
         }
         first = false;
         let records = records.into_iter().filter(&keep).collect();
         source.send(send, offset, offset, records).await?;
+        sent_at = Some(tokio::time::Instant::now());
         on_sent(source.len().saturating_sub(offset));
     }
 }
@@ -352,4 +391,42 @@ async fn transfer(
         source.send(send, 0, 0, chunk.to_vec()).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test]
+    async fn a_fixed_pace_waits_its_period_after_the_last_frame_and_none_waits_not_at_all() {
+        let period = Duration::from_millis(50);
+        let sent = Instant::now();
+        Pace::fixed(Some(period)).wait(Some(sent)).await;
+        assert!(sent.elapsed() >= period);
+        // Nothing sent yet: the first frame goes at once.
+        let before = Instant::now();
+        Pace::fixed(Some(Duration::from_secs(3600)))
+            .wait(None)
+            .await;
+        Pace::fixed(None).wait(Some(before)).await;
+        assert!(before.elapsed() < Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn a_pace_that_is_lifted_lets_what_waits_go_at_once() {
+        let (tx, rx) = watch::channel(true);
+        let mut pace = Pace {
+            rx,
+            period: |paced| paced.then_some(Duration::from_secs(3600)),
+        };
+        let waiting = tokio::spawn(async move { pace.wait(Some(Instant::now())).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        tx.send(false).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), waiting)
+            .await
+            .expect("the wait ends when the pace is lifted")
+            .unwrap();
+    }
 }

@@ -11,6 +11,13 @@ use super::cmd::{self, Service};
 use super::mirror::{self, Mirror};
 use crate::feed::FeedSource;
 
+/// A standby's journal holds what the active server's holds (it is there for a split
+/// brain, and for what the active server wrote but did not pass on before it was lost):
+/// its feed sends at most this often, so that the standby's copy of a post costs it and
+/// the sync service a share of a large frame rather than a frame of its own. The moment the standby becomes active its feed flows at
+/// once again, with what was waiting.
+pub const STANDBY_FEED_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What the server's connections are served with.
 #[derive(Debug, Clone)]
 pub(super) struct Dispatch {
@@ -107,7 +114,10 @@ impl Dispatch {
                 self.journal_feed,
                 &sub,
                 |_| true,
-                None,
+                crate::feed::Pace {
+                    rx: self.service.role.subscribe(),
+                    period: |r| (!r.active).then_some(STANDBY_FEED_EVERY),
+                },
                 |_| {},
                 &mut send,
                 recv,

@@ -10,7 +10,7 @@ use tsn_protocol::ClusterId;
 
 use super::state::SyncState;
 use super::Core;
-use crate::feed::{self, FeedConfig};
+use crate::feed::{self, FeedConfig, Pace};
 use crate::metrics::Metrics;
 
 /// What the sync service's connections are served with.
@@ -79,15 +79,31 @@ impl Peers {
                 let left = move |left: u64| {
                     backlog.set(left as i64);
                 };
-                feed::serve(&cfg, outbox, sub, wanted, pace, left, send, recv)
-                    .await
-                    .map_err(|e| format!("{e:#}"))
+                feed::serve(
+                    &cfg,
+                    outbox,
+                    sub,
+                    wanted,
+                    Pace::fixed(pace),
+                    left,
+                    send,
+                    recv,
+                )
+                .await
+                .map_err(|e| format!("{e:#}"))
             }
-            FeedLog::SyncJournal if sub.reader == cluster => {
-                feed::serve(&cfg, journal, sub, |_| true, pace, |_| {}, send, recv)
-                    .await
-                    .map_err(|e| format!("{e:#}"))
-            }
+            FeedLog::SyncJournal if sub.reader == cluster => feed::serve(
+                &cfg,
+                journal,
+                sub,
+                |_| true,
+                Pace::fixed(pace),
+                |_| {},
+                send,
+                recv,
+            )
+            .await
+            .map_err(|e| format!("{e:#}")),
             FeedLog::SyncJournal => Err(format!(
                 "the journal of cluster {cluster} is for its own servers, not cluster {}",
                 sub.reader
