@@ -53,12 +53,12 @@ pub struct Batch {
 
 /// A feed's cursor is saved (and what its reader wrote flushed, where that waits for the
 /// cursor) at most this often while batches keep coming, and right away for the first
-/// batch after a quiet moment: a busy feed saves its cursor fifty times a second instead
+/// batch after a quiet moment: a busy feed saves its cursor ten times a second instead
 /// of once per batch, an idle one as soon as its batch is taken. A crash re-reads at
 /// most this much of the feed, and what was taken already is recognised (by ids and
 /// delivery numbers) as after any re-read. The writer learns only settled cursors, so it
 /// never deletes what a reader could still have to read again.
-pub const SETTLE_EVERY: Duration = Duration::from_millis(20);
+pub const SETTLE_EVERY: Duration = Duration::from_millis(100);
 
 /// Whether a follower has read its log to the end at least once since it learned where
 /// the log's writer is, or found that writer unreachable (so that whoever waits for it

@@ -50,17 +50,26 @@ pub(super) struct Sink {
     pub commits: Arc<Notify>,
 }
 
-/// Commits what the feeds took but left uncommitted (their commit was not due:
-/// [`SyncState::commit_if_due`]) once [`crate::FLUSH_PACE`] has passed, so that a batch
-/// waits at most that long to be served, however long the next one takes to come.
+/// Commits what the feeds took but left uncommitted (its commit was not due:
+/// [`SyncState::commit_due`]) once its moment has passed, so that a batch waits at most
+/// [`crate::FLUSH_PACE`] to be served, however long the next one takes to come.
 pub(super) async fn committer(core: Core, commits: Arc<Notify>) {
     loop {
         commits.notified().await;
-        tokio::time::sleep(crate::FLUSH_PACE).await;
-        match with_core(&core, SyncState::commit).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("committing the logs (retried with the next batch): {e}"),
-            Err(e) => tracing::warn!("{e:#}"),
+        // Until nothing is left: each log's commit once its moment has come.
+        loop {
+            match with_core(&core, SyncState::commit_due).await {
+                Ok(Ok(Some(wait))) => tokio::time::sleep(wait).await,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!("committing a log (retried with the next batch): {e}");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("{e:#}");
+                    break;
+                }
+            }
         }
     }
 }
@@ -143,7 +152,7 @@ async fn follow_into(
                 if let Ok(mut c) = core.try_lock() {
                     let entries = waiting.take().expect("checked above");
                     n = step(&mut c, entries)?;
-                    owed = c.commit_if_due()?;
+                    owed = c.commit_due()?.is_some();
                 }
                 tokio::task::yield_now().await;
             }
@@ -157,7 +166,7 @@ async fn follow_into(
                         c.save_cursor(&key, next)?;
                         c.maybe_checkpoint();
                     }
-                    Ok::<_, DatastoreError>((n, c.commit_if_due()?))
+                    Ok::<_, DatastoreError>((n, c.commit_due()?.is_some()))
                 })
                 .await??;
                 n += m;

@@ -1,6 +1,8 @@
 //! The sync service's two served logs (the outbox and the journal), and what a reader
 //! behind a log's oldest segment gets instead: a state transfer.
 
+use std::time::{Duration, Instant};
+
 use tsn_datastore::{DatastoreError, Record, RoleDir, SegmentedLog};
 use tsn_protocol::Change;
 
@@ -15,6 +17,8 @@ pub(super) struct ServedLog {
     pub(super) source: FeedSource,
     /// Who reads it: what they have read may be deleted.
     readers: Vec<Reader>,
+    /// When it was last flushed.
+    last_sync: Option<Instant>,
 }
 
 impl ServedLog {
@@ -35,6 +39,7 @@ impl ServedLog {
                 len,
                 source,
                 readers,
+                last_sync: None,
             },
             records,
         ))
@@ -72,14 +77,26 @@ impl ServedLog {
         self.log.len() != self.len.get()
     }
 
+    /// How long until what is owed may be committed ([`crate::FLUSH_PACE`] after the
+    /// last flush; zero when that has passed); `None` when nothing is owed.
+    pub(super) fn due_in(&self) -> Option<Duration> {
+        self.owed().then(|| {
+            self.last_sync.map_or(Duration::ZERO, |at| {
+                crate::FLUSH_PACE.saturating_sub(at.elapsed())
+            })
+        })
+    }
+
     /// Flushes what was appended since the last commit, then serves it: a reader never
-    /// gets a record that a power cut could take back.
-    pub(super) fn commit(&mut self) -> Result<(), DatastoreError> {
-        if self.owed() {
-            self.log.sync()?;
-            self.len.set(self.log.len());
+    /// gets a record that a power cut could take back. Returns whether it flushed.
+    pub(super) fn commit(&mut self) -> Result<bool, DatastoreError> {
+        if !self.owed() {
+            return Ok(false);
         }
-        Ok(())
+        self.last_sync = Some(Instant::now());
+        self.log.sync()?;
+        self.len.set(self.log.len());
+        Ok(true)
     }
 }
 

@@ -13,8 +13,8 @@
 //!   numbered 1, 2, 3, ...: a client resumes its timeline from such a number, the same on
 //!   both servers of the cluster.
 //!
-//! Each batch is appended to its log at once; the logs are committed (flushed with
-//! fdatasync, then served) right away when the last commit is older than
+//! Each batch is appended to its log at once; a log is committed (flushed with
+//! fdatasync, then served) right away when its last flush is older than
 //! [`crate::FLUSH_PACE`], and otherwise by the committer once that moment has passed, so
 //! a busy sync service flushes each log at most 500 times a second, and an idle one at
 //! every batch. A feed's cursor is saved only after a commit of what was read before it,
@@ -48,7 +48,7 @@ pub mod seen;
 pub use checkpoints::UNREAD_WARN_INTERVALS;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::Duration;
 
 use tsn_datastore::{Cursors, DatastoreError, Record, RoleDir};
 use tsn_protocol::sync::Cursor;
@@ -113,8 +113,6 @@ pub struct SyncState {
     /// Journal records appended but not committed: they go to the view files once the
     /// journal holds them durably.
     uncommitted: Vec<Record>,
-    /// When the logs were last committed.
-    last_commit: Option<Instant>,
 }
 
 impl SyncState {
@@ -296,34 +294,36 @@ impl SyncState {
         Ok(fresh.len())
     }
 
-    /// Commits the logs if their last commit is at least [`crate::FLUSH_PACE`] old;
-    /// returns whether something is left to commit (then the committer is told).
-    pub fn commit_if_due(&mut self) -> Result<bool, DatastoreError> {
-        let owed = self.outbox.owed() || self.journal.owed();
-        if !owed {
-            return Ok(false);
+    /// Commits each log whose last flush is at least [`crate::FLUSH_PACE`] old; returns
+    /// how long until what is left is due (`None`: nothing is left; the committer is told
+    /// otherwise).
+    pub fn commit_due(&mut self) -> Result<Option<Duration>, DatastoreError> {
+        if self.outbox.due_in() == Some(Duration::ZERO) {
+            self.outbox.commit()?;
         }
-        if self
-            .last_commit
-            .is_some_and(|at| at.elapsed() < crate::FLUSH_PACE)
-        {
-            return Ok(true);
+        if self.journal.due_in() == Some(Duration::ZERO) && self.journal.commit()? {
+            self.journal_committed();
         }
-        self.commit()?;
-        Ok(false)
+        Ok(match (self.outbox.due_in(), self.journal.due_in()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
-    /// Makes what both logs were given durable and serves it, then appends the journal's
-    /// new records to the view files.
+    /// Makes what both logs were given durable and serves it.
     pub fn commit(&mut self) -> Result<(), DatastoreError> {
-        if self.outbox.owed() || self.journal.owed() {
-            self.last_commit = Some(Instant::now());
-        }
         self.outbox.commit()?;
-        self.journal.commit()?;
+        if self.journal.commit()? {
+            self.journal_committed();
+        }
+        Ok(())
+    }
+
+    /// The journal holds its new deliveries durably: they go to the view files.
+    fn journal_committed(&mut self) {
         let fresh = std::mem::take(&mut self.uncommitted);
         if fresh.is_empty() {
-            return Ok(());
+            return;
         }
         if let Err(e) = self.views.append(&fresh) {
             tracing::warn!(
@@ -337,7 +337,6 @@ impl SyncState {
                 self.seen.delivered(*to, post.id);
             }
         }
-        Ok(())
     }
 
     /// Writes the clean-shutdown marker, unless a view file is still owed records (the

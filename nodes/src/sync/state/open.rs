@@ -72,7 +72,6 @@ impl SyncState {
             last_seq: HashMap::new(),
             seen: Box::new(TimelineFiles::new(dir.clone())),
             uncommitted: Vec::new(),
-            last_commit: None,
         };
         for r in &cp.state.received {
             if let Record::Change(c) = r {
