@@ -114,8 +114,8 @@ const FLUSH_INLINE_RECORDS: usize = 4;
 /// What a sync service does with a batch of one of the feeds it reads.
 type Step = fn(&mut SyncState, Vec<Record>) -> Result<usize, DatastoreError>;
 
-/// Follows one feed for ever, handing each batch to `step` on the core, then saving the
-/// feed's cursor (`key`).
+/// Follows one feed for ever, handing each batch to `step` on the core, and saving the
+/// feed's cursor (`key`) whenever the feed settles ([`Batch::settle`]).
 async fn follow_into(
     source: Source,
     what: String,
@@ -137,12 +137,13 @@ async fn follow_into(
         let commits = commits.clone();
         async move {
             // A small batch, with the core free, is taken on this thread, its flush
-            // included: at low load a hand-off to a blocking thread and the wake back
-            // cost about as much as the flush, and nothing else is waiting. The cursor
-            // and any checkpoint follow on a blocking thread, once the feeds of what was
-            // just published have had their turn. Larger batches (a busy cluster, a
-            // reader catching up) go to a blocking thread whole, so that the feeds keep
-            // being read meanwhile.
+            // included when one is due: at low load a hand-off to a blocking thread and
+            // the wake back cost about as much as the flush, and nothing else is waiting.
+            // A flush not due yet is left to the committer. The cursor and any
+            // checkpoint, when the feed settles, follow on a blocking thread, once the
+            // feeds of what was just published have had their turn. Larger batches (a
+            // busy cluster, a reader catching up) go to a blocking thread whole, so that
+            // the feeds keep being read meanwhile.
             let (entries, next, inline, settle) =
                 (batch.records, batch.next, batch.inline, batch.settle);
             let mut waiting = Some(entries);
