@@ -67,6 +67,24 @@ pub mod window;
 /// two logs.
 pub const FLUSH_PACE: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// When a log was last flushed, for [`FLUSH_PACE`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FlushPace(Option<std::time::Instant>);
+
+impl FlushPace {
+    /// How long until the next flush may begin (zero when it may now).
+    pub fn wait(&self) -> std::time::Duration {
+        self.0.map_or(std::time::Duration::ZERO, |at| {
+            FLUSH_PACE.saturating_sub(at.elapsed())
+        })
+    }
+
+    /// A flush begins now.
+    pub fn begin(&mut self) {
+        self.0 = Some(std::time::Instant::now());
+    }
+}
+
 /// Taking a lock whose holder panicked: the data is used as it was left. Every lock in
 /// TSN guards state that each step leaves whole (a panic is a bug reported by the
 /// panic itself, and stopping every other task for it would lose what they hold).

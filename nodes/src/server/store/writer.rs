@@ -82,12 +82,10 @@ fn flush_loop(
     mut flush: impl FnMut() -> Result<(), DatastoreError>,
     rx: std::sync::mpsc::Receiver<FlushReq>,
 ) {
-    let mut last: Option<std::time::Instant> = None;
+    let mut pace = crate::FlushPace::default();
     while let Ok(mut dones) = rx.recv() {
-        if let Some(wait) = last.and_then(|at| crate::FLUSH_PACE.checked_sub(at.elapsed())) {
-            std::thread::sleep(wait);
-        }
-        last = Some(std::time::Instant::now());
+        std::thread::sleep(pace.wait());
+        pace.begin();
         while let Ok(more) = rx.try_recv() {
             dones.extend(more);
         }

@@ -1,7 +1,7 @@
 //! The sync service's two served logs (the outbox and the journal), and what a reader
 //! behind a log's oldest segment gets instead: a state transfer.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tsn_datastore::{DatastoreError, Record, RoleDir, SegmentedLog};
 use tsn_protocol::Change;
@@ -18,7 +18,7 @@ pub(super) struct ServedLog {
     /// Who reads it: what they have read may be deleted.
     readers: Vec<Reader>,
     /// When it was last flushed.
-    last_sync: Option<Instant>,
+    pace: crate::FlushPace,
 }
 
 impl ServedLog {
@@ -39,7 +39,7 @@ impl ServedLog {
                 len,
                 source,
                 readers,
-                last_sync: None,
+                pace: crate::FlushPace::default(),
             },
             records,
         ))
@@ -80,11 +80,7 @@ impl ServedLog {
     /// How long until what is owed may be committed ([`crate::FLUSH_PACE`] after the
     /// last flush; zero when that has passed); `None` when nothing is owed.
     pub(super) fn due_in(&self) -> Option<Duration> {
-        self.owed().then(|| {
-            self.last_sync.map_or(Duration::ZERO, |at| {
-                crate::FLUSH_PACE.saturating_sub(at.elapsed())
-            })
-        })
+        self.owed().then(|| self.pace.wait())
     }
 
     /// Flushes what was appended since the last commit, then serves it: a reader never
@@ -93,7 +89,7 @@ impl ServedLog {
         if !self.owed() {
             return Ok(false);
         }
-        self.last_sync = Some(Instant::now());
+        self.pace.begin();
         self.log.sync()?;
         self.len.set(self.log.len());
         Ok(true)

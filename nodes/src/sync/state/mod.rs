@@ -289,9 +289,10 @@ impl SyncState {
         }
         if !fresh.is_empty() {
             self.journal.append(&fresh)?;
-            self.uncommitted.extend(fresh.iter().cloned());
         }
-        Ok(fresh.len())
+        let n = fresh.len();
+        self.uncommitted.extend(fresh);
+        Ok(n)
     }
 
     /// Commits each log whose last flush is at least [`crate::FLUSH_PACE`] old; returns
@@ -304,10 +305,12 @@ impl SyncState {
         if self.journal.due_in() == Some(Duration::ZERO) && self.journal.commit()? {
             self.journal_committed();
         }
-        Ok(match (self.outbox.due_in(), self.journal.due_in()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        Ok(self
+            .outbox
+            .due_in()
+            .into_iter()
+            .chain(self.journal.due_in())
+            .min())
     }
 
     /// Makes what both logs were given durable and serves it.
