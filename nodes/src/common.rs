@@ -246,13 +246,18 @@ pub fn init_tracing_as(default_filter: &str, format: LogFormat) {
     use std::io::IsTerminal;
     // openraft's own lines (every vote request that does not get through while a group
     // forms, say) are for debugging it: the coordinator logs what the group decides and
-    // who leads. `--log info,openraft=info` shows them.
+    // who leads. `--log info,openraft=info` shows them. quinn warns when a peer presents
+    // an address-validation token older than its log remembers: the peer's doing, which
+    // quinn refuses and answers with a fresh handshake; not this node's to warn about.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        if default_filter.contains("openraft") {
-            tracing_subscriber::EnvFilter::new(default_filter)
-        } else {
-            tracing_subscriber::EnvFilter::new(format!("{default_filter},openraft=off"))
+        let mut f = default_filter.to_string();
+        if !f.contains("openraft") {
+            f.push_str(",openraft=off");
         }
+        if !f.contains("bloom_token_log") {
+            f.push_str(",quinn_proto::bloom_token_log=error");
+        }
+        tracing_subscriber::EnvFilter::new(f)
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
