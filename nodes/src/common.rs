@@ -279,10 +279,13 @@ pub fn stopping() -> bool {
 }
 
 /// The `main` of a node binary: parses `O`, starts logging as `parts` (its common and
-/// node options) say, and runs `run` on the runtime they ask for until it returns.
+/// node options) say, binds the role's endpoint with `bind` on the runtime they ask for,
+/// and runs `run` on it until the process is asked to stop ([`shutdown_signal`]) and
+/// the role has stopped.
 pub fn node_main<O, Fut>(
     parts: impl Fn(&O) -> (&CommonOpts, &NodeOpts),
-    run: impl FnOnce(O) -> Fut,
+    bind: impl FnOnce(&O) -> anyhow::Result<crate::net::NodeListener>,
+    run: impl FnOnce(O, crate::net::NodeListener, Signal) -> Fut,
 ) -> anyhow::Result<()>
 where
     O: clap::Parser,
@@ -292,8 +295,15 @@ where
     let (common, node) = parts(&opts);
     common.init_tracing();
     let runtime = node.runtime()?;
-    runtime.block_on(run(opts))
+    let listener = {
+        let _runtime = runtime.enter();
+        bind(&opts)?
+    };
+    runtime.block_on(run(opts, listener, Box::pin(shutdown_signal())))
 }
+
+/// What a node binary passes its role as the shutdown future.
+pub type Signal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM); from then on
 /// [`stopping`] says so.

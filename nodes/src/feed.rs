@@ -288,15 +288,18 @@ pub async fn serve<T>(
         let source = source.clone();
         let reader = (sub.reader, sub.node);
         let mut recv = FrameReader::new(recv);
-        tokio::spawn(async move {
+        async move {
             while let Ok(Some(at)) = recv.next_msg::<Cursor>().await {
                 source.record_consumed(reader, at);
             }
-        })
+            // The reader stopped reporting: serving goes on until the stream fails.
+            std::future::pending::<std::convert::Infallible>().await
+        }
     };
-    let result = serve_from(config.batch, source, sub.from, keep, pace, on_sent, send).await;
-    reports.abort();
-    result
+    tokio::select! {
+        result = serve_from(config.batch, source, sub.from, keep, pace, on_sent, send) => result,
+        never = reports => match never {},
+    }
 }
 
 async fn serve_from<T>(

@@ -25,7 +25,7 @@
 //!
 //! # Layout
 //! - this file: what the node learned ([`Membership`]), starting and stopping the link
-//!   ([`start`], [`Link`]), the routing watch, and peers' addresses ([`peer_addr`]).
+//!   ([`start`], [`Link`]), the routing watch, and peers' addresses ([`PeerAddr`]).
 //! - [`beats`]: the heartbeat loop and the clock-offset measure.
 
 use std::net::IpAddr;
@@ -131,14 +131,19 @@ pub fn stalled_after(interval: Duration) -> Duration {
 pub struct Link {
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The watchdog ticker, a task of the node's runtime.
+    ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Link {
-    /// Stops the link and waits for its thread to end.
+    /// Stops the link and waits for its thread and its ticker to end.
     pub async fn stop(mut self) {
         self.stop.send_replace(true);
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.await;
         }
     }
 }
@@ -170,7 +175,7 @@ pub fn start(
     let ticks = Arc::new(AtomicU64::new(0));
     let ticker = ticks.clone();
     let ticker_stop = stopping.clone();
-    tokio::spawn(async move {
+    let ticker = tokio::spawn(async move {
         let tick = async {
             loop {
                 let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -201,7 +206,8 @@ pub fn start(
         .name("coordinator-link".into())
         .spawn(move || {
             rt.block_on(async move {
-                let pushed = tokio::spawn(watch(
+                let mut pushed = tokio::task::JoinSet::new();
+                pushed.spawn(watch(
                     endpoint.clone(),
                     cfg2.coordinator.clone(),
                     out.clone(),
@@ -212,7 +218,7 @@ pub fn start(
                     () = beats => {}
                     () = stopped(stopping) => {}
                 }
-                pushed.abort();
+                pushed.shutdown().await;
                 endpoint.close(0u32.into(), b"node stopping");
                 let _ = tokio::time::timeout(LINK_CLOSE, endpoint.wait_idle()).await;
             })
@@ -221,6 +227,7 @@ pub fn start(
     Ok(Link {
         stop,
         thread: Some(thread),
+        ticker: Some(ticker),
     })
 }
 
@@ -291,28 +298,61 @@ fn routes_differ(a: &RoutingTables, b: &RoutingTables) -> bool {
     key(a) != key(b)
 }
 
-/// A watch of one peer's address, derived from the membership (changes only when the
-/// address does).
-pub fn peer_addr(
-    membership: &watch::Receiver<Membership>,
-    pick: impl Fn(&Membership) -> Option<String> + Send + 'static,
-) -> watch::Receiver<Option<String>> {
-    let mut m = membership.clone();
-    let (tx, rx) = watch::channel(pick(&m.borrow_and_update()));
-    tokio::spawn(async move {
-        while m.changed().await.is_ok() {
-            let next = pick(&m.borrow_and_update());
-            tx.send_if_modified(|cur| {
-                let changed = *cur != next;
-                *cur = next;
-                changed
-            });
-            if tx.is_closed() {
-                return;
+/// One peer's address as the membership names it: [`PeerAddr::changed`] resolves when
+/// that address changes, not on every routing change. It is read from the membership
+/// itself, so no task keeps it.
+pub struct PeerAddr {
+    members: watch::Receiver<Membership>,
+    pick: Box<Pick>,
+    /// The address last returned by [`PeerAddr::current`] or seen by
+    /// [`PeerAddr::changed`].
+    seen: Option<String>,
+}
+
+/// Which peer's address a [`PeerAddr`] follows.
+type Pick = dyn Fn(&Membership) -> Option<String> + Send + Sync;
+
+impl PeerAddr {
+    /// The address `pick` finds in `members`, now and as it changes.
+    pub fn new(
+        members: &watch::Receiver<Membership>,
+        pick: impl Fn(&Membership) -> Option<String> + Send + Sync + 'static,
+    ) -> PeerAddr {
+        let mut members = members.clone();
+        let seen = pick(&members.borrow_and_update());
+        PeerAddr {
+            members,
+            pick: Box::new(pick),
+            seen,
+        }
+    }
+
+    /// The address now.
+    pub fn current(&mut self) -> Option<String> {
+        self.seen = (self.pick)(&self.members.borrow_and_update());
+        self.seen.clone()
+    }
+
+    /// Waits until the address differs from the one last seen; an error once the
+    /// membership is gone (the node stops). Cancel-safe.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        loop {
+            self.members.changed().await?;
+            let next = (self.pick)(&self.members.borrow_and_update());
+            if next != self.seen {
+                self.seen = next;
+                return Ok(());
             }
         }
-    });
-    rx
+    }
+}
+
+impl std::fmt::Debug for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerAddr")
+            .field("seen", &self.seen)
+            .finish()
+    }
 }
 
 #[cfg(test)]

@@ -57,11 +57,18 @@ fn roles_run_inside_one_process_and_stop_when_told() -> anyhow::Result<()> {
         &["-p", "0", "--clusters", "1"],
         flags(root.path(), &certs, "coordinator"),
     ))?;
+    // The test binds each role's endpoint, as the binaries do, so it knows the address
+    // before the role starts.
+    let listener = {
+        let _rt = rt.enter();
+        tsn_nodes::coordinator::bind(&coordinator)?
+    };
+    let coord = listener.local.to_string();
     roles.push((
         "coordinator",
-        rt.spawn(tsn_nodes::coordinator::run(coordinator, stop())),
+        rt.spawn(tsn_nodes::coordinator::run(coordinator, listener, stop())),
     ));
-    let coord = wait_file(
+    wait_file(
         &root.path().join("coordinator.addr"),
         Duration::from_secs(20),
     )?;
@@ -71,14 +78,28 @@ fn roles_run_inside_one_process_and_stop_when_told() -> anyhow::Result<()> {
             &["-c", &coord, "-p", "0", "-i", "1", "-t", kind],
             flags(root.path(), &certs, name),
         ))?;
-        roles.push((name, rt.spawn(tsn_nodes::server::run(opts, stop()))));
+        let listener = {
+            let _rt = rt.enter();
+            tsn_nodes::server::bind(&opts)?
+        };
+        roles.push((
+            name,
+            rt.spawn(tsn_nodes::server::run(opts, listener, stop())),
+        ));
     }
     let sync = SyncOpts::try_parse_from(args(
         "tsn_sync_service",
         &["-c", &coord, "-p", "0", "-s", "1", "-q", "50"],
         flags(root.path(), &certs, "sync"),
     ))?;
-    roles.push(("sync", rt.spawn(tsn_nodes::sync::run(sync, stop()))));
+    let listener = {
+        let _rt = rt.enter();
+        tsn_nodes::sync::bind(&sync)?
+    };
+    roles.push((
+        "sync",
+        rt.spawn(tsn_nodes::sync::run(sync, listener, stop())),
+    ));
     for name in ["primary", "secondary", "sync"] {
         wait_file(
             &root.path().join(format!("{name}.addr")),

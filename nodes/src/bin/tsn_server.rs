@@ -1,9 +1,5 @@
-use tsn_nodes::common::{node_main, shutdown_signal};
-use tsn_nodes::server::{run, ServerOpts};
+use tsn_nodes::server::{bind, run, ServerOpts};
 
 fn main() -> anyhow::Result<()> {
-    node_main(
-        |o: &ServerOpts| (&o.common, &o.node),
-        |opts| run(opts, shutdown_signal()),
-    )
+    tsn_nodes::common::node_main(|o: &ServerOpts| (&o.common, &o.node), bind, run)
 }

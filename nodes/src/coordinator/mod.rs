@@ -23,4 +23,4 @@ pub mod service;
 pub mod tables;
 pub mod web;
 
-pub use service::{run, CoordinatorOpts};
+pub use service::{bind, run, CoordinatorOpts};

@@ -63,9 +63,22 @@ pub struct CoordinatorOpts {
     pub common: CommonOpts,
 }
 
-/// Runs the coordinator until `shutdown` resolves (the binary passes Ctrl-C / SIGTERM).
+/// Binds the coordinator's endpoint on `--bind` and `-p`, with a leaf of the cluster CA
+/// in `--cert-dir`; nodes, clients and operator tools connect to it.
+pub fn bind(opts: &CoordinatorOpts) -> anyhow::Result<crate::net::NodeListener> {
+    opts.node.listen(
+        &opts.common,
+        opts.port,
+        tsn_certs::ClientAuth::Optional,
+        None,
+    )
+}
+
+/// Runs the coordinator on `listener` (see [`bind`]) until `shutdown` resolves (the
+/// binary passes Ctrl-C / SIGTERM), then returns once its tasks are joined.
 pub async fn run(
     opts: CoordinatorOpts,
+    listener: crate::net::NodeListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let alone = opts.members.is_empty();
@@ -81,17 +94,11 @@ pub async fn run(
     if opts.clear {
         clear(&opts, &ds, alone)?;
     }
-    let listener = opts.node.listen(
-        &opts.common,
-        opts.port,
-        tsn_certs::ClientAuth::Optional,
-        None,
-    )?;
     let (endpoint, local) = (listener.endpoint, listener.local);
     let members = members(&opts, &local.to_string());
     tracing::info!(%local, clusters = opts.clusters, heartbeat_ms = opts.node.heartbeat_ms, id = opts.id, members = members.len(), "coordinator listening");
 
-    let metrics = crate::metrics::Metrics::new();
+    let metrics = crate::metrics::Metrics::new(crate::metrics::Role::Coordinator);
     let mut tasks = tokio::task::JoinSet::new();
     opts.node.serve_metrics(&metrics, &mut tasks).await?;
     metrics.set_ready(Some("the coordinator group has no leader yet".into()));
@@ -201,13 +208,9 @@ async fn serve_connection(
     group: tokio::sync::watch::Receiver<Option<Arc<Group>>>,
 ) {
     let is_node = tsn_certs::peer_is_node(&conn);
-    loop {
-        let (mut send, mut recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+    crate::net::serve_streams(conn, move |mut send, mut recv| {
         let group = group.clone();
-        tokio::spawn(async move {
+        async move {
             let Some(req) =
                 crate::net::first_msg::<CoordRequest>(&mut send, &mut recv, "request").await
             else {
@@ -230,8 +233,9 @@ async fn serve_connection(
             if tsn_protocol::write_msg(&mut send, &reply).await.is_ok() {
                 let _ = send.finish();
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Sends the committed tables now and after every change, until the watcher goes away.

@@ -180,7 +180,7 @@ pub async fn follow<O, A, Fut>(
     config: FeedConfig,
     what: &str,
     endpoint: quinn::Endpoint,
-    mut addr: watch::Receiver<Option<String>>,
+    mut addr: crate::link::PeerAddr,
     mut cursor: Cursor,
     settled: Settled,
     open: O,
@@ -200,7 +200,7 @@ pub async fn follow<O, A, Fut>(
     let now = tokio::time::Instant::now();
     let mut last_settle = now.checked_sub(SETTLE_EVERY).unwrap_or(now);
     loop {
-        let target = addr.borrow_and_update().clone();
+        let target = addr.current();
         if target.is_some() && target != known {
             settled.send_if_modified(|s| std::mem::replace(s, false));
             known = target.clone();

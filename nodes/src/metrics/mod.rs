@@ -1,11 +1,11 @@
 //! What a node tells an operator: Prometheus metrics, liveness and readiness, served over
 //! plain HTTP on `--metrics-addr` (`/metrics`, `/health`, `/ready`; see [`http`]).
 //!
-//! Every metric is declared here, once (its field, type, name and help in one entry of
-//! [`Metrics`]), grouped by the role that updates it, and updated where the work
-//! happens. Names follow Prometheus conventions: a `tsn_` prefix, `_total` on counters,
-//! base units (`_seconds`, `_bytes`). A metric that a role does not have stays at zero
-//! there.
+//! Every metric is declared here, once: its field, type, name, help and the roles that
+//! have it, in one entry of [`Metrics`]; each is updated where the work happens. A role's
+//! `/metrics` shows its own metrics only ([`Metrics::new`] registers those of its
+//! [`Role`]). Names follow Prometheus conventions: a `tsn_` prefix, `_total` on
+//! counters, base units (`_seconds`, `_bytes`).
 
 pub mod http;
 
@@ -36,12 +36,23 @@ pub struct ClusterLabel {
     pub cluster: u32,
 }
 
-/// Declares [`Metrics`]: each entry is a field, its type and first value, and the name
-/// and help it is registered under.
+/// Which role's metrics a [`Metrics`] shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A member of the coordinator group.
+    Coordinator,
+    /// A primary or secondary server.
+    Server,
+    /// A sync service.
+    Sync,
+}
+
+/// Declares [`Metrics`]: each entry is a field, its type and first value, the name and
+/// help it is registered under, and the roles that have it.
 macro_rules! metrics {
     ($(
         $(#[doc = $doc:literal])*
-        $field:ident: $ty:ty = $init:expr, $name:literal, $help:literal;
+        $field:ident: $ty:ty = $init:expr, $name:literal, $help:literal, [$($role:ident),+];
     )*) => {
         /// Every metric of a node.
         #[derive(Debug)]
@@ -58,12 +69,15 @@ macro_rules! metrics {
         }
 
         impl Metrics {
-            /// A registry with every metric at zero; not ready ("starting").
-            pub fn new() -> Arc<Metrics> {
+            /// The metrics of `role`, each at zero; not ready ("starting"). Fields of
+            /// other roles' metrics exist but are not shown.
+            pub fn new(role: Role) -> Arc<Metrics> {
                 let mut registry = Registry::with_prefix("tsn");
                 $(
                     let $field: $ty = $init;
-                    registry.register($name, $help, $field.clone());
+                    if [$(Role::$role),+].contains(&role) {
+                        registry.register($name, $help, $field.clone());
+                    }
                 )*
                 Arc::new(Metrics {
                     registry,
@@ -80,74 +94,74 @@ metrics! {
     // Servers: what clients were told, and how fast.
     /// Changes acknowledged to clients, by kind.
     acknowledged: Family<KindLabel, Counter> = Family::default(),
-        "changes_acknowledged", "Changes acknowledged to clients, by kind";
+        "changes_acknowledged", "Changes acknowledged to clients, by kind", [Server];
     /// Time from a client's request reaching the server to its acknowledgement (50 us ..
     /// ~1.6 s).
     ack_latency: Histogram = Histogram::new(exponential_buckets(50e-6, 2.0, 16)),
-        "ack_latency_seconds", "Time from a request reaching the server to its acknowledgement";
-    /// Bytes in the journal (a server's; a sync service's outbox and journal together).
+        "ack_latency_seconds", "Time from a request reaching the server to its acknowledgement", [Server];
+    /// Bytes of the server's journal on disk.
     journal_bytes: Gauge = Gauge::default(),
-        "journal_bytes", "Bytes of the journal's segments on disk";
+        "journal_bytes", "Bytes of the journal's segments on disk", [Server];
     /// Time each checkpoint took (a server's; 1 ms .. ~33 s).
     checkpoint_seconds: Histogram = Histogram::new(exponential_buckets(1e-3, 2.0, 16)),
-        "checkpoint_seconds", "Time each checkpoint took (sealing the logs, flushing the view files, writing the state)";
+        "checkpoint_seconds", "Time each checkpoint took (sealing the logs, flushing the view files, writing the state)", [Server];
     /// Batches of changes sent to the standby and not yet acknowledged by it.
     mirror_lag: Gauge = Gauge::default(),
-        "mirror_lag_batches", "Batches sent to the standby and not yet acknowledged";
+        "mirror_lag_batches", "Batches sent to the standby and not yet acknowledged", [Server];
     // Sync services.
     /// Bytes of this sync service's outbox that a cluster's sync service has not read yet.
     sync_backlog: Family<ClusterLabel, Gauge> = Family::default(),
-        "sync_backlog_bytes", "Bytes of this sync service's outbox a cluster has not read yet";
+        "sync_backlog_bytes", "Bytes of this sync service's outbox a cluster has not read yet", [Sync];
     // Servers: delivery to open timelines.
     /// Time from a post being stored to its reaching an open timeline on this server (100
     /// us .. ~3.3 s).
     delivery_latency: Histogram = Histogram::new(exponential_buckets(100e-6, 2.0, 16)),
-        "delivery_latency_seconds", "Time from a post being stored to its reaching an open timeline here";
+        "delivery_latency_seconds", "Time from a post being stored to its reaching an open timeline here", [Server];
     /// Age of this cluster's own posts when they last came back from its sync service
     /// (a server's; new posts wait while it is over `--admit-lag-ms`).
     delivery_lag: Gauge<f64, AtomicU64> = Gauge::default(),
-        "delivery_lag_seconds", "Age of this cluster's own posts when they last came back from its sync service";
+        "delivery_lag_seconds", "Age of this cluster's own posts when they last came back from its sync service", [Server];
     /// Times a timeline session held new posts back for a moment because delivery was
     /// behind (`--admit-lag-ms`).
     admission_pauses: Counter = Counter::default(),
-        "admission_pauses", "Times a timeline session held new posts back for a moment because delivery was behind";
+        "admission_pauses", "Times a timeline session held new posts back for a moment because delivery was behind", [Server];
     /// Open timeline streams.
     timeline_streams: Gauge = Gauge::default(),
-        "timeline_streams", "Open timeline streams";
-    // Every role.
+        "timeline_streams", "Open timeline streams", [Server];
+    // Connections: every role; heartbeats: servers and sync services.
     /// Open QUIC connections.
     connections: Gauge = Gauge::default(),
-        "connections", "Open QUIC connections";
+        "connections", "Open QUIC connections", [Coordinator, Server, Sync];
     /// Heartbeats that did not get an answer.
     heartbeats_missed: Counter = Counter::default(),
-        "heartbeats_missed", "Heartbeats that got no answer";
+        "heartbeats_missed", "Heartbeats that got no answer", [Server, Sync];
     // Coordinators and servers: failover.
     /// Changes of the active server (the coordinator: every cluster's; a server: its own
     /// role's).
     failovers: Counter = Counter::default(),
-        "failovers", "Changes of a cluster's active server";
+        "failovers", "Changes of a cluster's active server", [Coordinator, Server];
     /// Failover epoch, by cluster.
     epoch: Family<ClusterLabel, Gauge> = Family::default(),
-        "epoch", "Failover epoch, by cluster";
+        "epoch", "Failover epoch, by cluster", [Coordinator, Server];
     /// 1 while this server is its cluster's active server.
     active: Gauge = Gauge::default(),
-        "active", "1 while this server is its cluster's active server";
+        "active", "1 while this server is its cluster's active server", [Server];
     // Coordinators: the group.
     /// The coordinator's Raft term.
     raft_term: Gauge = Gauge::default(),
-        "raft_term", "The coordinator's Raft term";
+        "raft_term", "The coordinator's Raft term", [Coordinator];
     /// 1 while this coordinator leads its group.
     raft_leader: Gauge = Gauge::default(),
-        "raft_leader", "1 while this coordinator leads its group";
+        "raft_leader", "1 while this coordinator leads its group", [Coordinator];
     /// Index of the last entry the coordinator knows to be committed.
     raft_commit_index: Gauge = Gauge::default(),
-        "raft_commit_index", "Index of the last Raft entry known committed";
+        "raft_commit_index", "Index of the last Raft entry known committed", [Coordinator];
     /// Index of the last entry the coordinator applied.
     raft_applied_index: Gauge = Gauge::default(),
-        "raft_applied_index", "Index of the last Raft entry applied";
+        "raft_applied_index", "Index of the last Raft entry applied", [Coordinator];
     /// Elections this coordinator started.
     raft_elections: Counter = Counter::default(),
-        "raft_elections", "Elections this coordinator started";
+        "raft_elections", "Elections this coordinator started", [Coordinator];
 }
 
 impl Metrics {
@@ -179,5 +193,32 @@ impl Metrics {
     /// Counts a scrape; true for the first.
     fn first_scrape(&self) -> bool {
         self.scrapes.fetch_add(1, Ordering::Relaxed) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_role_shows_its_own_metrics() {
+        let coordinator = Metrics::new(Role::Coordinator).render();
+        let server = Metrics::new(Role::Server).render();
+        let sync = Metrics::new(Role::Sync).render();
+        for text in [&coordinator, &server, &sync] {
+            assert!(text.contains("tsn_connections "), "{text}");
+        }
+        assert!(coordinator.contains("tsn_raft_term "), "{coordinator}");
+        assert!(!coordinator.contains("tsn_ack_latency"), "{coordinator}");
+        assert!(
+            server.contains("tsn_ack_latency_seconds_count "),
+            "{server}"
+        );
+        assert!(server.contains("tsn_heartbeats_missed_total "), "{server}");
+        assert!(!server.contains("tsn_raft_term"), "{server}");
+        assert!(!server.contains("tsn_sync_backlog"), "{server}");
+        assert!(sync.contains("tsn_heartbeats_missed_total "), "{sync}");
+        assert!(!sync.contains("tsn_journal_bytes"), "{sync}");
+        assert!(!sync.contains("tsn_raft_term"), "{sync}");
     }
 }

@@ -439,6 +439,8 @@ pub struct NodeListener {
     /// The node's identity as a dialling configuration (for the coordinator link, which
     /// has an endpoint and a thread of its own: see [`crate::link`]).
     pub client_config: quinn::ClientConfig,
+    /// The certificate shown to browsers, when the endpoint accepts them.
+    pub web: Option<tsn_certs::WebCerts>,
 }
 
 /// Everything a node does before it serves: issue itself a leaf from the cluster CA in
@@ -461,5 +463,6 @@ pub fn node_listener(
         endpoint,
         local,
         client_config,
+        web: web.cloned(),
     })
 }

@@ -14,7 +14,6 @@ use crate::Locked;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use tokio::sync::watch;
 use tsn_datastore::{Cursors, DatastoreError, Record, RoleDir, SegmentedLog};
 use tsn_protocol::sync::{Cursor, FeedLog, SyncRequest};
 use tsn_protocol::UserId;
@@ -163,7 +162,7 @@ pub async fn run(
     env: Env,
     inbound: InboundHandle,
     endpoint: quinn::Endpoint,
-    addr: watch::Receiver<Option<String>>,
+    addr: crate::link::PeerAddr,
     settled: feed::Settled,
 ) {
     let cluster = env.data.node.cluster;

@@ -47,13 +47,28 @@ mod wiring;
 pub use options::{AckMode, ServerOpts, ServerType};
 pub use role::RoleState;
 
-/// Runs a server until `shutdown` resolves (the binary passes Ctrl-C / SIGTERM), then
-/// stops as on SIGTERM: a hand-over if it is active, its tasks joined, the clean marker.
+/// Binds the server's endpoint on `--bind` and `-p`, with a leaf of the cluster CA in
+/// `--cert-dir` for terminals and nodes, and the web certificate (`--web-cert`, or one
+/// of its own) for browsers.
+pub fn bind(opts: &ServerOpts) -> anyhow::Result<crate::net::NodeListener> {
+    let web = wiring::web_certs(opts)?;
+    opts.node.listen(
+        &opts.common,
+        opts.port,
+        tsn_certs::ClientAuth::Optional,
+        Some(&web),
+    )
+}
+
+/// Runs a server on `listener` (see [`bind`]) until `shutdown` resolves (the binary
+/// passes Ctrl-C / SIGTERM), then stops as on SIGTERM: a hand-over if it is active, its
+/// tasks joined, the clean marker.
 pub async fn run(
     opts: ServerOpts,
+    listener: crate::net::NodeListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let server = wiring::start(opts).await?;
+    let server = wiring::start(opts, listener).await?;
     shutdown.await;
     tracing::info!("shutting down");
     server.stop().await

@@ -32,6 +32,8 @@ pub(super) struct Running {
     role: Role,
     mirror: Mirror,
     store: Store,
+    /// The store's writer task, joined once the store has stopped.
+    writer: tokio::task::JoinHandle<()>,
     inbound: InboundHandle,
     endpoint: quinn::Endpoint,
     /// Dials the sync service and the standby (see [`start`]).
@@ -53,8 +55,11 @@ struct Handles {
     journal_feed: FeedSource,
 }
 
-/// Recovers the server's state, binds its endpoint and starts its tasks.
-pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
+/// Recovers the server's state and starts its tasks on `listener`.
+pub(super) async fn start(
+    opts: ServerOpts,
+    listener: crate::net::NodeListener,
+) -> anyhow::Result<Running> {
     let kind = match opts.server_type {
         ServerType::Primary => NodeKind::Primary,
         ServerType::Secondary => NodeKind::Secondary,
@@ -63,13 +68,10 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
     dir.create()
         .with_context(|| format!("creating {}", dir.path().display()))?;
     let recovered = recovery::recover(&dir, Hlc::new(opts.clock.max_clock_offset()))?;
-    let web = web_certs(&opts)?;
-    let listener = opts.node.listen(
-        &opts.common,
-        opts.port,
-        tsn_certs::ClientAuth::Optional,
-        Some(&web),
-    )?;
+    let web = listener
+        .web
+        .clone()
+        .context("the server's endpoint takes browsers: bind it with server::bind")?;
     let local = listener.local;
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, opts.coordinator.first())
@@ -82,7 +84,7 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
     let mut tasks = JoinSet::new();
     tasks.spawn(super::web::rotate(web.clone()));
     let beat_now = Arc::new(tokio::sync::Notify::new());
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(crate::metrics::Role::Server);
     let link = crate::link::LinkConfig {
         coordinator: opts.coordinator.clone(),
         cluster: opts.cluster,
@@ -122,7 +124,7 @@ pub(super) async fn start(opts: ServerOpts) -> anyhow::Result<Running> {
 
 /// The certificate shown to browsers: the operator's, or one of the server's own for
 /// its addresses.
-fn web_certs(opts: &ServerOpts) -> anyhow::Result<tsn_certs::WebCerts> {
+pub(super) fn web_certs(opts: &ServerOpts) -> anyhow::Result<tsn_certs::WebCerts> {
     Ok(match (&opts.web_cert, &opts.web_key) {
         (Some(cert), Some(key)) => tsn_certs::WebCerts::from_pem_files(cert, key)
             .context("loading --web-cert and --web-key")?,
@@ -200,7 +202,7 @@ async fn serve(
         ack: opts.ack,
     };
     let (mirror_tx, mirror_rx) = mpsc::channel(store::WRITE_QUEUE);
-    let store = store::spawn(store::Parts {
+    let (store, writer) = store::spawn(store::Parts {
         env: store_env,
         journal: recovered.journal,
         inbound: Some(inbound.clone()),
@@ -231,6 +233,7 @@ async fn serve(
         role: h.role,
         mirror,
         store,
+        writer,
         inbound,
         endpoint: net.endpoint,
         peers: net.peers,
@@ -278,7 +281,7 @@ fn spawn_inbound(
         env,
         inbound.clone(),
         net.peers.clone(),
-        crate::link::peer_addr(&net.members, move |m| m.addr_of(cluster, NodeKind::Sync)),
+        crate::link::PeerAddr::new(&net.members, move |m| m.addr_of(cluster, NodeKind::Sync)),
         settled_tx,
     ));
     settled
@@ -335,6 +338,9 @@ impl Running {
         self.tasks.shutdown().await;
         // Everything queued reaches the journal and the view files before "clean" is said.
         let views_complete = self.store.stop().await;
+        if let Err(e) = self.writer.await {
+            tracing::error!("the journal writer failed: {e}");
+        }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
             self.endpoint.wait_idle().await;
             self.peers.wait_idle().await;

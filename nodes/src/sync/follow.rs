@@ -36,7 +36,7 @@ pub(super) struct Source {
     /// The endpoint it is dialled from.
     pub endpoint: quinn::Endpoint,
     /// Where its writer is, as the coordinator says.
-    pub addr: watch::Receiver<Option<String>>,
+    pub addr: crate::link::PeerAddr,
     /// Told once the feed has been read to its end (or its writer found down).
     pub settled: feed::Settled,
 }

@@ -40,30 +40,38 @@ use tsn_protocol::ClusterId;
 
 use self::state::SyncState;
 use crate::link::{self, LinkConfig, Membership};
+use crate::net::NodeListener;
 
 /// The state, shared by the feeds (blocking work runs with the lock held, off the
 /// runtime).
 type Core = Arc<Mutex<SyncState>>;
 
-/// Runs the sync service until `shutdown` resolves (the binary passes Ctrl-C / SIGTERM).
+/// Binds the sync service's endpoint on `--bind` and `-p`, with a leaf of the cluster CA
+/// in `--cert-dir`; only nodes may connect.
+pub fn bind(opts: &SyncOpts) -> anyhow::Result<NodeListener> {
+    opts.node.listen(
+        &opts.common,
+        opts.port,
+        tsn_certs::ClientAuth::Required,
+        None,
+    )
+}
+
+/// Runs the sync service on `listener` (see [`bind`]) until `shutdown` resolves (the
+/// binary passes Ctrl-C / SIGTERM), then returns once its tasks are joined.
 pub async fn run(
     opts: SyncOpts,
+    listener: NodeListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let dir = Datastore::new(&opts.node.datastore).role(opts.cluster, NodeKind::Sync);
     dir.create()
         .with_context(|| format!("creating {}", dir.path().display()))?;
-    let listener = opts.node.listen(
-        &opts.common,
-        opts.port,
-        tsn_certs::ClientAuth::Required,
-        None,
-    )?;
     let (endpoint, local) = (listener.endpoint.clone(), listener.local);
     let advertise =
         crate::net::advertise_addr(opts.advertise.as_deref(), local, opts.coordinator.first())
             .await?;
-    let metrics = crate::metrics::Metrics::new();
+    let metrics = crate::metrics::Metrics::new(crate::metrics::Role::Sync);
     let mut tasks = JoinSet::new();
     opts.node.serve_metrics(&metrics, &mut tasks).await?;
     let (members_tx, mut members) = watch::channel(Membership::default());
@@ -189,7 +197,7 @@ fn follow_feeds(
         let source = follow::Source {
             sink: sink.clone(),
             endpoint: endpoint.clone(),
-            addr: link::peer_addr(members, move |m| m.addr_of(cluster, kind)),
+            addr: link::PeerAddr::new(members, move |m| m.addr_of(cluster, kind)),
             settled: tx,
         };
         tasks.spawn(follow::follow_server(source, cluster, kind));
@@ -197,7 +205,7 @@ fn follow_feeds(
     let mut feeds = settled.clone();
     for from in 1..=clusters {
         let own = advertise.to_string();
-        let addr = link::peer_addr(members, move |m| {
+        let addr = link::PeerAddr::new(members, move |m| {
             if from == cluster {
                 Some(own.clone())
             } else {

@@ -214,7 +214,7 @@ impl Env {
                 clock: Arc::new(Hlc::new(std::time::Duration::from_millis(500))),
                 trigger: Arc::new(CheckpointTrigger::new(u64::MAX, 0, 0)),
             },
-            metrics: Metrics::new(),
+            metrics: Metrics::new(crate::metrics::Role::Server),
             ack,
         }
     }
@@ -250,7 +250,7 @@ mod tests {
         let (mirror_tx, mirror_rx) = mpsc::channel(16);
         let (gate_tx, gate_rx) = std::sync::mpsc::sync_channel::<()>(0);
         let parts = parts(tmp.path(), ack, mirror_tx);
-        let store = writer::spawn_with(parts, move || {
+        let (store, _task) = writer::spawn_with(parts, move || {
             gate_rx.recv().map_err(|_| DatastoreError::Io {
                 path: "gate".into(),
                 source: std::io::Error::other("gate closed"),
@@ -313,7 +313,7 @@ mod tests {
         let (mirror_tx, _mirror_rx) = mpsc::channel(1024);
         let parts = parts(tmp.path(), AckMode::Replicated, mirror_tx);
         let dir = parts.env.data.node.dir.clone();
-        let store = spawn(parts).unwrap();
+        let (store, _task) = spawn(parts).unwrap();
         let mut pending = Vec::new();
         for followee in 2..502 {
             let follow = Change::Follow {

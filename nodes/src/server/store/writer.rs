@@ -5,6 +5,7 @@ use crate::Locked;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tsn_datastore::{DatastoreError, Record, SegmentedLog};
 
 use super::checkpoints::CHECKPOINT_CHECK;
@@ -17,8 +18,9 @@ use crate::feed::FeedLen;
 use crate::server::inbound::InboundHandle;
 use crate::views::{Side, Views};
 
-/// Starts the writer task and its flusher thread.
-pub fn spawn(parts: Parts) -> anyhow::Result<Store> {
+/// Starts the writer task and its flusher thread. The task ends once [`Store::stop`] has
+/// been answered (or every handle is dropped); its owner joins it after that.
+pub fn spawn(parts: Parts) -> anyhow::Result<(Store, JoinHandle<()>)> {
     let flusher = parts.journal.flusher();
     spawn_with(parts, move || flusher.sync())
 }
@@ -44,7 +46,7 @@ pub struct Parts {
 pub(super) fn spawn_with(
     parts: Parts,
     flush: impl FnMut() -> Result<(), DatastoreError> + Send + 'static,
-) -> anyhow::Result<Store> {
+) -> anyhow::Result<(Store, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let (flush_tx, flush_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -68,8 +70,8 @@ pub(super) fn spawn_with(
         mirror_tx: parts.mirror_tx,
         flush_tx,
     };
-    tokio::spawn(writer.run(rx));
-    Ok(Store { tx })
+    let task = tokio::spawn(writer.run(rx));
+    Ok((Store { tx }, task))
 }
 
 /// Requests to complete once everything appended before them is flushed.
