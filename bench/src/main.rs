@@ -128,7 +128,7 @@ fn main() -> anyhow::Result<()> {
     steps += 10 * s.runs as u64 * u64::from(want(7));
     steps += 2 * u64::from(want(8));
     if want(5) || want(6) || want(8) {
-        steps += 1 + s.runs as u64 * u64::from(want(5));
+        steps += 1 + (1 + scenarios::FANOUT_POSTS as u64 * s.runs as u64) * u64::from(want(5));
     }
     steps += 4 * opts.history_posts.len() as u64 * u64::from(want(9));
     steps +=

@@ -25,7 +25,15 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
 /// A client endpoint trusting the system's CA.
 pub fn endpoint(certs: &Path) -> Result<quinn::Endpoint> {
     let root = tsn_certs::TrustRoot::load(certs)?;
-    let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    // Sockets with the nodes' large buffers: one of them stands for hundreds of client
+    // machines, and must not drop what they would each have received.
+    let socket = tsn_nodes::net::udp_socket(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     ep.set_default_client_config(root.client_config(transport())?);
     Ok(ep)
 }

@@ -18,8 +18,21 @@ use std::path::PathBuf;
 use tsn_datastore::{AppendLog, DatastoreError, Durability, Record, RecordLine, RoleDir};
 use tsn_protocol::Change;
 
-/// View files kept open between writes.
-const OPEN_VIEWS: usize = 1024;
+/// View files kept open between writes, at least and at most (see [`open_views`]).
+const OPEN_VIEWS: (usize, usize) = (64, 16_384);
+
+/// How many view files one [`Views`] keeps open between writes: a quarter of the
+/// process's open-file limit (a server has two sets of views, and needs descriptors for
+/// its logs, checkpoints and listeners too), within [`OPEN_VIEWS`]. A post to thousands of
+/// followers appends to as many timeline files: when they all stay open, it costs a write
+/// each, not an open, a read of the file's end and a close.
+fn open_views() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(OPEN_VIEWS.0, OPEN_VIEWS.1)
+}
 
 /// Where a record comes from: the same record lands in a different file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +75,8 @@ pub struct Views {
     dir: RoleDir,
     side: Side,
     open: HashMap<PathBuf, AppendLog>,
+    /// How many files `open` may hold.
+    capacity: usize,
     /// Records not yet in their file because a write failed, in order, by file. Holds at
     /// most what the logs hold since the last checkpoint (none is taken meanwhile).
     owed: HashMap<PathBuf, Vec<Record>>,
@@ -74,6 +89,7 @@ impl Views {
             dir,
             side,
             open: HashMap::new(),
+            capacity: open_views(),
             owed: HashMap::new(),
         }
     }
@@ -122,7 +138,7 @@ impl Views {
     ) -> Result<(), DatastoreError> {
         tsn_datastore::failpoint::check("view-append", path)?;
         if !self.open.contains_key(path) {
-            if self.open.len() >= OPEN_VIEWS {
+            if self.open.len() >= self.capacity {
                 self.open.clear();
             }
             let log = AppendLog::open_append(path)?;
