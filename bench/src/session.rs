@@ -22,12 +22,29 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// The receive and send buffers asked for each of the benchmark's client sockets (the
+/// kernel grants at most `net.core.rmem_max` / `wmem_max`): one socket stands for hundreds
+/// of client machines, and a post to thousands of open timelines is a burst of one
+/// datagram for each. With the kernel's default (212,992 bytes here, about 150 datagrams)
+/// the socket dropped the end of the burst, which a machine of their own would each have
+/// received, and the connections that lost one waited for QUIC's loss timer.
+const UDP_BUFFER: usize = 4 << 20;
+
+/// A UDP socket bound to `bind` with [`UDP_BUFFER`]-sized buffers, as large as the kernel
+/// allows.
+fn udp_socket(bind: SocketAddr) -> Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    // Best effort: a smaller buffer works, it only drops sooner in a burst.
+    let _ = state.set_recv_buffer_size((&socket).into(), UDP_BUFFER);
+    let _ = state.set_send_buffer_size((&socket).into(), UDP_BUFFER);
+    Ok(socket)
+}
+
 /// A client endpoint trusting the system's CA.
 pub fn endpoint(certs: &Path) -> Result<quinn::Endpoint> {
     let root = tsn_certs::TrustRoot::load(certs)?;
-    // Sockets with the nodes' large buffers: one of them stands for hundreds of client
-    // machines, and must not drop what they would each have received.
-    let socket = tsn_nodes::net::udp_socket(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let socket = udp_socket(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let mut ep = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,

@@ -381,46 +381,10 @@ pub fn node_endpoint(
         None => identity.server_config(auth, t.clone())?,
         Some(web) => identity.server_config_with_web(auth, web_transport(idle), Some(web))?,
     };
-    let socket = udp_socket(bind)?;
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .with_context(|| format!("binding UDP {bind}"))?;
+    let mut endpoint =
+        quinn::Endpoint::server(server, bind).with_context(|| format!("binding UDP {bind}"))?;
     endpoint.set_default_client_config(identity.client_config(t)?);
     Ok(endpoint)
-}
-
-/// The receive and send buffers asked for each node socket (the kernel grants at most
-/// `net.core.rmem_max` / `wmem_max`). One socket carries every client's datagrams: a
-/// post to thousands of open timelines is a burst of one datagram each, and so are
-/// thousands of clients answering it. With the kernel's default (about 200 KiB, some 150
-/// datagrams) the end of such a burst is dropped, and each connection that lost one
-/// waits for QUIC's loss timer, longer each time it fires again.
-pub const UDP_BUFFER: usize = 4 << 20;
-
-/// A UDP socket bound to `bind` with [`UDP_BUFFER`]-sized buffers (as large as the kernel
-/// allows, logged at debug level when it allows less).
-pub fn udp_socket(bind: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
-    use anyhow::Context;
-    let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("binding UDP {bind}"))?;
-    let state = quinn::udp::UdpSocketState::new((&socket).into())
-        .with_context(|| format!("setting up UDP {bind}"))?;
-    // Best effort: a smaller buffer works, it only drops sooner in a burst.
-    let _ = state.set_recv_buffer_size((&socket).into(), UDP_BUFFER);
-    let _ = state.set_send_buffer_size((&socket).into(), UDP_BUFFER);
-    if let Ok(granted) = state.recv_buffer_size((&socket).into()) {
-        if granted < UDP_BUFFER {
-            tracing::debug!(
-                granted,
-                asked = UDP_BUFFER,
-                "UDP receive buffer smaller than asked (net.core.rmem_max)"
-            );
-        }
-    }
-    Ok(socket)
 }
 
 /// An endpoint that only dials, bound to an ephemeral port of `bind`, with the node's
@@ -433,13 +397,8 @@ pub fn dialling_endpoint(
 ) -> anyhow::Result<quinn::Endpoint> {
     use anyhow::Context;
     let bind = SocketAddr::new(bind, 0);
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        udp_socket(bind)?,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .with_context(|| format!("binding UDP {bind}"))?;
+    let mut endpoint =
+        quinn::Endpoint::client(bind).with_context(|| format!("binding UDP {bind}"))?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
