@@ -63,9 +63,15 @@ pub mod window;
 /// flushed again only once this long has passed since, and everything written meanwhile
 /// goes in that one flush; a log idle for longer is flushed at once. A busy process so
 /// flushes each log at most 500 times a second, however small its batches, and an idle
-/// one keeps its latency. Used by the server's journal flusher and by the sync service's
-/// two logs.
+/// one keeps its latency. Used by the sync service's two logs, and by the server's journal
+/// flusher while an acknowledgement waits for its flush ([`FLUSH_BEHIND_PACE`] otherwise).
 pub const FLUSH_PACE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The bounded moment of a flush that nobody waits for: a server's journal under
+/// `--ack replicated`, once the standby has the changes (two copies, in two page caches;
+/// the flush only narrows the window in which both machines would lose power at once). A
+/// busy journal is then flushed at most 100 times a second; an idle one still at once.
+pub const FLUSH_BEHIND_PACE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// When a log was last flushed, for [`FLUSH_PACE`].
 #[derive(Debug, Default, Clone, Copy)]
@@ -74,8 +80,13 @@ pub struct FlushPace(Option<std::time::Instant>);
 impl FlushPace {
     /// How long until the next flush may begin (zero when it may now).
     pub fn wait(&self) -> std::time::Duration {
+        self.wait_for(FLUSH_PACE)
+    }
+
+    /// How long until `pace` has passed since the last flush began (zero when it has).
+    pub fn wait_for(&self, pace: std::time::Duration) -> std::time::Duration {
         self.0.map_or(std::time::Duration::ZERO, |at| {
-            FLUSH_PACE.saturating_sub(at.elapsed())
+            pace.saturating_sub(at.elapsed())
         })
     }
 

@@ -24,7 +24,7 @@ mod checkpoints;
 mod writer;
 
 pub use checkpoints::{CheckpointTrigger, UNREAD_WARN_INTERVALS};
-pub use writer::{spawn, Parts};
+pub use writer::{spawn, Hurry, Parts};
 
 use std::sync::Arc;
 
@@ -81,6 +81,8 @@ pub struct MirrorJob {
     /// Completes when the changes are flushed here too: the journal is flushed while the
     /// standby receives them.
     pub flushed: oneshot::Receiver<Result<(), StoreError>>,
+    /// Tells the flusher when the requests wait for that flush.
+    pub hurry: Hurry,
 }
 
 impl MirrorJob {
@@ -88,6 +90,7 @@ impl MirrorJob {
     /// ends when there is no standby, or when the standby has it and the mode is
     /// [`AckMode::Durable`].
     pub async fn finish(self) {
+        self.hurry.now();
         let outcome = self.flushed.await.unwrap_or(Err(StoreError::Stopped));
         complete(self.dones, outcome);
     }

@@ -74,28 +74,95 @@ pub(super) fn spawn_with(
     Ok((Store { tx }, task))
 }
 
-/// Requests to complete once everything appended before them is flushed.
-type FlushReq = Vec<Done>;
+/// What the flusher thread is sent.
+#[derive(Debug)]
+pub(super) enum FlushReq {
+    /// Flush everything appended before this request, then complete `dones`. `waited`:
+    /// an acknowledgement waits for this flush (`--ack durable`).
+    After { dones: Vec<Done>, waited: bool },
+    /// An acknowledgement now waits for the flush of what was appended before (a mirror
+    /// job that no standby took: [`MirrorJob::finish`]).
+    Hurry,
+}
+
+/// Tells the flusher thread that an acknowledgement waits for its next flush.
+#[derive(Debug, Clone)]
+pub struct Hurry(std::sync::mpsc::Sender<FlushReq>);
+
+impl Hurry {
+    /// The next flush keeps [`crate::FLUSH_PACE`], not [`crate::FLUSH_BEHIND_PACE`].
+    pub fn now(&self) {
+        // A stopped flusher completes nothing more; its waiters learn it on their own.
+        let _ = self.0.send(FlushReq::Hurry);
+    }
+}
+
+/// What the flusher has gathered for its next flush.
+#[derive(Debug, Default)]
+struct Gathered {
+    dones: Vec<Done>,
+    /// Something was appended since the last flush.
+    owed: bool,
+    /// An acknowledgement waits for the next flush.
+    waited: bool,
+}
+
+impl Gathered {
+    fn take(&mut self, req: FlushReq) {
+        match req {
+            FlushReq::After { dones, waited } => {
+                self.dones.extend(dones);
+                self.owed = true;
+                self.waited |= waited;
+            }
+            FlushReq::Hurry => self.waited = true,
+        }
+    }
+}
 
 /// The flusher thread: one flush for every request that queued up during the last and
-/// the moment after it ([`crate::FLUSH_PACE`]), so under load each flush covers many
-/// batches, and an idle journal is flushed as soon as it is written.
+/// the moment after it, so under load each flush covers many batches, and an idle
+/// journal is flushed as soon as it is written. The moment is [`crate::FLUSH_PACE`] when
+/// an acknowledgement waits for the flush, and [`crate::FLUSH_BEHIND_PACE`] when none
+/// does (`--ack replicated` with the standby answering).
 fn flush_loop(
     mut flush: impl FnMut() -> Result<(), DatastoreError>,
     rx: std::sync::mpsc::Receiver<FlushReq>,
 ) {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut pace = crate::FlushPace::default();
-    while let Ok(mut dones) = rx.recv() {
-        std::thread::sleep(pace.wait());
+    let mut next = Gathered::default();
+    'run: loop {
+        while !next.owed {
+            match rx.recv() {
+                Ok(req) => next.take(req),
+                Err(_) => break 'run,
+            }
+        }
+        loop {
+            let moment = if next.waited {
+                crate::FLUSH_PACE
+            } else {
+                crate::FLUSH_BEHIND_PACE
+            };
+            let wait = pace.wait_for(moment);
+            if wait.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(wait) {
+                Ok(req) => next.take(req),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
         pace.begin();
-        while let Ok(more) = rx.try_recv() {
-            dones.extend(more);
+        while let Ok(req) = rx.try_recv() {
+            next.take(req);
         }
         let outcome = flush().map_err(|e| {
             tracing::error!("journal flush failed: {e}");
             StoreError::Journal(e.to_string())
         });
-        complete(dones, outcome);
+        complete(std::mem::take(&mut next).dones, outcome);
     }
     tracing::debug!("journal flusher stopped");
 }
@@ -244,6 +311,7 @@ impl Writer {
                 upto: len,
                 dones: mirrored.into_iter().map(|r| r.done).collect(),
                 flushed,
+                hurry: Hurry(self.flush_tx.clone()),
             };
             if let Err(mpsc::error::SendError(job)) = self.mirror_tx.send(job).await {
                 on_flush.extend(job.dones);
@@ -259,7 +327,12 @@ impl Writer {
         // runtime what follows would otherwise delay every acknowledgement.
         tokio::task::yield_now().await;
         // Always queued, even with nothing to complete: the flush must follow the write.
-        if self.flush_tx.send(on_flush).is_err() {
+        let waited = self.env.ack == AckMode::Durable;
+        let req = FlushReq::After {
+            dones: on_flush,
+            waited,
+        };
+        if self.flush_tx.send(req).is_err() {
             tracing::error!("journal flusher has stopped");
         }
         if !fresh.is_empty() {
@@ -293,6 +366,78 @@ impl Writer {
                 self.env.metrics.journal_bytes.set(on_disk as i64);
             }
             Err(e) => tracing::warn!("deleting journal segments read since the checkpoint: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Runs a flusher that notes when each flush began; sends `reqs`, one every `every`.
+    fn flushes(reqs: Vec<FlushReq>, every: Duration) -> Vec<Instant> {
+        let at = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let noted = at.clone();
+        let flusher = std::thread::spawn(move || {
+            flush_loop(
+                move || {
+                    noted.lock().unwrap().push(Instant::now());
+                    Ok(())
+                },
+                rx,
+            );
+        });
+        for req in reqs {
+            tx.send(req).unwrap();
+            std::thread::sleep(every);
+        }
+        // Long enough for the last flush to come of itself (a stopped writer is flushed
+        // at once).
+        std::thread::sleep(3 * crate::FLUSH_BEHIND_PACE);
+        drop(tx);
+        flusher.join().unwrap();
+        let at = at.lock().unwrap().clone();
+        at
+    }
+
+    fn after(waited: bool) -> (FlushReq, oneshot::Receiver<Result<(), StoreError>>) {
+        let (done, rx) = oneshot::channel();
+        let req = FlushReq::After {
+            dones: vec![done],
+            waited,
+        };
+        (req, rx)
+    }
+
+    #[test]
+    fn a_flush_nobody_waits_for_comes_at_most_every_behind_pace_and_completes_all() {
+        let (reqs, mut dones): (Vec<_>, Vec<_>) = (0..40).map(|_| after(false)).unzip();
+        let at = flushes(reqs, Duration::from_millis(1));
+        // The first is at once (the journal was idle); the others keep the moment.
+        assert!(at.len() >= 2, "{} flushes", at.len());
+        for w in at.windows(2) {
+            assert!(w[1] - w[0] >= crate::FLUSH_BEHIND_PACE, "{:?}", w[1] - w[0]);
+        }
+        for d in &mut dones {
+            assert!(matches!(d.try_recv(), Ok(Ok(()))));
+        }
+    }
+
+    #[test]
+    fn a_waited_flush_keeps_the_short_pace_and_a_hurry_alone_flushes_nothing() {
+        // A hurry with nothing appended is remembered, not a flush of its own.
+        let (req, mut done) = after(true);
+        let at = flushes(vec![FlushReq::Hurry, req], Duration::from_millis(1));
+        assert_eq!(at.len(), 1);
+        assert!(matches!(done.try_recv(), Ok(Ok(()))));
+        let (reqs, _dones): (Vec<_>, Vec<_>) = (0..20).map(|_| after(true)).unzip();
+        for w in flushes(reqs, Duration::from_millis(1)).windows(2) {
+            assert!(w[1] - w[0] >= crate::FLUSH_PACE, "{:?}", w[1] - w[0]);
         }
     }
 }
