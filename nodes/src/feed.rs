@@ -16,7 +16,7 @@
 
 pub mod follow;
 
-pub use follow::{follow, opener, Batch, Settled};
+pub use follow::{follow, follow_local, opener, Batch, Local, Settled};
 
 use crate::Locked;
 use std::collections::HashMap;
@@ -178,18 +178,18 @@ impl FeedSource {
     /// at least `read` bytes long.
     async fn send(
         &self,
-        send: &mut quinn::SendStream,
+        send: &mut impl FrameSink,
         next: u64,
         read: u64,
         records: Vec<Record>,
     ) -> anyhow::Result<()> {
-        let msg = SyncReply::Records {
+        send.records(Frame {
             log_id: self.log_id,
             next,
             len: self.len().max(read),
             records,
-        };
-        Ok(tsn_protocol::write_msg(send, &msg).await?)
+        })
+        .await
     }
 
     /// Where a reader asking for `from` starts: there if it is a record boundary of this
@@ -279,7 +279,7 @@ pub async fn serve<T>(
     source: FeedSource,
     sub: &Subscribe,
     keep: impl Fn(&Record) -> bool,
-    pace: Pace<T>,
+    mut pace: Pace<T>,
     on_sent: impl Fn(u64),
     send: &mut quinn::SendStream,
     recv: quinn::RecvStream,
@@ -297,8 +297,42 @@ pub async fn serve<T>(
         }
     };
     tokio::select! {
-        result = serve_from(config.batch, source, sub.from, keep, pace, on_sent, send) => result,
+        result = serve_from(config.batch, source, sub.from, keep, &mut pace, on_sent, send) => result,
         never = reports => match never {},
+    }
+}
+
+/// One frame of records of a feed: a [`SyncReply::Records`].
+#[derive(Debug)]
+struct Frame {
+    log_id: u64,
+    next: u64,
+    len: u64,
+    records: Vec<Record>,
+}
+
+/// Where a feed session's frames go: a reader's stream, or the queue of a follower in
+/// the same process ([`follow::follow_local`]).
+trait FrameSink {
+    /// Sends one frame.
+    async fn records(&mut self, frame: Frame) -> anyhow::Result<()>;
+    /// Returns once the reader has gone away.
+    async fn gone(&mut self);
+}
+
+impl FrameSink for quinn::SendStream {
+    async fn records(&mut self, f: Frame) -> anyhow::Result<()> {
+        let msg = SyncReply::Records {
+            log_id: f.log_id,
+            next: f.next,
+            len: f.len,
+            records: f.records,
+        };
+        Ok(tsn_protocol::write_msg(self, &msg).await?)
+    }
+
+    async fn gone(&mut self) {
+        let _ = quinn::SendStream::stopped(self).await;
     }
 }
 
@@ -307,9 +341,9 @@ async fn serve_from<T>(
     source: FeedSource,
     from: Cursor,
     keep: impl Fn(&Record) -> bool,
-    mut pace: Pace<T>,
+    pace: &mut Pace<T>,
     on_sent: impl Fn(u64),
-    send: &mut quinn::SendStream,
+    send: &mut impl FrameSink,
 ) -> anyhow::Result<()> {
     let mut sent_at = None;
     let start = {
@@ -352,7 +386,7 @@ async fn serve_from<T>(
                         return Ok(()); // the writer stopped: the node is shutting down
                     }
                 }
-                _ = send.stopped() => return Ok(()),
+                () = send.gone() => return Ok(()),
             }
             pace.wait(sent_at).await;
             continue;
@@ -371,7 +405,7 @@ async fn transfer(
     source: &FeedSource,
     start: u64,
     keep: &impl Fn(&Record) -> bool,
-    send: &mut quinn::SendStream,
+    send: &mut impl FrameSink,
 ) -> anyhow::Result<()> {
     let Some(make) = source.transfer.clone() else {
         return Err(DatastoreError::Compacted {

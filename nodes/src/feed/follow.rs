@@ -169,6 +169,108 @@ fn say_failed(what: &str, target: &str, ever: bool, e: &anyhow::Error) {
     }
 }
 
+/// Where a follower says which cursor it has made durable: the writer may delete what
+/// every reader has.
+trait CursorReport {
+    async fn report(&mut self, at: Cursor) -> anyhow::Result<()>;
+}
+
+impl CursorReport for quinn::SendStream {
+    async fn report(&mut self, at: Cursor) -> anyhow::Result<()> {
+        Ok(tsn_protocol::write_msg(self, &at).await?)
+    }
+}
+
+/// What a follower keeps from one connection to the next.
+#[derive(Debug)]
+struct Progress {
+    /// Where the next connection resumes.
+    cursor: Cursor,
+    /// The cursor of the last batch taken but not yet settled.
+    pending: Option<Cursor>,
+    last_settle: tokio::time::Instant,
+}
+
+impl Progress {
+    fn new(cursor: Cursor) -> Progress {
+        let now = tokio::time::Instant::now();
+        Progress {
+            cursor,
+            pending: None,
+            last_settle: now.checked_sub(SETTLE_EVERY).unwrap_or(now),
+        }
+    }
+
+    /// Settles what was taken but not yet settled (before the writer is dialled again,
+    /// however long that takes, or once the feed has ended).
+    async fn settle_pending<A, Fut>(&mut self, what: &str, apply: &mut A)
+    where
+        A: FnMut(Batch) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        if let Some(at) = self.pending.take() {
+            if let Err(e) = apply(settle_only(at)).await {
+                tracing::warn!(feed = %what, "saving the feed's cursor: {e:#}");
+                self.pending = Some(at);
+            } else {
+                self.last_settle = tokio::time::Instant::now();
+            }
+        }
+    }
+}
+
+/// Hands every batch of `queued` to `apply` (those that queued up behind it merged, see
+/// [`FeedConfig::merged`]), settling at most every [`SETTLE_EVERY`] and reporting each
+/// settled cursor; `taken` runs after each batch taken. Returns once the queue's writer
+/// has stopped.
+async fn take_batches<A, Fut>(
+    config: &FeedConfig,
+    queued: &mut tokio::sync::mpsc::Receiver<Batch>,
+    progress: &mut Progress,
+    settled: &Settled,
+    apply: &mut A,
+    report: &mut impl CursorReport,
+    mut taken: impl FnMut(),
+) -> anyhow::Result<()>
+where
+    A: FnMut(Batch) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut held = None;
+    loop {
+        let due = progress.last_settle + SETTLE_EVERY;
+        let merged = tokio::select! {
+            b = next_merged(config, queued, &mut held) => b,
+            () = tokio::time::sleep_until(due), if progress.pending.is_some() => {
+                let at = progress.pending.take().expect("checked by the guard");
+                apply(settle_only(at)).await?;
+                progress.last_settle = tokio::time::Instant::now();
+                report.report(at).await?;
+                continue;
+            }
+        };
+        let Some(mut merged) = merged else {
+            return Ok(());
+        };
+        let (next, len) = (merged.next, merged.len);
+        merged.settle = progress.last_settle.elapsed() >= SETTLE_EVERY;
+        let settle = merged.settle;
+        apply(merged).await?;
+        progress.cursor = next;
+        taken();
+        if settle {
+            progress.last_settle = tokio::time::Instant::now();
+            progress.pending = None;
+            report.report(next).await?;
+        } else {
+            progress.pending = Some(next);
+        }
+        if next.offset >= len {
+            settled.send_if_modified(|s| !std::mem::replace(s, true));
+        }
+    }
+}
+
 /// Follows a remote log for ever: dials whatever address `addr` holds, sends the opener
 /// that `open` builds from the current cursor, and hands every batch to `apply` (the
 /// batches that arrived while it was busy merged into one, see [`FeedConfig::merged`]),
@@ -181,7 +283,7 @@ pub async fn follow<O, A, Fut>(
     what: &str,
     endpoint: quinn::Endpoint,
     mut addr: crate::link::PeerAddr,
-    mut cursor: Cursor,
+    cursor: Cursor,
     settled: Settled,
     open: O,
     mut apply: A,
@@ -195,10 +297,7 @@ pub async fn follow<O, A, Fut>(
     // Whether the feed ever worked (see `say_failed`).
     let mut ever = false;
     let mut known: Option<String> = None;
-    // The cursor of the last batch taken but not yet settled.
-    let mut pending: Option<Cursor> = None;
-    let now = tokio::time::Instant::now();
-    let mut last_settle = now.checked_sub(SETTLE_EVERY).unwrap_or(now);
+    let mut progress = Progress::new(cursor);
     loop {
         let target = addr.current();
         if target.is_some() && target != known {
@@ -216,7 +315,7 @@ pub async fn follow<O, A, Fut>(
         let attempt = async {
             let conn = crate::net::connect(&endpoint, &target).await?;
             let (mut send, recv) = conn.open_bi().await?;
-            tsn_protocol::write_frame(&mut send, &open(cursor)).await?;
+            tsn_protocol::write_frame(&mut send, &open(progress.cursor)).await?;
             // Batches are read off the stream as they come and handed on to `apply`
             // merged: whatever arrived while the previous merged batch was being made
             // durable goes in one, so a reader slower than the writer catches up in
@@ -224,46 +323,23 @@ pub async fn follow<O, A, Fut>(
             // a time.
             let (queue, mut queued) = tokio::sync::mpsc::channel::<Batch>(config.queued);
             let receive = receive_batches(FrameReader::new(recv), queue);
-            let take = async {
-                let mut held = None;
-                loop {
-                    let due = last_settle + SETTLE_EVERY;
-                    let merged = tokio::select! {
-                        b = next_merged(&config, &mut queued, &mut held) => b,
-                        () = tokio::time::sleep_until(due), if pending.is_some() => {
-                            let at = pending.take().expect("checked by the guard");
-                            apply(settle_only(at)).await?;
-                            last_settle = tokio::time::Instant::now();
-                            tsn_protocol::write_msg(&mut send, &at).await?;
-                            continue;
-                        }
-                    };
-                    let Some(mut merged) = merged else { break };
-                    if failing || !ever {
-                        tracing::info!(feed = %what, from = %target, "feed connected");
-                        failing = false;
-                        ever = true;
-                    }
-                    let (next, len) = (merged.next, merged.len);
-                    merged.settle = last_settle.elapsed() >= SETTLE_EVERY;
-                    let settle = merged.settle;
-                    apply(merged).await?;
-                    cursor = next;
-                    if settle {
-                        last_settle = tokio::time::Instant::now();
-                        pending = None;
-                        // The writer may delete what every reader has made durable.
-                        tsn_protocol::write_msg(&mut send, &next).await?;
-                    } else {
-                        pending = Some(next);
-                    }
-                    pauses = crate::net::backoff();
-                    if next.offset >= len {
-                        settled.send_if_modified(|s| !std::mem::replace(s, true));
-                    }
+            let taken = || {
+                if failing || !ever {
+                    tracing::info!(feed = %what, from = %target, "feed connected");
+                    failing = false;
+                    ever = true;
                 }
-                anyhow::Ok(())
+                pauses = crate::net::backoff();
             };
+            let take = take_batches(
+                &config,
+                &mut queued,
+                &mut progress,
+                &settled,
+                &mut apply,
+                &mut send,
+                taken,
+            );
             tokio::try_join!(receive, take)?;
             anyhow::Ok(())
         };
@@ -271,16 +347,7 @@ pub async fn follow<O, A, Fut>(
             r = attempt => r,
             _ = addr.changed() => Ok(()),
         };
-        // What was taken but not yet settled is settled before the writer is dialled
-        // again, however long that takes.
-        if let Some(at) = pending.take() {
-            if let Err(e) = apply(settle_only(at)).await {
-                tracing::warn!(feed = %what, "saving the feed's cursor: {e:#}");
-                pending = Some(at);
-            } else {
-                last_settle = tokio::time::Instant::now();
-            }
-        }
+        progress.settle_pending(what, &mut apply).await;
         if let Err(e) = result {
             settled.send_if_modified(|s| !std::mem::replace(s, true));
             if !std::mem::replace(&mut failing, true) {
@@ -290,6 +357,125 @@ pub async fn follow<O, A, Fut>(
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = addr.changed() => {}
+            }
+        }
+    }
+}
+
+/// A log of this process read by this process (a sync service reading its own outbox):
+/// what a reader at the other end of a feed would get, with no connection between.
+#[derive(Debug)]
+pub struct Local<K, T, S> {
+    /// The log.
+    pub source: super::FeedSource,
+    /// Who reads it, as a remote reader would say (what it consumed counts as theirs).
+    pub reader: Reader,
+    /// Which records it gets (see [`super::serve`]).
+    pub keep: K,
+    /// When they go (see [`super::Pace`]).
+    pub pace: super::Pace<T>,
+    /// Learns after each batch how many bytes of the log are left.
+    pub on_sent: S,
+}
+
+/// Where a local follower's batches come from: the feed session's frames, as batches.
+struct LocalSink(tokio::sync::mpsc::Sender<Batch>);
+
+impl super::FrameSink for LocalSink {
+    async fn records(&mut self, f: super::Frame) -> anyhow::Result<()> {
+        let batch = Batch {
+            records: f.records,
+            next: Cursor {
+                log_id: f.log_id,
+                offset: f.next,
+            },
+            len: f.len,
+            inline: false,
+            settle: true,
+        };
+        self.0
+            .send(batch)
+            .await
+            .map_err(|_| anyhow::anyhow!("the local follower stopped"))
+    }
+
+    async fn gone(&mut self) {
+        self.0.closed().await;
+    }
+}
+
+/// What a local follower consumed, recorded in its log's source.
+struct LocalReport(super::FeedSource, Reader);
+
+impl CursorReport for LocalReport {
+    async fn report(&mut self, at: Cursor) -> anyhow::Result<()> {
+        self.0.record_consumed(self.1, at);
+        Ok(())
+    }
+}
+
+/// [`follow`] for a log of this process ([`Local`]): the same batches, merges, settling
+/// and `apply`, with the feed session serving it in this task instead of at the other
+/// end of a connection. Returns once the log's writer has stopped.
+pub async fn follow_local<K, T, S, A, Fut>(
+    config: FeedConfig,
+    what: &str,
+    local: Local<K, T, S>,
+    cursor: Cursor,
+    settled: Settled,
+    mut apply: A,
+) where
+    K: Fn(&Record) -> bool,
+    S: Fn(u64),
+    A: FnMut(Batch) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let Local {
+        source,
+        reader,
+        keep,
+        mut pace,
+        on_sent,
+    } = local;
+    let mut progress = Progress::new(cursor);
+    let mut pauses = crate::net::backoff();
+    loop {
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<Batch>(config.queued);
+        let mut sink = LocalSink(queue);
+        let from = progress.cursor;
+        let serve = async {
+            let r = super::serve_from(
+                config.batch,
+                source.clone(),
+                from,
+                &keep,
+                &mut pace,
+                &on_sent,
+                &mut sink,
+            )
+            .await;
+            // The follower takes what is queued, then sees the end.
+            drop(sink);
+            r
+        };
+        let mut report = LocalReport(source.clone(), reader);
+        let take = take_batches(
+            &config,
+            &mut queued,
+            &mut progress,
+            &settled,
+            &mut apply,
+            &mut report,
+            || {},
+        );
+        let result = tokio::try_join!(serve, take);
+        progress.settle_pending(what, &mut apply).await;
+        match result {
+            // The writer stopped: the process is shutting down.
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(feed = %what, "reading this node's own log failed, retrying: {e:#}");
+                tokio::time::sleep(pauses.next().unwrap_or(Duration::from_secs(2))).await;
             }
         }
     }

@@ -80,20 +80,42 @@ pub(super) async fn follow_server(source: Source, cluster: ClusterId, kind: Node
     let me = (cluster, NodeKind::Sync);
     let open = feed::opener(cluster, me, FeedLog::ServerJournal, MirrorMsg::Subscribe);
     let what = format!("{} journal", kind.as_str());
-    follow_into(source, what, key, open, SyncState::absorb).await;
+    let Source {
+        sink,
+        endpoint,
+        addr,
+        settled,
+    } = source;
+    let via = Via::Remote {
+        endpoint,
+        addr,
+        open: Box::new(open),
+    };
+    follow_into(sink, settled, via, what, key, SyncState::absorb).await;
 }
 
-/// Follows one cluster's outbox into the journal.
+/// Waits until both of this cluster's servers have been read to their end (or found
+/// down): a post is delivered to the local users who follow its author, so the follows
+/// must be known first (this matters when the sync service rebuilds from empty).
+/// Returns false if the service stops meanwhile.
+async fn servers_read(servers_settled: Vec<watch::Receiver<bool>>) -> bool {
+    for mut s in servers_settled {
+        if s.wait_for(|v| *v).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Follows another cluster's outbox into the journal.
 pub(super) async fn follow_outbox(
     source: Source,
     cluster: ClusterId,
     from_cluster: ClusterId,
     servers_settled: Vec<watch::Receiver<bool>>,
 ) {
-    for mut s in servers_settled {
-        if s.wait_for(|v| *v).await.is_err() {
-            return;
-        }
+    if !servers_read(servers_settled).await {
+        return;
     }
     let key = state::outbox_key(from_cluster);
     let me = (cluster, NodeKind::Sync);
@@ -104,7 +126,81 @@ pub(super) async fn follow_outbox(
         SyncRequest::Subscribe,
     );
     let what = format!("cluster {from_cluster} outbox");
-    follow_into(source, what, key, open, SyncState::deliver).await;
+    let Source {
+        sink,
+        endpoint,
+        addr,
+        settled,
+    } = source;
+    let via = Via::Remote {
+        endpoint,
+        addr,
+        open: Box::new(open),
+    };
+    follow_into(sink, settled, via, what, key, SyncState::deliver).await;
+}
+
+/// How this cluster's own outbox is read (by this process, as another cluster's sync
+/// service reads it over QUIC: the same records, pace and cursor).
+#[derive(Debug)]
+pub(super) struct OwnOutbox {
+    /// This cluster.
+    pub cluster: ClusterId,
+    /// How many clusters there are.
+    pub clusters: u32,
+    /// `--delivery period`: the period.
+    pub pace: Option<std::time::Duration>,
+    /// Bytes of the outbox this cluster has not read yet (`tsn_sync_backlog_bytes`).
+    pub backlog: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Follows this cluster's own outbox into the journal, in this process: no connection,
+/// no frame encoded or decoded.
+pub(super) async fn follow_own_outbox(
+    sink: Sink,
+    settled: feed::Settled,
+    own: OwnOutbox,
+    servers_settled: Vec<watch::Receiver<bool>>,
+) {
+    if !servers_read(servers_settled).await {
+        return;
+    }
+    let OwnOutbox {
+        cluster,
+        clusters,
+        pace,
+        backlog,
+    } = own;
+    let local = feed::Local {
+        source: sink.core.locked().outbox_source(),
+        reader: (cluster, NodeKind::Sync),
+        keep: Box::new(move |r: &Record| {
+            r.change()
+                .is_some_and(|c| SyncState::wanted(c, cluster, clusters))
+        }) as Keep,
+        pace: feed::Pace::fixed(pace),
+        on_sent: Box::new(move |left: u64| {
+            backlog.set(i64::try_from(left).unwrap_or(i64::MAX));
+        }) as OnSent,
+    };
+    let what = format!("cluster {cluster} outbox");
+    let key = state::outbox_key(cluster);
+    follow_into(sink, settled, Via::Local(local), what, key, SyncState::deliver).await;
+}
+
+/// Which records of the own outbox this cluster takes.
+type Keep = Box<dyn Fn(&Record) -> bool + Send + Sync>;
+/// What learns how much of the own outbox is left to read.
+type OnSent = Box<dyn Fn(u64) + Send + Sync>;
+
+/// Where a feed is read from: another node, over QUIC, or this process's own log.
+enum Via {
+    Remote {
+        endpoint: quinn::Endpoint,
+        addr: crate::link::PeerAddr,
+        open: Box<dyn Fn(Cursor) -> Vec<u8> + Send + Sync>,
+    },
+    Local(feed::Local<Keep, Option<std::time::Duration>, OnSent>),
 }
 
 /// Batches of at most this many records may be taken, their flush included, on the
@@ -117,18 +213,14 @@ type Step = fn(&mut SyncState, Vec<Record>) -> Result<usize, DatastoreError>;
 /// Follows one feed for ever, handing each batch to `step` on the core, and saving the
 /// feed's cursor (`key`) whenever the feed settles ([`Batch::settle`]).
 async fn follow_into(
-    source: Source,
+    sink: Sink,
+    settled: feed::Settled,
+    via: Via,
     what: String,
     key: String,
-    open: impl Fn(Cursor) -> Vec<u8>,
     step: Step,
 ) {
-    let Source {
-        sink: Sink { core, commits },
-        endpoint,
-        addr,
-        settled,
-    } = source;
+    let Sink { core, commits } = sink;
     let from = core.locked().cursor(&key);
     let apply = |batch: Batch| {
         let core = core.clone();
@@ -186,5 +278,12 @@ async fn follow_into(
         inline: FLUSH_INLINE_RECORDS,
         ..FeedConfig::default()
     };
-    feed::follow(config, &what, endpoint, addr, from, settled, open, apply).await;
+    match via {
+        Via::Remote {
+            endpoint,
+            addr,
+            open,
+        } => feed::follow(config, &what, endpoint, addr, from, settled, open, apply).await,
+        Via::Local(local) => feed::follow_local(config, &what, local, from, settled, apply).await,
+    }
 }

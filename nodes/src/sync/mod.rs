@@ -36,7 +36,6 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tsn_datastore::Datastore;
 use tsn_protocol::coord::NodeKind;
-use tsn_protocol::ClusterId;
 
 use self::state::SyncState;
 use crate::link::{self, LinkConfig, Membership};
@@ -115,9 +114,17 @@ pub async fn run(
         core: core.clone(),
         commits,
     };
-    let feeds = follow_feeds(
-        &sink, &endpoint, &members, &advertise, cluster, clusters, &mut tasks,
-    );
+    let pace = (opts.delivery == Delivery::Period).then(|| Duration::from_millis(opts.period_ms));
+    let own = follow::OwnOutbox {
+        cluster,
+        clusters,
+        pace,
+        backlog: metrics
+            .sync_backlog
+            .get_or_create(&crate::metrics::ClusterLabel { cluster })
+            .clone(),
+    };
+    let feeds = follow_feeds(&sink, &endpoint, &members, own, &mut tasks);
     tasks.spawn(readiness::readiness(
         metrics.clone(),
         members.clone(),
@@ -128,7 +135,7 @@ pub async fn run(
         core: core.clone(),
         cluster,
         clusters,
-        pace: (opts.delivery == Delivery::Period).then(|| Duration::from_millis(opts.period_ms)),
+        pace,
         metrics: metrics.clone(),
     };
     tasks.spawn(crate::net::accept_loop(
@@ -180,16 +187,15 @@ async fn clusters(
 /// read to its end. Outboxes are read only once this cluster's servers have been read
 /// to their end (or found down): a post is delivered to the local users who follow its
 /// author, so the follows must be known first (this matters when the sync service
-/// rebuilds from empty).
+/// rebuilds from empty). This cluster's own outbox is read in this process.
 fn follow_feeds(
     sink: &follow::Sink,
     endpoint: &quinn::Endpoint,
     members: &watch::Receiver<Membership>,
-    advertise: &str,
-    cluster: ClusterId,
-    clusters: u32,
+    own: follow::OwnOutbox,
     tasks: &mut JoinSet<()>,
 ) -> Vec<watch::Receiver<bool>> {
+    let (cluster, clusters) = (own.cluster, own.clusters);
     let mut settled = Vec::new();
     for kind in [NodeKind::Primary, NodeKind::Secondary] {
         let (tx, rx) = watch::channel(false);
@@ -203,15 +209,16 @@ fn follow_feeds(
         tasks.spawn(follow::follow_server(source, cluster, kind));
     }
     let mut feeds = settled.clone();
-    for from in 1..=clusters {
-        let own = advertise.to_string();
-        let addr = link::PeerAddr::new(members, move |m| {
-            if from == cluster {
-                Some(own.clone())
-            } else {
-                m.addr_of(from, NodeKind::Sync)
-            }
-        });
+    let (tx, rx) = watch::channel(false);
+    feeds.push(rx);
+    tasks.spawn(follow::follow_own_outbox(
+        sink.clone(),
+        tx,
+        own,
+        settled.clone(),
+    ));
+    for from in (1..=clusters).filter(|c| *c != cluster) {
+        let addr = link::PeerAddr::new(members, move |m| m.addr_of(from, NodeKind::Sync));
         let (tx, rx) = watch::channel(false);
         feeds.push(rx);
         let source = follow::Source {
