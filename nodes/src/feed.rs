@@ -4,7 +4,8 @@
 //! # Layout
 //! - this file: [`FeedConfig`], and the writer's side: [`FeedSource`], [`serve`].
 //! - [`follow`](mod@follow): the reader's side: [`follow()`], its [`Batch`]es and
-//!   [`opener`].
+//!   [`opener`]; [`follow_local`] for a log of the reader's own process (a sync service's
+//!   own outbox), whose session hands its frames to the follower with no connection.
 //!
 //! The writer of a log publishes its committed length through a [`FeedLen`]; each feed
 //! session waits on it, so a record travels as soon as it is published and an idle feed

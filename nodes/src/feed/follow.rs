@@ -536,6 +536,85 @@ mod tests {
         assert!(held.is_none());
     }
 
+    /// Waits (bounded) until `cond` holds.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not within 5 s: {what}");
+    }
+
+    #[tokio::test]
+    async fn a_local_follower_takes_what_is_kept_reports_it_consumed_and_ends_with_the_writer() {
+        use std::sync::{Arc, Mutex};
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("outbox.data");
+        let (mut log, _) = tsn_datastore::SegmentedLog::open(&path, 0).unwrap();
+        let user = |user| Record::Change(Change::User { user });
+        log.append(&(1..=5).map(user).collect::<Vec<_>>()).unwrap();
+        let (len, source) = super::super::FeedSource::new(log.segments(), 7, log.len());
+        let reader = (1, tsn_protocol::coord::NodeKind::Sync);
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let apply = {
+            let taken = taken.clone();
+            move |b: Batch| {
+                taken.lock().unwrap().extend(b.records);
+                async { anyhow::Ok(()) }
+            }
+        };
+        let local = Local {
+            source: source.clone(),
+            reader,
+            keep: |r: &Record| *r != Record::Change(Change::User { user: 3 }),
+            pace: super::super::Pace::fixed(None),
+            on_sent: |_| {},
+        };
+        let (settled, mut read_to_end) = watch::channel(false);
+        let from = Cursor {
+            log_id: 7,
+            offset: 0,
+        };
+        let task = tokio::spawn(follow_local(
+            FeedConfig::DEFAULT,
+            "test outbox",
+            local,
+            from,
+            settled,
+            apply,
+        ));
+        tokio::time::timeout(Duration::from_secs(5), read_to_end.wait_for(|s| *s))
+            .await
+            .unwrap()
+            .unwrap();
+        // What is written later comes too, as the writer publishes it.
+        log.append(&[user(6)]).unwrap();
+        len.set(log.len());
+        until("the later record taken", || {
+            taken.lock().unwrap().len() == 5
+        })
+        .await;
+        assert_eq!(
+            *taken.lock().unwrap(),
+            [1, 2, 4, 5, 6].map(user).to_vec(),
+            "in order, without the one not kept"
+        );
+        // Settled within SETTLE_EVERY: the source counts the log read by this reader.
+        let end = log.len();
+        until("the cursor reported", || {
+            source.consumed_by(&[reader]) == Some(end)
+        })
+        .await;
+        // The writer stops: so does the follower.
+        drop(len);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the follower ends with its writer")
+            .unwrap();
+    }
+
     #[test]
     fn merge_stops_at_the_size_limit() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);

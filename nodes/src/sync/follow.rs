@@ -185,7 +185,15 @@ pub(super) async fn follow_own_outbox(
     };
     let what = format!("cluster {cluster} outbox");
     let key = state::outbox_key(cluster);
-    follow_into(sink, settled, Via::Local(local), what, key, SyncState::deliver).await;
+    follow_into(
+        sink,
+        settled,
+        Via::Local(local),
+        what,
+        key,
+        SyncState::deliver,
+    )
+    .await;
 }
 
 /// Which records of the own outbox this cluster takes.

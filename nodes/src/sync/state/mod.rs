@@ -3,7 +3,7 @@
 //! Two logs, each served as a feed:
 //! - `outbox.data`: this cluster's changes (users, follows, posts), merged from both
 //!   servers' journal feeds, each change once. Every cluster's sync service (this one
-//!   included) reads it, and gets what it needs: users and posts everywhere, a follow in
+//!   included, in this process: [`crate::feed::follow_local`]) reads it, and gets what it needs: users and posts everywhere, a follow in
 //!   the followee's cluster.
 //! - `journal.data`: what this sync service gives its cluster's servers, from every
 //!   cluster's outbox: users system-wide (`global_clients.data`), follows of this
