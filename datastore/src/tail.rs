@@ -60,7 +60,9 @@ impl Tail {
     /// has said is committed (durable, for a log flushed before it is published), when
     /// more may already be in the file.
     pub fn read_upto(&mut self, max: usize, upto: u64) -> Result<Vec<Record>, DatastoreError> {
-        if max == 0 {
+        // Read to where the writer said: nothing to look at (a feed asks once more after
+        // each frame it sends).
+        if max == 0 || upto <= self.offset {
             return Ok(Vec::new());
         }
         // At most: the segment in hand, then the one after it (a rotation in between).
@@ -86,14 +88,20 @@ impl Tail {
         let Some((file, at)) = self.file.as_ref() else {
             return Ok(Vec::new());
         };
-        let file_len = file.metadata().map_err(io(&at.path))?.len();
         let at_byte = self.offset - at.base;
-        if file_len < at_byte {
-            tracing::warn!(path = %at.path.display(), offset = self.offset, len = file_len, "file shrank below the cursor; continuing from its end");
-            self.offset = at.base + file_len;
-            return Ok(Vec::new());
-        }
-        let len = file_len.min(upto.saturating_sub(at.base));
+        // With a bound from the writer the file holds at least that much (or its segment
+        // was sealed before it): no need to ask the file's length first.
+        let bounded = upto != u64::MAX;
+        let limit = upto.saturating_sub(at.base);
+        let len = if bounded {
+            limit
+        } else {
+            let file_len = file.metadata().map_err(io(&at.path))?.len();
+            if self.shrank(file_len) {
+                return Ok(Vec::new());
+            }
+            file_len.min(limit)
+        };
         if len <= at_byte {
             return Ok(Vec::new());
         }
@@ -101,7 +109,15 @@ impl Tail {
             .unwrap_or(READ_CHUNK)
             .min(READ_CHUNK);
         self.buf.resize(want, 0);
+        let (file, at) = self.file.as_ref().expect("checked above");
         let got = file.read_at(&mut self.buf, at_byte).map_err(io(&at.path))?;
+        if got == 0 && bounded {
+            // Nothing where the writer said there is: the segment was sealed before
+            // it (the next one holds the rest), or the file shrank.
+            let file_len = file.metadata().map_err(io(&at.path))?.len();
+            self.shrank(file_len);
+            return Ok(Vec::new());
+        }
         let bytes = &self.buf[..got];
         let mut records = Vec::new();
         let mut pos = 0usize;
@@ -128,6 +144,22 @@ impl Tail {
         }
         self.offset += pos as u64;
         Ok(records)
+    }
+}
+
+impl Tail {
+    /// Whether the segment in hand, now `file_len` bytes long, shrank below the offset
+    /// (then the offset moves to its end, with a warning).
+    fn shrank(&mut self, file_len: u64) -> bool {
+        let Some((_, at)) = self.file.as_ref() else {
+            return false;
+        };
+        if file_len >= self.offset - at.base {
+            return false;
+        }
+        tracing::warn!(path = %at.path.display(), offset = self.offset, len = file_len, "file shrank below the cursor; continuing from its end");
+        self.offset = at.base + file_len;
+        true
     }
 }
 
@@ -158,6 +190,34 @@ mod tests {
         assert_eq!(t.offset(), first_end);
         assert!(t.read_upto(10, first_end + 2).unwrap().is_empty());
         assert_eq!(t.read_upto(10, u64::MAX).unwrap(), vec![user(2)]);
+    }
+
+    #[test]
+    fn a_bounded_read_crosses_a_sealed_segment_and_notices_a_shrunk_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("outbox.data");
+        let (mut log, _) = crate::SegmentedLog::open(&p, 0).unwrap();
+        log.append(&[user(1), user(2)]).unwrap();
+        let mut t = Tail::over(log.segments(), 0);
+        assert_eq!(t.read_upto(1, log.len()).unwrap(), vec![user(1)]);
+        // Sealed with a record still unread in it; the next segment holds more.
+        log.rotate().unwrap();
+        log.append(&[user(3)]).unwrap();
+        let end = log.len();
+        assert_eq!(t.read_upto(10, end).unwrap(), vec![user(2)]);
+        assert_eq!(t.read_upto(10, end).unwrap(), vec![user(3)]);
+        assert_eq!(t.offset(), end);
+        assert!(t.read_upto(10, end).unwrap().is_empty());
+        // The active segment cut below the cursor (say, by hand): the cursor moves to
+        // its end rather than waiting for bytes that will never be there.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(t.read_upto(10, end + 100).unwrap().is_empty());
+        assert!(t.offset() < end, "offset {} end {end}", t.offset());
     }
 
     #[test]
