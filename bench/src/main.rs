@@ -13,6 +13,7 @@ mod progress;
 mod scenarios;
 mod session;
 mod stats;
+mod wide;
 
 use std::time::Instant;
 
@@ -24,13 +25,20 @@ use stats::{median, row, verdict, Row};
 #[derive(Debug, Parser)]
 #[command(name = "tsn_bench", version, about)]
 struct Opts {
-    /// Sections to run (1-11, comma-separated); all by default. 1 floor, 2 and 3 the
+    /// Sections to run (1-12, comma-separated); all by default. 1 floor, 2 and 3 the
     /// load curves with --ack replicated and --ack durable (they run the floor too, for
     /// the ratios), 4 delivery event vs period, 5 fan-out, 6 connections held, 7
     /// failover, 8 cost at rest, 9 restart and catch-up as history grows, 10 the
-    /// coordinator group, 11 cost per post (CPU, wake-ups, system calls, flushes).
+    /// coordinator group, 11 cost per post (CPU, wake-ups, system calls, flushes), 12 a
+    /// post to 100,000 followers' timeline files (a few minutes: the followers log in and
+    /// follow first).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
+
+    /// Section 12: followers of the author (users 2 and up, over 3 clusters; the first
+    /// 1,000 keep a timeline open).
+    #[arg(long, default_value_t = 100_000)]
+    wide_followers: u32,
 
     /// Repetitions: each curve point, delivery phase and fan-out is measured this many
     /// times (latency histograms merged, rates the median); 10 failovers per
@@ -133,6 +141,7 @@ fn main() -> anyhow::Result<()> {
     steps += 4 * opts.history_posts.len() as u64 * u64::from(want(9));
     steps +=
         (opts.cost_rates.len() as u64 + u64::from(opts.profile.is_some())) * u64::from(want(11));
+    steps += u64::from(want(12));
     progress::start(steps);
 
     let mut rows: Vec<Row> = Vec::new();
@@ -216,6 +225,12 @@ fn main() -> anyhow::Result<()> {
             .map(|p| {
                 per_post = p;
             }),
+        );
+    }
+    if want(12) {
+        keep(
+            "12",
+            wide::run(&rt, opts.wide_followers).map(|r| rows.extend(r)),
         );
     }
     let mut history = Vec::new();

@@ -172,7 +172,7 @@ pub fn system_of(
     Ok(sys)
 }
 
-fn system(clusters: u32, heartbeat_ms: u64, period_ms: u64) -> Result<System> {
+pub(crate) fn system(clusters: u32, heartbeat_ms: u64, period_ms: u64) -> Result<System> {
     system_with(clusters, heartbeat_ms, period_ms, Vec::new(), &[])
 }
 
