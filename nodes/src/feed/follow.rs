@@ -184,6 +184,8 @@ impl CursorReport for quinn::SendStream {
 /// What a follower keeps from one connection to the next.
 #[derive(Debug)]
 struct Progress {
+    /// Told once the feed has been read to its end.
+    settled: Settled,
     /// Where the next connection resumes.
     cursor: Cursor,
     /// The cursor of the last batch taken but not yet settled.
@@ -192,13 +194,21 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(cursor: Cursor) -> Progress {
+    fn new(cursor: Cursor, settled: Settled) -> Progress {
         let now = tokio::time::Instant::now();
         Progress {
+            settled,
             cursor,
             pending: None,
             last_settle: now.checked_sub(SETTLE_EVERY).unwrap_or(now),
         }
+    }
+
+    /// Says the feed has been read to its end (or that its writer is unreachable, so
+    /// that whoever waits for it does not wait for a node that is down).
+    fn read_to_end(&self) {
+        self.settled
+            .send_if_modified(|s| !std::mem::replace(s, true));
     }
 
     /// Settles what was taken but not yet settled (before the writer is dialled again,
@@ -227,7 +237,6 @@ async fn take_batches<A, Fut>(
     config: &FeedConfig,
     queued: &mut tokio::sync::mpsc::Receiver<Batch>,
     progress: &mut Progress,
-    settled: &Settled,
     apply: &mut A,
     report: &mut impl CursorReport,
     mut taken: impl FnMut(),
@@ -266,7 +275,7 @@ where
             progress.pending = Some(next);
         }
         if next.offset >= len {
-            settled.send_if_modified(|s| !std::mem::replace(s, true));
+            progress.read_to_end();
         }
     }
 }
@@ -297,16 +306,18 @@ pub async fn follow<O, A, Fut>(
     // Whether the feed ever worked (see `say_failed`).
     let mut ever = false;
     let mut known: Option<String> = None;
-    let mut progress = Progress::new(cursor);
+    let mut progress = Progress::new(cursor, settled);
     loop {
         let target = addr.current();
         if target.is_some() && target != known {
-            settled.send_if_modified(|s| std::mem::replace(s, false));
+            progress
+                .settled
+                .send_if_modified(|s| std::mem::replace(s, false));
             known = target.clone();
         }
         let Some(target) = target else {
             // Nobody to read from yet: whoever waits for this feed need not wait.
-            settled.send_if_modified(|s| !std::mem::replace(s, true));
+            progress.read_to_end();
             if addr.changed().await.is_err() {
                 return;
             }
@@ -335,7 +346,6 @@ pub async fn follow<O, A, Fut>(
                 &config,
                 &mut queued,
                 &mut progress,
-                &settled,
                 &mut apply,
                 &mut send,
                 taken,
@@ -349,7 +359,7 @@ pub async fn follow<O, A, Fut>(
         };
         progress.settle_pending(what, &mut apply).await;
         if let Err(e) = result {
-            settled.send_if_modified(|s| !std::mem::replace(s, true));
+            progress.read_to_end();
             if !std::mem::replace(&mut failing, true) {
                 say_failed(what, &target, ever, &e);
             }
@@ -437,7 +447,7 @@ pub async fn follow_local<K, T, S, A, Fut>(
         mut pace,
         on_sent,
     } = local;
-    let mut progress = Progress::new(cursor);
+    let mut progress = Progress::new(cursor, settled);
     let mut pauses = crate::net::backoff();
     loop {
         let (queue, mut queued) = tokio::sync::mpsc::channel::<Batch>(config.queued);
@@ -463,7 +473,6 @@ pub async fn follow_local<K, T, S, A, Fut>(
             &config,
             &mut queued,
             &mut progress,
-            &settled,
             &mut apply,
             &mut report,
             || {},

@@ -41,6 +41,22 @@ pub(super) struct Source {
     pub settled: feed::Settled,
 }
 
+impl Source {
+    /// The feed's sink and settled flag, and how it is read: from the writer at `addr`,
+    /// opened with `open`.
+    fn remote(
+        self,
+        open: impl Fn(Cursor) -> Vec<u8> + Send + Sync + 'static,
+    ) -> (Sink, feed::Settled, Via) {
+        let via = Via::Remote {
+            endpoint: self.endpoint,
+            addr: self.addr,
+            open: Box::new(open),
+        };
+        (self.sink, self.settled, via)
+    }
+}
+
 /// Where every feed this sync service reads goes.
 #[derive(Debug, Clone)]
 pub(super) struct Sink {
@@ -80,17 +96,7 @@ pub(super) async fn follow_server(source: Source, cluster: ClusterId, kind: Node
     let me = (cluster, NodeKind::Sync);
     let open = feed::opener(cluster, me, FeedLog::ServerJournal, MirrorMsg::Subscribe);
     let what = format!("{} journal", kind.as_str());
-    let Source {
-        sink,
-        endpoint,
-        addr,
-        settled,
-    } = source;
-    let via = Via::Remote {
-        endpoint,
-        addr,
-        open: Box::new(open),
-    };
+    let (sink, settled, via) = source.remote(open);
     follow_into(sink, settled, via, what, key, SyncState::absorb).await;
 }
 
@@ -126,17 +132,7 @@ pub(super) async fn follow_outbox(
         SyncRequest::Subscribe,
     );
     let what = format!("cluster {from_cluster} outbox");
-    let Source {
-        sink,
-        endpoint,
-        addr,
-        settled,
-    } = source;
-    let via = Via::Remote {
-        endpoint,
-        addr,
-        open: Box::new(open),
-    };
+    let (sink, settled, via) = source.remote(open);
     follow_into(sink, settled, via, what, key, SyncState::deliver).await;
 }
 
