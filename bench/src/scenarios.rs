@@ -835,18 +835,19 @@ pub fn cost(rt: &Runtime, s: &Settings) -> Result<Vec<Row>> {
 /// `tsn_client` does. At most 32 at a time, over 16 client endpoints (UDP sockets) so
 /// that the benchmark's own receive path is not one socket. Returns the clients that
 /// made it and why the others did not.
-async fn connect_clients(
+pub(crate) async fn connect_clients(
     eps: &[quinn::Endpoint],
     coord: &quinn::Connection,
     plan: Vec<UserId>,
-    follow_user: Option<UserId>,
+    how: Joining,
 ) -> Result<(Vec<(quinn::Connection, Timeline)>, Vec<String>)> {
-    let permits = Arc::new(Semaphore::new(32));
+    let permits = Arc::new(Semaphore::new(how.in_flight));
     let mut tasks = Vec::new();
     for (i, u) in plan.into_iter().enumerate() {
         let ep = eps[i % eps.len()].clone();
         let coord = coord.clone();
         let permit = permits.clone().acquire_owned().await?;
+        let stays = i < how.open;
         tasks.push(tokio::spawn(async move {
             let attempt = || async {
                 let addr = match session::call::<_, CoordReply>(
@@ -860,11 +861,15 @@ async fn connect_clients(
                 };
                 let conn = session::connect(&ep, &addr).await?;
                 tsn_tests::login(&conn, u, &session::keys()).await?;
-                if let Some(a) = follow_user {
+                if let Some(a) = how.follow {
                     follow(&conn, u, a).await?;
                 }
+                if !stays {
+                    conn.close(0u32.into(), b"");
+                    return Ok(None);
+                }
                 let tl = Timeline::open(&conn, u).await?;
-                anyhow::Ok((conn, tl))
+                anyhow::Ok(Some((conn, tl)))
             };
             let mut r = attempt().await;
             for _ in 0..2 {
@@ -880,11 +885,34 @@ async fn connect_clients(
     let (mut ok, mut failed) = (Vec::new(), Vec::new());
     for t in tasks {
         match t.await? {
-            Ok(c) => ok.push(c),
+            Ok(Some(c)) => ok.push(c),
+            Ok(None) => {}
             Err(e) => failed.push(format!("{e:#}")),
         }
     }
     Ok((ok, failed))
+}
+
+/// What each client of [`connect_clients`] does after logging in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Joining {
+    /// Follows this user.
+    pub follow: Option<UserId>,
+    /// The first this many of the plan open their timelines and stay; the others leave.
+    pub open: usize,
+    /// Clients logging in at once.
+    pub in_flight: usize,
+}
+
+impl Joining {
+    /// Every client stays with its timeline open, 32 logging in at once.
+    fn all(follow: Option<UserId>) -> Joining {
+        Joining {
+            follow,
+            open: usize::MAX,
+            in_flight: 32,
+        }
+    }
 }
 
 /// Posts measured in section 5 per `--runs` (the medians are over them), after the one
@@ -926,7 +954,7 @@ pub fn scale(rt: &Runtime, s: &Settings, fanout: bool, cost: bool) -> Result<Vec
     let plan: Vec<UserId> = (0..users as usize)
         .map(|i| cluster1[i % cluster1.len().max(1)])
         .collect();
-    let (clients, failed) = rt.block_on(connect_clients(&eps, &cc, plan, None))?;
+    let (clients, failed) = rt.block_on(connect_clients(&eps, &cc, plan, Joining::all(None)))?;
     if let Some(first) = failed.first() {
         progress::note(format!(
             "scale: {} of {users} clients failed to connect; first: {first}",
@@ -994,7 +1022,7 @@ pub fn scale(rt: &Runtime, s: &Settings, fanout: bool, cost: bool) -> Result<Vec
             let mut atl = Timeline::open(&ac, author).await?;
             let plan: Vec<UserId> = (2..=users).collect();
             let n_followers = plan.len();
-            let (clients, failed) = connect_clients(&eps, &cc, plan, Some(author)).await?;
+            let (clients, failed) = connect_clients(&eps, &cc, plan, Joining::all(Some(author))).await?;
             if let Some(first) = failed.first() {
                 progress::note(format!(
                     "fan-out: {} of {n_followers} followers failed to connect; first: {first}",

@@ -2,19 +2,16 @@
 //! open timeline: how long until a post of theirs is in every follower's timeline file.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use tokio::runtime::Runtime;
-use tokio::sync::Semaphore;
-use tsn_protocol::coord::{CoordReply, CoordRequest};
 use tsn_protocol::types::cluster_of;
 use tsn_protocol::UserId;
 use tsn_tests::{Role, System};
 
 use crate::progress;
-use crate::scenarios::{follow, system};
+use crate::scenarios::{connect_clients, system, Joining};
 use crate::session::{self, Timeline};
 use crate::stats::{row, verdict, Row};
 
@@ -41,7 +38,12 @@ pub fn run(rt: &Runtime, followers: u32) -> Result<Vec<Row>> {
     let ac = rt.block_on(session::login(&eps[0], &coord, author))?;
     let started = Instant::now();
     let users: Vec<UserId> = (2..=followers + 1).collect();
-    let (open, failed) = rt.block_on(join(&eps, &cc, &users, author))?;
+    let how = Joining {
+        follow: Some(author),
+        open: OPEN as usize,
+        in_flight: IN_FLIGHT,
+    };
+    let (open, failed) = rt.block_on(connect_clients(&eps, &cc, users.clone(), how))?;
     let joined_s = started.elapsed().as_secs_f64();
     if let Some(first) = failed.first() {
         progress::note(format!(
@@ -121,64 +123,6 @@ pub fn run(rt: &Runtime, followers: u32) -> Result<Vec<Row>> {
     ));
     progress::step();
     Ok(rows)
-}
-
-/// Logs every one of `users` in on a connection of its own and has it follow `author`;
-/// the first [`OPEN`] also open their timelines and stay. Returns those, and what failed.
-async fn join(
-    eps: &[quinn::Endpoint],
-    coord: &quinn::Connection,
-    users: &[UserId],
-    author: UserId,
-) -> Result<(Vec<(quinn::Connection, Timeline)>, Vec<String>)> {
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut tasks = Vec::new();
-    for (i, &u) in users.iter().enumerate() {
-        let ep = eps[i % eps.len()].clone();
-        let coord = coord.clone();
-        let permit = permits.clone().acquire_owned().await?;
-        let stays = i < OPEN as usize;
-        tasks.push(tokio::spawn(async move {
-            let attempt = || async {
-                let addr = match session::call::<_, CoordReply>(
-                    &coord,
-                    &CoordRequest::AssignClient { client: u },
-                )
-                .await?
-                {
-                    CoordReply::Assigned { addr, .. } => addr,
-                    other => bail!("assignment: {other:?}"),
-                };
-                let conn = session::connect(&ep, &addr).await?;
-                tsn_tests::login(&conn, u, &session::keys()).await?;
-                follow(&conn, u, author).await?;
-                if !stays {
-                    conn.close(0u32.into(), b"");
-                    return Ok(None);
-                }
-                let tl = Timeline::open(&conn, u).await?;
-                anyhow::Ok(Some((conn, tl)))
-            };
-            let mut r = attempt().await;
-            for _ in 0..2 {
-                if r.is_ok() {
-                    break;
-                }
-                r = attempt().await;
-            }
-            drop(permit);
-            r
-        }));
-    }
-    let (mut open, mut failed) = (Vec::new(), Vec::new());
-    for t in tasks {
-        match t.await? {
-            Ok(Some(kept)) => open.push(kept),
-            Ok(None) => {}
-            Err(e) => failed.push(format!("{e:#}")),
-        }
-    }
-    Ok((open, failed))
 }
 
 /// Each follower's timeline file on its cluster's active server.
