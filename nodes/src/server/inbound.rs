@@ -27,6 +27,11 @@ use crate::views::{Side, Views};
 /// timelines on the runtime's thread (see [`run`]).
 const WRITE_INLINE_RECORDS: usize = 64;
 
+/// A large batch (a post to thousands of followers of this cluster) is written and pushed
+/// this many records at a time: the first followers' timelines are sent their entry while
+/// the view files of the others are still being appended to, off the runtime's thread.
+const PUBLISH_SHARE: usize = 256;
+
 /// What the received feed's writer works with besides its files.
 #[derive(Debug, Clone)]
 pub struct Env {
@@ -237,9 +242,18 @@ impl Inbound {
     }
 
     /// Appends what is new in `batch` to `received.data` and the view files, applies it
-    /// to the model and pushes it to open timelines. Not flushed: [`Inbound::settle`].
+    /// to the model and pushes it to open timelines, [`PUBLISH_SHARE`] records at a time.
+    /// Not flushed: [`Inbound::settle`].
     fn write(&mut self, env: &Env, batch: Batch) -> anyhow::Result<()> {
-        let records = batch.records;
+        let mut records = batch.records.into_iter().peekable();
+        while records.peek().is_some() {
+            let share: Vec<Record> = records.by_ref().take(PUBLISH_SHARE).collect();
+            self.write_share(env, share)?;
+        }
+        Ok(())
+    }
+
+    fn write_share(&mut self, env: &Env, records: Vec<Record>) -> anyhow::Result<()> {
         let (fresh, mut entries) = env.data.state.apply_received(records, |r| {
             super::recovery::observe_record(&env.data.clock, r)
         });
