@@ -106,6 +106,24 @@ impl AppendLog {
         Ok((log, scan.records))
     }
 
+    /// [`AppendLog::open_append`] for a file that this process last left `len` bytes
+    /// long, ending with a whole line: if it is still that long, nothing of it is read
+    /// (a file only grows by appends and shrinks by cutting a torn end, so the same
+    /// length is the same whole lines) and its directory is not created again. Otherwise
+    /// it is opened as by [`AppendLog::open_append`].
+    pub fn open_append_at(path: &Path, len: u64) -> Result<AppendLog, DatastoreError> {
+        if let Ok(file) = crate::private::options().read(true).append(true).open(path) {
+            if file.metadata().map_err(io(path))?.len() == len {
+                return Ok(AppendLog {
+                    file,
+                    path: path.to_path_buf(),
+                    len,
+                });
+            }
+        }
+        AppendLog::open_append(path)
+    }
+
     /// Opens for appending, reading only the end of the file to repair a torn last line.
     pub fn open_append(path: &Path) -> Result<AppendLog, DatastoreError> {
         let mut file = open_file(path)?;
@@ -235,6 +253,44 @@ mod tests {
             ts_us: n as i64,
             text: format!("message {n}"),
         }))
+    }
+
+    #[test]
+    fn a_file_reopened_at_its_known_length_appends_and_one_that_changed_is_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a/timeline.data");
+        let mut log = AppendLog::open_append(&p).unwrap();
+        log.append(&[post(1), post(2)]).unwrap();
+        let len = log.len();
+        drop(log);
+        let mut log = AppendLog::open_append_at(&p, len).unwrap();
+        assert_eq!(log.len(), len);
+        log.append(&[post(3)]).unwrap();
+        let len = log.len();
+        drop(log);
+        assert_eq!(
+            crate::read_records(&p).unwrap(),
+            vec![post(1), post(2), post(3)]
+        );
+        // Torn behind the process's back: not the length it knows, so its end is read
+        // and the torn line cut.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        std::io::Write::write_all(&mut f, b"post 1 4 4 torn").unwrap();
+        drop(f);
+        let mut log = AppendLog::open_append_at(&p, len).unwrap();
+        assert_eq!(log.len(), len);
+        log.append(&[post(4)]).unwrap();
+        drop(log);
+        assert_eq!(
+            crate::read_records(&p).unwrap(),
+            vec![post(1), post(2), post(3), post(4)]
+        );
+        // Gone meanwhile: created again, directory and all.
+        std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+        let mut log = AppendLog::open_append_at(&p, len).unwrap();
+        assert_eq!(log.len(), 0);
+        log.append(&[post(5)]).unwrap();
+        assert_eq!(crate::read_records(&p).unwrap(), vec![post(5)]);
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct Views {
     open: HashMap<PathBuf, AppendLog>,
     /// How many files `open` may hold.
     capacity: usize,
+    /// Files closed to make room in `open`, whole, and how long they were then: opened
+    /// again without reading their end ([`AppendLog::open_append_at`]).
+    closed: HashMap<PathBuf, u64>,
     /// Records not yet in their file because a write failed, in order, by file. Holds at
     /// most what the logs hold since the last checkpoint (none is taken meanwhile).
     owed: HashMap<PathBuf, Vec<Record>>,
@@ -90,6 +93,7 @@ impl Views {
             side,
             open: HashMap::new(),
             capacity: open_views(),
+            closed: HashMap::new(),
             owed: HashMap::new(),
         }
     }
@@ -139,9 +143,13 @@ impl Views {
         tsn_datastore::failpoint::check("view-append", path)?;
         if !self.open.contains_key(path) {
             if self.open.len() >= self.capacity {
-                self.open.clear();
+                self.closed
+                    .extend(self.open.drain().map(|(path, log)| (path, log.len())));
             }
-            let log = AppendLog::open_append(path)?;
+            let log = match self.closed.remove(path) {
+                Some(len) => AppendLog::open_append_at(path, len)?,
+                None => AppendLog::open_append(path)?,
+            };
             self.open.insert(path.to_path_buf(), log);
         }
         match self.open.get_mut(path) {
@@ -380,6 +388,29 @@ mod tests {
             tsn_datastore::read_records(&path).unwrap(),
             (1..=5).map(|s| deliver(1, s)).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn more_files_than_stay_open_each_get_every_record_in_order() {
+        let (_tmp, dir) = role_dir();
+        let mut views = Views::new(dir.clone(), Side::Received);
+        views.capacity = 3;
+        for seq in 1..=4 {
+            let batch: Vec<Record> = (1..=10).map(|to| deliver(to, seq)).collect();
+            views.append(&batch).unwrap();
+        }
+        assert!(views.open.len() <= 3);
+        assert!(
+            !views.closed.is_empty(),
+            "files were closed and opened again"
+        );
+        for to in 1..=10 {
+            assert_eq!(
+                tsn_datastore::read_records(&dir.timeline(to)).unwrap(),
+                (1..=4).map(|s| deliver(to, s)).collect::<Vec<_>>(),
+                "user {to}"
+            );
+        }
     }
 
     #[test]
