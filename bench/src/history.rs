@@ -168,15 +168,6 @@ fn other(role: Role) -> Role {
     }
 }
 
-/// Cluster 1's active server.
-fn active(sys: &System) -> Result<Role> {
-    Ok(if sys.serving(1)? == sys.addr(1, Role::Primary)? {
-        Role::Primary
-    } else {
-        Role::Secondary
-    })
-}
-
 /// Logs every user in on a connection of its own, then makes the follows.
 async fn populate(ep: &quinn::Endpoint, coord: &str) -> Result<Vec<quinn::Connection>> {
     let permits = Arc::new(Semaphore::new(32));
@@ -431,7 +422,7 @@ fn one(rt: &Runtime, s: &Settings, total: u64) -> Result<HistoryPoint> {
         0,
         Duration::from_millis(2 * s.heartbeat_ms) + Duration::from_secs(30),
     )?;
-    let act = active(&sys)?;
+    let act = sys.active_server(1)?;
     let standby = other(act);
     let (certs, coord) = (sys.certs(), sys.coord.clone());
     let servers = prefix(s.checkpoint_bytes);

@@ -941,11 +941,7 @@ pub fn scale(rt: &Runtime, s: &Settings, fanout: bool, cost: bool) -> Result<Vec
     let pid1 = sys.pid(1, active1).context("pid")?;
     let users = s.users;
     let mut rows = Vec::new();
-    let eps: Vec<quinn::Endpoint> = rt.block_on(async {
-        (0..16)
-            .map(|_| session::endpoint(&certs))
-            .collect::<Result<Vec<_>>>()
-    })?;
+    let eps = session::endpoints(rt, &certs, 16)?;
     let cc = rt.block_on(session::connect(&eps[0], &coord))?;
 
     // Section 6: connections held by one server.

@@ -41,6 +41,17 @@ fn udp_socket(bind: SocketAddr) -> Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
+/// `n` client endpoints, a socket each (each socket stands for many client machines),
+/// made within `rt`.
+pub fn endpoints(
+    rt: &tokio::runtime::Runtime,
+    certs: &Path,
+    n: usize,
+) -> Result<Vec<quinn::Endpoint>> {
+    let _in = rt.enter();
+    (0..n).map(|_| endpoint(certs)).collect()
+}
+
 /// A client endpoint trusting the system's CA.
 pub fn endpoint(certs: &Path) -> Result<quinn::Endpoint> {
     let root = tsn_certs::TrustRoot::load(certs)?;

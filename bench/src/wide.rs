@@ -8,7 +8,7 @@ use anyhow::Result;
 use tokio::runtime::Runtime;
 use tsn_protocol::types::cluster_of;
 use tsn_protocol::UserId;
-use tsn_tests::{Role, System};
+use tsn_tests::System;
 
 use crate::progress;
 use crate::scenarios::{connect_clients, system, Joining};
@@ -28,11 +28,7 @@ pub fn run(rt: &Runtime, followers: u32) -> Result<Vec<Row>> {
     let sys = system(3, 1000, 500)?;
     let (certs, coord) = (sys.certs(), sys.coord.clone());
     let author: UserId = 1;
-    let eps: Vec<quinn::Endpoint> = rt.block_on(async {
-        (0..16)
-            .map(|_| session::endpoint(&certs))
-            .collect::<Result<Vec<_>>>()
-    })?;
+    let eps = session::endpoints(rt, &certs, 16)?;
     let cc = rt.block_on(session::connect(&eps[0], &coord))?;
     // The author exists before anyone follows them.
     let ac = rt.block_on(session::login(&eps[0], &coord, author))?;
@@ -129,11 +125,7 @@ pub fn run(rt: &Runtime, followers: u32) -> Result<Vec<Row>> {
 fn timeline_files(sys: &System, users: &[UserId]) -> Result<Vec<PathBuf>> {
     let mut dirs = Vec::new();
     for cluster in 1..=3 {
-        let role = if sys.serving(cluster)? == sys.addr(cluster, Role::Primary)? {
-            Role::Primary
-        } else {
-            Role::Secondary
-        };
+        let role = sys.active_server(cluster)?;
         dirs.push(sys.role_dir(cluster, role));
     }
     Ok(users

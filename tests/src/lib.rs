@@ -726,6 +726,17 @@ impl System {
         bail!("system not ready within {timeout:?}; last status:\n{last}")
     }
 
+    /// Which server of `cluster` is active now (the one [`System::serving`] names).
+    pub fn active_server(&self, cluster: u32) -> Result<Role> {
+        Ok(
+            if self.serving(cluster)? == self.addr(cluster, Role::Primary)? {
+                Role::Primary
+            } else {
+                Role::Secondary
+            },
+        )
+    }
+
     /// The address the coordinator assigns to a cluster's clients right now.
     pub fn serving(&self, cluster: u32) -> Result<String> {
         let s = self.status()?;

@@ -111,10 +111,9 @@ fn kill9_each_role_in_turn_under_steady_load() -> anyhow::Result<()> {
     assert!(following.contains("follow 4 3 "), "{following}");
 
     // A journal torn mid-record (as a crash during a write leaves it) is repaired.
-    let standby = if sys.serving(1)? == sys.addr(1, Role::Primary)? {
-        Role::Secondary
-    } else {
-        Role::Primary
+    let standby = match sys.active_server(1)? {
+        Role::Primary => Role::Secondary,
+        _ => Role::Primary,
     };
     sys.kill(1, standby);
     let journal = sys.role_dir(1, standby).join("journal.data");

@@ -109,17 +109,9 @@ struct Restart {
     bytes: JournalBytes,
 }
 
-fn active(sys: &System) -> anyhow::Result<Role> {
-    Ok(if sys.serving(1)? == sys.addr(1, Role::Primary)? {
-        Role::Primary
-    } else {
-        Role::Secondary
-    })
-}
-
 /// Kills (-9) the active server and starts it again with the same command line.
 fn restart_active(sys: &mut System, env: &[String]) -> anyhow::Result<(Role, Restart)> {
-    let role = active(sys)?;
+    let role = sys.active_server(1)?;
     let seen = sys.metrics_addr(1, role).1;
     sys.kill(1, role);
     let t0 = Instant::now();
@@ -253,7 +245,7 @@ fn restart_cost_does_not_grow_with_the_history() -> anyhow::Result<()> {
         let t = Instant::now();
         rt.block_on(post(&sys, &ep, done, upto - done))?;
         let posted = t.elapsed();
-        let role = active(&sys)?;
+        let role = sys.active_server(1)?;
         delivered(&sys, role, upto)?;
         println!(
             "{} posts: posted in {:.1} s, delivered {:.1} s later",

@@ -165,11 +165,7 @@ fn posts_wait_while_delivery_is_behind_and_none_is_lost() -> anyhow::Result<()> 
     // Every post acknowledged: the client leaves with nothing unsent.
     assert_eq!(author.finish(Duration::from_secs(30))?, 0);
 
-    let role = if sys.serving(3)? == sys.addr(3, Role::Primary)? {
-        Role::Primary
-    } else {
-        Role::Secondary
-    };
+    let role = sys.active_server(3)?;
     let (_, text) = http_get(&metrics_addr(&sys, 3, role)?, "/metrics")?;
     assert!(
         sample(&text, "tsn_admission_pauses_total") > 0.0,
